@@ -1,0 +1,1 @@
+//! Sinks: the Pyroscope uploader and the local directory.

@@ -1,0 +1,34 @@
+//! # tracing-pyroscope: span profiles for Rust
+//!
+//! A [`tracing-subscriber`](tracing_subscriber) layer notes which span runs on
+//! each thread; a sampling CPU profiler reads that note inside its signal
+//! handler at the moment it takes each sample; profiles go to Grafana
+//! Pyroscope (or a local directory) with a `span_id` label per sample, and the
+//! same id is set as `pyroscope.profile.id` on the exported OpenTelemetry
+//! span. In Grafana, a span then has "Profiles for this span".
+//!
+//! ```no_run
+//! use tracing_subscriber::prelude::*;
+//!
+//! let (profiling, _guard) = tracing_pyroscope::from_env()?;
+//! tracing_subscriber::registry().with(profiling).init();
+//! # Ok::<(), tracing_pyroscope::Error>(())
+//! ```
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod config;
+pub mod context;
+mod error;
+mod export;
+mod layer;
+pub mod profile;
+mod profiler;
+#[cfg(target_os = "linux")]
+mod sampler;
+
+pub use config::{from_env, Builder, SpanScope};
+pub use error::{Error, ErrorKind};
+pub use layer::SpanProfileLayer;
+pub use profiler::{ProfilerGuard, Stats};

@@ -1,0 +1,3 @@
+//! Aggregation, symbolization and pprof encoding.
+
+pub mod proto;
