@@ -1,1 +1,0 @@
-//! Sinks: the Pyroscope uploader and the local directory.
