@@ -25,6 +25,7 @@ mod export;
 mod layer;
 pub mod profile;
 mod profiler;
+pub mod report;
 #[cfg(target_os = "linux")]
 mod sampler;
 
