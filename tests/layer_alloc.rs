@@ -1,0 +1,119 @@
+//! The layer makes no allocations on span enter/exit.
+//!
+//! A counting global allocator (its own test binary) counts the allocations
+//! made by the current thread while a warmed-up span is entered and exited many
+//! times, with and without our layer, with and without an OTel layer.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tracing::Dispatch;
+use tracing_pyroscope::context::{self, SpanLabels};
+use tracing_pyroscope::{SpanProfileLayer, SpanScope};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Registry;
+
+struct Counting;
+
+thread_local! {
+    // const, no destructor: safe to touch from inside the allocator.
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to `System` unchanged; only bumps a thread-local counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+const ROUNDS: u64 = 1_000;
+
+/// Allocations made by `ROUNDS` enter/exit pairs of a warmed-up root span and
+/// of a child span inside it, and the labels seen inside the child.
+fn measure(dispatch: &Dispatch) -> (u64, SpanLabels) {
+    tracing::dispatcher::with_default(dispatch, || {
+        let root = tracing::info_span!("alloc-root");
+        let child = root.in_scope(|| tracing::info_span!("alloc-child"));
+        // Warm up: first enters settle ids, thread-local stacks grow.
+        for _ in 0..10 {
+            root.in_scope(|| child.in_scope(|| {}));
+        }
+        let before = allocs();
+        let mut seen = SpanLabels::NONE;
+        for _ in 0..ROUNDS {
+            root.in_scope(|| {
+                child.in_scope(|| seen = context::current());
+            });
+        }
+        (allocs() - before, seen)
+    })
+}
+
+fn otel_provider() -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_simple_exporter(InMemorySpanExporter::default())
+        .build()
+}
+
+#[test]
+fn enter_and_exit_do_not_allocate() {
+    for scope in [SpanScope::Root, SpanScope::All, SpanScope::None] {
+        // Registry alone, and with our layer.
+        let (registry, _) = measure(&Dispatch::new(Registry::default()));
+        let (ours, seen) = measure(&Dispatch::new(
+            Registry::default().with(SpanProfileLayer::with_scope(scope)),
+        ));
+        assert_eq!(registry, 0, "the Registry alone allocates");
+        assert_eq!(ours, 0, "{scope:?}: our layer allocated on enter/exit");
+        assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
+
+        // With tracing-opentelemetry: ours adds nothing to what it does.
+        let provider = otel_provider();
+        let (otel, _) = measure(&Dispatch::new(
+            Registry::default().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("a"))),
+        ));
+        let (otel_ours, seen) = measure(&Dispatch::new(
+            Registry::default()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("b")))
+                .with(SpanProfileLayer::with_scope(scope)),
+        ));
+        assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
+        assert_eq!(
+            otel_ours, otel,
+            "{scope:?}: our layer changed the allocation count with OTel \
+             ({otel_ours} vs {otel} for {ROUNDS} rounds)"
+        );
+    }
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // Guards against a counter that never counts (the test above would pass).
+    let before = allocs();
+    let v = std::hint::black_box(vec![1u8; 64]);
+    assert!(allocs() > before);
+    drop(v);
+}
