@@ -1,13 +1,18 @@
 //! Ties the pieces together: starts the sampler, runs the collector thread
 //! (drain → aggregate → encode → sinks) and owns shutdown.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
+use crate::export::{DirSink, Uploader};
+use crate::layer::LayerConfig;
+use crate::profile::{ProfileBuilder, Symbolizer};
 use crate::{Error, SpanProfileLayer};
 
 /// Counters describing what the profiler did. See [`ProfilerGuard::stats`].
@@ -104,25 +109,298 @@ impl SpanRecordSink {
 }
 
 /// Stops profiling when dropped: stops the timers, encodes the last partial
-/// interval and flushes it (bounded by the shutdown timeout).
+/// interval and flushes it, within the shutdown timeout (default 5 s) even if
+/// the server is down.
 pub struct ProfilerGuard {
-    _private: (),
+    running: Option<Running>,
+    counters: Arc<Counters>,
 }
 
+struct Running {
+    stop: StopSignal,
+    collector: JoinHandle<()>,
+}
+
+type StopSignal = Arc<(Mutex<bool>, Condvar)>;
+
 impl ProfilerGuard {
-    /// Counters so far.
+    fn inert() -> Self {
+        ProfilerGuard {
+            running: None,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    /// Counters so far: samples taken and dropped, profiles written and
+    /// uploaded, upload errors and drops.
     pub fn stats(&self) -> Stats {
-        Stats::default()
+        self.counters.snapshot()
+    }
+
+    /// `true` if profiling is running (not inert).
+    pub fn is_active(&self) -> bool {
+        self.running.is_some()
     }
 }
 
 impl fmt::Debug for ProfilerGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProfilerGuard").finish_non_exhaustive()
+        f.debug_struct("ProfilerGuard")
+            .field("active", &self.running.is_some())
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
+impl Drop for ProfilerGuard {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let (lock, cvar) = &*running.stop;
+            match lock.lock() {
+                Ok(mut g) => *g = true,
+                Err(p) => *p.into_inner() = true,
+            }
+            cvar.notify_all();
+            let _ = running.collector.join();
+        }
+    }
+}
+
+/// How often the collector drains the sample buffer.
+const DRAIN_PERIOD: Duration = Duration::from_millis(50);
+/// Queue of closed root spans waiting for the collector.
+const SPAN_QUEUE: usize = 16 * 1024;
+/// Most span ids whose CPU samples are tallied for the span index.
+const MAX_TALLIED_SPANS: usize = 100_000;
+
 pub(crate) fn start(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
-    let _ = config;
-    Ok((SpanProfileLayer::inert(), ProfilerGuard { _private: () }))
+    if !config.profiling_on() {
+        return Ok((SpanProfileLayer::inert(), ProfilerGuard::inert()));
+    }
+    start_platform(config)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_platform(_config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!("tracing-pyroscope: CPU profiling is only supported on Linux; profiling is off")
+    });
+    Ok((SpanProfileLayer::inert(), ProfilerGuard::inert()))
+}
+
+#[cfg(target_os = "linux")]
+fn start_platform(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+    use crate::sampler::Sampler;
+
+    let counters = Arc::new(Counters::default());
+    let dir = match &config.profiles_dir {
+        Some(path) => Some(DirSink::new(path)?),
+        None => None,
+    };
+    let uploader = match &config.server_address {
+        Some(_) => Some(Uploader::start(&config, counters.clone())?),
+        None => None,
+    };
+    let (records_tx, records_rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
+    let records = dir.as_ref().map(|_| SpanRecordSink {
+        tx: records_tx,
+        counters: counters.clone(),
+    });
+    let sampler = Sampler::start(config.sample_rate)?;
+    let layer = SpanProfileLayer::new(LayerConfig {
+        scope: config.span_scope,
+        span_name_label: config.span_name_label,
+        trace_id_label: config.trace_id_label,
+        records,
+    });
+    let stop: StopSignal = Arc::new((Mutex::new(false), Condvar::new()));
+    let collector = Collector {
+        period_nanos: sampler.period_nanos(),
+        sampler,
+        config,
+        counters: counters.clone(),
+        dir,
+        uploader,
+        records: records_rx,
+        pending: Vec::new(),
+        span_samples: HashMap::new(),
+    };
+    let collector = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("pyroscope-collect".into())
+            .spawn(move || collector.run(stop))
+            .map_err(|e| {
+                Error::new(crate::ErrorKind::Os, "could not spawn the collector thread")
+                    .with_source(e)
+            })?
+    };
+    Ok((
+        layer,
+        ProfilerGuard {
+            running: Some(Running { stop, collector }),
+            counters,
+        },
+    ))
+}
+
+/// The background thread: drain → aggregate → encode → sinks.
+#[cfg(target_os = "linux")]
+struct Collector {
+    sampler: crate::sampler::Sampler,
+    period_nanos: u64,
+    config: Config,
+    counters: Arc<Counters>,
+    dir: Option<DirSink>,
+    uploader: Option<Uploader>,
+    records: Receiver<SpanRecord>,
+    /// Closed spans received last tick: their samples may still have been
+    /// in the buffer, so they are written one drain later.
+    pending: Vec<SpanRecord>,
+    /// CPU samples per span id, for the span index.
+    span_samples: HashMap<u64, u64>,
+}
+
+#[cfg(target_os = "linux")]
+impl Collector {
+    fn run(mut self, stop: StopSignal) {
+        let mut symbolizer = Symbolizer::new();
+        let mut interval_start = SystemTime::now();
+        let mut interval_clock = Instant::now();
+        let mut builder = ProfileBuilder::new(interval_start, self.period_nanos as i64);
+        loop {
+            let stopping = {
+                let (lock, cvar) = &*stop;
+                let guard = match lock.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                match cvar.wait_timeout_while(guard, DRAIN_PERIOD, |s| !*s) {
+                    Ok((g, _)) => *g,
+                    Err(p) => *p.into_inner().0,
+                }
+            };
+            if stopping {
+                break;
+            }
+            self.drain(&mut builder);
+            self.write_span_records(false);
+            if interval_clock.elapsed() >= self.config.upload_interval {
+                let now = SystemTime::now();
+                let full = std::mem::replace(
+                    &mut builder,
+                    ProfileBuilder::new(now, self.period_nanos as i64),
+                );
+                self.emit(full, now, &mut symbolizer);
+                interval_start = now;
+                interval_clock = Instant::now();
+            }
+        }
+        // Shutdown: stop timers, take the last samples, flush everything.
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        self.sampler.stop();
+        self.drain(&mut builder);
+        self.write_span_records(true);
+        let _ = interval_start;
+        self.emit(builder, SystemTime::now(), &mut symbolizer);
+        if let Some(uploader) = self.uploader.take() {
+            uploader.shutdown(deadline);
+        }
+    }
+
+    fn drain(&mut self, builder: &mut ProfileBuilder) {
+        let span_samples = &mut self.span_samples;
+        let tally = self.dir.is_some();
+        self.sampler.drain(|labels, frames, weight| {
+            builder.add(labels, frames, u64::from(weight));
+            if tally && labels.span_id != 0 {
+                if span_samples.len() >= MAX_TALLIED_SPANS
+                    && !span_samples.contains_key(&labels.span_id)
+                {
+                    return;
+                }
+                *span_samples.entry(labels.span_id).or_insert(0) += u64::from(weight);
+            }
+        });
+        let stats = self.sampler.stats();
+        self.counters.samples.store(stats.taken, Ordering::Relaxed);
+        self.counters
+            .dropped_samples
+            .store(stats.dropped, Ordering::Relaxed);
+    }
+
+    /// Writes closed root spans to `spans.jsonl`, one drain after they
+    /// arrived (or all of them when `all`).
+    fn write_span_records(&mut self, all: bool) {
+        let Some(dir) = &self.dir else { return };
+        let mut ready = std::mem::take(&mut self.pending);
+        let fresh: Vec<SpanRecord> = self.records.try_iter().collect();
+        if all {
+            ready.extend(fresh);
+        } else {
+            self.pending = fresh;
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let pid = std::process::id();
+        let labels: serde_json::Map<String, serde_json::Value> = self
+            .config
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let lines: Vec<String> = ready
+            .iter()
+            .map(|r| {
+                let cpu_samples = self.span_samples.remove(&r.span_id).unwrap_or(0);
+                serde_json::json!({
+                    "span_id": format!("{:016x}", r.span_id),
+                    "trace_id": (r.trace_id != 0).then(|| format!("{:032x}", r.trace_id)),
+                    "parent_span_id": (r.parent_span_id != 0).then(|| format!("{:016x}", r.parent_span_id)),
+                    "name": r.name,
+                    "service": self.config.application_name,
+                    "labels": labels,
+                    "start_unix_nanos": unix_nanos(r.start),
+                    "end_unix_nanos": unix_nanos(r.end),
+                    "cpu_samples": cpu_samples,
+                    "pid": pid,
+                })
+                .to_string()
+            })
+            .collect();
+        match dir.append_spans(&lines) {
+            Ok(()) => {
+                self.counters
+                    .spans_recorded
+                    .fetch_add(lines.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => Counters::bump(&self.counters.write_errors),
+        }
+    }
+
+    fn emit(&mut self, builder: ProfileBuilder, end: SystemTime, symbolizer: &mut Symbolizer) {
+        if builder.is_empty() {
+            return;
+        }
+        for profile in builder.finish(end, symbolizer) {
+            Counters::bump(&self.counters.profiles);
+            if let Some(dir) = &self.dir {
+                match dir.write_profile(&self.config.application_name, &profile) {
+                    Ok(_) => Counters::bump(&self.counters.files_written),
+                    Err(_) => Counters::bump(&self.counters.write_errors),
+                }
+            }
+            if let Some(uploader) = &self.uploader {
+                uploader.send(profile);
+            }
+        }
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

@@ -1,1 +1,502 @@
-//! The sampler.
+//! The span-aware sampling CPU profiler (Linux).
+//!
+//! - **Timers** ([`timers`]): one POSIX timer per thread on that thread's own
+//!   CPU-time clock, delivering `SIGPROF` to that thread, so every busy
+//!   thread is sampled at the configured rate of its own CPU time. A manager
+//!   thread picks up new threads every [`SCAN_PERIOD`]. There is no
+//!   process-wide `setitimer` fallback: per-thread timers exist on every
+//!   Linux since 2.6.12, and if `timer_create` fails for a thread that thread
+//!   is counted (and retried on the next scan) rather than sampled wrongly.
+//! - **Signal handler**: installed with `SA_RESTART` (application syscalls
+//!   are restarted, never fail with `EINTR` because of us) and `SA_SIGINFO`;
+//!   it saves and restores `errno`. It reads the thread span slot
+//!   ([`crate::context`]), unwinds the interrupted stack ([`unwind`]) and
+//!   writes into a preallocated lock-free buffer ([`buffer`]). It allocates
+//!   nothing, takes no lock and makes no syscall, so it cannot deadlock a
+//!   thread interrupted inside `malloc` or the dynamic loader. Samples that
+//!   find no free slot are counted as dropped.
+//! - **Lifetime**: one sampler per process ([`ErrorKind::AlreadyRunning`]).
+//!   Starting while another `SIGPROF` handler is installed fails with
+//!   [`ErrorKind::SignalInUse`]; we never replace someone else's handler.
+//!   After `stop`, our handler stays installed but inert, so a `SIGPROF`
+//!   still in flight can never hit the default action (which would kill the
+//!   process).
+//! - **Limits**: objects unloaded with `dlclose` while sampling are noticed
+//!   on the next scan; a sample landing in the short window in between could
+//!   read unmapped unwind data. Threads living less than one scan period may
+//!   go unsampled.
+
+use std::cell::UnsafeCell;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::context::{self, SpanLabels};
+use crate::{Error, ErrorKind};
+
+mod buffer;
+mod timers;
+mod unwind;
+
+use buffer::SampleBuffer;
+use unwind::{MapsSnapshot, NativeCache, Regs, UnwindState};
+
+/// How often the manager looks for new and exited threads.
+pub(crate) const SCAN_PERIOD: Duration = Duration::from_millis(20);
+/// Unwinder caches: the most handlers that can unwind at the same instant.
+const CACHES: usize = 32;
+
+struct CacheSlot {
+    busy: AtomicBool,
+    cache: UnsafeCell<NativeCache>,
+}
+
+/// Process-wide state the handler reads. Allocated on first start, reused.
+struct Shared {
+    buffer: SampleBuffer,
+    caches: Box<[CacheSlot]>,
+    /// Samples recorded with the leaf only, because every cache was busy.
+    unwind_busy: AtomicU64,
+}
+
+// SAFETY: a cache is only touched by the handler that flipped its `busy`
+// flag from false to true (acquire) until it stores false (release).
+unsafe impl Sync for Shared {}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+/// True while a sampler runs; the handler does nothing otherwise.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// A `Sampler` exists.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+/// Handlers currently running (grace period for retiring published data).
+static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+static UNWIND: AtomicPtr<UnwindState> = AtomicPtr::new(ptr::null_mut());
+static MAPS: AtomicPtr<MapsSnapshot> = AtomicPtr::new(ptr::null_mut());
+
+fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| Shared {
+        buffer: SampleBuffer::new(),
+        caches: (0..CACHES)
+            .map(|_| CacheSlot {
+                busy: AtomicBool::new(false),
+                cache: UnsafeCell::new(NativeCache::new_in()),
+            })
+            .collect(),
+        unwind_busy: AtomicU64::new(0),
+    })
+}
+
+/// The start of the kernel's `siginfo_t` for POSIX timer signals
+/// (`_sigfault` union member `_timer`), on 64-bit Linux.
+#[repr(C)]
+struct TimerSigInfo {
+    si_signo: libc::c_int,
+    si_errno: libc::c_int,
+    si_code: libc::c_int,
+    _pad: libc::c_int,
+    si_tid: libc::c_int,
+    si_overrun: libc::c_int,
+}
+
+/// How many timer periods this signal stands for. When expirations are
+/// detected late (CPU timers are checked at scheduler ticks) the kernel
+/// merges them and reports the extra ones as the overrun count; weighting by
+/// it keeps sample counts proportional to CPU time.
+fn weight(info: *const libc::siginfo_t) -> u32 {
+    if info.is_null() {
+        return 1;
+    }
+    // SAFETY: the kernel passes a full siginfo_t (128 bytes), larger than
+    // TimerSigInfo; for SI_TIMER the `_timer` member is the active one.
+    let info = unsafe { &*(info as *const TimerSigInfo) };
+    if info.si_code == libc::SI_TIMER && info.si_overrun > 0 {
+        (info.si_overrun as u32).saturating_add(1).min(1000)
+    } else {
+        1
+    }
+}
+
+extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+    if ACTIVE.load(Ordering::SeqCst) {
+        if let Some(shared) = SHARED.get() {
+            take_sample(shared, ctx, weight(info));
+        }
+    }
+    IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+    // SAFETY: as above; restoring errno keeps the interrupted code's view intact.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Reads pc/sp/fp/lr from the signal context.
+fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t
+    // describing the interrupted thread; we only read it.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    #[cfg(target_arch = "x86_64")]
+    {
+        let g = &uc.uc_mcontext.gregs;
+        Some(Regs {
+            pc: g[libc::REG_RIP as usize] as u64,
+            sp: g[libc::REG_RSP as usize] as u64,
+            fp: g[libc::REG_RBP as usize] as u64,
+            lr: 0,
+        })
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let m = &uc.uc_mcontext;
+        Some(Regs {
+            pc: m.pc,
+            sp: m.sp,
+            fp: m.regs[29],
+            lr: m.regs[30],
+        })
+    }
+}
+
+#[inline]
+fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
+    let labels = context::read_in_signal_handler();
+    let Some(regs) = regs_from(ctx) else { return };
+    let Some(mut claim) = shared.buffer.claim() else {
+        return; // counted as dropped by `claim`
+    };
+    let data = claim.data();
+    data.labels = labels;
+    data.weight = weight;
+    data.frames[0] = regs.pc;
+    data.depth = 1;
+    let unwinder = UNWIND.load(Ordering::SeqCst);
+    let maps = MAPS.load(Ordering::SeqCst);
+    if !unwinder.is_null() && !maps.is_null() {
+        if let Some(slot) = shared.caches.iter().find(|c| {
+            c.busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        }) {
+            // SAFETY: `busy` gives us exclusive use of this cache; the
+            // unwinder and maps are kept alive while IN_HANDLER > 0 (they are
+            // only freed after a grace period with no handler running).
+            let (cache, state, maps) = unsafe { (&mut *slot.cache.get(), &*unwinder, &*maps) };
+            data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
+            slot.busy.store(false, Ordering::Release);
+        } else {
+            shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    claim.publish(&shared.buffer);
+}
+
+/// Installs our handler unless a foreign one is installed.
+fn install_handler() -> Result<(), Error> {
+    let ours = on_sigprof as *const () as libc::sighandler_t;
+    // SAFETY: sigaction is plain data; zeroed is valid.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: querying the current action with a valid out-pointer.
+    if unsafe { libc::sigaction(libc::SIGPROF, ptr::null(), &mut old) } != 0 {
+        return Err(Error::new(ErrorKind::Os, "sigaction(SIGPROF) query failed")
+            .with_source(std::io::Error::last_os_error()));
+    }
+    if old.sa_sigaction == ours {
+        return Ok(());
+    }
+    if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+        return Err(Error::new(
+            ErrorKind::SignalInUse,
+            "another SIGPROF handler is installed (another profiler?); tracing-pyroscope will not replace it",
+        ));
+    }
+    // SAFETY: as above.
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = ours;
+    new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: valid pointers; the handler is async-signal-safe (module docs).
+    let rc = unsafe {
+        libc::sigemptyset(&mut new.sa_mask);
+        libc::sigaction(libc::SIGPROF, &new, ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(
+            Error::new(ErrorKind::Os, "sigaction(SIGPROF) install failed")
+                .with_source(std::io::Error::last_os_error()),
+        );
+    }
+    Ok(())
+}
+
+/// Retired published data, freed once no handler is running.
+#[derive(Default)]
+struct Retired {
+    unwinders: Vec<Box<UnwindState>>,
+    maps: Vec<Box<MapsSnapshot>>,
+}
+
+impl Retired {
+    fn collect(&mut self) {
+        if (!self.unwinders.is_empty() || !self.maps.is_empty())
+            && IN_HANDLER.load(Ordering::SeqCst) == 0
+        {
+            self.unwinders.clear();
+            self.maps.clear();
+        }
+    }
+}
+
+fn publish_unwinder(state: UnwindState, retired: &mut Retired) {
+    let old = UNWIND.swap(Box::into_raw(Box::new(state)), Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: `old` came from Box::into_raw in this function.
+        retired.unwinders.push(unsafe { Box::from_raw(old) });
+    }
+}
+
+fn publish_maps(maps: MapsSnapshot, retired: &mut Retired) {
+    let old = MAPS.swap(Box::into_raw(Box::new(maps)), Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: `old` came from Box::into_raw in this function.
+        retired.maps.push(unsafe { Box::from_raw(old) });
+    }
+}
+
+/// Sampler counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SamplerStats {
+    pub(crate) taken: u64,
+    pub(crate) dropped: u64,
+    pub(crate) unwind_busy: u64,
+    pub(crate) threads: u64,
+    pub(crate) timer_errors: u64,
+}
+
+type StopSignal = Arc<(Mutex<bool>, Condvar)>;
+
+/// A running sampler. Stops on drop.
+pub(crate) struct Sampler {
+    period_nanos: u64,
+    stop: StopSignal,
+    manager: Option<JoinHandle<()>>,
+    threads: Arc<AtomicU64>,
+    timer_errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler")
+            .field("period_nanos", &self.period_nanos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sampler {
+    /// Starts sampling every thread at `rate_hz` samples per CPU-second.
+    pub(crate) fn start(rate_hz: u32) -> Result<Sampler, Error> {
+        if rate_hz == 0 {
+            return Err(Error::config("sample_rate", "0", "1 to 1000 (Hz)"));
+        }
+        if RUNNING
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(Error::new(
+                ErrorKind::AlreadyRunning,
+                "a tracing-pyroscope profiler is already running in this process",
+            ));
+        }
+        match Self::start_inner(rate_hz) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                RUNNING.store(false, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    fn start_inner(rate_hz: u32) -> Result<Sampler, Error> {
+        let shared = shared();
+        // Discard anything left over from a previous run.
+        shared.buffer.drain(|_, _, _| {});
+        install_handler()?;
+        let mut retired = Retired::default();
+        publish_unwinder(unwind::build_unwinder(), &mut retired);
+        if let Some(maps) = MapsSnapshot::read() {
+            publish_maps(maps, &mut retired);
+        }
+        ACTIVE.store(true, Ordering::SeqCst);
+
+        let period_nanos = 1_000_000_000 / u64::from(rate_hz);
+        let stop: StopSignal = Arc::new((Mutex::new(false), Condvar::new()));
+        let threads = Arc::new(AtomicU64::new(0));
+        let timer_errors = Arc::new(AtomicU64::new(0));
+        let mut timers = timers::Timers::new(period_nanos);
+        // Arm the threads alive now before returning, so work started right
+        // after `start` is sampled.
+        if timers.scan() {
+            if let Some(maps) = MapsSnapshot::read() {
+                publish_maps(maps, &mut retired);
+            }
+        }
+        threads.store(timers.len() as u64, Ordering::Relaxed);
+        let manager = {
+            let stop = stop.clone();
+            let threads = threads.clone();
+            let timer_errors = timer_errors.clone();
+            std::thread::Builder::new()
+                .name("pyroscope-timer".into())
+                .spawn(move || manage(timers, retired, stop, threads, timer_errors))
+        };
+        let manager = match manager {
+            Ok(m) => m,
+            Err(e) => {
+                ACTIVE.store(false, Ordering::SeqCst);
+                return Err(
+                    Error::new(ErrorKind::Os, "could not spawn the timer thread").with_source(e),
+                );
+            }
+        };
+        Ok(Sampler {
+            period_nanos,
+            stop,
+            manager: Some(manager),
+            threads,
+            timer_errors,
+        })
+    }
+
+    /// Nanoseconds of CPU time per sample.
+    pub(crate) fn period_nanos(&self) -> u64 {
+        self.period_nanos
+    }
+
+    /// Passes every sample taken since the last drain to `f`: labels, stack
+    /// (leaf first: pc, then return addresses) and weight (timer periods).
+    pub(crate) fn drain(&self, f: impl FnMut(SpanLabels, &[u64], u32)) -> usize {
+        shared().buffer.drain(f)
+    }
+
+    pub(crate) fn stats(&self) -> SamplerStats {
+        let s = shared();
+        SamplerStats {
+            taken: s.buffer.taken.load(Ordering::Relaxed),
+            dropped: s.buffer.dropped.load(Ordering::Relaxed),
+            unwind_busy: s.unwind_busy.load(Ordering::Relaxed),
+            threads: self.threads.load(Ordering::Relaxed),
+            timer_errors: self.timer_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the timers and waits for running handlers. Idempotent. Samples
+    /// already taken stay in the buffer for a final `drain`.
+    pub(crate) fn stop(&mut self) {
+        let Some(manager) = self.manager.take() else {
+            return;
+        };
+        {
+            let (lock, cvar) = &*self.stop;
+            let mut stopped = match lock.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            *stopped = true;
+            cvar.notify_all();
+        }
+        let _ = manager.join();
+        RUNNING.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn manage(
+    mut timers: timers::Timers,
+    mut retired: Retired,
+    stop: StopSignal,
+    threads: Arc<AtomicU64>,
+    timer_errors: Arc<AtomicU64>,
+) {
+    let mut loader_generation = {
+        let p = UNWIND.load(Ordering::SeqCst);
+        // SAFETY: only this thread replaces or frees UNWIND while running.
+        if p.is_null() {
+            0
+        } else {
+            unsafe { (*p).loader_generation }
+        }
+    };
+    let mut scans: u64 = 0;
+    loop {
+        {
+            let (lock, cvar) = &*stop;
+            let guard = match lock.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let (guard, _) = match cvar.wait_timeout_while(guard, SCAN_PERIOD, |s| !*s) {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            if *guard {
+                break;
+            }
+        }
+        scans += 1;
+        // New code loaded (dlopen)? Rebuild the unwinder, about every 0.5 s.
+        if scans % 25 == 0 {
+            let generation = unwind::loader_generation();
+            if generation != loader_generation {
+                let state = unwind::build_unwinder();
+                loader_generation = state.loader_generation;
+                publish_unwinder(state, &mut retired);
+                if let Some(maps) = MapsSnapshot::read() {
+                    publish_maps(maps, &mut retired);
+                }
+            }
+        }
+        if timers.scan() {
+            if let Some(maps) = MapsSnapshot::read() {
+                publish_maps(maps, &mut retired);
+            }
+        }
+        threads.store(timers.len() as u64, Ordering::Relaxed);
+        timer_errors.store(timers.create_errors, Ordering::Relaxed);
+        retired.collect();
+    }
+    // Shut down: no new signals from us, then wait out running handlers.
+    timers.clear();
+    ACTIVE.store(false, Ordering::SeqCst);
+    let mut spins = 0;
+    while IN_HANDLER.load(Ordering::SeqCst) != 0 && spins < 10_000 {
+        std::thread::yield_now();
+        spins += 1;
+    }
+    if IN_HANDLER.load(Ordering::SeqCst) == 0 {
+        let u = UNWIND.swap(ptr::null_mut(), Ordering::SeqCst);
+        let m = MAPS.swap(ptr::null_mut(), Ordering::SeqCst);
+        // SAFETY: both came from Box::into_raw; ACTIVE is false and no
+        // handler is running, so none can hold them.
+        unsafe {
+            if !u.is_null() {
+                drop(Box::from_raw(u));
+            }
+            if !m.is_null() {
+                drop(Box::from_raw(m));
+            }
+        }
+        retired.unwinders.clear();
+        retired.maps.clear();
+    } else {
+        // Extremely unlikely; leak rather than risk a use-after-free.
+        std::mem::forget(retired);
+    }
+}

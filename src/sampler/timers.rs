@@ -1,0 +1,168 @@
+//! Per-thread CPU-time timers, as Go's runtime does since 1.18.
+//!
+//! For every thread of the process, the manager creates a POSIX timer on
+//! that thread's own CPU-time clock (clock id derived from its tid) whose
+//! expiry sends `SIGPROF` to exactly that thread (`SIGEV_THREAD_ID`). A busy
+//! thread is thus sampled in proportion to its own CPU time, however many
+//! threads are busy; a process-wide `setitimer(ITIMER_PROF)` would instead
+//! deliver to whichever thread happens to run and caps the total rate.
+//!
+//! Threads are discovered by listing `/proc/self/task` every scan period, so
+//! threads the crate did not create, and threads started later, are covered.
+//! A thread that lives shorter than one scan period may go unsampled.
+//! Timers of exited threads are deleted on the next scan. A recycled tid is
+//! detected because the old timer reads as disarmed for several scans.
+
+use std::collections::HashMap;
+
+/// One armed timer.
+struct ThreadTimer {
+    id: libc::timer_t,
+    /// Consecutive scans that found the timer disarmed.
+    idle_scans: u8,
+}
+
+/// The manager's timers, keyed by tid.
+pub(crate) struct Timers {
+    period_nanos: u64,
+    timers: HashMap<libc::pid_t, ThreadTimer>,
+    /// Errors creating timers (e.g. thread exited meanwhile, EAGAIN).
+    pub(crate) create_errors: u64,
+}
+
+// SAFETY: timer_t is an opaque kernel handle (a pointer-sized id) that may be
+// used from any thread of the process.
+unsafe impl Send for Timers {}
+
+/// CPU-time clock of thread `tid` (Linux's MAKE_THREAD_CPUCLOCK(tid, SCHED)).
+fn thread_cpu_clock(tid: libc::pid_t) -> libc::clockid_t {
+    ((!(tid as u32)) << 3 | 6) as libc::clockid_t
+}
+
+fn timespec(nanos: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: (nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    }
+}
+
+impl Timers {
+    pub(crate) fn new(period_nanos: u64) -> Self {
+        Timers {
+            period_nanos,
+            timers: HashMap::new(),
+            create_errors: 0,
+        }
+    }
+
+    /// Number of threads with a timer.
+    pub(crate) fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Brings timers in line with the threads alive now. Returns true if
+    /// timers were added (new threads: refresh the maps snapshot).
+    pub(crate) fn scan(&mut self) -> bool {
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return false;
+        };
+        let mut alive: Vec<libc::pid_t> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        alive.sort_unstable();
+        // Delete timers of threads that exited.
+        let gone: Vec<libc::pid_t> = self
+            .timers
+            .keys()
+            .copied()
+            .filter(|tid| alive.binary_search(tid).is_err())
+            .collect();
+        for tid in gone {
+            if let Some(t) = self.timers.remove(&tid) {
+                delete(t.id);
+            }
+        }
+        // Recycled tids: a timer whose thread died reads as disarmed.
+        let mut stale = Vec::new();
+        for (tid, t) in self.timers.iter_mut() {
+            if armed(t.id) {
+                t.idle_scans = 0;
+            } else {
+                t.idle_scans = t.idle_scans.saturating_add(1);
+                if t.idle_scans >= 3 {
+                    stale.push(*tid);
+                }
+            }
+        }
+        for tid in stale {
+            if let Some(t) = self.timers.remove(&tid) {
+                delete(t.id);
+            }
+        }
+        let mut added = false;
+        for tid in alive {
+            if self.timers.contains_key(&tid) {
+                continue;
+            }
+            match self.create(tid) {
+                Some(id) => {
+                    self.timers.insert(tid, ThreadTimer { id, idle_scans: 0 });
+                    added = true;
+                }
+                None => self.create_errors += 1,
+            }
+        }
+        added
+    }
+
+    fn create(&self, tid: libc::pid_t) -> Option<libc::timer_t> {
+        // SAFETY: sigevent is plain data; zeroed is a valid initial value.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = libc::SIGPROF;
+        sev.sigev_notify_thread_id = tid;
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid pointers to initialised sigevent and out-param.
+        if unsafe { libc::timer_create(thread_cpu_clock(tid), &mut sev, &mut id) } != 0 {
+            return None;
+        }
+        let spec = libc::itimerspec {
+            it_interval: timespec(self.period_nanos),
+            it_value: timespec(self.period_nanos),
+        };
+        // SAFETY: `id` was just created by timer_create.
+        if unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) } != 0 {
+            delete(id);
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Deletes every timer. After this no new SIGPROF is generated by us.
+    pub(crate) fn clear(&mut self) {
+        for (_, t) in self.timers.drain() {
+            delete(t.id);
+        }
+    }
+}
+
+impl Drop for Timers {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+fn armed(id: libc::timer_t) -> bool {
+    // SAFETY: itimerspec is plain data.
+    let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: `id` is a live timer owned by us; `cur` is a valid out-param.
+    let ok = unsafe { libc::timer_gettime(id, &mut cur) } == 0;
+    ok && (cur.it_value.tv_sec != 0 || cur.it_value.tv_nsec != 0)
+}
+
+fn delete(id: libc::timer_t) {
+    // SAFETY: `id` is a timer we created and have not deleted yet.
+    unsafe {
+        libc::timer_delete(id);
+    }
+}

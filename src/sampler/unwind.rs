@@ -1,0 +1,279 @@
+//! Stack unwinding from a signal context with `framehop` (DWARF CFI from
+//! `.eh_frame`, with frame-pointer and prologue/epilogue analysis as
+//! fallbacks), so stacks are right in ordinary release binaries built
+//! without frame pointers.
+//!
+//! Module information is taken from memory, not files: `dl_iterate_phdr`
+//! gives each loaded object's segments and its `PT_GNU_EH_FRAME`
+//! (`.eh_frame_hdr`), from which `.eh_frame` is found. The vDSO is covered
+//! the same way. The unwinder and a snapshot of the process's memory
+//! mappings (used to bound stack reads) are built by the manager thread and
+//! published to the handler through atomic pointers.
+
+use std::ffi::CStr;
+use std::ops::Range;
+
+use framehop::{
+    CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind,
+    UnwindRegsNative, Unwinder, UnwinderNative,
+};
+
+use super::buffer::MAX_FRAMES;
+
+pub(crate) type Bytes = &'static [u8];
+pub(crate) type NativeUnwinder = UnwinderNative<Bytes, MustNotAllocateDuringUnwind>;
+pub(crate) type NativeCache = CacheNative<MustNotAllocateDuringUnwind>;
+
+/// The unwinder plus the generation of the loader's object list it reflects.
+pub(crate) struct UnwindState {
+    pub(crate) unwinder: NativeUnwinder,
+    /// `dlpi_adds + dlpi_subs` when built: a change means dlopen/dlclose.
+    pub(crate) loader_generation: u64,
+}
+
+/// Readable memory ranges (sorted, merged), to keep stack reads inside
+/// mapped memory.
+pub(crate) struct MapsSnapshot {
+    ranges: Vec<Range<u64>>,
+}
+
+impl MapsSnapshot {
+    /// Reads `/proc/self/maps`. Only the manager thread calls this.
+    pub(crate) fn read() -> Option<MapsSnapshot> {
+        let text = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if !perms.starts_with('r') {
+                continue;
+            }
+            let Some((a, b)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            match ranges.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => ranges.push(start..end),
+            }
+        }
+        Some(MapsSnapshot { ranges })
+    }
+
+    /// End of the readable region containing `addr`. No allocation.
+    #[inline]
+    pub(crate) fn readable_end(&self, addr: u64) -> Option<u64> {
+        let i = self.ranges.partition_point(|r| r.end <= addr);
+        let r = self.ranges.get(i)?;
+        (r.start <= addr).then_some(r.end)
+    }
+}
+
+/// Registers taken from the interrupted context.
+#[derive(Clone, Copy)]
+pub(crate) struct Regs {
+    pub(crate) pc: u64,
+    pub(crate) sp: u64,
+    pub(crate) fp: u64,
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) lr: u64,
+}
+
+/// Unwinds into `out`, leaf first (`out[0]` = pc, then return addresses).
+/// Stack reads are limited to `[sp, end of sp's readable region)`.
+/// No allocation, no locks, no syscalls.
+#[inline]
+pub(crate) fn unwind(
+    state: &UnwindState,
+    maps: &MapsSnapshot,
+    cache: &mut NativeCache,
+    regs: Regs,
+    out: &mut [u64; MAX_FRAMES],
+) -> usize {
+    let stack_lo = regs.sp;
+    let stack_hi = maps.readable_end(regs.sp).unwrap_or(regs.sp);
+    let mut read_stack = |addr: u64| -> Result<u64, ()> {
+        if addr < stack_lo || addr.checked_add(8).is_none_or(|end| end > stack_hi) || addr % 8 != 0
+        {
+            return Err(());
+        }
+        // SAFETY: `addr..addr+8` lies inside a readable mapping that contains
+        // this thread's stack pointer, i.e. the live stack of the interrupted
+        // thread (which is the thread running this handler), and is aligned.
+        Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
+    };
+    #[cfg(target_arch = "x86_64")]
+    let unwind_regs = UnwindRegsNative::new(regs.pc, regs.sp, regs.fp);
+    #[cfg(target_arch = "aarch64")]
+    let unwind_regs = UnwindRegsNative::new(regs.lr, regs.sp, regs.fp);
+    let mut frames = state
+        .unwinder
+        .iter_frames(regs.pc, unwind_regs, cache, &mut read_stack);
+    let mut n = 0;
+    while n < MAX_FRAMES {
+        match frames.next() {
+            Ok(Some(frame)) => {
+                let address = match frame {
+                    FrameAddress::InstructionPointer(a) => a,
+                    FrameAddress::ReturnAddress(a) => a.get(),
+                };
+                out[n] = address;
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    n
+}
+
+/// One loaded object as found by `dl_iterate_phdr`.
+struct Object {
+    name: String,
+    bias: u64,
+    /// SVMA ranges of PT_LOAD segments and whether each is executable.
+    loads: Vec<(Range<u64>, bool)>,
+    eh_frame_hdr: Option<Range<u64>>,
+}
+
+/// Lists loaded objects and the loader's generation counter.
+fn loaded_objects() -> (Vec<Object>, u64) {
+    struct Acc {
+        objects: Vec<Object>,
+        generation: u64,
+    }
+    unsafe extern "C" fn callback(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `&mut Acc` passed below; `info` is valid for
+        // the duration of the callback as documented by dl_iterate_phdr.
+        let (acc, info) = unsafe { (&mut *(data as *mut Acc), &*info) };
+        acc.generation = info.dlpi_adds.wrapping_add(info.dlpi_subs);
+        let name = if info.dlpi_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: non-null dlpi_name is a NUL-terminated string owned by the loader.
+            unsafe { CStr::from_ptr(info.dlpi_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+            &[]
+        } else {
+            // SAFETY: the loader provides `dlpi_phnum` program headers at `dlpi_phdr`.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        };
+        let mut object = Object {
+            name,
+            bias: info.dlpi_addr,
+            loads: Vec::new(),
+            eh_frame_hdr: None,
+        };
+        for ph in phdrs {
+            let range = ph.p_vaddr..ph.p_vaddr.saturating_add(ph.p_memsz);
+            match ph.p_type {
+                libc::PT_LOAD => object.loads.push((range, ph.p_flags & libc::PF_X != 0)),
+                libc::PT_GNU_EH_FRAME => object.eh_frame_hdr = Some(range),
+                _ => {}
+            }
+        }
+        acc.objects.push(object);
+        0
+    }
+    let mut acc = Acc {
+        objects: Vec::new(),
+        generation: 0,
+    };
+    // SAFETY: the callback only reads the loader-provided structures and
+    // writes into `acc`, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(callback), &mut acc as *mut Acc as *mut libc::c_void);
+    }
+    (acc.objects, acc.generation)
+}
+
+/// The loader's generation counter (cheap; manager thread only).
+pub(crate) fn loader_generation() -> u64 {
+    // Listing objects is cheap; the counters come with it.
+    loaded_objects().1
+}
+
+/// Reads a DWARF EH pointer at `pos` in `.eh_frame_hdr` (only the encodings
+/// used for `eh_frame_ptr` in practice).
+fn read_eh_ptr(hdr: &[u8], pos: usize, encoding: u8, hdr_avma: u64) -> Option<u64> {
+    let rest = hdr.get(pos..)?;
+    let value: i64 = match encoding & 0x0f {
+        0x03 => u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as i64,
+        0x0b => i32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as i64,
+        0x04 | 0x0c => i64::from_le_bytes(rest.get(..8)?.try_into().ok()?),
+        _ => return None,
+    };
+    match encoding & 0x70 {
+        0x00 => Some(value as u64),
+        0x10 => Some((hdr_avma + pos as u64).wrapping_add(value as u64)),
+        0x30 => Some(hdr_avma.wrapping_add(value as u64)),
+        _ => None,
+    }
+}
+
+/// Builds a framehop unwinder over the objects loaded now.
+pub(crate) fn build_unwinder() -> UnwindState {
+    let (objects, generation) = loaded_objects();
+    let mut unwinder = NativeUnwinder::new();
+    for object in objects {
+        if let Some(module) = module_for(&object) {
+            unwinder.add_module(module);
+        }
+    }
+    UnwindState {
+        unwinder,
+        loader_generation: generation,
+    }
+}
+
+fn module_for(object: &Object) -> Option<Module<Bytes>> {
+    let bias = object.bias;
+    let (text, _) = object.loads.iter().find(|(_, exec)| *exec)?.clone();
+    let avma = |r: &Range<u64>| r.start.wrapping_add(bias)..r.end.wrapping_add(bias);
+    // SAFETY: every PT_LOAD segment of a loaded object is mapped readable for
+    // as long as the object stays loaded (objects are not unloaded while the
+    // unwinder referencing them is published; see the module docs).
+    let mem = |r: &Range<u64>| -> Bytes {
+        let a = avma(r);
+        unsafe { std::slice::from_raw_parts(a.start as *const u8, (a.end - a.start) as usize) }
+    };
+    let mut info = ExplicitModuleSectionInfo::<Bytes> {
+        base_svma: 0,
+        text_svma: Some(text.clone()),
+        text: Some(mem(&text)),
+        ..Default::default()
+    };
+    if let Some(hdr_range) = &object.eh_frame_hdr {
+        let hdr = mem(hdr_range);
+        let hdr_avma = hdr_range.start.wrapping_add(bias);
+        if hdr.len() >= 8 && hdr[0] == 1 {
+            if let Some(eh_avma) = read_eh_ptr(hdr, 4, hdr[1], hdr_avma) {
+                let eh_svma = eh_avma.wrapping_sub(bias);
+                // `.eh_frame` runs to its terminator inside its PT_LOAD segment.
+                if let Some((seg, _)) = object
+                    .loads
+                    .iter()
+                    .find(|(r, _)| r.start <= eh_svma && eh_svma < r.end)
+                {
+                    let eh_range = eh_svma..seg.end;
+                    info.eh_frame = Some(mem(&eh_range));
+                    info.eh_frame_svma = Some(eh_range);
+                    info.eh_frame_hdr = Some(hdr);
+                    info.eh_frame_hdr_svma = Some(hdr_range.clone());
+                }
+            }
+        }
+    }
+    Some(Module::new(object.name.clone(), avma(&text), bias, info))
+}
