@@ -1,8 +1,44 @@
 //! Aggregation, symbolization and pprof encoding.
+//!
+//! The profiler's background thread drains raw samples (a stack of
+//! instruction addresses plus the [`SpanLabels`](crate::context::SpanLabels)
+//! read in the signal handler) into a `ProfileBuilder`, one per upload
+//! interval. At the end of the interval `ProfileBuilder::finish` symbolizes
+//! every distinct address once (a `Symbolizer` caches across intervals) and
+//! encodes gzipped pprof ready for a sink:
+//!
+//! - sample types `samples/count` and `cpu/nanoseconds`, period type
+//!   `cpu/nanoseconds`; `time_nanos`/`duration_nanos` cover the interval;
+//! - string labels `span_id` (16 lowercase hex digits), `span_name` and
+//!   `trace_id` (32 lowercase hex digits) on samples taken inside a span;
+//!   samples outside any span carry no labels;
+//! - one `Location` per distinct address, with inlined frames as several
+//!   `Line`s (innermost first), and `Mapping`s marked as fully symbolized so
+//!   that no tool tries to symbolize them again;
+//! - within Pyroscope's default limits: at most 16000 samples and 4 MiB
+//!   uncompressed per profile (more samples are split over several profiles
+//!   of the same interval) and 1000 frames per stack (the leaf side is kept).
+//!
+//! An interval without samples produces no profile.
+//!
+//! [`proto`] holds the pprof message types; it is public so that tools and
+//! tests can read what the crate writes.
 
 use std::time::SystemTime;
 
+// Wired into the profiler's collector; parts are only used by tests until then.
+#[allow(dead_code)]
+mod builder;
 pub mod proto;
+#[allow(dead_code)]
+mod symbolize;
+
+#[allow(unused_imports)]
+pub(crate) use builder::{
+    decode_gzipped, ProfileBuilder, MAX_PROFILE_BYTES, MAX_SAMPLES_PER_PROFILE, MAX_STACK_DEPTH,
+};
+#[allow(unused_imports)]
+pub(crate) use symbolize::Symbolizer;
 
 /// One gzipped pprof profile, ready for a sink.
 #[derive(Clone, Debug)]
