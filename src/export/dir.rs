@@ -53,11 +53,6 @@ impl DirSink {
         })
     }
 
-    /// The directory written to.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Writes `DIR/<service>-<start_unix_ms>-<pid>-<seq>.pb.gz` atomically
     /// and returns its path.
     pub(crate) fn write_profile(&self, service: &str, p: &EncodedProfile) -> io::Result<PathBuf> {
