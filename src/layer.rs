@@ -446,6 +446,13 @@ where
         let Some(config) = &self.config else {
             return;
         };
+        let span_id = id.into_u64();
+        let layer = self as *const Self as usize;
+        if stack::enter_cached(layer, span_id) {
+            return;
+        }
+        // Cold: first enter on this thread (or the cache entry was evicted).
+        let epoch = stack::epoch(span_id);
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -463,7 +470,8 @@ where
                 None => return,
             },
         };
-        stack::enter(id.into_u64(), labels);
+        stack::remember(layer, span_id, epoch, labels);
+        stack::enter(span_id, labels);
     }
 
     #[inline]
@@ -475,11 +483,16 @@ where
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(LayerConfig {
+        let Some(config) = &self.config else {
+            return;
+        };
+        // Before the Registry can hand this id to a new span.
+        stack::closed(id.into_u64());
+        let LayerConfig {
             records: Some(records),
             scope,
             ..
-        }) = &self.config
+        } = config
         else {
             return;
         };
@@ -512,14 +525,20 @@ where
     }
 }
 
-/// The per-thread stack of saved slot values.
+/// Per-thread state: the stack of saved slot values and a small cache of
+/// settled labels, so that a warm enter needs no Registry lookup.
 mod stack {
     use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use crate::context::{self, SpanLabels};
 
     /// Deeper nesting on one thread leaves the slot unchanged.
-    pub(super) const CAPACITY: usize = 64;
+    pub(super) const CAPACITY: usize = 32;
+    /// Direct-mapped label cache size (a power of two).
+    const CACHE: usize = 32;
+    /// Close counters (a power of two), one per cache line.
+    const EPOCHS: usize = 256;
 
     #[derive(Clone, Copy)]
     struct Entry {
@@ -532,11 +551,30 @@ mod stack {
         saved: SpanLabels::NONE,
     };
 
+    /// A span's settled labels, valid while `epoch` matches the close counter
+    /// of the span's id. `layer` tells apart equal ids of different
+    /// subscribers (span ids are per Registry).
+    #[derive(Clone, Copy)]
+    struct Cached {
+        layer: usize,
+        span: u64,
+        epoch: u64,
+        labels: SpanLabels,
+    }
+
+    const NO_CACHE: Cached = Cached {
+        layer: 0,
+        span: 0,
+        epoch: 0,
+        labels: SpanLabels::NONE,
+    };
+
     struct Stack {
         len: Cell<usize>,
         /// Enters beyond `CAPACITY` not yet exited.
         overflow: Cell<usize>,
         entries: [Cell<Entry>; CAPACITY],
+        cache: [Cell<Cached>; CACHE],
     }
 
     thread_local! {
@@ -546,23 +584,96 @@ mod stack {
                 len: Cell::new(0),
                 overflow: Cell::new(0),
                 entries: [const { Cell::new(EMPTY) }; CAPACITY],
+                cache: [const { Cell::new(NO_CACHE) }; CACHE],
             }
         };
+    }
+
+    /// A counter on its own cache line, so closes on other threads do not
+    /// slow down enters of unrelated spans.
+    #[repr(align(64))]
+    struct Epoch(AtomicU64);
+
+    /// Bumped whenever a span whose id hashes here closes. A Registry reuses
+    /// span ids after a close, so a cached entry is valid only while the
+    /// counter of its id is unchanged.
+    static CLOSES: [Epoch; EPOCHS] = [const { Epoch(AtomicU64::new(0)) }; EPOCHS];
+
+    #[inline(always)]
+    fn hash(span: u64) -> u64 {
+        span.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    #[inline(always)]
+    fn epoch_of(span: u64) -> &'static AtomicU64 {
+        &CLOSES[(hash(span) >> 56) as usize & (EPOCHS - 1)].0
+    }
+
+    #[inline(always)]
+    fn cache_slot(span: u64) -> usize {
+        (hash(span) >> 32) as usize & (CACHE - 1)
+    }
+
+    /// The close counter to pass to [`remember`]; read it before looking
+    /// the span up.
+    #[inline]
+    pub(super) fn epoch(span: u64) -> u64 {
+        epoch_of(span).load(Ordering::Acquire)
+    }
+
+    /// Call from `on_close`, before the Registry can reuse the id.
+    #[inline]
+    pub(super) fn closed(span: u64) {
+        epoch_of(span).fetch_add(1, Ordering::Release);
+    }
+
+    /// Caches a span's settled labels for later enters on this thread.
+    #[inline]
+    pub(super) fn remember(layer: usize, span: u64, epoch: u64, labels: SpanLabels) {
+        let _ = STACK.try_with(|stack| {
+            stack.cache[cache_slot(span)].set(Cached {
+                layer,
+                span,
+                epoch,
+                labels,
+            });
+        });
+    }
+
+    /// Enters with cached labels if this thread has them; `false` if not.
+    #[inline]
+    pub(super) fn enter_cached(layer: usize, span: u64) -> bool {
+        STACK
+            .try_with(|stack| {
+                let cached = stack.cache[cache_slot(span)].get();
+                if cached.span != span
+                    || cached.layer != layer
+                    || cached.epoch != epoch_of(span).load(Ordering::Acquire)
+                {
+                    return false;
+                }
+                push(stack, span, cached.labels);
+                true
+            })
+            .unwrap_or(false)
     }
 
     /// Installs `labels`, remembering what the slot held.
     #[inline]
     pub(super) fn enter(span: u64, labels: SpanLabels) {
-        let _ = STACK.try_with(|stack| {
-            let len = stack.len.get();
-            if len >= CAPACITY {
-                stack.overflow.set(stack.overflow.get() + 1);
-                return;
-            }
-            let saved = context::replace(labels);
-            stack.entries[len].set(Entry { span, saved });
-            stack.len.set(len + 1);
-        });
+        let _ = STACK.try_with(|stack| push(stack, span, labels));
+    }
+
+    #[inline(always)]
+    fn push(stack: &Stack, span: u64, labels: SpanLabels) {
+        let len = stack.len.get();
+        if len >= CAPACITY {
+            stack.overflow.set(stack.overflow.get() + 1);
+            return;
+        }
+        let saved = context::replace(labels);
+        stack.entries[len].set(Entry { span, saved });
+        stack.len.set(len + 1);
     }
 
     /// Undoes the topmost enter of `span` on this thread.

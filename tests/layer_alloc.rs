@@ -93,7 +93,8 @@ fn enter_and_exit_do_not_allocate() {
         // With tracing-opentelemetry: ours adds nothing to what it does.
         let provider = otel_provider();
         let (otel, _) = measure(&Dispatch::new(
-            Registry::default().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("a"))),
+            Registry::default()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("a"))),
         ));
         let (otel_ours, seen) = measure(&Dispatch::new(
             Registry::default()

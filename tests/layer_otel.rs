@@ -167,7 +167,11 @@ fn scope_all_gives_every_span_its_own_id() {
             root.in_scope(|| {
                 let in_root = context::current();
                 let child = tracing::info_span!("all-child");
-                (in_root, child.in_scope(context::current), context::current())
+                (
+                    in_root,
+                    child.in_scope(context::current),
+                    context::current(),
+                )
             })
         });
         let root = stack.span("all-root");
@@ -568,7 +572,11 @@ fn remote_parent_roots() {
         let local = stack.span("local-root");
         let server = stack.span("server-request");
         let server_child = stack.span("server-child");
-        assert_eq!(trace_id(&server), trace, "{order:?}: set_parent took effect");
+        assert_eq!(
+            trace_id(&server),
+            trace,
+            "{order:?}: set_parent took effect"
+        );
         assert_eq!(
             u64::from_be_bytes(server.parent_span_id.to_bytes()),
             parent,
@@ -663,7 +671,12 @@ fn without_otel_the_layer_mints_its_own_ids() {
             let child = tracing::info_span!("mint-child");
             (context::current(), child.in_scope(context::current))
         });
-        (la, la_child, b.in_scope(context::current), a.in_scope(context::current))
+        (
+            la,
+            la_child,
+            b.in_scope(context::current),
+            a.in_scope(context::current),
+        )
     });
     assert_ne!(a.span_id, 0);
     assert_ne!(b.span_id, 0);
@@ -733,7 +746,11 @@ fn other_layers_and_events_still_work() {
     let _ = provider.force_flush();
     let spans = exporter.get_finished_spans().unwrap();
     assert_eq!(spans.len(), 1);
-    assert_eq!(spans[0].events.events.len(), 1, "the OTel event is exported");
+    assert_eq!(
+        spans[0].events.events.len(),
+        1,
+        "the OTel event is exported"
+    );
     assert_eq!(attr(&spans[0]), Some(hex(seen.span_id)));
     assert_eq!(seen.span_id, span_id(&spans[0]));
 }
