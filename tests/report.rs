@@ -191,12 +191,28 @@ fn unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// The `srcdoc` of the flame graph iframe carrying `data-{kind}="{key}"`.
+/// The `srcdoc` of the flame graph iframe carrying `data-{kind}="{key}"`
+/// (a single-quoted attribute), with inferno's shared script put back in as
+/// the page's script does when the graph is opened.
 fn srcdoc(html: &str, kind: &str, key: &str) -> Option<String> {
-    let marker = format!("data-{kind}=\"{key}\" data-srcdoc=\"");
+    let marker = format!("data-{kind}=\"{key}\" data-srcdoc='");
     let start = html.find(&marker)? + marker.len();
-    let len = html[start..].find('"')?;
-    Some(unescape(&html[start..start + len]))
+    let len = html[start..].find('\'')?;
+    let doc = unescape(&html[start..start + len]);
+    assert_eq!(
+        doc.matches("/*inferno.js*/").count(),
+        1,
+        "one script marker"
+    );
+    Some(doc.replace("/*inferno.js*/", &shared_script(html)))
+}
+
+/// inferno's script, held once in the page.
+fn shared_script(html: &str) -> String {
+    let open = "<script type=\"text/plain\" id=\"inferno-js\">";
+    let start = html.find(open).expect("shared inferno script") + open.len();
+    let len = html[start..].find("</script>").unwrap();
+    html[start..start + len].to_string()
 }
 
 fn report(dir: &Path) -> (ReportSummary, String) {
@@ -297,6 +313,7 @@ fn page_shows_trace_rows_details_and_files_and_is_self_contained() {
 
     // Flame graphs load lazily: no iframe has a srcdoc until toggled.
     assert!(html.contains("data-srcdoc=") && !html.contains(" srcdoc="));
+    assert!(shared_script(&html).contains("function init("));
     assert!(html.contains("button class=\"toggle\""));
 
     // Files with pprof commands, skipped files listed.

@@ -1,1 +1,114 @@
-fn main() {}
+//! # ride-sharing-demo
+//!
+//! Grafana's "traces to profiles" ride-sharing walkthrough, for Rust: three
+//! region services (`us-east`, `eu-north`, `ap-south`) and a load generator,
+//! instrumented with `tracing` + tracing-opentelemetry and profiled with
+//! `tracing_pyroscope::from_env()`.
+//!
+//! `cargo run --release -p ride-sharing-demo` runs everything locally for
+//! 30 s, profiling into `target/ride-sharing-demo/`, and writes
+//! `report.html` there. With `PYROSCOPE_SERVER_ADDRESS` and
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set (see `docker-compose.yml`) the same
+//! binary feeds the real Grafana stack.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+mod args;
+mod loadgen;
+mod orchestrate;
+mod server;
+mod telemetry;
+mod work;
+
+fn main() -> ExitCode {
+    let args = match args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) if e.is_empty() => {
+            println!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ride-sharing-demo: {e}\n\n{}", args::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let result = match args.mode {
+        args::Mode::Serve => server::run(&args),
+        args::Mode::Load => loadgen::run(&args),
+        args::Mode::Demo => orchestrate::demo(&args),
+        args::Mode::Compare => orchestrate::compare(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ride-sharing-demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line to the parent process (child mode), flushed at once.
+pub(crate) fn report_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// A progress line: `STATS <what>=N errors=N samples=N spans=N ...`.
+pub(crate) fn stats_line(
+    what: &str,
+    count: u64,
+    errors: u64,
+    s: &tracing_pyroscope::Stats,
+) -> String {
+    format!(
+        "STATS {what}={count} errors={errors} samples={} spans={} files={} write_errors={} uploads={} upload_errors={} dropped={}",
+        s.samples,
+        s.spans_recorded,
+        s.files_written,
+        s.write_errors,
+        s.uploads,
+        s.upload_errors,
+        s.dropped_samples + s.dropped_spans + s.dropped_profiles,
+    )
+}
+
+/// Resolves on SIGINT or SIGTERM, or (for a child of the demo) when stdin
+/// reaches end of file: the parent closes it to stop its children, and a
+/// parent that dies closes it too.
+pub(crate) async fn shutdown_signal(child: bool) {
+    let stdin_closed = async {
+        if child {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+                let _ = tx.send(());
+            });
+            let _ = rx.await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = stdin_closed => {}
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}

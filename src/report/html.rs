@@ -110,6 +110,7 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
     }
     h.push_str("</header>\n");
 
+    let mut shared_js: Option<String> = None;
     // Services: aggregate flame graphs.
     h.push_str("<section id=\"services\"><h2>Services</h2>\n");
     if data.services.is_empty() {
@@ -134,6 +135,7 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
             folded,
             &data.stacks,
             &title,
+            &mut shared_js,
         );
         h.push_str("</div>\n");
     }
@@ -269,6 +271,7 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
                     &data.stacks,
                     &title,
                     &ids,
+                    &mut shared_js,
                 );
             } else {
                 let why = if span.profile.samples == 0 {
@@ -320,7 +323,12 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
         h.push_str("<li class=\"empty\">none</li>\n");
     }
     h.push_str("</ul></section>\n");
-    let _ = write!(h, "<script>{JS}</script>\n</body>\n</html>\n");
+    // inferno's script, once for all flame graphs (not executed here).
+    let _ = write!(
+        h,
+        "<script type=\"text/plain\" id=\"inferno-js\">{}</script>\n<script>{JS}</script>\n</body>\n</html>\n",
+        shared_js.unwrap_or_default()
+    );
 
     Page {
         html: h,
@@ -399,8 +407,9 @@ fn push_flame_panel(
     folded: &Folded,
     stacks: &Stacks,
     title: &str,
+    shared_js: &mut Option<String>,
 ) {
-    push_flame_panel_with(h, panel, kind, key, folded, stacks, title, "");
+    push_flame_panel_with(h, panel, kind, key, folded, stacks, title, "", shared_js);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -413,6 +422,7 @@ fn push_flame_panel_with(
     stacks: &Stacks,
     title: &str,
     after_head: &str,
+    shared_js: &mut Option<String>,
 ) {
     let _ = write!(
         h,
@@ -421,24 +431,33 @@ fn push_flame_panel_with(
          <div class=\"profile\" id=\"{panel}\" hidden>"
     );
     match flame_graph(folded, stacks, title) {
-        Some((doc, height)) => {
+        Some((doc, height, js)) if shared_js.as_ref().is_none_or(|s| *s == js) => {
+            shared_js.get_or_insert(js);
+            // Single-quoted: the SVG is full of double quotes, so only '&'
+            // and '\'' need escaping, which keeps the page small.
             let _ = write!(
                 h,
-                "<iframe class=\"fg\" data-{kind}=\"{key}\" data-srcdoc=\"{doc}\" height=\"{height}\" \
+                "<iframe class=\"fg\" data-{kind}=\"{key}\" data-srcdoc='{doc}' height=\"{height}\" \
                  title=\"{t}\"></iframe>",
                 key = esc(key),
-                doc = esc(&doc),
+                doc = esc_single_quoted(&doc),
                 t = esc(title),
             );
         }
-        None => h.push_str("<p class=\"empty\">Could not draw this flame graph.</p>"),
+        _ => h.push_str("<p class=\"empty\">Could not draw this flame graph.</p>"),
     }
     h.push_str("</div>");
 }
 
-/// An HTML document (for `srcdoc`) holding inferno's interactive SVG, and
-/// the SVG's height in pixels.
-fn flame_graph(folded: &Folded, stacks: &Stacks, title: &str) -> Option<(String, usize)> {
+/// Marks where inferno's (identical in every graph) script goes in a
+/// flame graph's `srcdoc`; the page holds the script once and puts it back
+/// when a graph is opened.
+const INFERNO_JS_MARKER: &str = "/*inferno.js*/";
+
+/// An HTML document (for `srcdoc`) holding inferno's interactive SVG with
+/// its static script replaced by [`INFERNO_JS_MARKER`], the SVG's height in
+/// pixels, and the script taken out.
+fn flame_graph(folded: &Folded, stacks: &Stacks, title: &str) -> Option<(String, usize, String)> {
     let lines = folded.lines(stacks);
     if lines.is_empty() {
         return None;
@@ -459,7 +478,20 @@ fn flame_graph(folded: &Folded, stacks: &Stacks, title: &str) -> Option<(String,
     // Drop the XML prolog and doctype: the SVG is inlined into HTML.
     let svg = &svg[svg.find("<svg")?..];
     let height = svg_height(svg).unwrap_or(400);
-    Some((format!("{SRCDOC_HEAD}{svg}</body></html>"), height))
+    // The static script is the CDATA section starting with "use strict".
+    let open = "<![CDATA[\"use strict\";";
+    let start = svg.find(open)? + "<![CDATA[".len();
+    let len = svg[start..].find("]]>")?;
+    let js = &svg[start..start + len];
+    if js.contains("</") {
+        return None; // could not be held in the page's <script> block
+    }
+    let doc = format!(
+        "{SRCDOC_HEAD}{}{INFERNO_JS_MARKER}{}</body></html>",
+        &svg[..start],
+        &svg[start + len..]
+    );
+    Some((doc, height, js.to_string()))
 }
 
 fn svg_height(svg: &str) -> Option<usize> {
@@ -470,6 +502,11 @@ fn svg_height(svg: &str) -> Option<usize> {
         .parse::<f64>()
         .ok()
         .map(|h| h.ceil() as usize)
+}
+
+/// Escapes text for a single-quoted attribute value.
+fn esc_single_quoted(s: &str) -> String {
+    s.replace('&', "&amp;").replace('\'', "&#39;")
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -598,6 +635,7 @@ iframe.fg{width:100%;border:1px solid #d1d9e0;border-radius:4px;background:#fff}
 const JS: &str = r#"
 (function () {
   "use strict";
+  var MARKER = "/*inferno.js*/";
   var list = document.getElementById("traces");
   var rows = Array.prototype.slice.call(list.children);
   var q = document.getElementById("q");
@@ -636,7 +674,8 @@ const JS: &str = r#"
     b.setAttribute("aria-expanded", open ? "true" : "false");
     var frame = panel.querySelector("iframe[data-srcdoc]");
     if (open && frame && !frame.hasAttribute("srcdoc")) {
-      frame.setAttribute("srcdoc", frame.getAttribute("data-srcdoc"));
+      var js = document.getElementById("inferno-js").textContent;
+      frame.setAttribute("srcdoc", frame.getAttribute("data-srcdoc").replace(MARKER, function () { return js; }));
     }
   });
 })();
