@@ -73,6 +73,7 @@ impl ProfileBuilder {
     }
 
     /// Total samples added (the sum of `count`s).
+    #[allow(dead_code)] // part of the interface; the collector may not need it
     pub(crate) fn samples(&self) -> u64 {
         self.samples
     }
@@ -137,6 +138,7 @@ impl ProfileBuilder {
 
 /// Decodes a pprof profile, gunzipping it first if it starts with the gzip
 /// magic bytes.
+#[allow(dead_code)] // for readers of what we write: the report, tests
 pub(crate) fn decode_gzipped(bytes: &[u8]) -> std::io::Result<proto::Profile> {
     let raw;
     let data = if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -248,7 +250,7 @@ impl Chunk {
                 r#type: samples,
                 unit: count,
             },
-            cpu_ns.clone(),
+            cpu_ns,
         ];
         chunk.profile.period_type = Some(cpu_ns);
         chunk.profile.period = header.period_nanos;
@@ -486,7 +488,8 @@ fn string_label(key: i64, value: i64) -> proto::Label {
     }
 }
 
-#[cfg(test)]
+// Symbol names are only real on Linux (elsewhere the symbolizer is a stub).
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::hint::black_box;
@@ -497,7 +500,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    fn string<'a>(p: &'a proto::Profile, id: i64) -> &'a str {
+    fn string(p: &proto::Profile, id: i64) -> &str {
         &p.string_table[id as usize]
     }
 
@@ -898,6 +901,69 @@ mod tests {
                 p.function[l.line.last().expect("line").function_id as usize - 1].name,
             );
             assert!(name.ends_with("leaf_function_for_profile_test"), "{name}");
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod bench {
+    use super::*;
+    use std::time::Instant;
+
+    /// The test binary's executable mapping.
+    fn text_range() -> (u64, u64) {
+        let exe = std::env::current_exe().expect("exe");
+        let exe = exe.to_str().expect("utf-8");
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let line = maps
+            .lines()
+            .find(|l| l.ends_with(exe) && l.split_whitespace().nth(1) == Some("r-xp"))
+            .expect("text mapping");
+        let (a, b) = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'))
+            .expect("range");
+        (
+            u64::from_str_radix(a, 16).expect("hex"),
+            u64::from_str_radix(b, 16).expect("hex"),
+        )
+    }
+
+    /// Realistic load: 8 threads × 100 Hz × 10 s = 8000 samples over 500
+    /// distinct stacks of depth 30 (real code addresses), 50 spans.
+    /// `cargo test --release --lib profile::builder::bench -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn finish_timing() {
+        let (start, end) = text_range();
+        let pool: Vec<u64> = (0..3000u64)
+            .map(|i| start + (i * 7919 * 64) % (end - start))
+            .collect();
+        let stacks: Vec<Vec<u64>> = (0..500usize)
+            .map(|s| {
+                (0..30)
+                    .map(|d| pool[(s * 31 + d * 97) % pool.len()])
+                    .collect()
+            })
+            .collect();
+        let mut sym = Symbolizer::new();
+        for round in 0..3 {
+            let t = Instant::now();
+            let mut b = ProfileBuilder::new(UNIX_EPOCH, 10_000_000);
+            for i in 0..8000usize {
+                let labels = SpanLabels::new((i % 50) as u64 + 1, (i % 50) as u128 + 7, 0);
+                b.add(labels, &stacks[(i * 13) % stacks.len()], 1);
+            }
+            let added = t.elapsed();
+            let t = Instant::now();
+            let out = b.finish(UNIX_EPOCH + Duration::from_secs(10), &mut sym);
+            let finished = t.elapsed();
+            let bytes: usize = out.iter().map(|e| e.gzipped.len()).sum();
+            println!(
+                "round {round}: add 8000 samples {added:?}, finish {finished:?}, {} profile(s), {bytes} bytes gzipped",
+                out.len()
+            );
         }
     }
 }

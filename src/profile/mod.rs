@@ -26,18 +26,14 @@
 
 use std::time::SystemTime;
 
-// Wired into the profiler's collector; parts are only used by tests until then.
-#[allow(dead_code)]
 mod builder;
 pub mod proto;
-#[allow(dead_code)]
 mod symbolize;
 
+// For crate-internal readers of what we write (report, sink tests).
 #[allow(unused_imports)]
-pub(crate) use builder::{
-    decode_gzipped, ProfileBuilder, MAX_PROFILE_BYTES, MAX_SAMPLES_PER_PROFILE, MAX_STACK_DEPTH,
-};
-#[allow(unused_imports)]
+pub(crate) use builder::decode_gzipped;
+pub(crate) use builder::ProfileBuilder;
 pub(crate) use symbolize::Symbolizer;
 
 /// One gzipped pprof profile, ready for a sink.

@@ -23,6 +23,7 @@
 use std::sync::Arc;
 
 /// Cached addresses kept before the cache is cleared.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const CACHE_LIMIT: usize = 100_000;
 
 /// One source-level frame at an address. An address has several when code
