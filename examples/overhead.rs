@@ -1,0 +1,128 @@
+//! Measures the CPU overhead of profiling a CPU-bound workload at 100 Hz
+//! against the same workload unprofiled, interleaved in one run.
+//!
+//! ```text
+//! cargo run --release --example overhead -- [ROUNDS] [SECONDS_PER_RUN] [THREADS]
+//! ```
+//!
+//! Each round runs the same fixed amount of work twice, once with profiling
+//! off and once on (a local profiles directory, the default 100 Hz), in
+//! alternating order. It prints the median wall time of the work, the
+//! process CPU time (which includes the profiler's own threads), and their
+//! ratios.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use tracing_pyroscope::context::{self, SpanLabels};
+
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[inline(never)]
+fn work_unit(seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for _ in 0..20_000 {
+        x = black_box(x.wrapping_mul(0x5851_F42D_4C95_7F2D).rotate_left(17) ^ seed);
+    }
+    x
+}
+
+/// The fixed workload: `units` units, switching span labels every 16 units
+/// as a traced service would.
+fn workload(units: u64, threads: u64) {
+    let per_thread = units / threads;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let name = context::intern_name("overhead");
+                let mut acc = 0u64;
+                for i in 0..per_thread {
+                    if i % 16 == 0 {
+                        context::replace(SpanLabels::new(0x1000 + t * 1_000_000 + i / 16, 0, name));
+                    }
+                    acc ^= work_unit(i);
+                }
+                context::replace(SpanLabels::NONE);
+                black_box(acc);
+            });
+        }
+    });
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
+    let seconds: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2.0);
+    let threads: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let dir =
+        std::env::temp_dir().join(format!("tracing-pyroscope-overhead-{}", std::process::id()));
+
+    // Calibrate the number of units for the requested duration.
+    let t = Instant::now();
+    workload(2000 * threads, threads);
+    let per_unit = t.elapsed().as_secs_f64() / (2000 * threads) as f64;
+    let units = ((seconds / per_unit) as u64).max(threads) * threads.min(2) / threads.min(2);
+
+    let (mut wall_off, mut wall_on, mut cpu_off, mut cpu_on) = (vec![], vec![], vec![], vec![]);
+    let mut samples = 0;
+    for round in 0..rounds {
+        for profiled in [round % 2 == 0, round % 2 != 0] {
+            let guard = profiled.then(|| {
+                tracing_pyroscope::Builder::new("overhead")
+                    .profiles_dir(&dir)
+                    .sample_rate(100)
+                    .build()
+                    .expect("start profiler")
+            });
+            let (c0, t0) = (process_cpu(), Instant::now());
+            workload(units, threads);
+            let (wall, cpu) = (
+                t0.elapsed().as_secs_f64(),
+                (process_cpu() - c0).as_secs_f64(),
+            );
+            if let Some((_layer, guard)) = guard {
+                samples += guard.stats().samples;
+                wall_on.push(wall);
+                cpu_on.push(cpu);
+            } else {
+                wall_off.push(wall);
+                cpu_off.push(cpu);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (wo, wn, co, cn) = (
+        median(wall_off),
+        median(wall_on),
+        median(cpu_off),
+        median(cpu_on),
+    );
+    println!("workload: {units} units on {threads} thread(s), {rounds} rounds, profiling at 100 Hz ({samples} samples taken)");
+    println!(
+        "wall  off {:.3} s  on {:.3} s  ratio {:.4} ({:+.2}%)",
+        wo,
+        wn,
+        wn / wo,
+        (wn / wo - 1.0) * 100.0
+    );
+    println!(
+        "cpu   off {:.3} s  on {:.3} s  ratio {:.4} ({:+.2}%)",
+        co,
+        cn,
+        cn / co,
+        (cn / co - 1.0) * 100.0
+    );
+}

@@ -1,0 +1,174 @@
+//! Safety under fire: profiling at 1000 Hz while threads hammer malloc,
+//! threads are created and exit continuously, and others block in pipe
+//! reads/writes and sleeps. No crash, no deadlock (a watchdog aborts after
+//! 120 s), no EINTR from restartable syscalls, and the drop counter is
+//! reported.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing_pyroscope::context::{self, SpanLabels};
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn stress_malloc_thread_churn_and_blocking_syscalls() {
+    // Watchdog: a deadlock fails the test instead of hanging CI.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(120));
+        eprintln!("sampler_stress: watchdog fired (deadlock?)");
+        std::process::abort();
+    });
+    let dir = std::env::temp_dir().join(format!("tracing-pyroscope-stress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_layer, guard) = tracing_pyroscope::Builder::new("stress-test")
+        .profiles_dir(&dir)
+        .sample_rate(1000)
+        .upload_interval(Duration::from_secs(1))
+        .build()
+        .expect("start profiler");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let eintr = Arc::new(AtomicU64::new(0));
+    let sleep_eintr = Arc::new(AtomicU64::new(0));
+    let bytes_moved = Arc::new(AtomicU64::new(0));
+    let threads_spawned = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+
+    // malloc-heavy workers, with a span label that changes all the time.
+    for t in 0..4u64 {
+        let stop = stop.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let prev = context::replace(SpanLabels::new(0x5000 + (n % 7) + t * 16, 0, 0));
+                let mut v: Vec<Box<[u8]>> = Vec::with_capacity(64);
+                for i in 0..64 {
+                    v.push(vec![i as u8; 16 + (i * 37 + n as usize) % 4000].into_boxed_slice());
+                }
+                let s: String = v.iter().map(|b| b.len().to_string()).collect();
+                black_box(&s);
+                drop(v);
+                context::replace(prev);
+                n += 1;
+            }
+        }));
+    }
+    // Thread create/exit churn.
+    {
+        let stop = stop.clone();
+        let spawned = threads_spawned.clone();
+        handles.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<_> = (0..8)
+                    .map(|i| {
+                        std::thread::spawn(move || {
+                            let v: Vec<u64> = (0..20_000u64).map(|x| x * i).collect();
+                            black_box(v.iter().sum::<u64>())
+                        })
+                    })
+                    .collect();
+                for h in batch {
+                    let _ = h.join();
+                }
+                spawned.fetch_add(8, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Pipe writer and reader with raw syscalls: EINTR would surface here.
+    let mut fds = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (rfd, wfd) = (fds[0], fds[1]);
+    {
+        let stop = stop.clone();
+        let eintr = eintr.clone();
+        handles.push(std::thread::spawn(move || {
+            let buf = [7u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                // Burn a little CPU so this thread gets signals too.
+                black_box((0..20_000u64).fold(0u64, |a, b| a.wrapping_add(b * b)));
+                let r = unsafe { libc::write(wfd, buf.as_ptr().cast(), buf.len()) };
+                if r < 0 && errno() == libc::EINTR {
+                    eintr.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            unsafe { libc::close(wfd) };
+        }));
+    }
+    {
+        let eintr = eintr.clone();
+        let moved = bytes_moved.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            loop {
+                black_box((0..5_000u64).fold(0u64, |a, b| a.wrapping_add(b ^ 3)));
+                let r = unsafe { libc::read(rfd, buf.as_mut_ptr().cast(), buf.len()) };
+                if r == 0 {
+                    break;
+                }
+                if r < 0 {
+                    if errno() == libc::EINTR {
+                        eintr.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                moved.fetch_add(r as u64, Ordering::Relaxed);
+            }
+            unsafe { libc::close(rfd) };
+        }));
+    }
+    // Sleepers: nanosleep is never restarted by SA_RESTART (signal(7)), so
+    // it is counted and reported rather than asserted; std's sleep retries.
+    for _ in 0..2 {
+        let stop = stop.clone();
+        let sleep_eintr = sleep_eintr.clone();
+        handles.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                black_box((0..50_000u64).fold(0u64, |a, b| a.wrapping_add(b * 3)));
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000,
+                };
+                if unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) } != 0
+                    && errno() == libc::EINTR
+                {
+                    sleep_eintr.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().expect("worker panicked");
+    }
+    let stats = guard.stats();
+    let stop_started = Instant::now();
+    drop(guard);
+    let stop_took = stop_started.elapsed();
+    println!(
+        "ran {:?}: {stats:?}; threads spawned {}, pipe bytes {}, EINTR read/write {}, nanosleep EINTR {}, guard drop {:?}",
+        started.elapsed(),
+        threads_spawned.load(Ordering::Relaxed),
+        bytes_moved.load(Ordering::Relaxed),
+        eintr.load(Ordering::Relaxed),
+        sleep_eintr.load(Ordering::Relaxed),
+        stop_took,
+    );
+    assert_eq!(eintr.load(Ordering::Relaxed), 0, "EINTR reached read/write");
+    assert!(stats.samples > 2000, "too few samples: {stats:?}");
+    assert!(threads_spawned.load(Ordering::Relaxed) > 100);
+    assert!(bytes_moved.load(Ordering::Relaxed) > 0);
+    assert!(
+        stop_took < Duration::from_secs(6),
+        "shutdown took {stop_took:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
