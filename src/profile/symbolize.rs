@@ -8,6 +8,11 @@
 //! inlined frames included (innermost first). Names are demangled Rust names
 //! without the hash (`{:#}`).
 //!
+//! With `debug = "line-tables-only"` DWARF only has bare function names
+//! (`poll`, no path); the outermost frame at an address, which owns the
+//! symbol, then takes its qualified name from the symbol table instead, while
+//! inlined frames keep the bare DWARF name.
+//!
 //! Fallbacks, in order: DWARF → ELF symbol table → `<object>+0x<svma>` →
 //! `0x<addr>` when no object contains the address. Names of the second kind
 //! are stable across runs (no ASLR in them), so flame graphs still merge.
@@ -359,6 +364,9 @@ mod linux {
             let mut frames = Vec::with_capacity(raw.len().max(1));
             let outermost = raw.len().saturating_sub(1);
             for (i, (name, file, line)) in raw.into_iter().enumerate() {
+                if name.is_none() && i != outermost {
+                    continue; // a nameless inlined frame: the outer one says enough
+                }
                 let bare = name.as_deref().is_none_or(|n| !n.contains("::"));
                 let name = if i == outermost && bare && symbol.is_some() {
                     symbol.as_deref()
