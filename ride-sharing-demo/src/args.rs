@@ -17,6 +17,7 @@ USAGE:
       One region service (the docker-compose services run this).
   ride-sharing-demo --load --targets REGION=URL,... [--duration D|forever] [--rate N]
       The load generator alone (docker-compose).
+  Add --check to any of these to validate the arguments and exit.
 
 Profiling and tracing are configured by the environment as for any service:
 PYROSCOPE_SERVER_ADDRESS, PYROSCOPE_PROFILES_DIR, PYROSCOPE_LABELS,
@@ -48,6 +49,8 @@ pub(crate) struct Args {
     pub(crate) targets: Vec<(String, String)>,
     /// Spawned by the demo parent: report on stdout, stop at stdin EOF.
     pub(crate) child: bool,
+    /// Only validate the arguments, print them and exit.
+    pub(crate) check: bool,
 }
 
 impl Default for Args {
@@ -63,6 +66,7 @@ impl Default for Args {
             bind: "127.0.0.1".to_string(),
             targets: Vec::new(),
             child: false,
+            check: false,
         }
     }
 }
@@ -92,6 +96,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Stri
             "--load" => a.mode = Mode::Load,
             "--compare" => a.mode = Mode::Compare,
             "--child" => a.child = true,
+            "--check" => a.check = true,
             "--duration" => {
                 let v = take()?;
                 a.duration = if v == "forever" {

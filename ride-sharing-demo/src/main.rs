@@ -33,6 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        println!("{args:?}");
+        return ExitCode::SUCCESS;
+    }
     let result = match args.mode {
         args::Mode::Serve => server::run(&args),
         args::Mode::Load => loadgen::run(&args),

@@ -216,10 +216,20 @@ impl Fleet {
         }
     }
 
+    /// Sum of a counter over `which`: the final (`EXIT`) value where a
+    /// process has exited, else its latest `STATS`.
     fn sum(&self, which: &[usize], key: &str) -> f64 {
         which
             .iter()
-            .map(|&i| self.procs[i].stats.get(key).copied().unwrap_or(0.0))
+            .map(|&i| {
+                let p = &self.procs[i];
+                p.exit
+                    .as_ref()
+                    .and_then(|e| e.get(key))
+                    .or_else(|| p.stats.get(key))
+                    .copied()
+                    .unwrap_or(0.0)
+            })
             .sum()
     }
 }

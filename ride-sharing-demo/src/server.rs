@@ -159,7 +159,7 @@ async fn order(
 fn handle(app: &App, vehicle: Vehicle, n: u64) -> u64 {
     let mut eta = work::find_nearest_vehicle(vehicle.search_radius(), vehicle);
     if vehicle == Vehicle::Car {
-        eta ^= work::check_driver_availability(vehicle.search_radius() / 3);
+        eta ^= work::check_driver_availability(vehicle.search_radius() / 2);
     }
     if app.region == "eu-north" {
         // Every request takes the region lock; every Nth holds it long, so

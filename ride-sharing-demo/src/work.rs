@@ -82,7 +82,7 @@ pub(crate) fn mutex_lock(lock: &Mutex<u64>, hold: u64) -> u64 {
 /// The client's share: preparing an order before sending it.
 #[inline(never)]
 pub(crate) fn prepare_order(seed: u64) -> u64 {
-    black_box(spin(5, seed))
+    black_box(spin(10, seed))
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
             h,
             "<section class=\"trace\" data-cpu=\"{cpu}\" data-dur=\"{dur}\" data-start=\"{start}\" \
              data-names=\"{names}\" data-services=\"{svcs}\">\n<div class=\"trace-head\">\
-             <b>{first}</b> <span class=\"dim\">trace {tid} · {n} root span{plural} · {dur_s} · CPU {cpu_s} · {when}</span></div>\n",
+             <b>{first}</b> <span class=\"dim\">trace {tid} · {n} root span{plural} · {dur_s} · CPU {cpu_s}{when}</span></div>\n",
             cpu = trace.cpu_nanos,
             dur = trace.duration().unwrap_or(0),
             start = trace.start.unwrap_or(0),
@@ -201,7 +201,10 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
                 .map(fmt_duration)
                 .unwrap_or_else(|| "duration unknown".to_string()),
             cpu_s = fmt_duration(trace.cpu_nanos),
-            when = trace.start.map(fmt_time).unwrap_or_default(),
+            when = trace
+                .start
+                .map(|t| format!(" · {}", fmt_time(t)))
+                .unwrap_or_default(),
         );
         h.push_str("<div class=\"waterfall\">\n");
         for (si, span) in trace.spans.iter().enumerate() {
@@ -230,7 +233,7 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
             };
             let _ = write!(
                 h,
-                "<div class=\"span\" data-span-id=\"{id}\"><div class=\"span-row\">\
+                "<div class=\"span\" data-span-id=\"{id}\" data-samples=\"{samples}\"><div class=\"span-row\">\
                  <div class=\"label\" title=\"{name_attr}\">{name} <span class=\"dim\">{service}{region}</span></div>\
                  <div class=\"track\">{bar}</div>\
                  <div class=\"num\">{duration}</div><div class=\"num\" title=\"{samples} samples\">CPU {cpu}</div>",

@@ -1,0 +1,270 @@
+//! Runs the demo as a user would (`ride-sharing-demo --duration 8s --out
+//! DIR`, nothing else configured) and checks what its report shows:
+//! - the heaviest spans' flame graphs contain `find_nearest_vehicle`;
+//! - `/car` spans contain `check_driver_availability`;
+//! - each span's flame graph holds only its own samples: no `/bike` or
+//!   `/scooter` span shows the car-only function, no span outside eu-north
+//!   shows eu-north's `mutex_lock`, no client span shows server work;
+//! - client and server root spans share trace ids (and a recorded remote
+//!   parent of a server span is the client span).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIND: &str = "work::find_nearest_vehicle";
+const DRIVER: &str = "work::check_driver_availability";
+const MUTEX: &str = "work::mutex_lock";
+
+/// One root span as the report shows it.
+#[derive(Debug)]
+struct ReportSpan {
+    id: String,
+    name: String,
+    region: Option<String>,
+    samples: u64,
+    /// The flame graph document, if the span has one.
+    graph: Option<String>,
+}
+
+fn attr<'a>(s: &'a str, name: &str, quote: char) -> Option<&'a str> {
+    let marker = format!("{name}={quote}");
+    let start = s.find(&marker)? + marker.len();
+    let len = s[start..].find(quote)?;
+    Some(&s[start..start + len])
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+fn parse_report(html: &str) -> Vec<ReportSpan> {
+    let mut spans = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find("<div class=\"span\" ") {
+        rest = &rest[at + 1..];
+        let end = rest.find("<div class=\"span\" ").unwrap_or(rest.len());
+        let block = &rest[..end];
+        let region = block
+            .find("region <b>")
+            .map(|i| &block[i + "region <b>".len()..])
+            .and_then(|r| r.split("</b>").next())
+            .map(str::to_string);
+        spans.push(ReportSpan {
+            id: attr(block, "data-span-id", '"').unwrap().to_string(),
+            name: unescape(attr(block, "title", '"').unwrap()),
+            region,
+            samples: attr(block, "data-samples", '"').unwrap().parse().unwrap(),
+            graph: attr(block, "data-srcdoc", '\'').map(unescape),
+        });
+    }
+    spans
+}
+
+fn run_demo(out: &Path) -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ride-sharing-demo"))
+        .args(["--duration", "8s", "--out"])
+        .arg(out)
+        // As on a fresh machine: nothing configured.
+        .env_remove("PYROSCOPE_SERVER_ADDRESS")
+        .env_remove("PYROSCOPE_PROFILES_DIR")
+        .env_remove("PYROSCOPE_PROFILING_ENABLED")
+        .env_remove("PYROSCOPE_LABELS")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(
+        output.status.success(),
+        "demo failed: {}\n{stderr}",
+        output.status
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn demo_report_shows_each_span_with_its_own_profile() {
+    let out: PathBuf =
+        std::env::temp_dir().join(format!("ride-sharing-demo-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let started = std::time::Instant::now();
+    let (stdout, stderr) = run_demo(&out);
+    let elapsed = started.elapsed();
+    eprintln!("{stderr}");
+
+    // It finishes by itself and prints the report's path.
+    let report = out.join("report.html");
+    let printed = stdout.lines().last().expect("report path on stdout");
+    assert_eq!(Path::new(printed), report.canonicalize().unwrap());
+    assert!(elapsed.as_secs() < 40, "took {elapsed:?}");
+    assert!(
+        stderr.contains("orders")
+            && stderr.contains("profiled spans")
+            && stderr.contains("samples")
+    );
+
+    // The span index: client spans and server spans share traces.
+    let jsonl = std::fs::read_to_string(out.join("spans.jsonl")).unwrap();
+    let records: Vec<serde_like::Record> = jsonl.lines().filter_map(serde_like::parse).collect();
+    let clients: HashMap<&str, &serde_like::Record> = records
+        .iter()
+        .filter(|r| r.name == "OrderVehicle")
+        .map(|r| (r.trace_id.as_str(), r))
+        .collect();
+    let servers: Vec<&serde_like::Record> = records
+        .iter()
+        .filter(|r| r.name.starts_with("GET /"))
+        .collect();
+    assert!(
+        clients.len() >= 30 && servers.len() >= 30,
+        "{} client, {} server spans",
+        clients.len(),
+        servers.len()
+    );
+    let mut same_trace = 0;
+    let mut parent_is_client = 0;
+    for s in &servers {
+        assert_eq!(s.service, "ride-sharing-app");
+        assert!(
+            ["us-east", "eu-north", "ap-south"].contains(&s.region.as_str()),
+            "{s:?}"
+        );
+        if let Some(client) = clients.get(s.trace_id.as_str()) {
+            same_trace += 1;
+            assert_eq!(client.service, "load-generator");
+            if s.parent_span_id == client.span_id {
+                parent_is_client += 1;
+            }
+        }
+    }
+    assert!(
+        same_trace * 10 >= servers.len() * 9,
+        "{same_trace} of {} server spans share a client's trace",
+        servers.len()
+    );
+    // The remote parent is recorded where the layer can see it; when it is,
+    // it must be the client span.
+    let with_parent = servers
+        .iter()
+        .filter(|s| !s.parent_span_id.is_empty())
+        .count();
+    assert_eq!(
+        parent_is_client, with_parent,
+        "{with_parent} server spans record a remote parent, {parent_is_client} of them the client span"
+    );
+    if with_parent == 0 {
+        eprintln!("note: spans.jsonl records no remote parent ids");
+    }
+
+    // The report.
+    let html = std::fs::read_to_string(&report).unwrap();
+    let mut spans = parse_report(&html);
+    assert!(spans.len() >= 60, "{} spans in the report", spans.len());
+    spans.sort_by(|a, b| b.samples.cmp(&a.samples));
+    let with_graph: Vec<&ReportSpan> = spans.iter().filter(|s| s.graph.is_some()).collect();
+    assert!(
+        with_graph.len() >= 30,
+        "{} spans have flame graphs",
+        with_graph.len()
+    );
+
+    // The heaviest spans show find_nearest_vehicle.
+    for s in spans.iter().take(5) {
+        let graph = s
+            .graph
+            .as_deref()
+            .unwrap_or_else(|| panic!("heavy span {s:?} has no flame graph"));
+        assert!(
+            graph.contains(FIND),
+            "heaviest span {} {} lacks {FIND}",
+            s.name,
+            s.id
+        );
+        assert!(s.samples >= 3, "heaviest spans have several samples: {s:?}");
+    }
+
+    // Each flame graph holds only its own span's samples.
+    let (mut cars, mut cars_with_driver, mut eu_mutex) = (0, 0, 0);
+    for s in &with_graph {
+        let graph = s.graph.as_deref().unwrap();
+        match s.name.as_str() {
+            "GET /bike" | "GET /scooter" => {
+                assert!(
+                    !graph.contains(DRIVER),
+                    "{} {} shows the car-only {DRIVER}",
+                    s.name,
+                    s.id
+                )
+            }
+            "GET /car" if s.samples >= 6 => {
+                cars += 1;
+                cars_with_driver += usize::from(graph.contains(DRIVER));
+            }
+            "OrderVehicle" => {
+                assert!(
+                    !graph.contains(FIND),
+                    "client span {} shows server work",
+                    s.id
+                )
+            }
+            _ => {}
+        }
+        if s.name.starts_with("GET /") {
+            match s.region.as_deref() {
+                Some("eu-north") => eu_mutex += usize::from(graph.contains(MUTEX)),
+                Some(_) => assert!(
+                    !graph.contains(MUTEX),
+                    "{} in {:?} shows eu-north's {MUTEX}",
+                    s.id,
+                    s.region
+                ),
+                None => panic!("server span without region: {s:?}"),
+            }
+        }
+    }
+    assert!(cars >= 3, "{cars} /car spans with >= 6 samples");
+    assert!(
+        cars_with_driver * 10 >= cars * 7,
+        "{cars_with_driver} of {cars} /car spans show {DRIVER}"
+    );
+    assert!(eu_mutex >= 1, "no eu-north span shows {MUTEX}");
+    eprintln!(
+        "demo: {} spans, {} with flame graphs, {cars_with_driver}/{cars} /car spans show {DRIVER}, {eu_mutex} eu-north spans show {MUTEX}; ran {elapsed:?}",
+        spans.len(),
+        with_graph.len()
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A `spans.jsonl` line, as far as this test needs it.
+mod serde_like {
+    #[derive(Debug)]
+    pub(crate) struct Record {
+        pub(crate) span_id: String,
+        pub(crate) trace_id: String,
+        pub(crate) parent_span_id: String,
+        pub(crate) name: String,
+        pub(crate) service: String,
+        pub(crate) region: String,
+    }
+
+    /// `None` for a partial line.
+    pub(crate) fn parse(line: &str) -> Option<Record> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        Some(Record {
+            span_id: s(&v["span_id"]),
+            trace_id: s(&v["trace_id"]),
+            parent_span_id: s(&v["parent_span_id"]),
+            name: s(&v["name"]),
+            service: s(&v["service"]),
+            region: s(&v["labels"]["region"]),
+        })
+    }
+}
