@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command (README): installs what the tests need on a
+# fresh machine, then runs every check. CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Google's pprof tool: the reference reader the tests check profiles with.
+PPROF="$(bash ../shared/tools/install-pprof.sh)"
+export PPROF
+
+# Headless Chromium for the report's browser test.
+if ! command -v chromium >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq chromium; } >&2
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+cargo test --workspace --release
+
+# Stacks must also be right when the code has frame pointers.
+RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=target/frame-pointers \
+  cargo test --release --test sampler_stacks
+
+# The demo's report, as a person sees it, in headless Chromium.
+report_dir="$(mktemp -d)"
+cargo run --release -p ride-sharing-demo -- --duration 8s --out "$report_dir"
+bash ride-sharing-demo/browser-test/run.sh "$report_dir/report.html"
