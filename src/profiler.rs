@@ -39,6 +39,11 @@ pub struct Stats {
     pub spans_recorded: u64,
     /// Span records dropped (queue full).
     pub dropped_spans: u64,
+    /// Threads currently sampled (each has its own CPU-time timer).
+    pub sampled_threads: u64,
+    /// Samples whose stack was cut to the leaf because every unwinder cache
+    /// was busy, plus failures to arm a thread's timer.
+    pub degraded_samples: u64,
 }
 
 /// Shared atomic counters behind [`Stats`]; sinks and the layer bump them.
@@ -54,6 +59,8 @@ pub(crate) struct Counters {
     pub(crate) dropped_profiles: AtomicU64,
     pub(crate) spans_recorded: AtomicU64,
     pub(crate) dropped_spans: AtomicU64,
+    pub(crate) sampled_threads: AtomicU64,
+    pub(crate) degraded_samples: AtomicU64,
 }
 
 impl Counters {
@@ -74,6 +81,8 @@ impl Counters {
             dropped_profiles: r(&self.dropped_profiles),
             spans_recorded: r(&self.spans_recorded),
             dropped_spans: r(&self.dropped_spans),
+            sampled_threads: r(&self.sampled_threads),
+            degraded_samples: r(&self.degraded_samples),
         }
     }
 }
@@ -328,6 +337,12 @@ impl Collector {
         self.counters
             .dropped_samples
             .store(stats.dropped, Ordering::Relaxed);
+        self.counters
+            .sampled_threads
+            .store(stats.threads, Ordering::Relaxed);
+        self.counters
+            .degraded_samples
+            .store(stats.unwind_busy + stats.timer_errors, Ordering::Relaxed);
     }
 
     /// Writes closed root spans to `spans.jsonl`, one drain after they

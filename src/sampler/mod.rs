@@ -233,7 +233,11 @@ fn install_handler() -> Result<(), Error> {
 }
 
 /// Retired published data, freed once no handler is running.
+///
+/// The boxes must stay boxes: a handler may still read them at their
+/// published address until the grace period has passed.
 #[derive(Default)]
+#[allow(clippy::vec_box)]
 struct Retired {
     unwinders: Vec<Box<UnwindState>>,
     maps: Vec<Box<MapsSnapshot>>,
@@ -452,7 +456,7 @@ fn manage(
         }
         scans += 1;
         // New code loaded (dlopen)? Rebuild the unwinder, about every 0.5 s.
-        if scans % 25 == 0 {
+        if scans.is_multiple_of(25) {
             let generation = unwind::loader_generation();
             if generation != loader_generation {
                 let state = unwind::build_unwinder();

@@ -98,7 +98,9 @@ pub(crate) fn unwind(
     let stack_lo = regs.sp;
     let stack_hi = maps.readable_end(regs.sp).unwrap_or(regs.sp);
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
-        if addr < stack_lo || addr.checked_add(8).is_none_or(|end| end > stack_hi) || addr % 8 != 0
+        if addr < stack_lo
+            || addr.checked_add(8).is_none_or(|end| end > stack_hi)
+            || !addr.is_multiple_of(8)
         {
             return Err(());
         }
