@@ -15,6 +15,9 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
+# One version of every crate in the tree.
+dups="$(cargo tree -d -e normal,dev,build --workspace --locked | grep -E '^[a-z]' || true)"
+if [ -n "$dups" ]; then echo "duplicate crate versions:"; echo "$dups"; exit 1; fi
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --workspace --release
 
