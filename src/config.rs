@@ -575,7 +575,7 @@ fn parse_duration(value: &str) -> Option<Duration> {
 }
 
 fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() % 1_000_000 == 0 {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{d:?}")

@@ -41,10 +41,7 @@ impl DirSink {
         };
         fs::create_dir_all(dir).map_err(fail)?;
         if !dir.is_dir() {
-            return Err(fail(io::Error::new(
-                io::ErrorKind::Other,
-                "not a directory",
-            )));
+            return Err(fail(io::Error::other("not a directory")));
         }
         Ok(DirSink {
             dir: dir.to_path_buf(),
