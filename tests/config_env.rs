@@ -124,6 +124,21 @@ fn server_address() {
 }
 
 #[test]
+fn profiles_dir() {
+    let file = std::env::temp_dir().join(format!("config-env-file-{}", std::process::id()));
+    std::fs::write(&file, b"not a directory").unwrap();
+    let below = file.join("profiles");
+    let below = below.to_str().unwrap();
+    assert_bad(
+        &[("PYROSCOPE_PROFILES_DIR", below)],
+        "PYROSCOPE_PROFILES_DIR",
+        below,
+        "a directory that exists or can be created",
+    );
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
 fn profiling_enabled() {
     bad("PYROSCOPE_PROFILING_ENABLED", "maybe", "true or false");
     bad("PYROSCOPE_PROFILING_ENABLED", "2", "true or false");

@@ -14,6 +14,7 @@
 //!   shutdown bound (plus slack).
 
 mod common;
+mod pprof_tool;
 
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -245,6 +246,7 @@ fn run_fault(fault: Fault, expect: Expect) {
     );
     assert!(during.profiles >= 10, "{fault:?}: {during:?}");
     assert!(resumed, "{fault:?}: no profile accepted after recovery");
+    check_with_pprof(&double);
     assert!(after_recovery.uploads > during.uploads, "{fault:?}");
     match expect {
         Expect::Failing | Expect::FailingNoRetry => {
@@ -267,6 +269,28 @@ fn run_fault(fault: Fault, expect: Expect) {
             during.profiles
         );
     }
+}
+
+/// Every profile the double accepted is valid for Google's pprof tool, and
+/// some samples carry a `span_id`.
+fn check_with_pprof(double: &PyroscopeDouble) {
+    let dir = std::env::temp_dir().join(format!("upload-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut with_span = 0;
+    for (i, profile) in double.profiles().iter().enumerate() {
+        let file = dir.join(format!("{i}.pb.gz"));
+        std::fs::write(&file, &profile.raw).unwrap();
+        let traces = pprof_tool::traces(&file);
+        with_span += traces
+            .iter()
+            .filter(|t| t.labels.get("span_id").is_some_and(|v| v.len() == 16))
+            .count();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        with_span > 0,
+        "no sample with a span_id in what the double got"
+    );
 }
 
 #[test]
