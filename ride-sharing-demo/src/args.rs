@@ -7,12 +7,13 @@ pub(crate) const USAGE: &str = "\
 ride-sharing-demo: Grafana's ride-sharing \"traces to profiles\" demo, for Rust.
 
 USAGE:
-  ride-sharing-demo [--duration 30s] [--out DIR] [--rate N] [--compare] [--concurrency N]
+  ride-sharing-demo [--duration 30s] [--out DIR] [--rate N] [--compare [--rounds 5] [--concurrency 4]]
       Runs three region services (us-east, eu-north, ap-south) and a load
       generator as separate processes for --duration, profiling into --out
       (default: <target dir>/ride-sharing-demo), then writes DIR/report.html.
       --compare instead measures throughput with profiling off vs on (closed
-      loop, --concurrency clients) in alternating rounds and prints the ratio.
+      loop, --concurrency clients) in --rounds alternating rounds within
+      --duration, and prints both and their ratio.
   ride-sharing-demo --serve --region REGION [--port 5000] [--bind 0.0.0.0]
       One region service (the docker-compose services run this).
   ride-sharing-demo --load --targets REGION=URL,... [--duration D|forever] [--rate N]
@@ -43,6 +44,8 @@ pub(crate) struct Args {
     pub(crate) rate: f64,
     /// Closed loop with this many clients instead of a rate.
     pub(crate) concurrency: Option<usize>,
+    /// `--compare`: rounds of (off, on).
+    pub(crate) rounds: u32,
     pub(crate) region: Option<String>,
     pub(crate) port: u16,
     pub(crate) bind: String,
@@ -61,6 +64,7 @@ impl Default for Args {
             out: None,
             rate: 10.0,
             concurrency: None,
+            rounds: 5,
             region: None,
             port: 5000,
             bind: "127.0.0.1".to_string(),
@@ -126,6 +130,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Stri
                         .filter(|c| (1..=256).contains(c))
                         .ok_or_else(|| format!("--concurrency {v:?}: expected 1..=256"))?,
                 );
+            }
+            "--rounds" => {
+                let v = take()?;
+                a.rounds = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|r| (1..=100).contains(r))
+                    .ok_or_else(|| format!("--rounds {v:?}: expected 1..=100"))?;
             }
             "--region" => a.region = Some(take()?),
             "--port" => {
