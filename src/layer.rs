@@ -136,6 +136,8 @@ pub(crate) struct LayerConfig {
 /// costs almost nothing.
 #[derive(Clone, Debug)]
 pub struct SpanProfileLayer {
+    /// `config.is_some()`, read first on the hot path.
+    active: bool,
     /// `None`: inert.
     config: Option<LayerConfig>,
     /// The dispatch this layer lives in, to reach the OpenTelemetry layer.
@@ -145,6 +147,7 @@ pub struct SpanProfileLayer {
 impl SpanProfileLayer {
     pub(crate) fn new(config: LayerConfig) -> Self {
         SpanProfileLayer {
+            active: true,
             config: Some(config),
             dispatch: OnceLock::new(),
         }
@@ -152,6 +155,7 @@ impl SpanProfileLayer {
 
     pub(crate) fn inert() -> Self {
         SpanProfileLayer {
+            active: false,
             config: None,
             dispatch: OnceLock::new(),
         }
@@ -201,6 +205,46 @@ impl SpanProfileLayer {
             None => tracing::dispatcher::get_default(Dispatch::clone),
         };
         tracing_opentelemetry::get_otel_context(id, &dispatch)
+    }
+
+    /// Tells apart equal span ids of different subscribers in the
+    /// per-thread cache: the layer's address inside its subscriber.
+    #[inline(always)]
+    fn key(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// First enter on this thread (or the cache entry was evicted): look the
+    /// span up, settle its labels if this is its first enter anywhere.
+    #[cold]
+    #[inline(never)]
+    fn enter_uncached<S>(&self, span_id: u64, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let epoch = stack::epoch(span_id);
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let cached = {
+            let ext = span.extensions();
+            match ext.get::<SpanData>() {
+                Some(data) => data.resolved.get().map(|r| r.labels),
+                None => return,
+            }
+        };
+        let labels = match cached {
+            Some(labels) => labels,
+            None => match self.resolve(config, &span) {
+                Some(resolved) => resolved.labels,
+                None => return,
+            },
+        };
+        stack::remember(self.key(), span_id, epoch, labels);
+        stack::enter(span_id, labels);
     }
 
     /// Settles a span's labels (once; the first thread to finish wins).
@@ -441,45 +485,22 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(config) = &self.config else {
-            return;
-        };
-        let span_id = id.into_u64();
-        let layer = self as *const Self as usize;
-        if stack::enter_cached(layer, span_id) {
+        if !self.active {
             return;
         }
-        // Cold: first enter on this thread (or the cache entry was evicted).
-        let epoch = stack::epoch(span_id);
-        let Some(span) = ctx.span(id) else {
-            return;
-        };
-        let cached = {
-            let ext = span.extensions();
-            match ext.get::<SpanData>() {
-                Some(data) => data.resolved.get().map(|r| r.labels),
-                None => return,
-            }
-        };
-        let labels = match cached {
-            Some(labels) => labels,
-            None => match self.resolve(config, &span) {
-                Some(resolved) => resolved.labels,
-                None => return,
-            },
-        };
-        stack::remember(layer, span_id, epoch, labels);
-        stack::enter(span_id, labels);
+        let span_id = id.into_u64();
+        if !stack::enter_cached(self.key(), span_id) {
+            self.enter_uncached(span_id, id, &ctx);
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        if self.config.is_none() {
-            return;
+        if self.active {
+            stack::exit(id.into_u64());
         }
-        stack::exit(id.into_u64());
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
@@ -680,36 +701,50 @@ mod stack {
     #[inline]
     pub(super) fn exit(span: u64) {
         let _ = STACK.try_with(|stack| {
-            let overflow = stack.overflow.get();
-            if overflow > 0 {
-                stack.overflow.set(overflow - 1);
-                return;
-            }
             let len = stack.len.get();
-            let mut i = len;
-            while i > 0 {
-                i -= 1;
-                let entry = stack.entries[i].get();
-                if entry.span != span {
-                    continue;
-                }
-                if i + 1 == len {
+            if stack.overflow.get() == 0 && len > 0 {
+                let top = stack.entries[len - 1].get();
+                if top.span == span {
                     // The common case: the most recent enter.
-                    context::replace(entry.saved);
-                } else {
-                    // Out of order: a later span still runs, so the slot stays;
-                    // the entry above takes over what this one saved.
-                    let mut above = stack.entries[i + 1].get();
-                    above.saved = entry.saved;
-                    stack.entries[i + 1].set(above);
-                    for j in i..len - 1 {
-                        stack.entries[j].set(stack.entries[j + 1].get());
-                    }
+                    context::replace(top.saved);
+                    stack.len.set(len - 1);
+                    return;
                 }
-                stack.len.set(len - 1);
-                return;
             }
+            exit_slow(stack, span);
         });
+    }
+
+    /// Overflowed stacks, out-of-order exits, and exits without an enter.
+    #[cold]
+    #[inline(never)]
+    fn exit_slow(stack: &Stack, span: u64) {
+        let overflow = stack.overflow.get();
+        if overflow > 0 {
+            stack.overflow.set(overflow - 1);
+            return;
+        }
+        let len = stack.len.get();
+        let Some(i) = (0..len)
+            .rev()
+            .find(|&i| stack.entries[i].get().span == span)
+        else {
+            return;
+        };
+        let entry = stack.entries[i].get();
+        if i + 1 == len {
+            context::replace(entry.saved);
+        } else {
+            // Out of order: a later span still runs, so the slot stays; the
+            // entry above takes over what this one saved.
+            let mut above = stack.entries[i + 1].get();
+            above.saved = entry.saved;
+            stack.entries[i + 1].set(above);
+            for j in i..len - 1 {
+                stack.entries[j].set(stack.entries[j + 1].get());
+            }
+        }
+        stack.len.set(len - 1);
     }
 
     #[cfg(test)]
@@ -767,6 +802,61 @@ mod tests {
         }
         assert_eq!(context::current(), base);
         assert_eq!(stack::depth(), 0);
+    }
+
+    #[test]
+    fn cache_entries_die_with_their_span() {
+        let base = context::current();
+        let epoch = stack::epoch(42);
+        stack::remember(7, 42, epoch, labels(5));
+        assert!(stack::enter_cached(7, 42));
+        assert_eq!(context::current(), labels(5));
+        stack::exit(42);
+        assert!(!stack::enter_cached(8, 42), "another subscriber's id 42");
+        stack::closed(42);
+        assert!(!stack::enter_cached(7, 42), "span 42 closed");
+        assert_eq!(context::current(), base);
+    }
+
+    #[test]
+    fn reused_span_ids_get_fresh_labels() {
+        // The Registry reuses span ids (slab slot + wrapping generation). A
+        // worker thread enters span X, caching its labels; X closes; once a
+        // new span gets X's id, the worker enters it: it must see new labels.
+        let subscriber =
+            tracing_subscriber::registry().with(SpanProfileLayer::with_scope(SpanScope::All));
+        let (to_worker, work) = mpsc::channel::<tracing::Span>();
+        let (to_main, results) = mpsc::channel::<SpanLabels>();
+        let worker = std::thread::spawn(move || {
+            for span in work {
+                let labels = span.in_scope(context::current);
+                drop(span);
+                to_main.send(labels).unwrap();
+            }
+        });
+        tracing::subscriber::with_default(subscriber, || {
+            let first = tracing::info_span!("reuse");
+            let first_id = first.id().unwrap();
+            to_worker.send(first.clone()).unwrap();
+            let first_labels = results.recv().unwrap();
+            assert_ne!(first_labels.span_id, 0);
+            // The worker has dropped its handle; close X here, so its slab slot
+            // is the next one this thread reuses.
+            drop(first);
+            for _ in 0..1_000_000 {
+                let span = tracing::info_span!("reuse");
+                if span.id() == Some(first_id.clone()) {
+                    to_worker.send(span).unwrap();
+                    let labels = results.recv().unwrap();
+                    assert_ne!(labels.span_id, 0);
+                    assert_ne!(labels, first_labels, "stale labels for a reused id");
+                    return;
+                }
+            }
+            panic!("the Registry never reused a span id; the test proves nothing");
+        });
+        drop(to_worker);
+        worker.join().unwrap();
     }
 
     #[test]
