@@ -110,7 +110,10 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
     }
     h.push_str("</header>\n");
 
-    let mut shared_js: Option<String> = None;
+    let mut flames = Flames {
+        stacks: &data.stacks,
+        shared_js: None,
+    };
     // Services: aggregate flame graphs.
     h.push_str("<section id=\"services\"><h2>Services</h2>\n");
     if data.services.is_empty() {
@@ -127,16 +130,12 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
         );
         let panel = format!("svc-{i}");
         let title = format!("{service}: all samples");
-        push_flame_panel(
-            &mut h,
-            &panel,
-            "service",
-            service,
-            folded,
-            &data.stacks,
-            &title,
-            &mut shared_js,
-        );
+        let target = PanelFor {
+            kind: "service",
+            key: service,
+            panel: &panel,
+        };
+        flames.push_panel(&mut h, &target, folded, &title, "");
         h.push_str("</div>\n");
     }
     h.push_str("</section>\n");
@@ -150,12 +149,12 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
     for s in &services {
         let _ = write!(h, "<option>{}</option>", esc(s));
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
         "</select></label> <label>Sort by <select id=\"sort\">\
          <option value=\"cpu\">CPU time</option><option value=\"dur\">duration</option>\
          <option value=\"start\">newest first</option></select></label> \
-         <span class=\"dim\"><span id=\"shown\">{}</span> shown</span></div>\n",
+         <span class=\"dim\"><span id=\"shown\">{}</span> shown</span></div>",
         traces.len()
     );
     if traces.is_empty() {
@@ -265,17 +264,12 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
             if with_graph.contains(span.span_id.as_str()) {
                 span_flame_graphs += 1;
                 let title = format!("{} ({}): span {}", span.name, span.service, span.span_id);
-                push_flame_panel_with(
-                    &mut h,
-                    &panel,
-                    "span",
-                    &span.span_id,
-                    &span.profile,
-                    &data.stacks,
-                    &title,
-                    &ids,
-                    &mut shared_js,
-                );
+                let target = PanelFor {
+                    kind: "span",
+                    key: &span.span_id,
+                    panel: &panel,
+                };
+                flames.push_panel(&mut h, &target, &span.profile, &title, &ids);
             } else {
                 let why = if span.profile.samples == 0 {
                     "no samples"
@@ -330,7 +324,7 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
     let _ = write!(
         h,
         "<script type=\"text/plain\" id=\"inferno-js\">{}</script>\n<script>{JS}</script>\n</body>\n</html>\n",
-        shared_js.unwrap_or_default()
+        flames.shared_js.unwrap_or_default()
     );
 
     Page {
@@ -400,56 +394,58 @@ fn display_name(name: &str) -> &str {
     }
 }
 
-/// The "profile" toggle plus a hidden panel holding a lazily loaded flame
-/// graph iframe; closes the head row opened by the caller.
-fn push_flame_panel(
-    h: &mut String,
-    panel: &str,
-    kind: &str,
-    key: &str,
-    folded: &Folded,
-    stacks: &Stacks,
-    title: &str,
-    shared_js: &mut Option<String>,
-) {
-    push_flame_panel_with(h, panel, kind, key, folded, stacks, title, "", shared_js);
+/// Writes flame-graph panels; keeps inferno's script, which every graph
+/// shares, to be written once into the page.
+struct Flames<'a> {
+    stacks: &'a Stacks,
+    shared_js: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn push_flame_panel_with(
-    h: &mut String,
-    panel: &str,
-    kind: &str,
-    key: &str,
-    folded: &Folded,
-    stacks: &Stacks,
-    title: &str,
-    after_head: &str,
-    shared_js: &mut Option<String>,
-) {
-    let _ = write!(
-        h,
-        "<div class=\"num\"><button class=\"toggle\" type=\"button\" aria-expanded=\"false\" \
-         aria-controls=\"{panel}\">profile</button></div></div>{after_head}\
-         <div class=\"profile\" id=\"{panel}\" hidden>"
-    );
-    match flame_graph(folded, stacks, title) {
-        Some((doc, height, js)) if shared_js.as_ref().is_none_or(|s| *s == js) => {
-            shared_js.get_or_insert(js);
-            // Single-quoted: the SVG is full of double quotes, so only '&'
-            // and '\'' need escaping, which keeps the page small.
-            let _ = write!(
-                h,
-                "<iframe class=\"fg\" data-{kind}=\"{key}\" data-srcdoc='{doc}' height=\"{height}\" \
-                 title=\"{t}\"></iframe>",
-                key = esc(key),
-                doc = esc_single_quoted(&doc),
-                t = esc(title),
-            );
+/// What a flame-graph panel is for: `data-{kind}="{key}"` on its iframe,
+/// `panel` its element id.
+struct PanelFor<'a> {
+    kind: &'a str,
+    key: &'a str,
+    panel: &'a str,
+}
+
+impl Flames<'_> {
+    /// The "profile" toggle (closing the head row opened by the caller),
+    /// `after_head`, then a hidden panel holding a lazily loaded flame graph
+    /// iframe.
+    fn push_panel(
+        &mut self,
+        h: &mut String,
+        target: &PanelFor<'_>,
+        folded: &Folded,
+        title: &str,
+        after_head: &str,
+    ) {
+        let PanelFor { kind, key, panel } = target;
+        let _ = write!(
+            h,
+            "<div class=\"num\"><button class=\"toggle\" type=\"button\" aria-expanded=\"false\" \
+             aria-controls=\"{panel}\">profile</button></div></div>{after_head}\
+             <div class=\"profile\" id=\"{panel}\" hidden>"
+        );
+        match flame_graph(folded, self.stacks, title) {
+            Some((doc, height, js)) if self.shared_js.as_ref().is_none_or(|s| *s == js) => {
+                self.shared_js.get_or_insert(js);
+                // Single-quoted: the SVG is full of double quotes, so only '&'
+                // and '\'' need escaping, which keeps the page small.
+                let _ = write!(
+                    h,
+                    "<iframe class=\"fg\" data-{kind}=\"{key}\" data-srcdoc='{doc}' height=\"{height}\" \
+                     title=\"{t}\"></iframe>",
+                    key = esc(key),
+                    doc = esc_single_quoted(&doc),
+                    t = esc(title),
+                );
+            }
+            _ => h.push_str("<p class=\"empty\">Could not draw this flame graph.</p>"),
         }
-        _ => h.push_str("<p class=\"empty\">Could not draw this flame graph.</p>"),
+        h.push_str("</div>");
     }
-    h.push_str("</div>");
 }
 
 /// Marks where inferno's (identical in every graph) script goes in a
