@@ -1,97 +1,9 @@
 //! The tracing layer: puts the running span's id into the thread slot.
 //!
-//! [`SpanProfileLayer`] is a [`tracing_subscriber::Layer`]. On every span
-//! enter it writes the span's labels ([`SpanLabels`]: `span_id`, `trace_id`,
-//! `span_name`) into this thread's slot ([`crate::context`]), where the
-//! sampler's signal handler reads them at the moment it takes a sample. On
-//! exit it puts back exactly what was there before. On a profiled span's
-//! first enter it also sets the OpenTelemetry attribute
-//! `pyroscope.profile.id` to the same 16-hex id, so Grafana's "Profiles for
-//! this span" finds the samples.
-//!
-//! You get the layer from [`Builder::build`](crate::Builder::build) or
-//! [`from_env`](crate::from_env); add it to a `Registry`, with or without a
-//! `tracing-opentelemetry` layer, in any order:
-//!
-//! ```
-//! use tracing_subscriber::prelude::*;
-//!
-//! // Nothing configured in the environment: an inert layer and a no-op guard.
-//! let (profiling, _guard) = tracing_pyroscope::from_env()?;
-//! let subscriber = tracing_subscriber::registry()
-//!     // .with(tracing_opentelemetry::layer().with_tracer(tracer)) // optional
-//!     .with(profiling);
-//! tracing::subscriber::with_default(subscriber, || {
-//!     let span = tracing::info_span!("GET /car");
-//!     let _entered = span.enter();
-//!     // CPU samples taken here carry span_id = the OTel span id of "GET /car".
-//! });
-//! # Ok::<(), tracing_pyroscope::Error>(())
-//! ```
-//!
-//! ```no_run
-//! use tracing_pyroscope::SpanScope;
-//! use tracing_subscriber::prelude::*;
-//!
-//! let (profiling, _guard) = tracing_pyroscope::Builder::new("ride-sharing-app")
-//!     .server_address("http://localhost:4040")
-//!     .span_scope(SpanScope::Root) // the default
-//!     .span_name_label(true) // the default
-//!     .trace_id_label(false) // the default
-//!     .build()?;
-//! tracing_subscriber::registry().with(profiling).init();
-//! # Ok::<(), tracing_pyroscope::Error>(())
-//! ```
-//!
-//! # Which span's id a sample carries
-//!
-//! - **Ids.** With a `tracing-opentelemetry` layer in the stack, `span_id` is
-//!   the OpenTelemetry span id and `trace_id` its trace id. Without one, the
-//!   layer mints random non-zero 64-bit span ids and leaves `trace_id` out.
-//!   Ids are settled at a span's *first enter*, not at creation: an incoming
-//!   `traceparent` is attached with `set_parent` after creation and before the
-//!   first enter, and starting the OpenTelemetry span any earlier would lose
-//!   it. The result is cached in the span's extensions, so later enters are a
-//!   lookup.
-//! - **Scope** ([`SpanScope`]). With `Root` (the default, like Go's
-//!   otel-profiling-go) only *local roots* get an id: spans without a parent,
-//!   or whose OpenTelemetry parent is remote (a span re-parented with
-//!   `set_parent` into another trace). Their descendants carry the root's
-//!   labels. With `All` every span carries its own id and name; with `None`
-//!   there are no ids, only the local root's `span_name`.
-//! - **Sampling.** Only spans whose OpenTelemetry context is sampled get
-//!   labels and the attribute; work inside an unsampled trace carries no span
-//!   labels, since nothing in Tempo would link to them.
-//! - **`span_name`** is the local root's name (`otel.name` if the span has
-//!   that field, else the span's name). It is a *series* label on the
-//!   Pyroscope server, so every distinct name makes a new series: keep span
-//!   names low-cardinality (`GET /car/{id}`, not `GET /car/42`), or turn it
-//!   off (`PYROSCOPE_SPAN_NAME_LABEL=false`).
-//! - **`trace_id`** is off by default (`PYROSCOPE_TRACE_ID_LABEL`): Pyroscope
-//!   servers before 2.1 turn any label other than `span_id` into a series
-//!   label, and one series per trace would explode the server's index. The
-//!   span id is enough for Grafana's trace-to-profile link.
-//!
-//! # Save and restore
-//!
-//! Each thread keeps a small fixed-size stack of `(span, saved labels)`
-//! entries in a `const` thread local. Enter pushes what the slot held; exit
-//! finds the span's topmost entry and restores it. If a span exits out of
-//! order (not the most recently entered), the slot is left alone (a later
-//! span is still running) and the entry above inherits the saved value, so
-//! when that one exits the slot returns to what it was before both. The
-//! same span entered on two threads, re-entered on one, or an `Instrumented`
-//! future polled on a different worker each time all work, because entries
-//! are per thread. Nesting deeper than 64 spans on one thread leaves the
-//! deeper spans' labels as their enclosing span's.
-//!
-//! # Cost
-//!
-//! Enter is a span lookup, an extensions read and a few thread-local writes;
-//! exit is thread-local writes only. Neither allocates, locks (beyond the
-//! Registry's own extensions read lock) or makes a syscall. An inert layer
-//! (profiling off) returns at once from every callback. See
-//! `benches/layer.rs`.
+//! Everything users need to know is on [`SpanProfileLayer`]. Inside: the
+//! `Layer` impl (per-span work once, at the first enter, kept in the span's
+//! extensions) and the per-thread `stack` module (saved slot values and the
+//! label cache that makes warm enters lookup-free).
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,12 +40,104 @@ pub(crate) struct LayerConfig {
     pub(crate) records: Option<SpanRecordSink>,
 }
 
-/// The layer to add to a `tracing_subscriber::Registry`: labels CPU samples
-/// with the running span. See the [module docs](self) for what it records.
+/// The layer to add to a `tracing_subscriber::Registry`: puts the running
+/// span's id into the thread slot, so CPU samples carry it.
 ///
-/// Get one from [`Builder::build`](crate::Builder::build) or
-/// [`from_env`](crate::from_env). When profiling is off it is inert and
-/// costs almost nothing.
+/// On every span enter it writes the span's labels ([`SpanLabels`]:
+/// `span_id`, `trace_id`, `span_name`) into this thread's slot
+/// ([`crate::context`]), where the sampler's signal handler reads them at the
+/// moment it takes a sample. On exit it puts back exactly what was there
+/// before. On a profiled span's first enter it also sets the OpenTelemetry
+/// attribute `pyroscope.profile.id` to the same 16-hex id, so Grafana's
+/// "Profiles for this span" finds the samples.
+///
+/// You get the layer from [`Builder::build`](crate::Builder::build) or
+/// [`from_env`](crate::from_env); add it to a `Registry`, with or without a
+/// `tracing-opentelemetry` layer, in any order:
+///
+/// ```
+/// use tracing_subscriber::prelude::*;
+///
+/// // Nothing configured in the environment: an inert layer and a no-op guard.
+/// let (profiling, _guard) = tracing_pyroscope::from_env()?;
+/// let subscriber = tracing_subscriber::registry()
+///     // .with(tracing_opentelemetry::layer().with_tracer(tracer)) // optional
+///     .with(profiling);
+/// tracing::subscriber::with_default(subscriber, || {
+///     let span = tracing::info_span!("GET /car");
+///     let _entered = span.enter();
+///     // CPU samples taken here carry span_id = the OTel span id of "GET /car".
+/// });
+/// # Ok::<(), tracing_pyroscope::Error>(())
+/// ```
+///
+/// ```no_run
+/// use tracing_pyroscope::SpanScope;
+/// use tracing_subscriber::prelude::*;
+///
+/// let (profiling, _guard) = tracing_pyroscope::Builder::new("ride-sharing-app")
+///     .server_address("http://localhost:4040")
+///     .span_scope(SpanScope::Root) // the default
+///     .span_name_label(true) // the default
+///     .trace_id_label(false) // the default
+///     .build()?;
+/// tracing_subscriber::registry().with(profiling).init();
+/// # Ok::<(), tracing_pyroscope::Error>(())
+/// ```
+///
+/// # Which span's id a sample carries
+///
+/// - **Ids.** With a `tracing-opentelemetry` layer in the stack, `span_id` is
+///   the OpenTelemetry span id and `trace_id` its trace id. Without one, the
+///   layer mints random non-zero 64-bit span ids and leaves `trace_id` out.
+///   Ids are settled at a span's *first enter*, not at creation: an incoming
+///   `traceparent` is attached with `set_parent` after creation and before the
+///   first enter, and starting the OpenTelemetry span any earlier would lose
+///   it. The result is cached in the span's extensions, so later enters are a
+///   lookup.
+/// - **Scope** ([`SpanScope`]). With `Root` (the default, like Go's
+///   otel-profiling-go) only *local roots* get an id: spans without a parent,
+///   or whose OpenTelemetry parent is remote (a span re-parented with
+///   `set_parent` into another trace). Their descendants carry the root's
+///   labels. With `All` every span carries its own id and name; with `None`
+///   there are no ids, only the local root's `span_name`.
+/// - **Sampling.** Only spans whose OpenTelemetry context is sampled get
+///   labels and the attribute; work inside an unsampled trace carries no span
+///   labels, since nothing in Tempo would link to them.
+/// - **`span_name`** is the local root's name (`otel.name` if the span has
+///   that field, else the span's name). It is a *series* label on the
+///   Pyroscope server, so every distinct name makes a new series: keep span
+///   names low-cardinality (`GET /car/{id}`, not `GET /car/42`), or turn it
+///   off (`PYROSCOPE_SPAN_NAME_LABEL=false`).
+/// - **`trace_id`** is off by default (`PYROSCOPE_TRACE_ID_LABEL`): Pyroscope
+///   servers before 2.1 turn any label other than `span_id` into a series
+///   label, and one series per trace would explode the server's index. The
+///   span id is enough for Grafana's trace-to-profile link.
+///
+/// # Save and restore
+///
+/// Each thread keeps a small fixed-size stack of `(span, saved labels)`
+/// entries in a `const` thread local. Enter pushes what the slot held; exit
+/// finds the span's topmost entry and restores it. If a span exits out of
+/// order (not the most recently entered), the slot is left alone (a later
+/// span is still running) and the entry above inherits the saved value, so
+/// when that one exits the slot returns to what it was before both. The
+/// same span entered on two threads, re-entered on one, or an `Instrumented`
+/// future polled on a different worker each time all work, because entries
+/// are per thread. Nesting deeper than 64 spans on one thread leaves the
+/// deeper spans' labels as their enclosing span's.
+///
+/// # Cost
+///
+/// The first enter of a span on a thread looks it up in the Registry (and, the
+/// very first time, settles its ids). After that each thread finds the labels
+/// in a small direct-mapped cache keyed by span id, so a warm enter is a few
+/// thread-local reads and writes and exit is a pop: no allocation, no lock, no
+/// syscall. The Registry reuses span ids once a span closes; every close bumps
+/// a counter for its id, and a cache entry is only used while that counter
+/// is unchanged. An inert layer (profiling off) returns at once from every
+/// callback. `benches/layer.rs` measures all of this against the Registry
+/// alone and against tracing-opentelemetry.
 #[derive(Clone, Debug)]
 pub struct SpanProfileLayer {
     /// `config.is_some()`, read first on the hot path.
