@@ -38,10 +38,13 @@
 //! # Shutdown
 //!
 //! [`Uploader::shutdown`] closes the queue and gives the thread until a
-//! deadline to flush what is queued. Each request's timeout is cut to the
-//! time left and backoff waits that would pass the deadline are skipped, so
-//! it returns by the deadline even if the server hangs; what is left is
-//! counted as dropped.
+//! deadline to flush what is queued. From then on nothing waits: a backoff in
+//! progress ends, each profile gets one last attempt whose timeout is cut to
+//! the time left, and once an attempt finds the server unreachable the rest
+//! is dropped without trying. So shutdown takes milliseconds when the server
+//! is down or failing, at most the deadline when it hangs, and a request
+//! sent before shutdown began is abandoned at the deadline (the thread is
+//! left to finish it alone). What was not accepted is counted as dropped.
 //!
 //! # Why not the `pyroscope` crate's agent
 //!
@@ -172,24 +175,21 @@ impl Control {
         self.wake.notify_all();
     }
 
-    /// Sleeps for `wait`; returns `false` at once (or as soon as a deadline
-    /// is set) if the wait would end after the shutdown deadline.
-    fn sleep(&self, wait: Duration) -> bool {
+    /// Sleeps for `wait`, or less if shutdown begins (a deadline is set).
+    fn sleep(&self, wait: Duration) {
         let end = Instant::now() + wait;
-        let Ok(mut guard) = self.deadline.lock() else {
-            return false;
+        let mut guard = match self.deadline.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         };
         loop {
-            if guard.is_some_and(|deadline| end > deadline) {
-                return false;
-            }
             let now = Instant::now();
-            if now >= end {
-                return true;
+            if guard.is_some() || now >= end {
+                return;
             }
             guard = match self.wake.wait_timeout(guard, end - now) {
                 Ok((g, _)) => g,
-                Err(_) => return false,
+                Err(_) => return,
             };
         }
     }
@@ -299,6 +299,7 @@ impl Uploader {
             counters: counters.clone(),
             logged_statuses: HashSet::new(),
             outage_logged: false,
+            unreachable: false,
             rng: Rng::new(),
         };
         let handle = std::thread::Builder::new()
@@ -445,6 +446,9 @@ enum Outcome {
     Accepted,
     /// Worth another try, after the server's `Retry-After` if it sent one.
     Retry(Option<Duration>),
+    /// No answer (connection refused or reset, timeout): retried, except
+    /// during shutdown.
+    Unreachable,
     /// Not worth retrying (4xx other than 429).
     Rejected,
 }
@@ -459,6 +463,9 @@ struct Worker {
     logged_statuses: HashSet<u16>,
     /// Whether the current connection outage was logged.
     outage_logged: bool,
+    /// Set when an attempt during shutdown could not reach the server: the
+    /// rest of the queue is dropped without trying.
+    unreachable: bool,
     rng: Rng,
 }
 
@@ -474,8 +481,11 @@ impl Worker {
     fn run(mut self, client: &reqwest::blocking::Client, rx: Receiver<EncodedProfile>) {
         // Ends when the uploader closes the queue and it is empty.
         while let Ok(profile) = rx.recv() {
-            let past_deadline = self.control.deadline().is_some_and(|d| Instant::now() >= d);
-            if past_deadline {
+            let give_up = self
+                .control
+                .deadline()
+                .is_some_and(|d| self.unreachable || Instant::now() >= d);
+            if give_up {
                 self.ledger.settle(&self.counters.dropped_profiles);
                 continue;
             }
@@ -483,7 +493,9 @@ impl Worker {
         }
     }
 
-    /// Tries up to `max_attempts` times; counts the result.
+    /// Tries up to `max_attempts` times; counts the result. Once shutdown
+    /// has begun there is no more waiting: one last attempt, and none at all
+    /// once the server has proved unreachable during shutdown.
     fn upload(&mut self, client: &reqwest::blocking::Client, profile: EncodedProfile) {
         let body = match self.body(profile) {
             Ok(body) => body,
@@ -493,8 +505,14 @@ impl Worker {
                 return;
             }
         };
-        for attempt in 0..self.policy.max_attempts {
-            let timeout = match self.control.deadline() {
+        let mut attempts = 0;
+        loop {
+            let deadline = self.control.deadline();
+            let shutting_down = deadline.is_some();
+            if shutting_down && self.unreachable {
+                break;
+            }
+            let timeout = match deadline {
                 None => self.policy.request_timeout,
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -504,6 +522,7 @@ impl Worker {
                     left.min(self.policy.request_timeout)
                 }
             };
+            attempts += 1;
             let wait = match self.attempt(client, &body, timeout) {
                 Outcome::Accepted => {
                     self.ledger.settle(&self.counters.uploads);
@@ -513,14 +532,24 @@ impl Worker {
                     Counters::bump(&self.counters.upload_errors);
                     break;
                 }
+                Outcome::Unreachable => {
+                    Counters::bump(&self.counters.upload_errors);
+                    if shutting_down {
+                        self.unreachable = true;
+                        break;
+                    }
+                    self.backoff(attempts - 1)
+                }
                 Outcome::Retry(retry_after) => {
                     Counters::bump(&self.counters.upload_errors);
-                    retry_after.unwrap_or_else(|| self.backoff(attempt))
+                    retry_after.unwrap_or_else(|| self.backoff(attempts - 1))
                 }
             };
-            if attempt + 1 == self.policy.max_attempts || !self.control.sleep(wait) {
+            if shutting_down || attempts >= self.policy.max_attempts {
                 break;
             }
+            // Returns early if shutdown begins: then one last attempt.
+            self.control.sleep(wait);
         }
         self.ledger.settle(&self.counters.dropped_profiles);
     }
@@ -577,7 +606,7 @@ impl Worker {
                         error_chain(&e)
                     );
                 }
-                return Outcome::Retry(None);
+                return Outcome::Unreachable;
             }
         };
         let status = response.status();

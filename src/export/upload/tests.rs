@@ -404,6 +404,58 @@ fn shutdown_skips_backoff_past_the_deadline() {
         t.elapsed()
     );
     assert_eq!(get(&counters.dropped_profiles), 1);
+    assert_eq!(server.count(), 2, "the backoff ends; one last attempt");
+}
+
+#[test]
+fn shutdown_with_the_server_down_is_quick() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (up, counters) = start(
+        &config(&format!("http://127.0.0.1:{port}")),
+        Policy::default(),
+    );
+    for _ in 0..6 {
+        up.send(profile(b"p"));
+    }
+    let t = Instant::now();
+    up.shutdown(Instant::now() + Duration::from_secs(5));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(get(&counters.dropped_profiles), 6);
+    // At most one attempt before shutdown and one during it; the other
+    // profiles are not tried once the server proved unreachable.
+    assert!(get(&counters.upload_errors) <= 2, "{counters:?}");
+}
+
+#[test]
+fn shutdown_gives_failing_profiles_one_last_attempt_each() {
+    let server = Server::start(|n| {
+        if n == 0 {
+            Reply::Status(500, &[], "")
+        } else {
+            Reply::Status(200, &[], "")
+        }
+    });
+    let policy = Policy {
+        backoff_base: Duration::from_secs(10),
+        backoff_max: Duration::from_secs(10),
+        ..fast_policy()
+    };
+    let (up, counters) = start(&config(&server.url()), policy);
+    up.send(profile(b"a"));
+    wait_for(|| server.count() == 1);
+    up.send(profile(b"b"));
+    let t = Instant::now();
+    up.shutdown(Instant::now() + Duration::from_secs(5));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(get(&counters.uploads), 2, "{counters:?}");
+    assert_eq!(get(&counters.dropped_profiles), 0);
 }
 
 #[test]
@@ -439,6 +491,7 @@ fn backoff_grows_and_is_capped() {
         counters: Arc::new(Counters::default()),
         logged_statuses: HashSet::new(),
         outage_logged: false,
+        unreachable: false,
         rng: Rng::new(),
     };
     for (attempt, full) in [(0, 1), (1, 2), (2, 4), (3, 8), (4, 16), (5, 30), (20, 30)] {
