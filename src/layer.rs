@@ -909,6 +909,46 @@ mod tests {
     }
 
     #[test]
+    fn records_carry_otel_ids() {
+        use opentelemetry::trace::TracerProvider as _;
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let (tx, rx) = mpsc::sync_channel(16);
+        let layer = SpanProfileLayer::new(LayerConfig {
+            scope: SpanScope::All,
+            span_name_label: false,
+            trace_id_label: false,
+            records: Some(SpanRecordSink {
+                tx,
+                counters: Arc::new(Counters::default()),
+            }),
+        });
+        let subscriber = tracing_subscriber::registry()
+            .with(layer)
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        tracing::subscriber::with_default(subscriber, || {
+            let root = tracing::info_span!("otel-record-root");
+            root.in_scope(|| tracing::info_span!("otel-record-child").in_scope(|| {}));
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        let root = spans.iter().find(|s| s.name == "otel-record-root").unwrap();
+        let records: Vec<SpanRecord> = rx.try_iter().collect();
+        // Scope all: only local roots are recorded.
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(
+            records[0].span_id,
+            u64::from_be_bytes(root.span_context.span_id().to_bytes())
+        );
+        assert_eq!(
+            records[0].trace_id,
+            u128::from_be_bytes(root.span_context.trace_id().to_bytes())
+        );
+        assert_eq!(records[0].name, "otel-record-root");
+    }
+
+    #[test]
     fn inert_layer_leaves_the_slot_alone() {
         let subscriber = tracing_subscriber::registry().with(SpanProfileLayer::inert());
         tracing::subscriber::with_default(subscriber, || {

@@ -155,6 +155,23 @@ fn nested_spans_carry_the_root_id_and_restore() {
 }
 
 #[test]
+fn child_entered_before_its_root() {
+    for order in OTEL_ORDERS {
+        let stack = Stack::root(order);
+        let in_child = stack.run(|| {
+            let root = tracing::info_span!("early-root");
+            let child = tracing::info_span!(parent: &root, "early-child");
+            // The root itself is never entered.
+            child.in_scope(context::current)
+        });
+        let root = stack.span("early-root");
+        assert_eq!(in_child.span_id, span_id(&root), "{order:?}");
+        assert_eq!(attr(&root), Some(hex(span_id(&root))), "{order:?}");
+        assert_eq!(attr(&stack.span("early-child")), None, "{order:?}");
+    }
+}
+
+#[test]
 fn scope_all_gives_every_span_its_own_id() {
     for order in OTEL_ORDERS {
         let stack = Stack::new(
