@@ -102,6 +102,10 @@ fn enter_and_exit_do_not_allocate() {
                 .with(SpanProfileLayer::with_scope(scope)),
         ));
         assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
+        eprintln!(
+            "{scope:?}: allocations per {ROUNDS} root+child enter/exit rounds: \
+             registry {registry}, +ours {ours}, +otel {otel}, +otel+ours {otel_ours}"
+        );
         assert_eq!(
             otel_ours, otel,
             "{scope:?}: our layer changed the allocation count with OTel \
