@@ -401,6 +401,18 @@ impl Collector {
         }
         for profile in builder.finish(end, symbolizer) {
             Counters::bump(&self.counters.profiles);
+            tracing::debug!(
+                target: "tracing_pyroscope",
+                samples = profile.samples,
+                bytes = profile.gzipped.len(),
+                seconds = profile
+                    .end
+                    .duration_since(profile.start)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                stats = ?self.counters.snapshot(),
+                "profile encoded"
+            );
             if let Some(dir) = &self.dir {
                 match dir.write_profile(&self.config.application_name, &profile) {
                     Ok(_) => Counters::bump(&self.counters.files_written),
