@@ -64,6 +64,9 @@ pub(crate) fn init(
 
     let (profiling, profiler) = tracing_pyroscope::from_env()?;
     tracing_subscriber::registry()
+        // Spans and events at INFO and above: not the TRACE events of
+        // hyper and friends, which would become OTel span events.
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .with(profiling)
         .try_init()?;
