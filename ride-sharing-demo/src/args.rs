@@ -7,13 +7,15 @@ pub(crate) const USAGE: &str = "\
 ride-sharing-demo: Grafana's ride-sharing \"traces to profiles\" demo, for Rust.
 
 USAGE:
-  ride-sharing-demo [--duration 30s] [--out DIR] [--rate N] [--compare [--rounds 5] [--concurrency 4]]
+  ride-sharing-demo [--duration 30s] [--out DIR] [--rate N]
+  ride-sharing-demo --compare [--duration 30s] [--rounds 5] [--concurrency 4] [--sequential]
       Runs three region services (us-east, eu-north, ap-south) and a load
       generator as separate processes for --duration, profiling into --out
       (default: <target dir>/ride-sharing-demo), then writes DIR/report.html.
-      --compare instead measures throughput with profiling off vs on (closed
-      loop, --concurrency clients) in --rounds alternating rounds within
-      --duration, and prints both and their ratio.
+      --compare instead measures throughput with profiling off vs on: two
+      such fleets side by side (or --sequential), each with --concurrency
+      closed-loop clients, in --rounds rounds within --duration; prints both
+      and their ratio.
   ride-sharing-demo --serve --region REGION [--port 5000] [--bind 0.0.0.0]
       One region service (the docker-compose services run this).
   ride-sharing-demo --load --targets REGION=URL,... [--duration D|forever] [--rate N]
@@ -46,6 +48,8 @@ pub(crate) struct Args {
     pub(crate) concurrency: Option<usize>,
     /// `--compare`: rounds of (off, on).
     pub(crate) rounds: u32,
+    /// `--compare`: off and on one after the other, not side by side.
+    pub(crate) sequential: bool,
     pub(crate) region: Option<String>,
     pub(crate) port: u16,
     pub(crate) bind: String,
@@ -65,6 +69,7 @@ impl Default for Args {
             rate: 10.0,
             concurrency: None,
             rounds: 5,
+            sequential: false,
             region: None,
             port: 5000,
             bind: "127.0.0.1".to_string(),
@@ -101,6 +106,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Stri
             "--compare" => a.mode = Mode::Compare,
             "--child" => a.child = true,
             "--check" => a.check = true,
+            "--sequential" => a.sequential = true,
             "--duration" => {
                 let v = take()?;
                 a.duration = if v == "forever" {

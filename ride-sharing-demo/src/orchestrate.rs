@@ -488,20 +488,28 @@ struct Phase {
     samples: f64,
 }
 
-/// `--compare`: the same closed-loop load with profiling off and on, in
-/// alternating rounds (off/on, on/off, ...) so drift and neighbours' load hit
-/// both alike; prints throughput and CPU per order for each, pooled and as
-/// the median of the per-round ratios.
+/// `--compare`: the same closed-loop load with profiling off and on. By
+/// default the two fleets run side by side in each round, so the machine's
+/// other load hits both alike and they share the CPU fairly: profiling's cost
+/// then shows as lower throughput. `--sequential` runs them one after the
+/// other instead (alternating which goes first). Prints throughput and CPU
+/// per order for each, pooled and as the median of the per-round ratios.
 pub(crate) fn compare(args: &Args) -> Result<(), BoxError> {
     let rounds = args.rounds;
     let out = out_dir(args);
     prepare_out(&out)?;
     let total = args.duration.unwrap_or(Duration::from_secs(30));
-    let phase_len = (total / (2 * rounds)).max(Duration::from_secs(1));
+    let phase_len = if args.sequential {
+        total / (2 * rounds)
+    } else {
+        total / rounds
+    }
+    .max(Duration::from_secs(1));
     let clients = args.concurrency.unwrap_or(4);
     let interrupted = interrupt_flag();
     eprintln!(
-        "ride-sharing-demo --compare: {rounds} rounds × (off, on) × {:.1} s, {clients} closed-loop clients; profiles in {}",
+        "ride-sharing-demo --compare: {rounds} rounds × (off, on) {} × {:.1} s, {clients} closed-loop clients each; profiles in {}",
+        if args.sequential { "one after the other" } else { "side by side" },
         phase_len.as_secs_f64(),
         out.display()
     );
@@ -510,17 +518,29 @@ pub(crate) fn compare(args: &Args) -> Result<(), BoxError> {
     let (mut off, mut on) = (Phase::default(), Phase::default());
     let (mut tput_ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
     for round in 0..rounds {
+        if interrupted.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
         let order = if round % 2 == 0 {
             [Profiling::Off, Profiling::On]
         } else {
             [Profiling::On, Profiling::Off]
         };
-        let mut pair = [Phase::default(); 2];
-        for mode in order {
-            if interrupted.load(Ordering::Relaxed) {
-                return Err("interrupted".into());
+        // Side by side: both fleets in the same window, so the machine's
+        // other load hits both alike; or one after the other.
+        let results: Vec<(Profiling, Phase)> = if args.sequential {
+            let mut results = Vec::new();
+            for mode in order {
+                let p = run_fleets(&out, &[mode], phase_len, clients, &interrupted)?;
+                results.push((mode, p.first().copied().unwrap_or_default()));
             }
-            let p = run_phase(&out, mode, phase_len, clients, &interrupted)?;
+            results
+        } else {
+            let p = run_fleets(&out, &order, phase_len, clients, &interrupted)?;
+            order.into_iter().zip(p).collect()
+        };
+        let mut pair = [Phase::default(); 2];
+        for (mode, p) in results {
             let key = if mode == Profiling::On { "on" } else { "off" };
             eprintln!(
                 "  round {} profiling {key:<3}: {:>6.0} orders in {:.2} s = {:>6.1}/s, CPU {:>5.2} ms/order, {} errors, {} samples",
@@ -589,52 +609,75 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn run_phase(
+/// Runs one fleet (three regions + a closed-loop load generator) per entry
+/// of `modes`, all at the same time, and returns each fleet's figures.
+fn run_fleets(
     out: &Path,
-    mode: Profiling,
+    modes: &[Profiling],
     duration: Duration,
     clients: usize,
     interrupted: &AtomicBool,
-) -> Result<Phase, BoxError> {
-    let mut fleet = Fleet::new(out)?;
+) -> Result<Vec<Phase>, BoxError> {
     let service = service_name();
-    let mut servers = Vec::new();
-    for region in REGIONS {
-        servers.push(fleet.spawn(region, &server_args(region), &service, Some(region), mode)?);
+    let mut fleets = Vec::new();
+    for &mode in modes {
+        let mut fleet = Fleet::new(out)?;
+        let mut servers = Vec::new();
+        for region in REGIONS {
+            servers.push(fleet.spawn(
+                region,
+                &server_args(region),
+                &service,
+                Some(region),
+                mode,
+            )?);
+        }
+        fleets.push((fleet, servers, mode));
     }
-    fleet.wait_ready(&servers, interrupted)?;
-    let load = fleet.spawn(
-        "load-generator",
-        &load_args(
-            &fleet,
-            &servers,
+    for (fleet, servers, _) in &mut fleets {
+        fleet.wait_ready(servers, interrupted)?;
+    }
+    let mut loads = Vec::new();
+    for (fleet, servers, mode) in &mut fleets {
+        let args = load_args(
+            fleet,
+            servers,
             duration,
             &["--concurrency".to_string(), clients.to_string()],
-        ),
-        "load-generator",
-        None,
-        mode,
-    )?;
-    while !fleet.procs[load].closed && !interrupted.load(Ordering::Relaxed) {
-        fleet.pump(Duration::from_millis(100));
+        );
+        loads.push(fleet.spawn("load-generator", &args, "load-generator", None, *mode)?);
     }
-    fleet.stop(&[load])?;
-    fleet.stop(&servers)?;
-    let exit = |i: usize, k: &str| {
-        fleet.procs[i]
-            .exit
-            .as_ref()
-            .and_then(|f| f.get(k).copied())
-            .unwrap_or(0.0)
-    };
-    let all: Vec<usize> = servers.iter().copied().chain([load]).collect();
-    Ok(Phase {
-        orders: exit(load, "orders"),
-        errors: exit(load, "errors"),
-        secs: exit(load, "secs"),
-        cpu_ms: all.iter().map(|&i| exit(i, "cpu_ms")).sum(),
-        samples: all.iter().map(|&i| exit(i, "samples")).sum(),
-    })
+    while !interrupted.load(Ordering::Relaxed)
+        && fleets
+            .iter()
+            .zip(&loads)
+            .any(|((fleet, _, _), &load)| !fleet.procs[load].closed)
+    {
+        for (fleet, _, _) in &mut fleets {
+            fleet.pump(Duration::from_millis(20));
+        }
+    }
+    let mut phases = Vec::new();
+    for ((fleet, servers, _), load) in fleets.iter_mut().zip(loads) {
+        fleet.stop(&[load])?;
+        fleet.stop(servers)?;
+        let exit = |i: usize, k: &str| {
+            fleet.procs[i]
+                .exit
+                .as_ref()
+                .and_then(|f| f.get(k).copied())
+                .unwrap_or(0.0)
+        };
+        let all: Vec<usize> = servers.iter().copied().chain([load]).collect();
+        phases.push(Phase {
+            orders: exit(load, "orders"),
+            errors: exit(load, "errors"),
+            secs: exit(load, "secs"),
+            cpu_ms: all.iter().map(|&i| exit(i, "cpu_ms")).sum(),
+            samples: all.iter().map(|&i| exit(i, "samples")).sum(),
+        });
+    }
+    Ok(phases)
 }
 
 #[cfg(test)]
