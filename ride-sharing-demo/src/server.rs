@@ -164,7 +164,11 @@ fn handle(app: &App, vehicle: Vehicle, n: u64) -> u64 {
     if app.region == "eu-north" {
         // Every request takes the region lock; every Nth holds it long, so
         // concurrent requests spin in mutex_lock.
-        let hold = if n % LONG_LOCK_EVERY == 0 { 100 } else { 5 };
+        let hold = if n.is_multiple_of(LONG_LOCK_EVERY) {
+            100
+        } else {
+            5
+        };
         eta ^= work::mutex_lock(&app.lock, hold);
     }
     eta

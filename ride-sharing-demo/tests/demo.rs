@@ -166,7 +166,7 @@ fn demo_report_shows_each_span_with_its_own_profile() {
     let html = std::fs::read_to_string(&report).unwrap();
     let mut spans = parse_report(&html);
     assert!(spans.len() >= 60, "{} spans in the report", spans.len());
-    spans.sort_by(|a, b| b.samples.cmp(&a.samples));
+    spans.sort_by_key(|s| std::cmp::Reverse(s.samples));
     let with_graph: Vec<&ReportSpan> = spans.iter().filter(|s| s.graph.is_some()).collect();
     assert!(
         with_graph.len() >= 30,
