@@ -217,6 +217,8 @@ fn start_platform(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), E
         counters: counters.clone(),
     });
     let sampler = Sampler::start(config.sample_rate)?;
+    // The sampler's counters are process-wide; report this run's share.
+    let sampler_base = sampler.stats();
     let layer = SpanProfileLayer::new(LayerConfig {
         scope: config.span_scope,
         span_name_label: config.span_name_label,
@@ -234,6 +236,7 @@ fn start_platform(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), E
         records: records_rx,
         pending: Vec::new(),
         span_samples: HashMap::new(),
+        base: sampler_base,
     };
     let collector = {
         let stop = stop.clone();
@@ -269,6 +272,8 @@ struct Collector {
     pending: Vec<SpanRecord>,
     /// CPU samples per span id, for the span index.
     span_samples: HashMap<u64, u64>,
+    /// Sampler counters when this run started.
+    base: crate::sampler::SamplerStats,
 }
 
 #[cfg(target_os = "linux")]
@@ -333,16 +338,21 @@ impl Collector {
             }
         });
         let stats = self.sampler.stats();
-        self.counters.samples.store(stats.taken, Ordering::Relaxed);
-        self.counters
-            .dropped_samples
-            .store(stats.dropped, Ordering::Relaxed);
+        self.counters.samples.store(
+            stats.taken.saturating_sub(self.base.taken),
+            Ordering::Relaxed,
+        );
+        self.counters.dropped_samples.store(
+            stats.dropped.saturating_sub(self.base.dropped),
+            Ordering::Relaxed,
+        );
         self.counters
             .sampled_threads
             .store(stats.threads, Ordering::Relaxed);
-        self.counters
-            .degraded_samples
-            .store(stats.unwind_busy + stats.timer_errors, Ordering::Relaxed);
+        self.counters.degraded_samples.store(
+            stats.unwind_busy.saturating_sub(self.base.unwind_busy) + stats.timer_errors,
+            Ordering::Relaxed,
+        );
     }
 
     /// Writes closed root spans to `spans.jsonl`, one drain after they
