@@ -6,8 +6,10 @@
 //! carry the span id of the root that ran it, which must equal the exported
 //! OTel span's `pyroscope.profile.id`.
 
+mod cpu_clock;
 mod pprof_tool;
 
+use cpu_clock::thread_cpu_nanos;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,15 +26,6 @@ const BURSTS: usize = 40;
 const BURST_NANOS: u64 = 3_000_000;
 
 static BURN_CPU_NANOS: AtomicU64 = AtomicU64::new(0);
-
-fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 macro_rules! burners {
     ($($name:ident = $salt:expr),* $(,)?) => {
@@ -197,18 +190,17 @@ fn every_burst_carries_its_root_span_id() {
         }
     }
     let mut total = 0;
-    for i in 0..TASKS {
+    for (i, (name, _)) in BURNERS.iter().enumerate() {
         let (r, a) = (
             right.get(&i).copied().unwrap_or(0),
             all.get(&i).copied().unwrap_or(0),
         );
         total += a;
         let share = r as f64 / a.max(1) as f64;
-        assert!(a >= 5, "{}: only {a} samples", BURNERS[i].0);
+        assert!(a >= 5, "{name}: only {a} samples");
         assert!(
             share >= 0.99,
-            "{}: {r}/{a} samples carry its root's span id",
-            BURNERS[i].0
+            "{name}: {r}/{a} samples carry its root's span id"
         );
     }
     let expected = BURN_CPU_NANOS.load(Ordering::Relaxed) as f64 * RATE as f64 / 1e9;

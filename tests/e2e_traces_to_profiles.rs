@@ -30,8 +30,10 @@
 //! `cargo test --release --test e2e_traces_to_profiles -- --nocapture`.
 
 mod common;
+mod cpu_clock;
 mod pprof_tool;
 
+use cpu_clock::thread_cpu_nanos;
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::io::Read;
@@ -72,16 +74,6 @@ const ROOTS: [(&str, &str); 2] = [
 ];
 
 // ---------------------------------------------------------------- the app
-
-fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The checkout span's CPU: multiply-add "pricing" over a cart.
 #[inline(never)]

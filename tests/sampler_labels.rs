@@ -2,8 +2,10 @@
 //! the sample is taken, and samples threads in proportion to their own CPU
 //! time. Checked end to end: public API → pprof files → Google's pprof tool.
 
+mod cpu_clock;
 mod pprof_tool;
 
+use cpu_clock::thread_cpu_nanos;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
@@ -14,15 +16,6 @@ use tracing_pyroscope::context::{self, SpanLabels};
 
 /// Serialises the tests: one profiler per process.
 static ONE_PROFILER: Mutex<()> = Mutex::new(());
-
-fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Spins for `nanos` of this thread's CPU time. `salt` keeps the callers'
 /// code distinct, so the linker cannot fold them into one function.
@@ -55,7 +48,10 @@ fn unlabelled_gap(nanos: u64) -> u64 {
     black_box(spin(nanos, 19))
 }
 
-const FUNCS: [(&str, fn(u64) -> u64); 3] = [
+/// A burn function and its name.
+type Burner = (&'static str, fn(u64) -> u64);
+
+const FUNCS: [Burner; 3] = [
     ("burn_alpha", burn_alpha),
     ("burn_beta", burn_beta),
     ("burn_gamma", burn_gamma),

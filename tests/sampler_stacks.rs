@@ -3,21 +3,14 @@
 //! the ordinary release build (no frame pointers, DWARF CFI unwinding) and
 //! with `-C force-frame-pointers=yes`.
 
+mod cpu_clock;
 mod pprof_tool;
 
+use cpu_clock::thread_cpu_nanos;
 use std::hint::black_box;
 use std::time::Duration;
 
 use tracing_pyroscope::context::{self, SpanLabels};
-
-fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 #[inline(never)]
 fn chain_outer(nanos: u64) -> u64 {
