@@ -114,6 +114,7 @@ fn labels_are_exact_at_sample_time() {
     drop(guard);
 
     let traces = all_traces(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
     // For each burn function: who carries which label.
     let mut by_func: HashMap<&str, (u64, u64)> = HashMap::new(); // (right label, total)
     let mut total = 0u64;
@@ -198,7 +199,9 @@ fn busy_threads_are_sampled_in_proportion_to_their_cpu_time() {
     drop(guard);
 
     let mut counts: HashMap<u64, u64> = HashMap::new();
-    for tr in all_traces(&dir) {
+    let traces = all_traces(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    for tr in traces {
         if let Some(id) = tr.labels.get("span_id") {
             *counts
                 .entry(u64::from_str_radix(id, 16).unwrap())
