@@ -175,8 +175,21 @@ impl Drop for ProfilerGuard {
     }
 }
 
+/// The symbol cache outlives a profiler, so a restart in the same process
+/// does not load debug info again.
+#[cfg(target_os = "linux")]
+static SYMBOLIZER: Mutex<Option<Symbolizer>> = Mutex::new(None);
+
+#[cfg(target_os = "linux")]
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 /// How often the collector drains the sample buffer.
-const DRAIN_PERIOD: Duration = Duration::from_millis(50);
+const DRAIN_PERIOD: Duration = Duration::from_millis(100);
 /// Queue of closed root spans waiting for the collector.
 const SPAN_QUEUE: usize = 16 * 1024;
 /// Most span ids whose CPU samples are tallied for the span index.
@@ -279,7 +292,10 @@ struct Collector {
 #[cfg(target_os = "linux")]
 impl Collector {
     fn run(mut self, stop: StopSignal) {
-        let mut symbolizer = Symbolizer::new();
+        // Symbols resolved by an earlier profiler in this process are kept.
+        let mut symbolizer = lock_ignoring_poison(&SYMBOLIZER)
+            .take()
+            .unwrap_or_else(Symbolizer::new);
         let mut interval_start = SystemTime::now();
         let mut interval_clock = Instant::now();
         let mut builder = ProfileBuilder::new(interval_start, self.period_nanos as i64);
@@ -321,6 +337,7 @@ impl Collector {
         if let Some(uploader) = self.uploader.take() {
             uploader.shutdown(deadline);
         }
+        *lock_ignoring_poison(&SYMBOLIZER) = Some(symbolizer);
     }
 
     fn drain(&mut self, builder: &mut ProfileBuilder) {

@@ -455,7 +455,7 @@ fn manage(
             }
         }
         scans += 1;
-        // New code loaded (dlopen)? Rebuild the unwinder, about every 0.5 s.
+        // New code loaded (dlopen)? Rebuild the unwinder, checked every 0.5 s.
         if scans.is_multiple_of(25) {
             let generation = unwind::loader_generation();
             if generation != loader_generation {
