@@ -3,7 +3,8 @@
 //! - **Timers** ([`timers`]): one POSIX timer per thread on that thread's own
 //!   CPU-time clock, delivering `SIGPROF` to that thread, so every busy
 //!   thread is sampled at the configured rate of its own CPU time. A manager
-//!   thread picks up new threads every [`SCAN_PERIOD`]. There is no
+//!   thread picks up new threads every [`SCAN_PERIOD`] (less often in
+//!   processes with hundreds of threads, see `scan_period`). There is no
 //!   process-wide `setitimer` fallback: per-thread timers exist on every
 //!   Linux since 2.6.12, and if `timer_create` fails for a thread that thread
 //!   is counted (and retried on the next scan) rather than sampled wrongly.
@@ -45,6 +46,13 @@ use unwind::{MapsSnapshot, NativeCache, Regs, UnwindState};
 
 /// How often the manager looks for new and exited threads.
 pub(crate) const SCAN_PERIOD: Duration = Duration::from_millis(20);
+/// The scan period for a process with `threads` threads: [`SCAN_PERIOD`]
+/// up to 64 threads, then growing with the thread count, at most 1 s.
+fn scan_period(threads: usize) -> Duration {
+    let factor = (threads / 64).clamp(1, 50) as u32;
+    SCAN_PERIOD * factor
+}
+
 /// Unwinder caches: the most handlers that can unwind at the same instant.
 const CACHES: usize = 32;
 
@@ -342,7 +350,7 @@ impl Sampler {
         let mut timers = timers::Timers::new(period_nanos);
         // Arm the threads alive now before returning, so work started right
         // after `start` is sampled.
-        if timers.scan() {
+        if timers.scan(true) {
             if let Some(maps) = MapsSnapshot::read() {
                 publish_maps(maps, &mut retired);
             }
@@ -439,6 +447,7 @@ fn manage(
         }
     };
     let mut scans: u64 = 0;
+    let mut period = SCAN_PERIOD;
     loop {
         {
             let (lock, cvar) = &*stop;
@@ -446,7 +455,7 @@ fn manage(
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            let (guard, _) = match cvar.wait_timeout_while(guard, SCAN_PERIOD, |s| !*s) {
+            let (guard, _) = match cvar.wait_timeout_while(guard, period, |s| !*s) {
                 Ok(r) => r,
                 Err(p) => p.into_inner(),
             };
@@ -467,12 +476,15 @@ fn manage(
                 }
             }
         }
-        if timers.scan() {
+        if timers.scan(scans.is_multiple_of(25)) {
             if let Some(maps) = MapsSnapshot::read() {
                 publish_maps(maps, &mut retired);
             }
         }
         threads.store(timers.len() as u64, Ordering::Relaxed);
+        // Listing threads costs in proportion to their number: scan less
+        // often in processes with many threads (up to once a second).
+        period = scan_period(timers.len());
         timer_errors.store(timers.create_errors, Ordering::Relaxed);
         retired.collect();
     }
@@ -502,5 +514,28 @@ fn manage(
     } else {
         // Extremely unlikely; leak rather than risk a use-after-free.
         std::mem::forget(retired);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_period_grows_with_threads_and_is_capped() {
+        assert_eq!(scan_period(0), SCAN_PERIOD);
+        assert_eq!(scan_period(64), SCAN_PERIOD);
+        assert_eq!(scan_period(640), SCAN_PERIOD * 10);
+        assert_eq!(scan_period(1_000_000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn maps_snapshot_bounds_reads_to_mapped_memory() {
+        let maps = MapsSnapshot::read().expect("read /proc/self/maps");
+        let local = 0u64;
+        let addr = &local as *const u64 as u64;
+        let end = maps.readable_end(addr).expect("the stack is mapped");
+        assert!(end > addr);
+        assert_eq!(maps.readable_end(8), None, "page zero is never mapped");
     }
 }

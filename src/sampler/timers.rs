@@ -62,7 +62,9 @@ impl Timers {
 
     /// Brings timers in line with the threads alive now. Returns true if
     /// timers were added (new threads: refresh the maps snapshot).
-    pub(crate) fn scan(&mut self) -> bool {
+    /// `check_recycled` also looks for timers whose thread died and whose
+    /// tid was reused (one `timer_gettime` per thread, so not every scan).
+    pub(crate) fn scan(&mut self, check_recycled: bool) -> bool {
         let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
             return false;
         };
@@ -84,7 +86,7 @@ impl Timers {
         }
         // Recycled tids: a timer whose thread died reads as disarmed.
         let mut stale = Vec::new();
-        for (tid, t) in self.timers.iter_mut() {
+        for (tid, t) in self.timers.iter_mut().filter(|_| check_recycled) {
             if armed(t.id) {
                 t.idle_scans = 0;
             } else {
