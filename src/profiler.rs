@@ -293,9 +293,7 @@ struct Collector {
 impl Collector {
     fn run(mut self, stop: StopSignal) {
         // Symbols resolved by an earlier profiler in this process are kept.
-        let mut symbolizer = lock_ignoring_poison(&SYMBOLIZER)
-            .take()
-            .unwrap_or_else(Symbolizer::new);
+        let mut symbolizer = lock_ignoring_poison(&SYMBOLIZER).take().unwrap_or_default();
         let mut interval_start = SystemTime::now();
         let mut interval_clock = Instant::now();
         let mut builder = ProfileBuilder::new(interval_start, self.period_nanos as i64);
