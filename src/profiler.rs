@@ -188,6 +188,10 @@ fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// Headroom kept inside the shutdown timeout for the steps around the
+/// upload flush.
+const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
+
 /// How often the collector drains the sample buffer.
 const DRAIN_PERIOD: Duration = Duration::from_millis(100);
 /// Queue of closed root spans waiting for the collector.
@@ -326,7 +330,10 @@ impl Collector {
             }
         }
         // Shutdown: stop timers, take the last samples, flush everything.
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        // The uploader may overrun its deadline by a little while its thread
+        // winds down; keep the whole drop within the configured bound.
+        let deadline =
+            Instant::now() + self.config.shutdown_timeout.saturating_sub(SHUTDOWN_MARGIN);
         self.sampler.stop();
         self.drain(&mut builder);
         self.write_span_records(true);

@@ -30,7 +30,7 @@ const UPLOAD_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the fault lasts while the app works (≥ 12 intervals).
 const FAULT_PERIOD: Duration = Duration::from_secs(3);
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
-const SHUTDOWN_SLACK: Duration = Duration::from_millis(1000);
+const SHUTDOWN_SLACK: Duration = Duration::from_millis(250);
 /// Queue capacity plus the profile in flight.
 const MAX_WAITING: u64 = 8 + 1;
 
