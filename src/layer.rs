@@ -124,7 +124,7 @@ pub(crate) struct LayerConfig {
 /// when that one exits the slot returns to what it was before both. The
 /// same span entered on two threads, re-entered on one, or an `Instrumented`
 /// future polled on a different worker each time all work, because entries
-/// are per thread. Nesting deeper than 64 spans on one thread leaves the
+/// are per thread. Nesting deeper than 32 spans on one thread leaves the
 /// deeper spans' labels as their enclosing span's.
 ///
 /// # Cost

@@ -420,13 +420,16 @@ impl Sampler {
             cvar.notify_all();
         }
         let _ = manager.join();
-        RUNNING.store(false, Ordering::SeqCst);
     }
 }
 
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop();
+        // Only now: a stopped sampler may still `drain` (the collector's final
+        // drain), and the buffer allows one consumer at a time, so a new
+        // sampler (whose start drains too) must wait until this one is gone.
+        RUNNING.store(false, Ordering::SeqCst);
     }
 }
 
@@ -448,6 +451,7 @@ fn manage(
     };
     let mut scans: u64 = 0;
     let mut period = SCAN_PERIOD;
+    let mut stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
     loop {
         {
             let (lock, cvar) = &*stop;
@@ -476,7 +480,13 @@ fn manage(
                 }
             }
         }
-        if timers.scan(scans.is_multiple_of(25)) {
+        // New threads, or (checked every 0.5 s) samples whose stack lay
+        // outside the snapshot: read the maps again.
+        let added = timers.scan(scans.is_multiple_of(25));
+        let stale =
+            scans.is_multiple_of(25) && unwind::STALE_MAPS.load(Ordering::Relaxed) != stale_maps;
+        if added || stale {
+            stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
             if let Some(maps) = MapsSnapshot::read() {
                 publish_maps(maps, &mut retired);
             }

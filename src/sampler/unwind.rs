@@ -12,6 +12,7 @@
 
 use std::ffi::CStr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use framehop::{
     CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind,
@@ -31,8 +32,15 @@ pub(crate) struct UnwindState {
     pub(crate) loader_generation: u64,
 }
 
-/// Readable memory ranges (sorted, merged), to keep stack reads inside
-/// mapped memory.
+/// Samples whose stack pointer lay in no range of the published snapshot
+/// (a stack mapped or grown after it was read: the main thread's stack
+/// growing down, a new thread, a coroutine or fiber stack). Their stacks are
+/// cut to the leaf; the manager re-reads the maps when this count moves.
+pub(crate) static STALE_MAPS: AtomicU64 = AtomicU64::new(0);
+
+/// Readable memory ranges (sorted; one per mapping, never merged across
+/// mappings, so a stack read cannot run into a neighbour that may have been
+/// unmapped since), to keep stack reads inside mapped memory.
 pub(crate) struct MapsSnapshot {
     ranges: Vec<Range<u64>>,
 }
@@ -57,10 +65,7 @@ impl MapsSnapshot {
             else {
                 continue;
             };
-            match ranges.last_mut() {
-                Some(last) if last.end == start => last.end = end,
-                _ => ranges.push(start..end),
-            }
+            ranges.push(start..end);
         }
         Some(MapsSnapshot { ranges })
     }
@@ -96,7 +101,13 @@ pub(crate) fn unwind(
     out: &mut [u64; MAX_FRAMES],
 ) -> usize {
     let stack_lo = regs.sp;
-    let stack_hi = maps.readable_end(regs.sp).unwrap_or(regs.sp);
+    let stack_hi = match maps.readable_end(regs.sp) {
+        Some(end) => end,
+        None => {
+            STALE_MAPS.fetch_add(1, Ordering::Relaxed);
+            regs.sp
+        }
+    };
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
         if addr < stack_lo
             || addr.checked_add(8).is_none_or(|end| end > stack_hi)
@@ -278,4 +289,68 @@ fn module_for(object: &Object) -> Option<Module<Bytes>> {
         }
     }
     Some(Module::new(object.name.clone(), avma(&text), bias, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_ranges_stop_at_the_mapping_boundary() {
+        // Two adjacent readable mappings (one region, upper half made
+        // read-only, so the kernel keeps two mappings): a read bounded by the
+        // first must not run into the second, which could be unmapped after
+        // the snapshot.
+        const PAGE: u64 = 4096;
+        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+        let first = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8 * PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(first, libc::MAP_FAILED);
+        let first = first as u64;
+        let second = first + 4 * PAGE;
+        // SAFETY: the upper half of the region mapped above.
+        let rc = unsafe {
+            libc::mprotect(
+                second as *mut libc::c_void,
+                4 * PAGE as usize,
+                libc::PROT_READ,
+            )
+        };
+        assert_eq!(rc, 0);
+        let maps = MapsSnapshot::read().expect("read /proc/self/maps");
+        assert_eq!(maps.readable_end(first + 8), Some(second));
+        assert_eq!(maps.readable_end(second), Some(second + 4 * PAGE));
+        // SAFETY: the region mapped above, not used after this.
+        unsafe {
+            libc::munmap(first as *mut libc::c_void, 8 * PAGE as usize);
+        }
+    }
+
+    #[test]
+    fn a_stack_outside_the_snapshot_is_counted_as_stale() {
+        let state = build_unwinder();
+        let maps = MapsSnapshot { ranges: Vec::new() };
+        let mut cache = NativeCache::new_in();
+        let mut out = [0u64; MAX_FRAMES];
+        let local = 0u64;
+        let regs = Regs {
+            pc: build_unwinder as *const () as u64,
+            sp: &local as *const u64 as u64,
+            fp: 0,
+            lr: 0,
+        };
+        let before = STALE_MAPS.load(Ordering::Relaxed);
+        let depth = unwind(&state, &maps, &mut cache, regs, &mut out);
+        assert!(depth >= 1);
+        assert_eq!(out[0], regs.pc);
+        assert!(STALE_MAPS.load(Ordering::Relaxed) > before);
+    }
 }
