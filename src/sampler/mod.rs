@@ -8,8 +8,11 @@
 //!   process-wide `setitimer` fallback: per-thread timers exist on every
 //!   Linux since 2.6.12, and if `timer_create` fails for a thread that thread
 //!   is counted (and retried on the next scan) rather than sampled wrongly.
-//! - **Signal handler**: installed with `SA_RESTART` (application syscalls
-//!   are restarted, never fail with `EINTR` because of us) and `SA_SIGINFO`;
+//! - **Signal handler**: installed with `SA_RESTART` (most interrupted
+//!   application syscalls are restarted; those Linux never restarts after a
+//!   handler, such as `epoll_wait`, `poll`, `select`, `nanosleep` and calls
+//!   with a timeout, can still return `EINTR`, as under any signal-based
+//!   profiler, and callers must retry as std and mio do) and `SA_SIGINFO`;
 //!   it saves and restores `errno`. It reads the thread span slot
 //!   ([`crate::context`]), unwinds the interrupted stack ([`unwind`]) and
 //!   writes into a preallocated lock-free buffer ([`buffer`]). It allocates
