@@ -723,16 +723,20 @@ mod stack {
     #[cold]
     #[inline(never)]
     fn exit_slow(stack: &Stack, span: u64) {
-        let overflow = stack.overflow.get();
-        if overflow > 0 {
-            stack.overflow.set(overflow - 1);
-            return;
-        }
         let len = stack.len.get();
+        // A span with an entry is undone from the stack even while enters
+        // beyond the capacity are pending: counting its exit against those
+        // instead would leave its entry (and its labels in the slot) behind
+        // for good. Only exits of spans without an entry are taken as exits
+        // of the uncounted deeper enters.
         let Some(i) = (0..len)
             .rev()
             .find(|&i| stack.entries[i].get().span == span)
         else {
+            let overflow = stack.overflow.get();
+            if overflow > 0 {
+                stack.overflow.set(overflow - 1);
+            }
             return;
         };
         let entry = stack.entries[i].get();
@@ -803,6 +807,26 @@ mod tests {
         assert_eq!(context::current(), labels(100 + stack::CAPACITY as u64 - 1));
         for i in (0..(stack::CAPACITY as u64 + 10)).rev() {
             stack::exit(100 + i);
+        }
+        assert_eq!(context::current(), base);
+        assert_eq!(stack::depth(), 0);
+    }
+
+    #[test]
+    fn out_of_order_exit_while_overflowed_restores_the_slot() {
+        let base = context::current();
+        let cap = stack::CAPACITY as u64;
+        for i in 0..cap {
+            stack::enter(200 + i, labels(200 + i));
+        }
+        // One enter beyond the capacity, then the topmost stacked span exits
+        // before it (out of order).
+        stack::enter(900, labels(900));
+        stack::exit(200 + cap - 1);
+        assert_eq!(context::current(), labels(200 + cap - 2));
+        stack::exit(900);
+        for i in (0..cap - 1).rev() {
+            stack::exit(200 + i);
         }
         assert_eq!(context::current(), base);
         assert_eq!(stack::depth(), 0);
