@@ -128,6 +128,9 @@ pub struct ProfilerGuard {
 struct Running {
     stop: StopSignal,
     collector: JoinHandle<()>,
+    /// The process that started the profiler: after `fork()` the child has
+    /// no collector thread to stop or join.
+    pid: u32,
 }
 
 type StopSignal = Arc<(Mutex<bool>, Condvar)>;
@@ -164,6 +167,11 @@ impl fmt::Debug for ProfilerGuard {
 impl Drop for ProfilerGuard {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
+            if running.pid != std::process::id() {
+                // A forked child: the threads live only in the parent.
+                std::mem::forget(running.collector);
+                return;
+            }
             let (lock, cvar) = &*running.stop;
             match lock.lock() {
                 Ok(mut g) => *g = true,
@@ -268,7 +276,11 @@ fn start_platform(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), E
     Ok((
         layer,
         ProfilerGuard {
-            running: Some(Running { stop, collector }),
+            running: Some(Running {
+                stop,
+                collector,
+                pid: std::process::id(),
+            }),
             counters,
         },
     ))

@@ -57,3 +57,34 @@ fn a_foreign_sigprof_handler_is_never_replaced() {
     assert_eq!(current, handler, "the foreign handler was replaced");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn dropping_the_guard_in_a_forked_child_returns() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempdir("fork");
+    let (_layer, guard) = builder(&dir).build().expect("start");
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // The child has no collector or timer thread: dropping must not wait
+        // for them.
+        drop(guard);
+        unsafe { libc::_exit(0) };
+    }
+    let started = std::time::Instant::now();
+    let mut status = 0;
+    loop {
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the forked child hung dropping the guard");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+}

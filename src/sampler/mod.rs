@@ -68,7 +68,8 @@ struct CacheSlot {
 struct Shared {
     buffer: SampleBuffer,
     caches: Box<[CacheSlot]>,
-    /// Samples recorded with the leaf only, because every cache was busy.
+    /// Samples recorded with the leaf only: every unwinder cache was busy,
+    /// or the interrupted thread's stack had no headroom left.
     unwind_busy: AtomicU64,
 }
 
@@ -197,7 +198,15 @@ fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
             // unwinder and maps are kept alive while IN_HANDLER > 0 (they are
             // only freed after a grace period with no handler running).
             let (cache, state, maps) = unsafe { (&mut *slot.cache.get(), &*unwinder, &*maps) };
-            data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
+            // On a nearly full fixed-size thread stack, keep the leaf only
+            // rather than risk overflowing into the guard page.
+            let room = maps.readable_range(regs.sp).is_none()
+                || maps.has_headroom(regs.sp, unwind::HANDLER_HEADROOM);
+            if room {
+                data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
+            } else {
+                shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
+            }
             slot.busy.store(false, Ordering::Release);
         } else {
             shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
@@ -543,12 +552,34 @@ mod tests {
     }
 
     #[test]
+    fn headroom_is_measured_on_fixed_size_thread_stacks() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let maps = MapsSnapshot::read().expect("read /proc/self/maps");
+                let local = 0u64;
+                let sp = &local as *const u64 as u64;
+                let range = maps
+                    .readable_range(sp)
+                    .expect("the stack is mapped")
+                    .clone();
+                // Near the top of a fresh thread stack: plenty of room.
+                assert!(maps.has_headroom(sp, 16 * 1024));
+                // A stack pointer 1 KiB above the mapping's start has none.
+                assert!(!maps.has_headroom(range.start + 1024, 16 * 1024));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
     fn maps_snapshot_bounds_reads_to_mapped_memory() {
         let maps = MapsSnapshot::read().expect("read /proc/self/maps");
         let local = 0u64;
         let addr = &local as *const u64 as u64;
-        let end = maps.readable_end(addr).expect("the stack is mapped");
+        let end = maps.readable_range(addr).expect("the stack is mapped").end;
         assert!(end > addr);
-        assert_eq!(maps.readable_end(8), None, "page zero is never mapped");
+        assert_eq!(maps.readable_range(8), None, "page zero is never mapped");
     }
 }

@@ -43,6 +43,8 @@ pub(crate) static STALE_MAPS: AtomicU64 = AtomicU64::new(0);
 /// unmapped since), to keep stack reads inside mapped memory.
 pub(crate) struct MapsSnapshot {
     ranges: Vec<Range<u64>>,
+    /// The main thread's `[stack]`, which the kernel grows on demand.
+    main_stack: Option<Range<u64>>,
 }
 
 impl MapsSnapshot {
@@ -50,6 +52,7 @@ impl MapsSnapshot {
     pub(crate) fn read() -> Option<MapsSnapshot> {
         let text = std::fs::read_to_string("/proc/self/maps").ok()?;
         let mut ranges: Vec<Range<u64>> = Vec::new();
+        let mut main_stack = None;
         for line in text.lines() {
             let mut parts = line.split_whitespace();
             let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
@@ -65,19 +68,40 @@ impl MapsSnapshot {
             else {
                 continue;
             };
+            if line.ends_with("[stack]") {
+                main_stack = Some(start..end);
+            }
             ranges.push(start..end);
         }
-        Some(MapsSnapshot { ranges })
+        Some(MapsSnapshot { ranges, main_stack })
     }
 
-    /// End of the readable region containing `addr`. No allocation.
+    /// The readable region containing `addr`. No allocation.
     #[inline]
-    pub(crate) fn readable_end(&self, addr: u64) -> Option<u64> {
+    pub(crate) fn readable_range(&self, addr: u64) -> Option<&Range<u64>> {
         let i = self.ranges.partition_point(|r| r.end <= addr);
         let r = self.ranges.get(i)?;
-        (r.start <= addr).then_some(r.end)
+        (r.start <= addr).then_some(r)
+    }
+
+    /// `true` if a handler running at `sp` has at least `headroom` bytes of
+    /// stack left below it: always for the main thread's growable
+    /// `[stack]`, otherwise the distance to the start of sp's mapping
+    /// (thread stacks are fixed-size, with a guard page below).
+    #[inline]
+    pub(crate) fn has_headroom(&self, sp: u64, headroom: u64) -> bool {
+        if self.main_stack.as_ref().is_some_and(|r| r.contains(&sp)) {
+            return true;
+        }
+        self.readable_range(sp)
+            .is_some_and(|r| sp.saturating_sub(r.start) >= headroom)
     }
 }
+
+/// Stack a handler needs below its sp to unwind safely (measured ~9 KiB,
+/// with margin). Checked by the caller *before* calling [`unwind`], whose
+/// own frame holds the unwinder's state.
+pub(crate) const HANDLER_HEADROOM: u64 = 16 * 1024;
 
 /// Registers taken from the interrupted context.
 #[derive(Clone, Copy)]
@@ -91,8 +115,9 @@ pub(crate) struct Regs {
 
 /// Unwinds into `out`, leaf first (`out[0]` = pc, then return addresses).
 /// Stack reads are limited to `[sp, end of sp's readable region)`.
-/// No allocation, no locks, no syscalls.
-#[inline]
+/// No allocation, no locks, no syscalls. Never inlined, so that its large
+/// frame is only pushed after the caller checked the stack headroom.
+#[inline(never)]
 pub(crate) fn unwind(
     state: &UnwindState,
     maps: &MapsSnapshot,
@@ -101,8 +126,8 @@ pub(crate) fn unwind(
     out: &mut [u64; MAX_FRAMES],
 ) -> usize {
     let stack_lo = regs.sp;
-    let stack_hi = match maps.readable_end(regs.sp) {
-        Some(end) => end,
+    let stack_hi = match maps.readable_range(regs.sp) {
+        Some(range) => range.end,
         None => {
             STALE_MAPS.fetch_add(1, Ordering::Relaxed);
             regs.sp
@@ -122,8 +147,17 @@ pub(crate) fn unwind(
     };
     #[cfg(target_arch = "x86_64")]
     let unwind_regs = UnwindRegsNative::new(regs.pc, regs.sp, regs.fp);
+    // Return addresses may carry pointer-authentication bits (PAC): strip
+    // everything above the highest known code address.
     #[cfg(target_arch = "aarch64")]
-    let unwind_regs = UnwindRegsNative::new(regs.lr, regs.sp, regs.fp);
+    let unwind_regs = UnwindRegsNative::new_with_ptr_auth_mask(
+        framehop::aarch64::PtrAuthMask::from_max_known_address(
+            state.unwinder.max_known_code_address(),
+        ),
+        regs.lr,
+        regs.sp,
+        regs.fp,
+    );
     let mut frames = state
         .unwinder
         .iter_frames(regs.pc, unwind_regs, cache, &mut read_stack);
@@ -326,8 +360,11 @@ mod tests {
         };
         assert_eq!(rc, 0);
         let maps = MapsSnapshot::read().expect("read /proc/self/maps");
-        assert_eq!(maps.readable_end(first + 8), Some(second));
-        assert_eq!(maps.readable_end(second), Some(second + 4 * PAGE));
+        assert_eq!(maps.readable_range(first + 8).map(|r| r.end), Some(second));
+        assert_eq!(
+            maps.readable_range(second).map(|r| r.end),
+            Some(second + 4 * PAGE)
+        );
         // SAFETY: the region mapped above, not used after this.
         unsafe {
             libc::munmap(first as *mut libc::c_void, 8 * PAGE as usize);
@@ -337,7 +374,10 @@ mod tests {
     #[test]
     fn a_stack_outside_the_snapshot_is_counted_as_stale() {
         let state = build_unwinder();
-        let maps = MapsSnapshot { ranges: Vec::new() };
+        let maps = MapsSnapshot {
+            ranges: Vec::new(),
+            main_stack: None,
+        };
         let mut cache = NativeCache::new_in();
         let mut out = [0u64; MAX_FRAMES];
         let local = 0u64;
