@@ -183,6 +183,10 @@ fn run_fault(fault: Fault, expect: Expect) {
             double.accepted() > accepted_during && double.samples().iter().any(|s| s.span_id != 0)
         })
     });
+    // The uploader counts a success only after the server has answered.
+    wait_until(Duration::from_secs(5), || {
+        guard.stats().uploads > during.uploads
+    });
     let after_recovery = guard.stats();
 
     // Fault again, then shut down: bounded.
