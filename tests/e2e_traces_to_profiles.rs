@@ -55,6 +55,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use prost::Message;
 
 use common::pyroscope_double::{FlameGraph, PyroscopeDouble};
+use common::wait_until;
 
 /// Selects the child; without it `app_child` does nothing.
 const CHILD_ENV: &str = "E2E_TRACES_TO_PROFILES_CHILD";
@@ -429,17 +430,6 @@ fn value_in(fg: &FlameGraph, function: &str) -> i64 {
         .filter(|(stack, _)| stack.iter().any(|f| f.contains(function)))
         .map(|(_, v)| v)
         .sum()
-}
-
-fn wait_until(timeout: Duration, mut what: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if what() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    what()
 }
 
 #[test]

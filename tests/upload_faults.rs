@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::pyroscope_double::{Fault, PyroscopeDouble};
+use common::wait_until;
 use tracing_subscriber::prelude::*;
 
 /// One profiler per process, and quiet timing: one test at a time.
@@ -111,17 +112,6 @@ fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
-}
-
-fn wait_until(timeout: Duration, mut what: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if what() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    what()
 }
 
 /// What a fault should do to the counters.
