@@ -6,6 +6,9 @@
 //! - `registry+otel`: with tracing-opentelemetry (in-memory exporter);
 //! - `registry+otel+profiling`: both;
 //! - `registry+inert`: with an inert `SpanProfileLayer` (profiling off);
+//! - `registry+flag`: with a minimal layer whose `on_enter`/`on_exit` only
+//!   test a `bool` field, the least any layer with enter/exit callbacks can
+//!   cost (the floor for an inert layer);
 //! - `registry+identity`: with tracing-subscriber's empty `Identity` layer,
 //!   i.e. the cost of being a layer at all (`Layered` plumbing).
 //!
@@ -45,6 +48,22 @@ fn inert_layer() -> SpanProfileLayer {
     }
 }
 
+/// A layer that does nothing but test a flag on enter and exit.
+struct FlagLayer(bool);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FlagLayer {
+    fn on_enter(&self, _: &tracing::span::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+        if self.0 {
+            std::hint::black_box(());
+        }
+    }
+    fn on_exit(&self, _: &tracing::span::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+        if self.0 {
+            std::hint::black_box(());
+        }
+    }
+}
+
 fn stacks(provider: &SdkTracerProvider) -> Vec<(&'static str, Dispatch)> {
     let otel = || tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
     let profiling = || SpanProfileLayer::with_scope(SpanScope::Root);
@@ -65,6 +84,10 @@ fn stacks(provider: &SdkTracerProvider) -> Vec<(&'static str, Dispatch)> {
         (
             "registry+inert",
             Dispatch::new(Registry::default().with(inert_layer())),
+        ),
+        (
+            "registry+flag",
+            Dispatch::new(Registry::default().with(FlagLayer(std::hint::black_box(false)))),
         ),
         (
             "registry+identity",
@@ -116,11 +139,13 @@ fn interleaved(_c: &mut Criterion) {
     println!(
         "interleaved ratios: profiling/registry = {:.2} (target <= 2.0), \
          otel+profiling/otel = {:.3} (target <= 1.15), inert/registry = {:.3} \
-         (target <= 1.05), inert/identity = {:.3}",
+         (target <= 1.05), inert/identity = {:.3}, flag/registry = {:.3}, inert/flag = {:.3}",
         t("registry+profiling") / t("registry"),
         t("registry+otel+profiling") / t("registry+otel"),
         t("registry+inert") / t("registry"),
         t("registry+inert") / t("registry+identity"),
+        t("registry+flag") / t("registry"),
+        t("registry+inert") / t("registry+flag"),
     );
 }
 
