@@ -67,6 +67,26 @@ impl Fleet {
         })
     }
 
+    /// Starts one service process per region; returns their indices.
+    fn spawn_regions(
+        &mut self,
+        service: &str,
+        profiling: Profiling,
+    ) -> Result<Vec<usize>, BoxError> {
+        REGIONS
+            .iter()
+            .map(|region| {
+                self.spawn(
+                    region,
+                    &server_args(region),
+                    service,
+                    Some(region),
+                    profiling,
+                )
+            })
+            .collect()
+    }
+
     /// Starts `exe args --child` with profiling configured by environment.
     fn spawn(
         &mut self,
@@ -369,17 +389,7 @@ pub(crate) fn demo(args: &Args) -> Result<(), BoxError> {
         upload.map(|u| format!(", uploading to {u}")).unwrap_or_default(),
         if removed > 0 { format!(" (cleared {removed} files of an earlier run)") } else { String::new() },
     );
-    let service = service_name();
-    let mut servers = Vec::new();
-    for region in REGIONS {
-        servers.push(fleet.spawn(
-            region,
-            &server_args(region),
-            &service,
-            Some(region),
-            Profiling::On,
-        )?);
-    }
+    let servers = fleet.spawn_regions(&service_name(), Profiling::On)?;
     fleet.wait_ready(&servers, &interrupted)?;
     let load = fleet.spawn(
         "load-generator",
@@ -622,16 +632,7 @@ fn run_fleets(
     let mut fleets = Vec::new();
     for &mode in modes {
         let mut fleet = Fleet::new(out)?;
-        let mut servers = Vec::new();
-        for region in REGIONS {
-            servers.push(fleet.spawn(
-                region,
-                &server_args(region),
-                &service,
-                Some(region),
-                mode,
-            )?);
-        }
+        let servers = fleet.spawn_regions(&service, mode)?;
         fleets.push((fleet, servers, mode));
     }
     for (fleet, servers, _) in &mut fleets {
