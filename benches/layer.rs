@@ -2,7 +2,8 @@
 //!
 //! One group, five stacks, in one run:
 //! - `registry`: `Registry` alone (the baseline);
-//! - `registry+profiling`: with an active `SpanProfileLayer` (scope root);
+//! - `registry+profiling`: with an active `SpanProfileLayer` (scope root),
+//!   from a real profiler started with `Builder` (100 Hz, local directory);
 //! - `registry+otel`: with tracing-opentelemetry (in-memory exporter);
 //! - `registry+otel+profiling`: both;
 //! - `registry+inert`: with an inert `SpanProfileLayer` (profiling off);
@@ -27,6 +28,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use std::sync::OnceLock;
 use std::time::Instant;
 use tracing::Dispatch;
 use tracing_pyroscope::{SpanProfileLayer, SpanScope};
@@ -40,12 +42,39 @@ fn inert_layer() -> SpanProfileLayer {
         .build()
     {
         Ok((layer, guard)) => {
+            assert!(
+                !guard.is_active(),
+                "a disabled builder gives an inert layer"
+            );
             drop(guard);
-            assert!(layer.is_inert(), "a disabled builder gives an inert layer");
             layer
         }
         Err(e) => panic!("building an inert layer failed: {e}"),
     }
+}
+
+/// The active layer users get: a real profiler (100 Hz, local directory)
+/// runs while the benchmarks do. Started once; its guard lives until exit.
+fn active_layer() -> SpanProfileLayer {
+    static LAYER: OnceLock<SpanProfileLayer> = OnceLock::new();
+    LAYER
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("tp-bench-{}", std::process::id()));
+            match tracing_pyroscope::Builder::new("bench")
+                .profiles_dir(&dir)
+                .span_scope(SpanScope::Root)
+                .build()
+            {
+                Ok((layer, guard)) => {
+                    assert!(guard.is_active(), "profiling should be on");
+                    // Keep profiling for the whole run.
+                    std::mem::forget(guard);
+                    layer
+                }
+                Err(e) => panic!("starting the profiler failed: {e}"),
+            }
+        })
+        .clone()
 }
 
 /// A layer that does nothing but test a flag on enter and exit.
@@ -66,7 +95,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FlagLayer {
 
 fn stacks(provider: &SdkTracerProvider) -> Vec<(&'static str, Dispatch)> {
     let otel = || tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
-    let profiling = || SpanProfileLayer::with_scope(SpanScope::Root);
+    let profiling = active_layer;
     vec![
         ("registry", Dispatch::new(Registry::default())),
         (

@@ -30,14 +30,37 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{compiler_fence, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::sync::lock;
+
+/// The sample label keys the crate sets, in the order they are written.
+///
+/// Everything that names a sample label (the profile encoder, the reserved
+/// names that static labels may not use, the local report) takes the names
+/// from here.
+pub mod keys {
+    /// The span id: 16 lowercase hex digits. Pyroscope keeps it per sample
+    /// (not as a series label) and Grafana's "Profiles for this span" asks
+    /// for it.
+    pub const SPAN_ID: &str = "span_id";
+    /// The local root's span name (a series label on the server).
+    pub const SPAN_NAME: &str = "span_name";
+    /// The trace id: 32 lowercase hex digits.
+    pub const TRACE_ID: &str = "trace_id";
+    /// Every key above.
+    pub const ALL: [&str; 3] = [SPAN_ID, SPAN_NAME, TRACE_ID];
+}
 
 /// The labels of the span running on a thread.
 ///
-/// A zero `span_id` means "no span": samples then carry no span labels. A zero
-/// `trace_id` or `name_id` means that label is absent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// Each field is one sample label; zero means that label is absent. A
+/// record of all zeros ([`SpanLabels::NONE`]) means "no span": samples then
+/// carry no span labels. [`for_each_label`](SpanLabels::for_each_label) is
+/// the one way to turn a record into `(key, value)` pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub struct SpanLabels {
     /// The span id (`span_id` label, 16 lowercase hex digits); 0 for none.
     pub span_id: u64,
@@ -68,10 +91,60 @@ impl SpanLabels {
     pub const fn is_none(&self) -> bool {
         self.span_id == 0 && self.trace_id == 0 && self.name_id == 0
     }
+
+    /// Calls `f(key, value)` for every label present, in the order of
+    /// [`keys::ALL`]. Ids are formatted as lowercase hex without allocating;
+    /// a span name is looked up in the name table (a lock), so call this off
+    /// the hot path, once per distinct record.
+    ///
+    /// ```
+    /// use tracing_pyroscope::context::{keys, SpanLabels};
+    ///
+    /// let mut seen = Vec::new();
+    /// SpanLabels::new(0xab, 0, 0).for_each_label(|k, v| seen.push(format!("{k}={v}")));
+    /// assert_eq!(seen, [format!("{}=00000000000000ab", keys::SPAN_ID)]);
+    /// ```
+    pub fn for_each_label(&self, mut f: impl FnMut(&'static str, &str)) {
+        let mut buf = [0u8; 32];
+        if self.span_id != 0 {
+            f(keys::SPAN_ID, hex(u128::from(self.span_id), 16, &mut buf));
+        }
+        if let Some(name) = name_of(self.name_id) {
+            f(keys::SPAN_NAME, &name);
+        }
+        if self.trace_id != 0 {
+            f(keys::TRACE_ID, hex(self.trace_id, 32, &mut buf));
+        }
+    }
+}
+
+/// `value` as `digits` lowercase hex digits, written into `buf`.
+fn hex(value: u128, digits: usize, buf: &mut [u8; 32]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let out = &mut buf[..digits];
+    for (i, b) in out.iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *b = HEX[((value >> shift) & 0xf) as usize];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
+/// `id` as the 16 lowercase hex digits of a `span_id` label.
+pub fn span_id_hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// `id` as the 32 lowercase hex digits of a `trace_id` label.
+pub fn trace_id_hex(id: u128) -> String {
+    format!("{id:032x}")
 }
 
 struct Slot {
-    active: Cell<u8>,
+    /// Which copy is current. Only this thread writes it; the signal handler
+    /// on the same thread reads it. Relaxed atomics plus signal fences order
+    /// it against the copies for a handler on the same thread.
+    active: AtomicU8,
     copies: [Cell<SpanLabels>; 2],
 }
 
@@ -80,7 +153,7 @@ thread_local! {
     // Linux, safe to read from a signal handler running on the same thread.
     static SLOT: Slot = const {
         Slot {
-            active: Cell::new(0),
+            active: AtomicU8::new(0),
             copies: [Cell::new(SpanLabels::NONE), Cell::new(SpanLabels::NONE)],
         }
     };
@@ -91,13 +164,13 @@ thread_local! {
 #[inline]
 pub fn replace(labels: SpanLabels) -> SpanLabels {
     SLOT.with(|slot| {
-        let active = slot.active.get() as usize & 1;
+        let active = slot.active.load(Ordering::Relaxed) as usize & 1;
         let previous = slot.copies[active].get();
         slot.copies[active ^ 1].set(labels);
         // Signal fence: the inactive copy is fully written before the flip is
         // visible to a signal handler interrupting this thread.
         compiler_fence(Ordering::SeqCst);
-        slot.active.set((active ^ 1) as u8);
+        slot.active.store((active ^ 1) as u8, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
         previous
     })
@@ -107,7 +180,7 @@ pub fn replace(labels: SpanLabels) -> SpanLabels {
 #[inline]
 pub fn current() -> SpanLabels {
     SLOT.with(|slot| {
-        let active = slot.active.get() as usize & 1;
+        let active = slot.active.load(Ordering::Relaxed) as usize & 1;
         compiler_fence(Ordering::SeqCst);
         slot.copies[active].get()
     })
@@ -144,10 +217,7 @@ fn names() -> &'static Mutex<Names> {
 /// not on enter. Ids are never 0. At most [`MAX_NAMES`] names are kept; after
 /// that every new name maps to [`OVERFLOW_NAME`], so memory stays bounded.
 pub fn intern_name(name: &str) -> u32 {
-    let mut table = match names().lock() {
-        Ok(t) => t,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut table = lock(names());
     if let Some(&id) = table.ids.get(name) {
         return id;
     }
@@ -171,10 +241,7 @@ pub fn name_of(id: u32) -> Option<Arc<str>> {
     if id == 0 {
         return None;
     }
-    let table = match names().lock() {
-        Ok(t) => t,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let table = lock(names());
     table.names.get(id as usize - 1).cloned()
 }
 
@@ -206,6 +273,32 @@ mod tests {
             .unwrap();
         assert_eq!(current().span_id, 7);
         replace(SpanLabels::NONE);
+    }
+
+    #[test]
+    fn labels_iterate_each_present_key() {
+        let name = intern_name("context-test-iter");
+        let collect = |l: SpanLabels| {
+            let mut out = Vec::new();
+            l.for_each_label(|k, v| out.push((k, v.to_string())));
+            out
+        };
+        assert_eq!(collect(SpanLabels::NONE), []);
+        assert_eq!(
+            collect(SpanLabels::new(1, 0xabc, name)),
+            [
+                (keys::SPAN_ID, "0000000000000001".to_string()),
+                (keys::SPAN_NAME, "context-test-iter".to_string()),
+                (keys::TRACE_ID, format!("{:032x}", 0xabc)),
+            ]
+        );
+        // A name alone (scope `none`) is still a label.
+        assert_eq!(
+            collect(SpanLabels::new(0, 0, name)),
+            [(keys::SPAN_NAME, "context-test-iter".to_string())]
+        );
+        assert_eq!(span_id_hex(u64::MAX), "ffffffffffffffff");
+        assert_eq!(trace_id_hex(1).len(), 32);
     }
 
     #[test]

@@ -17,19 +17,33 @@
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Unsafe code lives in the sampler only (signal handler, timers, unwinding);
+// everything else is checked by the compiler.
+#![deny(unsafe_code)]
 
+// Imports run one way, top to bottom (see README's module map):
+// builder → {config, collector, export, layer, sampler} → {profile, stats,
+// sync, secret, context, error}. `report` reads what `export` writes.
+mod builder;
+mod collector;
 mod config;
 pub mod context;
 mod error;
 mod export;
 mod layer;
 pub mod profile;
-mod profiler;
 pub mod report;
 #[cfg(target_os = "linux")]
+// The one module allowed `unsafe`: each block says why it is sound.
+#[allow(unsafe_code)]
 mod sampler;
+mod secret;
+mod stats;
+mod sync;
 
-pub use config::{from_env, Builder, SpanScope};
+pub use builder::{from_env, Builder};
+pub use collector::ProfilerGuard;
+pub use config::SpanScope;
 pub use error::{Error, ErrorKind};
 pub use layer::SpanProfileLayer;
-pub use profiler::{ProfilerGuard, Stats};
+pub use stats::Stats;

@@ -256,13 +256,13 @@ fn upload_interval() {
         &[("PYROSCOPE_UPLOAD_INTERVAL", "50ms")],
         "PYROSCOPE_UPLOAD_INTERVAL",
         "50ms",
-        "from 100ms to 1h",
+        "from 100ms to 10m",
     );
     assert_bad(
         &[("PYROSCOPE_UPLOAD_INTERVAL", "2h")],
         "PYROSCOPE_UPLOAD_INTERVAL",
         "7200000ms",
-        "from 100ms to 1h",
+        "from 100ms to 10m",
     );
 }
 

@@ -72,6 +72,18 @@ fn measure(dispatch: &Dispatch) -> (u64, SpanLabels) {
     })
 }
 
+/// An active layer from a real profiler writing into a temporary directory.
+fn profiling(scope: SpanScope) -> (SpanProfileLayer, tracing_pyroscope::ProfilerGuard) {
+    let dir = std::env::temp_dir().join(format!("tp-alloc-{}", std::process::id()));
+    let (layer, guard) = tracing_pyroscope::Builder::new("alloc-test")
+        .profiles_dir(&dir)
+        .span_scope(scope)
+        .build()
+        .expect("start profiling");
+    assert!(guard.is_active());
+    (layer, guard)
+}
+
 fn otel_provider() -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_simple_exporter(InMemorySpanExporter::default())
@@ -83,9 +95,9 @@ fn enter_and_exit_do_not_allocate() {
     for scope in [SpanScope::Root, SpanScope::All, SpanScope::None] {
         // Registry alone, and with our layer.
         let (registry, _) = measure(&Dispatch::new(Registry::default()));
-        let (ours, seen) = measure(&Dispatch::new(
-            Registry::default().with(SpanProfileLayer::with_scope(scope)),
-        ));
+        // A real profiler, as users get it; one at a time in a process.
+        let (layer, guard) = profiling(scope);
+        let (ours, seen) = measure(&Dispatch::new(Registry::default().with(layer.clone())));
         assert_eq!(registry, 0, "the Registry alone allocates");
         assert_eq!(ours, 0, "{scope:?}: our layer allocated on enter/exit");
         assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
@@ -99,8 +111,9 @@ fn enter_and_exit_do_not_allocate() {
         let (otel_ours, seen) = measure(&Dispatch::new(
             Registry::default()
                 .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("b")))
-                .with(SpanProfileLayer::with_scope(scope)),
+                .with(layer),
         ));
+        drop(guard);
         assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
         eprintln!(
             "{scope:?}: allocations per {ROUNDS} root+child enter/exit rounds: \

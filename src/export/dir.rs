@@ -4,49 +4,47 @@
 //! - `DIR/<service>-<start_unix_ms>-<pid>-<seq>.pb.gz`: one gzipped pprof per
 //!   interval. It is written under a hidden temporary name in the same
 //!   directory and renamed into place, so a reader never sees half a file.
-//! - `DIR/spans.jsonl`: one JSON object per profiled root span, appended
-//!   with `O_APPEND` in a single write per batch, so several processes can
-//!   share one directory.
+//! - `DIR/spans.jsonl` ([`SPANS_FILE`]): the span index, one JSON object
+//!   per profiled root span ([`SpanIndexRecord`]), appended with `O_APPEND`
+//!   in a single write per batch, so several processes can share one
+//!   directory.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::UNIX_EPOCH;
+use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
 
+use super::span_index::{SpanIndexRecord, SPANS_FILE};
+use super::Sink;
 use crate::profile::EncodedProfile;
-use crate::Error;
-
-/// Name of the span index inside the directory.
-pub(crate) const SPANS_FILE: &str = "spans.jsonl";
+use crate::stats::Counters;
 
 /// Writes profiles and span records into one directory.
 #[derive(Debug)]
 pub(crate) struct DirSink {
     dir: PathBuf,
+    /// `service_name`, the first part of every file name.
+    service: String,
     pid: u32,
     seq: AtomicU64,
+    counters: Arc<Counters>,
 }
 
 impl DirSink {
     /// Creates `dir` (and its parents) if needed.
-    pub(crate) fn new(dir: &Path) -> Result<Self, Error> {
-        let fail = |e: io::Error| {
-            Error::config(
-                "PYROSCOPE_PROFILES_DIR",
-                &dir.display().to_string(),
-                "a directory that exists or can be created",
-            )
-            .with_source(e)
-        };
-        fs::create_dir_all(dir).map_err(fail)?;
+    pub(crate) fn new(dir: &Path, service: &str, counters: Arc<Counters>) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
         if !dir.is_dir() {
-            return Err(fail(io::Error::other("not a directory")));
+            return Err(io::Error::other("not a directory"));
         }
         Ok(DirSink {
             dir: dir.to_path_buf(),
+            service: service.to_string(),
             pid: std::process::id(),
             seq: AtomicU64::new(0),
+            counters,
         })
     }
 
@@ -87,6 +85,30 @@ impl DirSink {
             .open(self.dir.join(SPANS_FILE))?
             .write_all(buf.as_bytes())
     }
+}
+
+impl Sink for DirSink {
+    fn send(&mut self, profile: &EncodedProfile) {
+        match self.write_profile(&self.service, profile) {
+            Ok(_) => Counters::bump(&self.counters.files_written),
+            Err(_) => Counters::bump(&self.counters.write_errors),
+        }
+    }
+
+    fn keeps_span_index(&self) -> bool {
+        true
+    }
+
+    fn index_spans(&mut self, records: &[SpanIndexRecord]) {
+        let lines: Vec<String> = records.iter().map(SpanIndexRecord::to_line).collect();
+        match self.append_spans(&lines) {
+            Ok(()) => Counters::add(&self.counters.spans_recorded, lines.len() as u64),
+            Err(_) => Counters::bump(&self.counters.write_errors),
+        }
+    }
+
+    /// Every write is synchronous: nothing is pending.
+    fn shutdown(self: Box<Self>, _deadline: Instant) {}
 }
 
 /// The service name as a file-name part: `[A-Za-z0-9._-]`, others as `_`.
@@ -139,7 +161,7 @@ mod tests {
     #[test]
     fn writes_named_files_atomically() {
         let d = tempdir("files").join("nested");
-        let sink = DirSink::new(&d).unwrap();
+        let sink = DirSink::new(&d, "svc", Arc::default()).unwrap();
         let pid = std::process::id();
         let a = sink
             .write_profile("ride/sharing app", &profile(b"one", 1_700_000_000_123))
@@ -170,7 +192,7 @@ mod tests {
     #[test]
     fn appends_span_lines() {
         let d = tempdir("spans");
-        let sink = DirSink::new(&d).unwrap();
+        let sink = DirSink::new(&d, "svc", Arc::default()).unwrap();
         sink.append_spans(&[]).unwrap();
         assert!(!d.join(SPANS_FILE).exists());
         sink.append_spans(&["{\"a\":1}".into(), "{\"b\":2}".into()])
@@ -185,11 +207,31 @@ mod tests {
     fn bad_directory_is_a_clear_error() {
         let d = tempdir("file");
         fs::write(&d, b"not a dir").unwrap();
-        let e = DirSink::new(&d.join("sub")).unwrap_err().to_string();
-        assert!(e.contains("PYROSCOPE_PROFILES_DIR"), "{e}");
-        assert!(e.contains(&d.display().to_string()), "{e}");
-        let e = DirSink::new(&d).unwrap_err().to_string();
-        assert!(e.contains("PYROSCOPE_PROFILES_DIR"), "{e}");
+        assert!(DirSink::new(&d.join("sub"), "svc", Arc::default()).is_err());
+        assert!(DirSink::new(&d, "svc", Arc::default()).is_err());
         fs::remove_file(&d).unwrap();
+    }
+
+    #[test]
+    fn the_sink_counts_files_and_span_lines() {
+        let d = tempdir("sink");
+        let counters = Arc::new(Counters::default());
+        let mut sink: Box<dyn Sink> = Box::new(DirSink::new(&d, "svc", counters.clone()).unwrap());
+        assert!(sink.keeps_span_index());
+        sink.send(&profile(b"p", 1));
+        let record = SpanIndexRecord {
+            span_id: "00000000000000ab".into(),
+            ..SpanIndexRecord::default()
+        };
+        sink.index_spans(&[record.clone(), record]);
+        sink.shutdown(Instant::now());
+        let stats = counters.snapshot();
+        assert_eq!((stats.files_written, stats.spans_recorded), (1, 2));
+        let text = fs::read_to_string(d.join(SPANS_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text
+            .lines()
+            .all(|l| SpanIndexRecord::from_line(l.as_bytes()).is_some()));
+        fs::remove_dir_all(&d).unwrap();
     }
 }

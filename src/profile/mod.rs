@@ -1,17 +1,18 @@
 //! Aggregation, symbolization and pprof encoding.
 //!
-//! The profiler's background thread drains raw samples (a stack of
-//! instruction addresses plus the [`SpanLabels`](crate::context::SpanLabels)
-//! read in the signal handler) into a `ProfileBuilder`, one per upload
+//! The collector thread drains raw samples (a stack of instruction
+//! addresses plus the [`SpanLabels`](crate::context::SpanLabels) read in the
+//! signal handler) into a `ProfileBuilder` (`aggregate.rs`), one per upload
 //! interval. At the end of the interval `ProfileBuilder::finish` symbolizes
-//! every distinct address once (a `Symbolizer` caches across intervals) and
-//! encodes gzipped pprof ready for a sink:
+//! every distinct address once (`symbolize.rs`; a `Symbolizer` caches across
+//! intervals) and encodes gzipped pprof ready for a sink (`encode.rs`):
 //!
 //! - sample types `samples/count` and `cpu/nanoseconds`, period type
 //!   `cpu/nanoseconds`; `time_nanos`/`duration_nanos` cover the interval;
-//! - string labels `span_id` (16 lowercase hex digits), `span_name` and
-//!   `trace_id` (32 lowercase hex digits) on samples taken inside a span;
-//!   samples outside any span carry no labels;
+//! - string labels from [`SpanLabels::for_each_label`](crate::context::SpanLabels::for_each_label):
+//!   `span_id` (16 lowercase hex digits), `span_name` and `trace_id` (32
+//!   lowercase hex digits), each when present; samples outside any span
+//!   carry no labels;
 //! - one `Location` per distinct address, with inlined frames as several
 //!   `Line`s (innermost first), and `Mapping`s marked as fully symbolized so
 //!   that no tool tries to symbolize them again;
@@ -26,14 +27,14 @@
 
 use std::time::SystemTime;
 
-mod builder;
+mod aggregate;
+mod encode;
 pub mod proto;
 mod symbolize;
+#[cfg(test)]
+mod tests;
 
-// For crate-internal readers of what we write (report, sink tests).
-#[allow(unused_imports)]
-pub(crate) use builder::decode_gzipped;
-pub(crate) use builder::ProfileBuilder;
+pub(crate) use aggregate::ProfileBuilder;
 pub(crate) use symbolize::Symbolizer;
 
 /// One gzipped pprof profile, ready for a sink.

@@ -7,10 +7,11 @@ use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use serde::Deserialize;
 
+use crate::context::keys;
+use crate::error::{Error, ErrorKind};
+use crate::export::span_index::{normalize_hex, SpanIndexRecord, SPANS_FILE};
 use crate::profile::proto;
-use crate::{Error, ErrorKind};
 
 /// Decompressed profiles larger than this are skipped (Pyroscope itself
 /// rejects profiles over 4 MiB uncompressed).
@@ -116,26 +117,6 @@ pub(super) struct Data {
     pub(super) samples_with_span: u64,
 }
 
-/// One line of `spans.jsonl` (see the crate's local directory layout).
-#[derive(Debug, Deserialize)]
-struct SpanLine {
-    span_id: String,
-    #[serde(default)]
-    trace_id: Option<String>,
-    #[serde(default)]
-    parent_span_id: Option<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    service: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    start_unix_nanos: Option<u64>,
-    #[serde(default)]
-    end_unix_nanos: Option<u64>,
-}
-
 pub(super) fn load(dir: &Path) -> Result<Data, Error> {
     let os_error = |what: String, e: io::Error| Error::new(ErrorKind::Os, what).with_source(e);
     let entries = fs::read_dir(dir).map_err(|e| {
@@ -161,7 +142,7 @@ pub(super) fn load(dir: &Path) -> Result<Data, Error> {
     pprof_files.sort();
 
     let mut data = Data::default();
-    read_spans(&dir.join("spans.jsonl"), &mut data)?;
+    read_spans(&dir.join(SPANS_FILE), &mut data)?;
     for path in pprof_files {
         match read_profile(&path) {
             Ok(profile) => add_profile(&mut data, path, &profile),
@@ -189,31 +170,18 @@ fn read_spans(path: &Path, data: &mut Data) -> Result<(), Error> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let record: SpanLine = match serde_json::from_slice(&line) {
-            Ok(record) => record,
-            Err(_) => {
-                data.skipped_span_lines += 1;
-                continue;
-            }
-        };
-        let Some(span_id) = normalize_hex(&record.span_id, 16) else {
+        let Some(record) = SpanIndexRecord::from_line(&line) else {
             data.skipped_span_lines += 1;
             continue;
         };
-        let span = data.spans.entry(span_id.clone()).or_default();
+        let span = data.spans.entry(record.span_id.clone()).or_default();
         if span.recorded {
             continue; // keep the first record of a span id
         }
         *span = Span {
-            span_id,
-            trace_id: record
-                .trace_id
-                .as_deref()
-                .and_then(|t| normalize_hex(t, 32)),
-            parent_span_id: record
-                .parent_span_id
-                .as_deref()
-                .and_then(|p| normalize_hex(p, 16)),
+            span_id: record.span_id,
+            trace_id: record.trace_id,
+            parent_span_id: record.parent_span_id,
             name: record.name,
             service: record.service,
             labels: record.labels,
@@ -224,13 +192,6 @@ fn read_spans(path: &Path, data: &mut Data) -> Result<(), Error> {
         };
     }
     Ok(())
-}
-
-/// `s` as lowercase hex of exactly `len` digits, not all zero.
-fn normalize_hex(s: &str, len: usize) -> Option<String> {
-    let ok = s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let lower = s.to_ascii_lowercase();
-    (ok && lower.bytes().any(|b| b != b'0')).then_some(lower)
 }
 
 fn read_profile(path: &Path) -> Result<proto::Profile, String> {
@@ -374,9 +335,9 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
         let mut trace_id = None;
         for label in &sample.label {
             match string(label.key) {
-                "span_id" => span_id = normalize_hex(string(label.str), 16),
-                "span_name" => span_name = Some(string(label.str)),
-                "trace_id" => trace_id = normalize_hex(string(label.str), 32),
+                keys::SPAN_ID => span_id = normalize_hex(string(label.str), 16),
+                keys::SPAN_NAME => span_name = Some(string(label.str)),
+                keys::TRACE_ID => trace_id = normalize_hex(string(label.str), 32),
                 _ => {}
             }
         }
@@ -429,17 +390,6 @@ mod tests {
         assert_eq!(s("app-1-2-3.pb.gz"), "app");
         assert_eq!(s("odd-name.pb.gz"), "odd-name");
         assert_eq!(s("x-1-2-y.pb.gz"), "x-1-2-y");
-    }
-
-    #[test]
-    fn hex_ids_are_normalized_and_checked() {
-        assert_eq!(
-            normalize_hex("00000000000000AB", 16).as_deref(),
-            Some("00000000000000ab")
-        );
-        assert_eq!(normalize_hex("0000000000000000", 16), None);
-        assert_eq!(normalize_hex("abc", 16), None);
-        assert_eq!(normalize_hex("zzzzzzzzzzzzzzzz", 16), None);
     }
 
     #[test]

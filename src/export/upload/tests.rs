@@ -1,10 +1,15 @@
 //! Uploader tests against a tiny scripted HTTP server (std only).
 
+use super::wire::server_message;
 use super::*;
-use crate::config::{Config, Secret};
+use prost::Message;
+use std::collections::HashSet;
+use std::io::Read;
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// What the test server does with the n-th request (0-based).
@@ -136,11 +141,15 @@ fn fast_policy() -> Policy {
     }
 }
 
-fn config(url: &str) -> Config {
-    let mut c = Config::new("ride-sharing-app");
-    c.server_address = Some(url.to_string());
-    c.labels = vec![("region".into(), "eu-north".into())];
-    c
+fn config(url: &str) -> UploadSettings {
+    UploadSettings {
+        server_address: url.trim_end_matches('/').to_string(),
+        service_name: "ride-sharing-app".into(),
+        labels: vec![("region".into(), "eu-north".into())],
+        basic_auth: None,
+        tenant_id: None,
+        shutdown_timeout: Duration::from_secs(5),
+    }
 }
 
 fn profile(tag: &[u8]) -> EncodedProfile {
@@ -153,10 +162,10 @@ fn profile(tag: &[u8]) -> EncodedProfile {
     }
 }
 
-fn start(c: &Config, policy: Policy) -> (Uploader, Arc<Counters>) {
+fn start(c: &UploadSettings, policy: Policy) -> (Uploader, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
     (
-        Uploader::start_with(c, counters.clone(), policy).unwrap(),
+        Uploader::start_with(c.clone(), counters.clone(), policy).unwrap(),
         counters,
     )
 }
@@ -185,8 +194,7 @@ fn decode(body: &[u8]) -> proto::PushRequest {
 fn pushes_the_protocol_request() {
     let server = Server::start(|_| Reply::Status(200, &[], ""));
     let mut c = config(&format!("{}/", server.url()));
-    c.basic_auth_user = Some("123456".into());
-    c.basic_auth_password = Some(Secret("tok:en".into()));
+    c.basic_auth = Some(("123456".into(), Secret("tok:en".into())));
     c.tenant_id = Some("tenant-a".into());
     let (up, counters) = start(&c, fast_policy());
     up.send(profile(b"\x1f\x8bpprof"));
@@ -518,8 +526,7 @@ fn server_message_prefers_json() {
 #[test]
 fn password_never_in_debug() {
     let mut c = config("http://127.0.0.1:1");
-    c.basic_auth_user = Some("u".into());
-    c.basic_auth_password = Some(Secret("hunter2".into()));
+    c.basic_auth = Some(("u".into(), Secret("hunter2".into())));
     let (up, _) = start(&c, fast_policy());
     assert!(!format!("{up:?}").contains("hunter2"));
     assert!(!format!("{c:?}").contains("hunter2"));

@@ -9,14 +9,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Barrier, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
+use crate::config::SpanScope;
+use crate::context::{self, SpanLabels};
+use crate::SpanProfileLayer;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
 use tracing::{Dispatch, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_pyroscope::context::{self, SpanLabels};
-use tracing_pyroscope::{SpanProfileLayer, SpanScope};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Registry;
 

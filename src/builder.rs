@@ -1,0 +1,302 @@
+//! The top of the crate: [`Builder`] and [`from_env`] read a checked
+//! [`Config`], build the sinks it names, start the sampler and the
+//! collector, and hand back the layer and the guard.
+//!
+//! Everything is wired here and nowhere else, as console-subscriber's
+//! `Builder` does: the modules below know nothing of the configuration or
+//! of each other beyond what they are given. Profiling is on exactly when
+//! at least one sink is configured.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::collector::ProfilerGuard;
+use crate::config::{self, Config, SpanScope};
+use crate::error::{Error, ErrorKind};
+use crate::export::span_index::SpanIndexQueue;
+use crate::export::{DirSink, Sink, UploadSettings, Uploader};
+use crate::layer::{LayerConfig, SpanProfileLayer};
+use crate::secret::Secret;
+use crate::stats::Counters;
+
+/// Configures and starts span profiling in code.
+///
+/// Setters never fail; [`build`](Builder::build) checks everything with the
+/// same rules as [`from_env`] (see its table and label rules) and returns
+/// the first problem.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let (layer, guard) = tracing_pyroscope::Builder::new("ride-sharing-app")
+///     .server_address("https://profiles-prod-001.grafana.net")
+///     .basic_auth("123456", "glc_...")
+///     .tenant_id("tenant-a")
+///     .label("region", "eu-north")
+///     .sample_rate(100)
+///     .upload_interval(Duration::from_secs(10))
+///     .shutdown_timeout(Duration::from_secs(5))
+///     .build()?;
+/// # drop((layer, guard));
+/// # Ok::<(), tracing_pyroscope::Error>(())
+/// ```
+///
+/// A bad value is reported by `build`, never by the setter:
+///
+/// ```
+/// let err = tracing_pyroscope::Builder::new("app")
+///     .label("__private", "x")
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.kind(), tracing_pyroscope::ErrorKind::Config);
+/// assert!(err.to_string().contains("Builder::label"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    pub(crate) config: Config,
+}
+
+impl Builder {
+    /// A builder for the service `application_name` (Pyroscope's
+    /// `service_name`; make it equal to OTel's `service.name`).
+    pub fn new(application_name: impl Into<String>) -> Self {
+        Builder {
+            config: Config::new(application_name),
+        }
+    }
+
+    /// Upload to the Pyroscope server at `address`
+    /// (`http(s)://host[:port][/path]`; `https` needs the `tls` feature).
+    pub fn server_address(mut self, address: impl Into<String>) -> Self {
+        self.config.server_address = Some(address.into());
+        self
+    }
+
+    /// Write every profile (and the local span index) into `dir`.
+    pub fn profiles_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.profiles_dir = Some(dir.into());
+        self
+    }
+
+    /// Basic auth for every upload (Grafana Cloud: user id and token). The
+    /// password is never logged or shown by `Debug`.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.config.basic_auth_user = Some(user.into());
+        self.config.basic_auth_password = Some(Secret(password.into()));
+        self
+    }
+
+    /// Send `X-Scope-OrgID: tenant` with every upload.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.config.tenant_id = Some(tenant.into());
+        self
+    }
+
+    /// Add a static series label `name=value` to every profile.
+    pub fn label(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.labels.push((name.into(), value.into()));
+        self
+    }
+
+    /// Add several static series labels.
+    pub fn labels<K, V>(mut self, labels: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.config
+            .labels
+            .extend(labels.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Samples per CPU-second per thread (Hz), 1 to 1000. Default 100.
+    pub fn sample_rate(mut self, hz: u32) -> Self {
+        self.config.sample_rate = hz;
+        self
+    }
+
+    /// How often a profile is cut and sent, 100 ms to 1 h. Default 10 s.
+    pub fn upload_interval(mut self, interval: Duration) -> Self {
+        self.config.upload_interval = interval;
+        self
+    }
+
+    /// The most that dropping the guard may take to flush the last profile,
+    /// even if the server is down or hangs (at most 5 min). Default 5 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Which spans get their own `span_id`. Default [`SpanScope::Root`].
+    pub fn span_scope(mut self, scope: SpanScope) -> Self {
+        self.config.span_scope = scope;
+        self
+    }
+
+    /// Add the `span_name` label (a series label on the server). Default on.
+    pub fn span_name_label(mut self, on: bool) -> Self {
+        self.config.span_name_label = on;
+        self
+    }
+
+    /// Add the `trace_id` label. Default off.
+    pub fn trace_id_label(mut self, on: bool) -> Self {
+        self.config.trace_id_label = on;
+        self
+    }
+
+    /// `false` turns everything off: an inert layer and a no-op guard.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.config.enabled = on;
+        self
+    }
+
+    /// Checks the settings, starts the profiler (if configured) and returns
+    /// the layer and guard.
+    pub fn build(self) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+        start(self.config.validate()?)
+    }
+}
+
+/// Reads the environment and starts profiling. With nothing configured it
+/// returns an inert layer and a no-op guard.
+///
+/// # Environment variables
+///
+/// Names follow the Go/Python Pyroscope SDKs and the OpenTelemetry
+/// specification. An empty variable counts as unset.
+///
+/// | variable | meaning | default |
+/// |---|---|---|
+/// | `PYROSCOPE_SERVER_ADDRESS` | `http(s)://host[:port][/path]` of Pyroscope; switches uploading on. `https` needs the crate feature `tls`. | unset (no upload) |
+/// | `PYROSCOPE_PROFILES_DIR` | write every profile (`<service>-<start_ms>-<pid>-<seq>.pb.gz`) and the span index `spans.jsonl` here; switches profiling on | unset |
+/// | `PYROSCOPE_PROFILING_ENABLED` | `false` forces everything off (the other variables are then not checked) | `true` |
+/// | `PYROSCOPE_APPLICATION_NAME` | the `service_name` series label; make it equal to OTel `service.name` | `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else the binary's name |
+/// | `PYROSCOPE_BASIC_AUTH_USER` | basic-auth user (Grafana Cloud: the stack's numeric user id) | none |
+/// | `PYROSCOPE_BASIC_AUTH_PASSWORD` | basic-auth password (Grafana Cloud: an access-policy token); never logged or shown | none |
+/// | `PYROSCOPE_TENANT_ID` | sent as `X-Scope-OrgID` (multi-tenant Pyroscope) | none |
+/// | `PYROSCOPE_LABELS` | static series labels `k=v,k2=v2` | none |
+/// | `PYROSCOPE_SAMPLE_RATE` | samples per CPU-second per thread, `1..=1000` Hz | `100` |
+/// | `PYROSCOPE_UPLOAD_INTERVAL` | how often a profile is cut and sent: `10s`, `500ms`, `1m`, `1m30s`; `100ms..=10m` | `10s` |
+/// | `PYROSCOPE_SPAN_SCOPE` | `root` (local roots only, like Go), `all` or `none` | `root` |
+/// | `PYROSCOPE_SPAN_NAME_LABEL` | add the `span_name` sample label (a series label on the server) | `true` |
+/// | `PYROSCOPE_TRACE_ID_LABEL` | add the `trace_id` sample label (a series label on servers before 2.1) | `false` |
+///
+/// Booleans are `true`/`false`, `1`/`0` or `yes`/`no`, in any case.
+///
+/// # Label rules
+///
+/// Static labels must pass the server's checks, or every upload would be
+/// rejected: names use only `[a-zA-Z0-9_.]`, do not start with a digit or
+/// `__`, are at most 1024 bytes, values at most 2048 bytes and not empty, no
+/// name twice, and none of the names the crate sets itself (`__name__`,
+/// `service_name`, `process.runtime.name`, `span_id`, `span_name`,
+/// `trace_id`, `profile_id`). A series may have at most 30 labels in all,
+/// counting `__name__`, `service_name`, `process.runtime.name` and, when
+/// enabled, `span_name` and `trace_id`; so at most 25 static labels with the
+/// defaults.
+pub fn from_env() -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+    start(config::from_lookup(|name| std::env::var(name).ok())?)
+}
+
+/// Queue of closed root spans waiting for the collector.
+const SPAN_QUEUE: usize = 16 * 1024;
+
+/// Builds the configured sinks and starts profiling; an inert layer and
+/// guard when profiling is off.
+fn start(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+    let off = || Ok((SpanProfileLayer::inert(), ProfilerGuard::inert()));
+    if !config.enabled {
+        return off();
+    }
+    let counters = Arc::new(Counters::default());
+    let sinks = sinks(&config, &counters)?;
+    if sinks.is_empty() {
+        return off();
+    }
+    start_platform(config, sinks, counters)
+}
+
+/// One line per sink: each is built from its own settings.
+fn sinks(config: &Config, counters: &Arc<Counters>) -> Result<Vec<Box<dyn Sink>>, Error> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(dir) = &config.profiles_dir {
+        let sink = DirSink::new(dir, &config.application_name, counters.clone()).map_err(|e| {
+            Error::config(
+                config.names.profiles_dir,
+                &dir.display().to_string(),
+                "a directory that exists or can be created",
+            )
+            .with_source(e)
+        })?;
+        sinks.push(Box::new(sink));
+    }
+    if let Some(server_address) = &config.server_address {
+        let settings = UploadSettings {
+            server_address: server_address.clone(),
+            service_name: config.application_name.clone(),
+            labels: config.labels.clone(),
+            basic_auth: config
+                .basic_auth_user
+                .clone()
+                .zip(config.basic_auth_password.clone()),
+            tenant_id: config.tenant_id.clone(),
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        sinks.push(Box::new(Uploader::start(settings, counters.clone())?));
+    }
+    Ok(sinks)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_platform(
+    _config: Config,
+    sinks: Vec<Box<dyn Sink>>,
+    _counters: Arc<Counters>,
+) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!("tracing-pyroscope: CPU profiling is only supported on Linux; profiling is off")
+    });
+    for sink in sinks {
+        sink.shutdown(std::time::Instant::now());
+    }
+    Ok((SpanProfileLayer::inert(), ProfilerGuard::inert()))
+}
+
+#[cfg(target_os = "linux")]
+fn start_platform(
+    config: Config,
+    sinks: Vec<Box<dyn Sink>>,
+    counters: Arc<Counters>,
+) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+    use crate::collector;
+    use crate::sampler::Sampler;
+
+    let (records_tx, records_rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
+    let records = sinks
+        .iter()
+        .any(|s| s.keeps_span_index())
+        .then(|| SpanIndexQueue::new(records_tx, counters.clone()));
+    let sampler = Sampler::start(config.sample_rate)?;
+    let layer = SpanProfileLayer::new(LayerConfig {
+        scope: config.span_scope,
+        span_name_label: config.span_name_label,
+        trace_id_label: config.trace_id_label,
+        records,
+    });
+    let settings = collector::Settings {
+        upload_interval: config.upload_interval,
+        shutdown_timeout: config.shutdown_timeout,
+        service: config.application_name,
+        labels: config.labels,
+        records: records_rx,
+    };
+    let guard = collector::start(sampler, sinks, settings, counters).map_err(|e| {
+        Error::new(ErrorKind::Os, "could not spawn the collector thread").with_source(e)
+    })?;
+    Ok((layer, guard))
+}

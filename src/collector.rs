@@ -1,0 +1,303 @@
+//! The collector: the background thread that turns samples into profiles.
+//!
+//! One thread, `pyroscope-collect`, loops every [`DRAIN_PERIOD`]: it drains
+//! the sampler's buffer into the interval's [`ProfileBuilder`], and at the
+//! end of each upload interval symbolizes, encodes and hands the profiles to
+//! every [`Sink`]. Closed profiled root spans arrive from the layer through
+//! a bounded queue; when a sink keeps a span index the collector tallies
+//! CPU samples per span and passes the finished records on.
+//!
+//! [`ProfilerGuard`] owns the thread: dropping it stops the timers, takes
+//! the last samples, flushes the partial interval and shuts the sinks down
+//! within the shutdown timeout.
+//!
+//! The collector knows sinks only through the trait, and the sampler only
+//! through `Sampler`'s drain and counters.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::export::{Sink, SpanIndexRecord};
+use crate::stats::{Counters, Stats};
+use crate::sync::StopSignal;
+
+/// Stops profiling when dropped: stops the timers, encodes the last partial
+/// interval and flushes it, within the shutdown timeout (default 5 s) even if
+/// the server is down.
+pub struct ProfilerGuard {
+    running: Option<Running>,
+    counters: Arc<Counters>,
+}
+
+struct Running {
+    stop: StopSignal,
+    collector: JoinHandle<()>,
+    /// The process that started the profiler: after `fork()` the child has
+    /// no collector thread to stop or join.
+    pid: u32,
+}
+
+impl ProfilerGuard {
+    /// A guard with nothing to stop (profiling off).
+    pub(crate) fn inert() -> Self {
+        ProfilerGuard {
+            running: None,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    /// Counters so far: samples taken and dropped, profiles written and
+    /// uploaded, upload errors and drops.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// `true` if profiling is running (not inert).
+    pub fn is_active(&self) -> bool {
+        self.running.is_some()
+    }
+}
+
+impl fmt::Debug for ProfilerGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProfilerGuard")
+            .field("active", &self.running.is_some())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Drop for ProfilerGuard {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            if running.pid != std::process::id() {
+                // A forked child: the threads live only in the parent.
+                std::mem::forget(running.collector);
+                return;
+            }
+            running.stop.stop();
+            let _ = running.collector.join();
+        }
+    }
+}
+
+/// How often the collector drains the sample buffer.
+const DRAIN_PERIOD: Duration = Duration::from_millis(100);
+/// Most span ids whose CPU samples are tallied for the span index.
+const MAX_TALLIED_SPANS: usize = 100_000;
+/// Headroom kept inside the shutdown timeout for the steps around the
+/// sinks' flush.
+const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
+
+#[cfg(target_os = "linux")]
+pub(crate) use linux::{start, Settings};
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::profile::{ProfileBuilder, Symbolizer};
+    use crate::sampler::{Sampler, SamplerStats};
+    use crate::sync::lock;
+
+    /// The symbol cache outlives a profiler, so a restart in the same
+    /// process does not load debug info again.
+    static SYMBOLIZER: Mutex<Option<Symbolizer>> = Mutex::new(None);
+
+    /// What the collector needs besides the sampler and the sinks.
+    #[derive(Debug)]
+    pub(crate) struct Settings {
+        pub(crate) upload_interval: Duration,
+        pub(crate) shutdown_timeout: Duration,
+        /// `service_name`, for span index records.
+        pub(crate) service: String,
+        /// Static labels, for span index records.
+        pub(crate) labels: Vec<(String, String)>,
+        /// Closed profiled root spans from the layer.
+        pub(crate) records: Receiver<SpanIndexRecord>,
+    }
+
+    /// Starts the collector thread over a running sampler.
+    pub(crate) fn start(
+        sampler: Sampler,
+        sinks: Vec<Box<dyn Sink>>,
+        settings: Settings,
+        counters: Arc<Counters>,
+    ) -> std::io::Result<ProfilerGuard> {
+        // The sampler's counters are process-wide; report this run's share.
+        let base = sampler.stats();
+        let index = sinks.iter().any(|s| s.keeps_span_index());
+        let collector = Collector {
+            period_nanos: sampler.period_nanos(),
+            sampler,
+            sinks,
+            index,
+            settings,
+            counters: counters.clone(),
+            pending: Vec::new(),
+            span_samples: HashMap::new(),
+            base,
+        };
+        let stop = StopSignal::new();
+        let handle = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("pyroscope-collect".into())
+                .spawn(move || collector.run(stop))?
+        };
+        Ok(ProfilerGuard {
+            running: Some(Running {
+                stop,
+                collector: handle,
+                pid: std::process::id(),
+            }),
+            counters,
+        })
+    }
+
+    /// The background thread: drain → aggregate → encode → sinks.
+    struct Collector {
+        sampler: Sampler,
+        period_nanos: u64,
+        sinks: Vec<Box<dyn Sink>>,
+        /// Some sink keeps a span index.
+        index: bool,
+        settings: Settings,
+        counters: Arc<Counters>,
+        /// Closed spans received last tick: their samples may still have
+        /// been in the buffer, so they are indexed one drain later.
+        pending: Vec<SpanIndexRecord>,
+        /// CPU samples per span id, for the span index.
+        span_samples: HashMap<u64, u64>,
+        /// Sampler counters when this run started.
+        base: SamplerStats,
+    }
+
+    impl Collector {
+        fn run(mut self, stop: StopSignal) {
+            // Symbols resolved by an earlier profiler in this process are kept.
+            let mut symbolizer = lock(&SYMBOLIZER).take().unwrap_or_default();
+            let mut interval_clock = Instant::now();
+            let mut builder = ProfileBuilder::new(SystemTime::now(), self.period_nanos as i64);
+            while !stop.wait(DRAIN_PERIOD) {
+                self.drain(&mut builder);
+                self.index_spans(false);
+                if interval_clock.elapsed() >= self.settings.upload_interval {
+                    let now = SystemTime::now();
+                    let full = std::mem::replace(
+                        &mut builder,
+                        ProfileBuilder::new(now, self.period_nanos as i64),
+                    );
+                    self.emit(full, now, &mut symbolizer);
+                    interval_clock = Instant::now();
+                }
+            }
+            // Shutdown: stop timers, take the last samples, flush everything.
+            // A sink may overrun its deadline by a little while its thread
+            // winds down; keep the whole drop within the configured bound.
+            let deadline = Instant::now()
+                + self
+                    .settings
+                    .shutdown_timeout
+                    .saturating_sub(SHUTDOWN_MARGIN);
+            self.sampler.stop();
+            self.drain(&mut builder);
+            self.index_spans(true);
+            self.emit(builder, SystemTime::now(), &mut symbolizer);
+            for sink in std::mem::take(&mut self.sinks) {
+                sink.shutdown(deadline);
+            }
+            *lock(&SYMBOLIZER) = Some(symbolizer);
+        }
+
+        fn drain(&mut self, builder: &mut ProfileBuilder) {
+            let span_samples = &mut self.span_samples;
+            let tally = self.index;
+            self.sampler.drain(|labels, frames, weight| {
+                builder.add(labels, frames, u64::from(weight));
+                if tally && labels.span_id != 0 {
+                    if span_samples.len() >= MAX_TALLIED_SPANS
+                        && !span_samples.contains_key(&labels.span_id)
+                    {
+                        return;
+                    }
+                    *span_samples.entry(labels.span_id).or_insert(0) += u64::from(weight);
+                }
+            });
+            let stats = self.sampler.stats();
+            let c = &self.counters;
+            Counters::set(&c.samples, stats.taken.saturating_sub(self.base.taken));
+            Counters::set(
+                &c.dropped_samples,
+                stats.dropped.saturating_sub(self.base.dropped),
+            );
+            Counters::set(&c.sampled_threads, stats.threads);
+            Counters::set(
+                &c.degraded_samples,
+                stats.unwind_busy.saturating_sub(self.base.unwind_busy) + stats.timer_errors,
+            );
+        }
+
+        /// Hands closed root spans to the sinks that keep an index, one
+        /// drain after they arrived (or all of them when `all`).
+        fn index_spans(&mut self, all: bool) {
+            if !self.index {
+                return;
+            }
+            let mut ready = std::mem::take(&mut self.pending);
+            let fresh: Vec<SpanIndexRecord> = self.settings.records.try_iter().collect();
+            if all {
+                ready.extend(fresh);
+            } else {
+                self.pending = fresh;
+            }
+            if ready.is_empty() {
+                return;
+            }
+            let pid = std::process::id();
+            for record in &mut ready {
+                record.cpu_samples = record
+                    .span_id()
+                    .and_then(|id| self.span_samples.remove(&id))
+                    .unwrap_or(0);
+                record.service.clone_from(&self.settings.service);
+                record.labels = self.settings.labels.iter().cloned().collect();
+                record.pid = pid;
+            }
+            for sink in &mut self.sinks {
+                if sink.keeps_span_index() {
+                    sink.index_spans(&ready);
+                }
+            }
+        }
+
+        fn emit(&mut self, builder: ProfileBuilder, end: SystemTime, symbolizer: &mut Symbolizer) {
+            if builder.is_empty() {
+                return;
+            }
+            for profile in builder.finish(end, symbolizer) {
+                Counters::bump(&self.counters.profiles);
+                tracing::debug!(
+                    target: "tracing_pyroscope",
+                    samples = profile.samples,
+                    bytes = profile.gzipped.len(),
+                    seconds = profile
+                        .end
+                        .duration_since(profile.start)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                    stats = ?self.counters.snapshot(),
+                    "profile encoded"
+                );
+                for sink in &mut self.sinks {
+                    sink.send(&profile);
+                }
+            }
+        }
+    }
+}

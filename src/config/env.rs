@@ -1,0 +1,183 @@
+//! Reading the configuration from environment variables (the table is in
+//! the crate docs and README). Parsing only: every value then passes the
+//! same checks as the builder's (`validate.rs`).
+
+use std::path::PathBuf;
+
+use percent_encoding::percent_decode_str;
+
+use super::validate::{Names, ENV_NAMES};
+use super::{Config, SpanScope, SAMPLE_RATE_MAX};
+use crate::error::Error;
+use crate::secret::Secret;
+use std::time::Duration;
+
+/// `from_env` without the process environment: `lookup` returns a
+/// variable's value. Empty values count as unset.
+pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+    let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+
+    let mut config = Config::new(String::new());
+    if let Some(v) = get("PYROSCOPE_PROFILING_ENABLED") {
+        config.enabled = parse_bool("PYROSCOPE_PROFILING_ENABLED", &v)?;
+    }
+    if !config.enabled {
+        return Ok(config);
+    }
+
+    let (name_var, name) = application_name_from(&get);
+    config.application_name = name;
+    config.server_address = get("PYROSCOPE_SERVER_ADDRESS").map(|v| v.trim().to_string());
+    config.profiles_dir = get("PYROSCOPE_PROFILES_DIR").map(PathBuf::from);
+    config.basic_auth_user = get("PYROSCOPE_BASIC_AUTH_USER");
+    config.basic_auth_password = get("PYROSCOPE_BASIC_AUTH_PASSWORD").map(Secret);
+    config.tenant_id = get("PYROSCOPE_TENANT_ID");
+    if let Some(v) = get("PYROSCOPE_LABELS") {
+        config.labels = parse_labels("PYROSCOPE_LABELS", &v)?;
+    }
+    if let Some(v) = get("PYROSCOPE_SAMPLE_RATE") {
+        config.sample_rate = v.trim().parse().map_err(|_| {
+            Error::config(
+                "PYROSCOPE_SAMPLE_RATE",
+                &v,
+                &format!(
+                    "an integer from 1 to {SAMPLE_RATE_MAX} (samples per CPU-second per thread)"
+                ),
+            )
+        })?;
+    }
+    if let Some(v) = get("PYROSCOPE_UPLOAD_INTERVAL") {
+        config.upload_interval = parse_duration(&v).ok_or_else(|| {
+            Error::config(
+                "PYROSCOPE_UPLOAD_INTERVAL",
+                &v,
+                "a duration from 100ms to 10m such as 10s, 500ms, 1m or 1m30s",
+            )
+        })?;
+    }
+    if let Some(v) = get("PYROSCOPE_SPAN_SCOPE") {
+        config.span_scope = match v.trim().to_ascii_lowercase().as_str() {
+            "root" => SpanScope::Root,
+            "all" => SpanScope::All,
+            "none" => SpanScope::None,
+            _ => {
+                return Err(Error::config(
+                    "PYROSCOPE_SPAN_SCOPE",
+                    &v,
+                    "one of root, all, none",
+                ))
+            }
+        };
+    }
+    if let Some(v) = get("PYROSCOPE_SPAN_NAME_LABEL") {
+        config.span_name_label = parse_bool("PYROSCOPE_SPAN_NAME_LABEL", &v)?;
+    }
+    if let Some(v) = get("PYROSCOPE_TRACE_ID_LABEL") {
+        config.trace_id_label = parse_bool("PYROSCOPE_TRACE_ID_LABEL", &v)?;
+    }
+
+    config.names = Names {
+        application_name: name_var,
+        ..ENV_NAMES
+    };
+    config.validate()
+}
+
+/// `PYROSCOPE_APPLICATION_NAME`, else `OTEL_SERVICE_NAME`, else
+/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else the binary's name.
+/// Returns the variable it came from (for error messages) and the name.
+fn application_name_from(get: &impl Fn(&str) -> Option<String>) -> (&'static str, String) {
+    for var in ["PYROSCOPE_APPLICATION_NAME", "OTEL_SERVICE_NAME"] {
+        if let Some(v) = get(var) {
+            return (var, v.trim().to_string());
+        }
+    }
+    if let Some(attrs) = get("OTEL_RESOURCE_ATTRIBUTES") {
+        if let Some(name) = service_name_from_resource_attributes(&attrs) {
+            return ("OTEL_RESOURCE_ATTRIBUTES", name);
+        }
+    }
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown_service".to_string());
+    ("PYROSCOPE_APPLICATION_NAME", binary)
+}
+
+/// `service.name` from OTel's `key1=value1,key2=value2` list (values
+/// percent-encoded, per the OTel SDK environment specification).
+fn service_name_from_resource_attributes(attrs: &str) -> Option<String> {
+    attrs.split(',').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == "service.name")
+            .then(|| {
+                percent_decode_str(v.trim())
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .filter(|v| !v.is_empty())
+    })
+}
+
+fn parse_bool(var: &str, value: &str) -> Result<bool, Error> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(Error::config(
+            var,
+            value,
+            "true or false (also 1/0, yes/no)",
+        )),
+    }
+}
+
+/// `10s`, `500ms`, `1m`, `1h`, `1m30s`: integers with units ms, s, m, h.
+pub(super) fn parse_duration(value: &str) -> Option<Duration> {
+    let s = value.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(part)?;
+    }
+    Some(total)
+}
+
+/// `k=v,k2=v2`; blank items (e.g. a trailing comma) are skipped. The
+/// label rules are checked later, in `check_labels`.
+fn parse_labels(var: &str, value: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut labels = Vec::new();
+    for item in value.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(Error::config(
+                var,
+                value,
+                &format!("comma-separated name=value pairs, e.g. region=eu-north,env=prod (item {item:?} has no '=')"),
+            ));
+        };
+        labels.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(labels)
+}

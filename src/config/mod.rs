@@ -1,0 +1,109 @@
+//! Configuration as plain data: [`Config`], its parsing from the
+//! environment (`env.rs`) and its checks (`validate.rs`).
+//!
+//! Both the environment and [`Builder`](crate::Builder) end in the same
+//! validation, so a value that is wrong in code is wrong in the environment
+//! too, and every bad value is an [`Error`](crate::Error) of kind
+//! [`Config`](crate::ErrorKind::Config) that names the variable (or builder
+//! method), shows the value (secrets redacted) and says what is expected.
+//! Nothing here panics, starts anything or calls into the rest of the crate:
+//! the builder reads a checked `Config` and wires the pieces.
+//!
+//! A new environment variable is a field here, its line in `env.rs` (and
+//! its check in `validate.rs`), and the line in `builder.rs` that uses it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+mod env;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub(crate) use env::from_lookup;
+use validate::Names;
+pub(crate) use validate::BUILDER_NAMES;
+
+/// Which spans get their own `span_id` label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SpanScope {
+    /// Local root spans only (no parent, or a remote parent): samples in all
+    /// descendants carry the root's id. Like the Go SDK. The default.
+    #[default]
+    Root,
+    /// Every span carries its own id.
+    All,
+    /// No ids: only `span_name` and static labels.
+    None,
+}
+
+/// Everything the profiler needs. Built by [`Builder`] or `from_env`.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// `false` forces everything off (inert layer, no-op guard).
+    pub(crate) enabled: bool,
+    /// `service_name` series label.
+    pub(crate) application_name: String,
+    /// Pyroscope base URL without a trailing `/`; switches uploading on.
+    pub(crate) server_address: Option<String>,
+    /// Local directory for pprof files and the span index; switches profiling on.
+    pub(crate) profiles_dir: Option<PathBuf>,
+    pub(crate) basic_auth_user: Option<String>,
+    pub(crate) basic_auth_password: Option<Secret>,
+    /// `X-Scope-OrgID`.
+    pub(crate) tenant_id: Option<String>,
+    /// Static series labels, validated.
+    pub(crate) labels: Vec<(String, String)>,
+    /// Samples per CPU-second per thread.
+    pub(crate) sample_rate: u32,
+    pub(crate) upload_interval: Duration,
+    pub(crate) span_scope: SpanScope,
+    pub(crate) span_name_label: bool,
+    pub(crate) trace_id_label: bool,
+    /// Bound on how long dropping the guard may take.
+    pub(crate) shutdown_timeout: Duration,
+    /// What each field is called in error messages (environment variables
+    /// or builder methods).
+    pub(crate) names: Names,
+}
+
+/// Bounds, shared by the docs, the checks and the tests.
+pub(crate) const SAMPLE_RATE_MAX: u32 = 1000;
+pub(crate) const UPLOAD_INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// The server rejects profiles whose timestamp (the start of their
+/// interval) is older than its ingestion window, 1 h by default
+/// (pkg/validation/validate.go). An interval, plus the retries of its
+/// upload (up to about 2 min), plus clock skew must stay well inside it.
+pub(crate) const UPLOAD_INTERVAL_MAX: Duration = Duration::from_secs(600);
+pub(crate) const SHUTDOWN_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// The server's default limits (`docs/PYROSCOPE-PROTOCOL.md`).
+pub(crate) const MAX_SERIES_LABELS: usize = 30;
+pub(crate) const MAX_LABEL_NAME_LEN: usize = 1024;
+pub(crate) const MAX_LABEL_VALUE_LEN: usize = 2048;
+/// Series labels the uploader always sends (see `export::upload`).
+pub(crate) const FIXED_SERIES_LABELS: [&str; 3] =
+    ["__name__", "service_name", "process.runtime.name"];
+
+impl Config {
+    pub(crate) fn new(application_name: impl Into<String>) -> Self {
+        Config {
+            enabled: true,
+            application_name: application_name.into(),
+            server_address: None,
+            profiles_dir: None,
+            basic_auth_user: None,
+            basic_auth_password: None,
+            tenant_id: None,
+            labels: Vec::new(),
+            sample_rate: 100,
+            upload_interval: Duration::from_secs(10),
+            span_scope: SpanScope::Root,
+            span_name_label: true,
+            trace_id_label: false,
+            shutdown_timeout: Duration::from_secs(5),
+            names: BUILDER_NAMES,
+        }
+    }
+}

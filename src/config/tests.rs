@@ -1,0 +1,303 @@
+//! Unit tests of parsing and validation.
+
+use super::env::parse_duration;
+use super::*;
+use crate::error::Error;
+use crate::Builder;
+use crate::ErrorKind;
+use std::collections::HashMap;
+
+fn env(vars: &[(&str, &str)]) -> Result<Config, Error> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    from_lookup(move |k| map.get(k).cloned())
+}
+
+fn err(vars: &[(&str, &str)]) -> String {
+    let e = env(vars).expect_err("expected an error");
+    assert_eq!(e.kind(), ErrorKind::Config);
+    e.to_string()
+}
+
+#[test]
+fn defaults_and_nothing_configured() {
+    let c = env(&[]).unwrap();
+    assert!(c.enabled);
+    assert!(c.server_address.is_none() && c.profiles_dir.is_none());
+    assert_eq!(c.sample_rate, 100);
+    assert_eq!(c.upload_interval, Duration::from_secs(10));
+    assert_eq!(c.span_scope, SpanScope::Root);
+    assert!(c.span_name_label && !c.trace_id_label);
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    assert!(!c.application_name.is_empty());
+}
+
+#[test]
+fn full_table() {
+    let c = env(&[
+        ("PYROSCOPE_SERVER_ADDRESS", "http://pyro:4040/prefix/"),
+        ("PYROSCOPE_PROFILES_DIR", "/tmp/p"),
+        ("PYROSCOPE_APPLICATION_NAME", "ride-sharing-app"),
+        ("OTEL_SERVICE_NAME", "ignored"),
+        ("PYROSCOPE_BASIC_AUTH_USER", "123"),
+        ("PYROSCOPE_BASIC_AUTH_PASSWORD", "s3cr3t"),
+        ("PYROSCOPE_TENANT_ID", "tenant-a"),
+        ("PYROSCOPE_LABELS", " region = eu-north, env=prod ,"),
+        ("PYROSCOPE_SAMPLE_RATE", "250"),
+        ("PYROSCOPE_UPLOAD_INTERVAL", "1m30s"),
+        ("PYROSCOPE_SPAN_SCOPE", "ALL"),
+        ("PYROSCOPE_SPAN_NAME_LABEL", "no"),
+        ("PYROSCOPE_TRACE_ID_LABEL", "Yes"),
+    ])
+    .unwrap();
+    assert_eq!(c.server_address.as_deref(), Some("http://pyro:4040/prefix"));
+    assert_eq!(c.profiles_dir, Some(PathBuf::from("/tmp/p")));
+    assert_eq!(c.application_name, "ride-sharing-app");
+    assert_eq!(c.basic_auth_user.as_deref(), Some("123"));
+    assert_eq!(c.basic_auth_password, Some(Secret("s3cr3t".into())));
+    assert_eq!(c.tenant_id.as_deref(), Some("tenant-a"));
+    assert_eq!(
+        c.labels,
+        vec![
+            ("region".to_string(), "eu-north".to_string()),
+            ("env".to_string(), "prod".to_string())
+        ]
+    );
+    assert_eq!(c.sample_rate, 250);
+    assert_eq!(c.upload_interval, Duration::from_secs(90));
+    assert_eq!(c.span_scope, SpanScope::All);
+    assert!(!c.span_name_label && c.trace_id_label);
+    assert!(c.server_address.is_some() || c.profiles_dir.is_some());
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("s3cr3t"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+}
+
+#[test]
+fn service_name_fallbacks() {
+    let c = env(&[("OTEL_SERVICE_NAME", "svc")]).unwrap();
+    assert_eq!(c.application_name, "svc");
+    let c = env(&[(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "a=b, service.name=my%20svc ,x=y",
+    )])
+    .unwrap();
+    assert_eq!(c.application_name, "my svc");
+    let c = env(&[
+        ("OTEL_SERVICE_NAME", "svc"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "service.name=other"),
+    ])
+    .unwrap();
+    assert_eq!(c.application_name, "svc");
+    let c = env(&[
+        ("PYROSCOPE_APPLICATION_NAME", ""),
+        ("OTEL_SERVICE_NAME", "svc"),
+    ])
+    .unwrap();
+    assert_eq!(c.application_name, "svc", "empty counts as unset");
+    let exe = std::env::current_exe().unwrap();
+    let stem = exe.file_stem().unwrap().to_string_lossy();
+    assert_eq!(env(&[]).unwrap().application_name, stem);
+}
+
+#[test]
+fn disabled_skips_the_rest() {
+    let c = env(&[
+        ("PYROSCOPE_PROFILING_ENABLED", "FALSE"),
+        ("PYROSCOPE_SAMPLE_RATE", "banana"),
+        ("PYROSCOPE_SERVER_ADDRESS", "http://x:1"),
+    ])
+    .unwrap();
+    assert!(!c.enabled);
+    let m = err(&[("PYROSCOPE_PROFILING_ENABLED", "maybe")]);
+    assert!(
+        m.contains("PYROSCOPE_PROFILING_ENABLED") && m.contains("maybe"),
+        "{m}"
+    );
+}
+
+#[test]
+fn durations() {
+    let d = |s| parse_duration(s);
+    assert_eq!(d("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(d("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(d("1m"), Some(Duration::from_secs(60)));
+    assert_eq!(d("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
+    for bad in [
+        "10",
+        "s",
+        "1.5s",
+        "-1s",
+        "10 s",
+        "1d",
+        "ms10",
+        "99999999999999999999h",
+    ] {
+        assert_eq!(d(bad), None, "{bad}");
+    }
+    let m = err(&[("PYROSCOPE_UPLOAD_INTERVAL", "10")]);
+    assert!(
+        m.contains("PYROSCOPE_UPLOAD_INTERVAL=\"10\"") && m.contains("10s"),
+        "{m}"
+    );
+    let m = err(&[("PYROSCOPE_UPLOAD_INTERVAL", "50ms")]);
+    assert!(m.contains("50ms") && m.contains("100ms to 10m"), "{m}");
+    // The server's 1 h ingestion window bounds the interval.
+    let m = err(&[("PYROSCOPE_UPLOAD_INTERVAL", "11m")]);
+    assert!(
+        m.contains("660000ms") && m.contains("100ms to 10m") && m.contains("ingestion window"),
+        "{m}"
+    );
+    assert!(env(&[("PYROSCOPE_UPLOAD_INTERVAL", "10m")]).is_ok());
+}
+
+#[test]
+fn bad_values_name_the_variable_value_and_expectation() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("PYROSCOPE_SERVER_ADDRESS", "localhost:4040", "http://"),
+        ("PYROSCOPE_SERVER_ADDRESS", "ftp://x", "http://"),
+        ("PYROSCOPE_SERVER_ADDRESS", "http://x:4040/?q=1", "no query"),
+        ("PYROSCOPE_SERVER_ADDRESS", "http://x:99999", "http://"),
+        ("PYROSCOPE_SAMPLE_RATE", "0", "1 to 1000"),
+        ("PYROSCOPE_SAMPLE_RATE", "1001", "1 to 1000"),
+        ("PYROSCOPE_SAMPLE_RATE", "fast", "1 to 1000"),
+        ("PYROSCOPE_SPAN_SCOPE", "leaf", "root, all, none"),
+        ("PYROSCOPE_SPAN_NAME_LABEL", "maybe", "true or false"),
+        ("PYROSCOPE_TRACE_ID_LABEL", "2", "true or false"),
+        ("PYROSCOPE_TENANT_ID", "a/b", "tenant id"),
+        ("PYROSCOPE_LABELS", "region", "name=value"),
+        ("PYROSCOPE_LABELS", "__x=1", "\"__\""),
+        ("PYROSCOPE_LABELS", "a-b=1", "[a-zA-Z0-9_.]"),
+        ("PYROSCOPE_LABELS", "1a=1", "digit"),
+        ("PYROSCOPE_LABELS", "span_id=1", "reserved"),
+        ("PYROSCOPE_LABELS", "service_name=x", "reserved"),
+        ("PYROSCOPE_LABELS", "a=", "1 to 2048"),
+        ("PYROSCOPE_LABELS", "a=1,a=2", "repeated"),
+        ("PYROSCOPE_APPLICATION_NAME", "a\nb", "service name"),
+        ("PYROSCOPE_BASIC_AUTH_USER", "a:b", "without ':'"),
+    ];
+    for (var, value, expected) in cases {
+        let mut vars = vec![(*var, *value)];
+        if *var == "PYROSCOPE_BASIC_AUTH_USER" {
+            vars.push(("PYROSCOPE_BASIC_AUTH_PASSWORD", "pw"));
+        }
+        let m = err(&vars);
+        assert!(m.contains(var), "{var}: {m}");
+        assert!(
+            m.contains(&format!("{value:?}")) || m.contains(value),
+            "{var}: {m}"
+        );
+        assert!(m.contains(expected), "{var}={value}: {m}");
+    }
+}
+
+#[test]
+fn too_many_labels_counts_fixed_series_labels() {
+    let labels = |n: usize| {
+        (0..n)
+            .map(|i| format!("l{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // Defaults: __name__, service_name, process.runtime.name, span_name.
+    assert!(env(&[("PYROSCOPE_LABELS", &labels(26))]).is_ok());
+    let m = err(&[("PYROSCOPE_LABELS", &labels(27))]);
+    assert!(m.contains("at most 26 static labels"), "{m}");
+    let m = err(&[
+        ("PYROSCOPE_LABELS", &labels(26)),
+        ("PYROSCOPE_TRACE_ID_LABEL", "1"),
+    ]);
+    assert!(m.contains("at most 25"), "{m}");
+    assert!(env(&[
+        ("PYROSCOPE_LABELS", &labels(27)),
+        ("PYROSCOPE_SPAN_NAME_LABEL", "0")
+    ])
+    .is_ok());
+    let long = format!("a={}", "x".repeat(2049));
+    assert!(err(&[("PYROSCOPE_LABELS", &long)]).contains("1 to 2048"));
+    let long = format!("{}=1", "a".repeat(1025));
+    assert!(err(&[("PYROSCOPE_LABELS", &long)]).contains("at most 1024"));
+}
+
+#[test]
+fn secrets_never_shown() {
+    let m = err(&[("PYROSCOPE_BASIC_AUTH_PASSWORD", "hunter2")]);
+    assert!(
+        m.contains("PYROSCOPE_BASIC_AUTH_PASSWORD") && m.contains("PYROSCOPE_BASIC_AUTH_USER"),
+        "{m}"
+    );
+    assert!(!m.contains("hunter2") && m.contains("<redacted>"), "{m}");
+    let m = err(&[("PYROSCOPE_BASIC_AUTH_USER", "u")]);
+    assert!(m.contains("PYROSCOPE_BASIC_AUTH_PASSWORD"), "{m}");
+    let m = err(&[("PYROSCOPE_SERVER_ADDRESS", "http://u:hunter2@host:4040")]);
+    assert!(
+        !m.contains("hunter2") && m.contains("<redacted>@host:4040"),
+        "{m}"
+    );
+    assert!(m.contains("PYROSCOPE_BASIC_AUTH_USER"), "{m}");
+    let b = Builder::new("x").basic_auth("u", "hunter2");
+    assert!(!format!("{b:?}").contains("hunter2"));
+}
+
+#[test]
+fn https_needs_tls_feature() {
+    let r = env(&[("PYROSCOPE_SERVER_ADDRESS", "https://profiles.example.net")]);
+    if cfg!(feature = "tls") {
+        assert_eq!(
+            r.unwrap().server_address.as_deref(),
+            Some("https://profiles.example.net")
+        );
+    } else {
+        let m = r.unwrap_err().to_string();
+        assert!(
+            m.contains("PYROSCOPE_SERVER_ADDRESS") && m.contains("`tls` feature"),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn builder_validates_at_build() {
+    let check = |b: Builder, name: &str, expected: &str| {
+        let m = b.config.validate().unwrap_err().to_string();
+        assert!(m.contains(name) && m.contains(expected), "{m}");
+    };
+    check(Builder::new(""), "Builder::new", "non-empty");
+    check(
+        Builder::new("a").sample_rate(0),
+        "Builder::sample_rate",
+        "1 to 1000",
+    );
+    check(
+        Builder::new("a").upload_interval(Duration::from_millis(1)),
+        "Builder::upload_interval",
+        "100ms",
+    );
+    check(
+        Builder::new("a").shutdown_timeout(Duration::from_secs(301)),
+        "Builder::shutdown_timeout",
+        "at most 5m",
+    );
+    check(Builder::new("a").label("a b", "1"), "Builder::label", "a b");
+    check(
+        Builder::new("a").tenant_id("x y"),
+        "Builder::tenant_id",
+        "x y",
+    );
+    check(
+        Builder::new("a").server_address("nope"),
+        "Builder::server_address",
+        "http://",
+    );
+    let c = Builder::new("a")
+        .labels([("k", "v"), ("k2", "v2")])
+        .server_address("http://127.0.0.1:4040/")
+        .config
+        .validate()
+        .unwrap();
+    assert_eq!(c.labels.len(), 2);
+    assert_eq!(c.server_address.as_deref(), Some("http://127.0.0.1:4040"));
+}

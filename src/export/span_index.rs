@@ -1,0 +1,205 @@
+//! The span index: one JSON line per profiled root span, `spans.jsonl`.
+//!
+//! The layer emits a [`SpanIndexRecord`] when a profiled local root span
+//! closes and hands it to a [`SpanIndexQueue`] (bounded, never blocks, drops
+//! counted). The collector adds what only it knows (the span's CPU samples,
+//! the service and its static labels) and gives the batch to the sinks that
+//! keep an index; the directory sink appends it to [`SPANS_FILE`]. The local
+//! report reads the same type back. Ids are lowercase hex, as in the
+//! profiles' labels.
+//!
+//! ```json
+//! {"span_id":"00f067aa0ba902b7","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",
+//!  "parent_span_id":null,"name":"GET /car","service":"ride-sharing-app",
+//!  "labels":{"region":"eu-north"},"start_unix_nanos":1,"end_unix_nanos":2,
+//!  "cpu_samples":12,"pid":4242}
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::{span_id_hex, trace_id_hex};
+use crate::stats::Counters;
+
+/// Name of the span index inside the profiles directory.
+pub(crate) const SPANS_FILE: &str = "spans.jsonl";
+
+/// One line of the span index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SpanIndexRecord {
+    /// 16 lowercase hex digits.
+    pub(crate) span_id: String,
+    /// 32 lowercase hex digits; `None` without an OpenTelemetry layer.
+    #[serde(default)]
+    pub(crate) trace_id: Option<String>,
+    /// The remote parent's span id, when known.
+    #[serde(default)]
+    pub(crate) parent_span_id: Option<String>,
+    /// The span's name (`otel.name` if set).
+    #[serde(default)]
+    pub(crate) name: String,
+    /// `service_name`.
+    #[serde(default)]
+    pub(crate) service: String,
+    /// The static series labels.
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) start_unix_nanos: Option<u64>,
+    #[serde(default)]
+    pub(crate) end_unix_nanos: Option<u64>,
+    /// CPU samples that carried this span's id.
+    #[serde(default)]
+    pub(crate) cpu_samples: u64,
+    /// The process that wrote the line.
+    #[serde(default)]
+    pub(crate) pid: u32,
+}
+
+impl SpanIndexRecord {
+    /// A closed span as the layer knows it; the collector fills the rest.
+    pub(crate) fn closed_span(
+        span_id: u64,
+        trace_id: u128,
+        name: String,
+        start: SystemTime,
+        end: SystemTime,
+    ) -> Self {
+        SpanIndexRecord {
+            span_id: span_id_hex(span_id),
+            trace_id: (trace_id != 0).then(|| trace_id_hex(trace_id)),
+            parent_span_id: None,
+            name,
+            start_unix_nanos: Some(unix_nanos(start)),
+            end_unix_nanos: Some(unix_nanos(end)),
+            ..SpanIndexRecord::default()
+        }
+    }
+
+    /// The span id as a number; `None` if the line holds no valid id.
+    pub(crate) fn span_id(&self) -> Option<u64> {
+        normalize_hex(&self.span_id, 16).and_then(|h| u64::from_str_radix(&h, 16).ok())
+    }
+
+    /// One JSON line, without the newline.
+    pub(crate) fn to_line(&self) -> String {
+        // Strings and numbers only: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses one line; `None` if it is not a record with a valid span id.
+    pub(crate) fn from_line(line: &[u8]) -> Option<Self> {
+        let mut record: SpanIndexRecord = serde_json::from_slice(line).ok()?;
+        record.span_id = normalize_hex(&record.span_id, 16)?;
+        record.trace_id = record
+            .trace_id
+            .as_deref()
+            .and_then(|t| normalize_hex(t, 32));
+        record.parent_span_id = record
+            .parent_span_id
+            .as_deref()
+            .and_then(|p| normalize_hex(p, 16));
+        Some(record)
+    }
+}
+
+/// `s` as lowercase hex of exactly `len` digits, not all zero (the form of
+/// `span_id` and `trace_id` labels).
+pub(crate) fn normalize_hex(s: &str, len: usize) -> Option<String> {
+    let ok = s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let lower = s.to_ascii_lowercase();
+    (ok && lower.bytes().any(|b| b != b'0')).then_some(lower)
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Where the layer sends closed spans: a bounded queue to the collector.
+#[derive(Clone, Debug)]
+pub(crate) struct SpanIndexQueue {
+    tx: SyncSender<SpanIndexRecord>,
+    counters: Arc<Counters>,
+}
+
+impl SpanIndexQueue {
+    pub(crate) fn new(tx: SyncSender<SpanIndexRecord>, counters: Arc<Counters>) -> Self {
+        SpanIndexQueue { tx, counters }
+    }
+
+    /// Never blocks: a full queue drops the record and counts it.
+    pub(crate) fn record(&self, record: SpanIndexRecord) {
+        if self.tx.try_send(record).is_err() {
+            Counters::bump(&self.counters.dropped_spans);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn records_round_trip_through_a_line() {
+        let start = UNIX_EPOCH + Duration::from_nanos(5);
+        let mut r = SpanIndexRecord::closed_span(
+            0xab,
+            0xcd,
+            "GET /car".into(),
+            start,
+            start + Duration::from_nanos(7),
+        );
+        r.cpu_samples = 3;
+        r.labels.insert("region".into(), "eu-north".into());
+        let line = r.to_line();
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#""span_id":"00000000000000ab""#), "{line}");
+        assert_eq!(SpanIndexRecord::from_line(line.as_bytes()), Some(r.clone()));
+        assert_eq!(r.span_id(), Some(0xab));
+        assert_eq!(r.end_unix_nanos, Some(12));
+    }
+
+    #[test]
+    fn bad_lines_and_ids_are_refused() {
+        assert_eq!(SpanIndexRecord::from_line(b"{"), None);
+        assert_eq!(SpanIndexRecord::from_line(br#"{"span_id":"xyz"}"#), None);
+        assert_eq!(
+            SpanIndexRecord::from_line(br#"{"span_id":"0000000000000000"}"#),
+            None
+        );
+        let upper =
+            SpanIndexRecord::from_line(br#"{"span_id":"00000000000000AB","trace_id":"bad"}"#)
+                .unwrap();
+        assert_eq!(upper.span_id, "00000000000000ab");
+        assert_eq!(upper.trace_id, None);
+    }
+
+    #[test]
+    fn hex_ids_are_normalized_and_checked() {
+        assert_eq!(
+            normalize_hex("00F067AA0BA902B7", 16).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(normalize_hex("00f067aa0ba902b", 16), None);
+        assert_eq!(normalize_hex("0000000000000000", 16), None);
+        assert_eq!(normalize_hex("zzf067aa0ba902b7", 16), None);
+    }
+
+    #[test]
+    fn a_full_queue_counts_drops() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let counters = Arc::new(Counters::default());
+        let q = SpanIndexQueue::new(tx, counters.clone());
+        q.record(SpanIndexRecord::default());
+        q.record(SpanIndexRecord::default());
+        assert_eq!(rx.try_iter().count(), 1);
+        assert_eq!(counters.snapshot().dropped_spans, 1);
+    }
+}

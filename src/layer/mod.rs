@@ -1,0 +1,332 @@
+//! The tracing layer: puts the running span's id into the thread slot.
+//!
+//! Everything users need to know is on [`SpanProfileLayer`]. Inside:
+//! - this file: the `Layer` impl (per-span work once, at the first enter,
+//!   kept in the span's extensions);
+//! - `resolve.rs`: settling a span's ids and labels at its first enter;
+//! - `stack.rs`: the per-thread stack of saved slot values and the label
+//!   cache that makes warm enters lookup-free.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use tracing::dispatcher::WeakDispatch;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Dispatch, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::config::SpanScope;
+#[cfg(doc)]
+use crate::context::SpanLabels;
+use crate::export::span_index::{SpanIndexQueue, SpanIndexRecord};
+use resolve::{OtelName, SpanData};
+
+#[cfg(test)]
+mod otel_tests;
+mod resolve;
+mod stack;
+#[cfg(test)]
+mod tests;
+
+/// The OpenTelemetry attribute linking a span to its profile.
+pub(crate) const PROFILE_ID_ATTRIBUTE: &str = "pyroscope.profile.id";
+
+/// The field `tracing-opentelemetry` uses to override a span's name.
+const OTEL_NAME_FIELD: &str = "otel.name";
+
+/// What the layer needs to know; the builder fills it from the config.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerConfig {
+    pub(crate) scope: SpanScope,
+    pub(crate) span_name_label: bool,
+    pub(crate) trace_id_label: bool,
+    /// Set when a sink keeps a span index: closed profiled root spans go
+    /// here.
+    pub(crate) records: Option<SpanIndexQueue>,
+}
+
+/// The layer to add to a `tracing_subscriber::Registry`: puts the running
+/// span's id into the thread slot, so CPU samples carry it.
+///
+/// On every span enter it writes the span's labels ([`SpanLabels`]:
+/// `span_id`, `trace_id`, `span_name`) into this thread's slot
+/// ([`crate::context`]), where the sampler's signal handler reads them at the
+/// moment it takes a sample. On exit it puts back exactly what was there
+/// before. On a profiled span's first enter it also sets the OpenTelemetry
+/// attribute `pyroscope.profile.id` to the same 16-hex id, so Grafana's
+/// "Profiles for this span" finds the samples.
+///
+/// You get the layer from [`Builder::build`](crate::Builder::build) or
+/// [`from_env`](crate::from_env); add it to a `Registry`, with or without a
+/// `tracing-opentelemetry` layer, in any order:
+///
+/// ```
+/// use tracing_subscriber::prelude::*;
+///
+/// // Nothing configured in the environment: an inert layer and a no-op guard.
+/// let (profiling, _guard) = tracing_pyroscope::from_env()?;
+/// let subscriber = tracing_subscriber::registry()
+///     // .with(tracing_opentelemetry::layer().with_tracer(tracer)) // optional
+///     .with(profiling);
+/// tracing::subscriber::with_default(subscriber, || {
+///     let span = tracing::info_span!("GET /car");
+///     let _entered = span.enter();
+///     // CPU samples taken here carry span_id = the OTel span id of "GET /car".
+/// });
+/// # Ok::<(), tracing_pyroscope::Error>(())
+/// ```
+///
+/// ```no_run
+/// use tracing_pyroscope::SpanScope;
+/// use tracing_subscriber::prelude::*;
+///
+/// let (profiling, _guard) = tracing_pyroscope::Builder::new("ride-sharing-app")
+///     .server_address("http://localhost:4040")
+///     .span_scope(SpanScope::Root) // the default
+///     .span_name_label(true) // the default
+///     .trace_id_label(false) // the default
+///     .build()?;
+/// tracing_subscriber::registry().with(profiling).init();
+/// # Ok::<(), tracing_pyroscope::Error>(())
+/// ```
+///
+/// # Which span's id a sample carries
+///
+/// - **Ids.** With a `tracing-opentelemetry` layer in the stack, `span_id` is
+///   the OpenTelemetry span id and `trace_id` its trace id. Without one, the
+///   layer mints random non-zero 64-bit span ids and leaves `trace_id` out.
+///   Ids are settled at a span's *first enter*, not at creation: an incoming
+///   `traceparent` is attached with `set_parent` after creation and before the
+///   first enter, and starting the OpenTelemetry span any earlier would lose
+///   it. The result is cached in the span's extensions, so later enters are a
+///   lookup.
+/// - **Scope** ([`SpanScope`]). With `Root` (the default, like Go's
+///   otel-profiling-go) only *local roots* get an id: spans without a parent,
+///   or whose OpenTelemetry parent is remote (a span re-parented with
+///   `set_parent` into another trace). Their descendants carry the root's
+///   labels. With `All` every span carries its own id and name; with `None`
+///   there are no ids, only the local root's `span_name`.
+/// - **Sampling.** Only spans whose OpenTelemetry context is sampled get
+///   labels and the attribute; work inside an unsampled trace carries no span
+///   labels, since nothing in Tempo would link to them.
+/// - **`span_name`** is the local root's name (`otel.name` if the span has
+///   that field, else the span's name). It is a *series* label on the
+///   Pyroscope server, so every distinct name makes a new series: keep span
+///   names low-cardinality (`GET /car/{id}`, not `GET /car/42`), or turn it
+///   off (`PYROSCOPE_SPAN_NAME_LABEL=false`).
+/// - **`trace_id`** is off by default (`PYROSCOPE_TRACE_ID_LABEL`): Pyroscope
+///   servers before 2.1 turn any label other than `span_id` into a series
+///   label, and one series per trace would explode the server's index. The
+///   span id is enough for Grafana's trace-to-profile link.
+///
+/// # Save and restore
+///
+/// Each thread keeps a small fixed-size stack of `(span, saved labels)`
+/// entries in a `const` thread local. Enter pushes what the slot held; exit
+/// finds the span's topmost entry and restores it. If a span exits out of
+/// order (not the most recently entered), the slot is left alone (a later
+/// span is still running) and the entry above inherits the saved value, so
+/// when that one exits the slot returns to what it was before both. The
+/// same span entered on two threads, re-entered on one, or an `Instrumented`
+/// future polled on a different worker each time all work, because entries
+/// are per thread. Nesting deeper than 32 spans on one thread leaves the
+/// deeper spans' labels as their enclosing span's.
+///
+/// # Cost
+///
+/// The first enter of a span on a thread looks it up in the Registry (and, the
+/// very first time, settles its ids). After that each thread finds the labels
+/// in a small direct-mapped cache keyed by span id, so a warm enter is a few
+/// thread-local reads and writes and exit is a pop: no allocation, no lock, no
+/// syscall. The Registry reuses span ids once a span closes; every close bumps
+/// a counter for its id, and a cache entry is only used while that counter
+/// is unchanged. An inert layer (profiling off) returns at once from every
+/// callback. `benches/layer.rs` measures all of this against the Registry
+/// alone and against tracing-opentelemetry.
+#[derive(Clone, Debug)]
+pub struct SpanProfileLayer {
+    /// `config.is_some()`, read first on the hot path.
+    active: bool,
+    /// `None`: inert.
+    config: Option<LayerConfig>,
+    /// The dispatch this layer lives in, to reach the OpenTelemetry layer.
+    dispatch: OnceLock<WeakDispatch>,
+}
+
+impl SpanProfileLayer {
+    pub(crate) fn new(config: LayerConfig) -> Self {
+        SpanProfileLayer {
+            active: true,
+            config: Some(config),
+            dispatch: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn inert() -> Self {
+        SpanProfileLayer {
+            active: false,
+            config: None,
+            dispatch: OnceLock::new(),
+        }
+    }
+
+    /// An active layer without a profiler: it writes the thread slot only
+    /// (`span_name` on, `trace_id` off).
+    #[cfg(test)]
+    pub(crate) fn with_scope(scope: SpanScope) -> Self {
+        Self::new(LayerConfig {
+            scope,
+            span_name_label: true,
+            trace_id_label: false,
+            records: None,
+        })
+    }
+
+    /// Switches the `span_name` label (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_span_name_label(mut self, on: bool) -> Self {
+        if let Some(config) = &mut self.config {
+            config.span_name_label = on;
+        }
+        self
+    }
+
+    /// Switches the `trace_id` label (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_trace_id_label(mut self, on: bool) -> Self {
+        if let Some(config) = &mut self.config {
+            config.trace_id_label = on;
+        }
+        self
+    }
+
+    /// The OpenTelemetry context of a span (this starts the OTel span if it
+    /// was not started yet). `None` without an OpenTelemetry layer.
+    fn otel_context(&self, id: &Id) -> Option<opentelemetry::Context> {
+        let dispatch = match self.dispatch.get().and_then(WeakDispatch::upgrade) {
+            Some(dispatch) => dispatch,
+            None => tracing::dispatcher::get_default(Dispatch::clone),
+        };
+        tracing_opentelemetry::get_otel_context(id, &dispatch)
+    }
+}
+
+impl<S> Layer<S> for SpanProfileLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        if self.config.is_some() {
+            let _ = self.dispatch.set(subscriber.downgrade());
+        }
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if self.config.is_none() {
+            return;
+        }
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let metadata = attrs.metadata();
+        let mut name = Cow::Borrowed(metadata.name());
+        if metadata.fields().field(OTEL_NAME_FIELD).is_some() {
+            let mut visitor = OtelName(None);
+            attrs.record(&mut visitor);
+            if let Some(otel_name) = visitor.0 {
+                name = Cow::Owned(otel_name);
+            }
+        }
+        span.extensions_mut().insert(SpanData {
+            name,
+            resolved: OnceLock::new(),
+        });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if self.config.is_none() {
+            return;
+        }
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        match span.metadata().fields().field(OTEL_NAME_FIELD) {
+            Some(field) if values.contains(&field) => {}
+            _ => return,
+        }
+        let mut visitor = OtelName(None);
+        values.record(&mut visitor);
+        let Some(otel_name) = visitor.0 else {
+            return;
+        };
+        let mut ext = span.extensions_mut();
+        if let Some(data) = ext.get_mut::<SpanData>() {
+            // After the first enter the labels are settled; the name stays.
+            if data.resolved.get().is_none() {
+                data.name = Cow::Owned(otel_name);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if !self.active {
+            return;
+        }
+        let span_id = id.into_u64();
+        if !stack::enter_cached(self.key(), span_id) {
+            self.enter_uncached(span_id, id, &ctx);
+        }
+    }
+
+    #[inline(always)]
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        if self.active {
+            stack::exit(id.into_u64());
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        // Before the Registry can hand this id to a new span.
+        stack::closed(id.into_u64());
+        let LayerConfig {
+            records: Some(records),
+            scope,
+            ..
+        } = config
+        else {
+            return;
+        };
+        if *scope == SpanScope::None {
+            return;
+        }
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        let ext = span.extensions();
+        let Some(data) = ext.get::<SpanData>() else {
+            return;
+        };
+        let Some(resolved) = data.resolved.get() else {
+            return;
+        };
+        if !resolved.local_root || resolved.own_id == 0 {
+            return;
+        }
+        // The remote parent's id is inside tracing-opentelemetry's private
+        // span data, not reachable through its public API: left unset.
+        records.record(SpanIndexRecord::closed_span(
+            resolved.own_id,
+            resolved.otel_trace_id,
+            data.name.to_string(),
+            resolved.start,
+            SystemTime::now(),
+        ));
+    }
+}

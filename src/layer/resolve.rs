@@ -1,0 +1,240 @@
+//! Settling a span's labels at its first enter: its ids (OpenTelemetry's,
+//! or minted), whether it is a local root, which labels its samples carry
+//! under the configured scope, and the `pyroscope.profile.id` attribute.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::KeyValue;
+use tracing::field::{Field, Visit};
+use tracing::span::Id;
+use tracing::Subscriber;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use super::{stack, LayerConfig, SpanProfileLayer, OTEL_NAME_FIELD, PROFILE_ID_ATTRIBUTE};
+use crate::config::SpanScope;
+use crate::context::{self, span_id_hex, SpanLabels};
+
+impl SpanProfileLayer {
+    /// Tells apart equal span ids of different subscribers in the
+    /// per-thread cache: the layer's address inside its subscriber.
+    #[inline(always)]
+    pub(super) fn key(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// First enter on this thread (or the cache entry was evicted): look the
+    /// span up, settle its labels if this is its first enter anywhere.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn enter_uncached<S>(&self, span_id: u64, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let epoch = stack::epoch(span_id);
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let cached = {
+            let ext = span.extensions();
+            match ext.get::<SpanData>() {
+                Some(data) => data.resolved.get().map(|r| r.labels),
+                None => return,
+            }
+        };
+        let labels = match cached {
+            Some(labels) => labels,
+            None => match self.resolve(config, &span) {
+                Some(resolved) => resolved.labels,
+                None => return,
+            },
+        };
+        stack::remember(self.key(), span_id, epoch, labels);
+        stack::enter(span_id, labels);
+    }
+
+    /// Settles a span's labels (once; the first thread to finish wins).
+    /// Must be called without holding any of the span's extension guards.
+    fn resolve<S>(&self, config: &LayerConfig, span: &SpanRef<'_, S>) -> Option<Resolved>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        {
+            let ext = span.extensions();
+            let data = ext.get::<SpanData>()?;
+            if let Some(resolved) = data.resolved.get() {
+                return Some(*resolved);
+            }
+        }
+        // The parent first (normally already settled at its own first enter).
+        let parent = span.parent().and_then(|p| self.resolve(config, &p));
+
+        let otel = match config.scope {
+            SpanScope::None => None,
+            SpanScope::Root | SpanScope::All => self.otel_context(&span.id()),
+        };
+        let mut otel_sampled = false;
+        let (otel_span_id, otel_trace_id) = match &otel {
+            Some(cx) => {
+                let sc = cx.span().span_context().clone();
+                if sc.is_valid() {
+                    otel_sampled = sc.is_sampled();
+                    (
+                        u64::from_be_bytes(sc.span_id().to_bytes()),
+                        u128::from_be_bytes(sc.trace_id().to_bytes()),
+                    )
+                } else {
+                    (0, 0)
+                }
+            }
+            None => (0, 0),
+        };
+        let has_otel = otel_trace_id != 0;
+
+        // A local root: no parent, or re-parented into another trace.
+        let local_root = match &parent {
+            None => true,
+            Some(p) => has_otel && p.otel_trace_id != 0 && p.otel_trace_id != otel_trace_id,
+        };
+        let wants_id = match config.scope {
+            SpanScope::None => false,
+            SpanScope::Root => local_root,
+            SpanScope::All => true,
+        };
+        let own_id = match (wants_id, has_otel) {
+            (false, _) => 0,
+            (true, true) if otel_sampled => otel_span_id,
+            (true, true) => 0,
+            (true, false) => mint_span_id(),
+        };
+        let own_labels_wanted = match config.scope {
+            SpanScope::None | SpanScope::Root => local_root,
+            SpanScope::All => true,
+        };
+        let start = if config.records.is_some() {
+            SystemTime::now()
+        } else {
+            SystemTime::UNIX_EPOCH
+        };
+
+        let won = {
+            let ext = span.extensions();
+            let data = ext.get::<SpanData>()?;
+            let labels = if own_labels_wanted {
+                let name_id = if config.span_name_label {
+                    context::intern_name(&data.name)
+                } else {
+                    0
+                };
+                match config.scope {
+                    SpanScope::None => SpanLabels::new(0, 0, name_id),
+                    _ if own_id == 0 => SpanLabels::NONE,
+                    _ => {
+                        let trace_id = if config.trace_id_label {
+                            otel_trace_id
+                        } else {
+                            0
+                        };
+                        SpanLabels::new(own_id, trace_id, name_id)
+                    }
+                }
+            } else {
+                parent.map(|p| p.labels).unwrap_or(SpanLabels::NONE)
+            };
+            let resolved = Resolved {
+                labels,
+                own_id,
+                otel_trace_id,
+                local_root,
+                start,
+            };
+            match data.resolved.set(resolved) {
+                Ok(()) => Ok(resolved),
+                Err(_) => Err(data.resolved.get().copied()),
+            }
+        };
+        match won {
+            Ok(resolved) => {
+                if own_id != 0 && has_otel {
+                    if let Some(cx) = &otel {
+                        cx.span().set_attribute(KeyValue::new(
+                            PROFILE_ID_ATTRIBUTE,
+                            span_id_hex(own_id),
+                        ));
+                    }
+                }
+                Some(resolved)
+            }
+            Err(other) => other,
+        }
+    }
+}
+
+/// Our per-span data, in the span's extensions.
+#[derive(Debug)]
+pub(super) struct SpanData {
+    /// `otel.name` if the span has it, else the metadata name.
+    pub(super) name: Cow<'static, str>,
+    /// Settled at the first enter (on any thread).
+    pub(super) resolved: OnceLock<Resolved>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Resolved {
+    /// What the slot holds while this span runs.
+    pub(super) labels: SpanLabels,
+    /// This span's own profile id (0: none, e.g. unsampled or not a root).
+    pub(super) own_id: u64,
+    /// The OTel trace id, 0 without OTel.
+    pub(super) otel_trace_id: u128,
+    pub(super) local_root: bool,
+    /// First enter (only measured in local-directory mode).
+    pub(super) start: SystemTime,
+}
+
+/// Finds an `otel.name` field value.
+pub(super) struct OtelName(pub(super) Option<String>);
+
+impl Visit for OtelName {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == OTEL_NAME_FIELD {
+            self.0 = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == OTEL_NAME_FIELD {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+/// A random non-zero span id: splitmix64 over a counter, seeded once from
+/// std's `RandomState`. Distinct counters give distinct outputs.
+pub(super) fn mint_span_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(std::process::id() as u64);
+        hasher.finish()
+    });
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if z != 0 {
+            return z;
+        }
+    }
+}

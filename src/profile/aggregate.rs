@@ -1,0 +1,127 @@
+//! Aggregation: the samples of one interval, by (stack, labels).
+//!
+//! The collector adds every drained sample to a [`ProfileBuilder`]; at the
+//! end of the interval [`ProfileBuilder::finish`] symbolizes each distinct
+//! address once and hands the samples to the encoder.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::encode::{Chunk, Header, MAX_PROFILE_BYTES, MAX_SAMPLES_PER_PROFILE, MAX_STACK_DEPTH};
+use super::symbolize::{lookup_address, Resolved, Symbolizer};
+use super::EncodedProfile;
+use crate::context::SpanLabels;
+
+/// Collects samples for one interval, then encodes them as pprof.
+///
+/// Samples are aggregated by (stack, labels); identical stacks are stored
+/// once, so adding a repeated stack allocates nothing.
+#[derive(Debug)]
+pub(crate) struct ProfileBuilder {
+    start: SystemTime,
+    period_nanos: i64,
+    stack_ids: HashMap<Box<[u64]>, usize>,
+    counts: HashMap<(usize, SpanLabels), u64>,
+    samples: u64,
+}
+
+impl ProfileBuilder {
+    /// An empty profile for the interval starting at `start`; every sample
+    /// stands for `period_nanos` of CPU time.
+    pub(crate) fn new(start: SystemTime, period_nanos: i64) -> Self {
+        ProfileBuilder {
+            start,
+            period_nanos,
+            stack_ids: HashMap::new(),
+            counts: HashMap::new(),
+            samples: 0,
+        }
+    }
+
+    /// Adds `count` samples of a stack with `labels`.
+    ///
+    /// `frames[0]` is the interrupted instruction, `frames[1..]` are return
+    /// addresses, leaf first. Stacks deeper than [`MAX_STACK_DEPTH`] keep
+    /// their leaf side. An empty stack is kept as a sample without locations.
+    pub(crate) fn add(&mut self, labels: SpanLabels, frames: &[u64], count: u64) {
+        if count == 0 {
+            return;
+        }
+        let stack = &frames[..frames.len().min(MAX_STACK_DEPTH)];
+        let id = match self.stack_ids.get(stack) {
+            Some(&id) => id,
+            None => {
+                let id = self.stack_ids.len();
+                self.stack_ids.insert(stack.into(), id);
+                id
+            }
+        };
+        let total = self.counts.entry((id, labels)).or_insert(0);
+        *total = total.saturating_add(count);
+        self.samples = self.samples.saturating_add(count);
+    }
+
+    /// Total samples added (the sum of `count`s).
+    #[allow(dead_code)] // part of the interface; the collector may not need it
+    pub(crate) fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// `true` if nothing was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Symbolizes and encodes the interval `[start, end)`.
+    ///
+    /// Returns no profile at all when no sample was added (an empty interval
+    /// produces no file and no upload). Otherwise one gzipped pprof, or
+    /// several when one would exceed the server's limits
+    /// ([`MAX_SAMPLES_PER_PROFILE`] samples, [`MAX_PROFILE_BYTES`]
+    /// uncompressed): each then covers the same time range and holds a
+    /// disjoint part of the samples, so their sum is the whole interval.
+    pub(crate) fn finish(
+        self,
+        end: SystemTime,
+        symbolizer: &mut Symbolizer,
+    ) -> Vec<EncodedProfile> {
+        if self.counts.is_empty() {
+            return Vec::new();
+        }
+        let mut stacks: Vec<Box<[u64]>> = vec![Box::default(); self.stack_ids.len()];
+        for (stack, id) in self.stack_ids {
+            stacks[id] = stack;
+        }
+        let mut entries: Vec<((usize, SpanLabels), u64)> = self.counts.into_iter().collect();
+        entries.sort_unstable_by_key(|&((stack, labels), _)| (stack, labels));
+
+        let header = Header::new(self.start, end, self.period_nanos);
+        let mut out = Vec::new();
+        let mut chunk = Chunk::new(&header);
+        let mut resolved: Vec<(u64, bool, Arc<Resolved>)> = Vec::new();
+        for ((stack_id, labels), count) in entries {
+            resolved.clear();
+            for (i, &addr) in stacks[stack_id].iter().enumerate() {
+                let is_return = i > 0;
+                let r = symbolizer.resolve(lookup_address(addr, is_return));
+                resolved.push((addr, is_return, r));
+            }
+            if chunk.profile.sample.len() >= MAX_SAMPLES_PER_PROFILE {
+                out.extend(chunk.encode(&header));
+                chunk = Chunk::new(&header);
+            }
+            let checkpoint = chunk.checkpoint();
+            chunk.add_sample(&resolved, labels, count, self.period_nanos);
+            if chunk.size > MAX_PROFILE_BYTES && checkpoint.samples > 0 {
+                // Does not fit: undo, close this profile, start the next.
+                chunk.rollback(checkpoint);
+                out.extend(chunk.encode(&header));
+                chunk = Chunk::new(&header);
+                chunk.add_sample(&resolved, labels, count, self.period_nanos);
+            }
+        }
+        out.extend(chunk.encode(&header));
+        out
+    }
+}

@@ -1,0 +1,95 @@
+//! What the profiler did: [`Stats`], a snapshot of shared atomic counters.
+//!
+//! Every part bumps its own counters (the sinks their uploads, writes and
+//! drops, the layer its dropped span records, the collector the sampler's
+//! figures), and [`ProfilerGuard::stats`](crate::ProfilerGuard::stats)
+//! reads them all at once. Counters only ever count: bumping one is a
+//! relaxed atomic add, cheap enough for any path except the signal handler,
+//! which keeps its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters describing what the profiler did. See
+/// [`ProfilerGuard::stats`](crate::ProfilerGuard::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Samples taken by the signal handler.
+    pub samples: u64,
+    /// Samples dropped (buffer full, unwinder busy).
+    pub dropped_samples: u64,
+    /// Profiles encoded.
+    pub profiles: u64,
+    /// Profile files written to the profiles directory.
+    pub files_written: u64,
+    /// Errors writing files.
+    pub write_errors: u64,
+    /// Profiles accepted by the server.
+    pub uploads: u64,
+    /// Upload attempts that failed (each retry counts).
+    pub upload_errors: u64,
+    /// Profiles dropped before upload (queue full, gave up, shutdown).
+    pub dropped_profiles: u64,
+    /// Profiled root spans recorded in the local span index.
+    pub spans_recorded: u64,
+    /// Span records dropped (queue full).
+    pub dropped_spans: u64,
+    /// Threads currently sampled (each has its own CPU-time timer).
+    pub sampled_threads: u64,
+    /// Samples whose stack was cut to the leaf because every unwinder cache
+    /// was busy, plus failures to arm a thread's timer.
+    pub degraded_samples: u64,
+}
+
+/// Shared atomic counters behind [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) samples: AtomicU64,
+    pub(crate) dropped_samples: AtomicU64,
+    pub(crate) profiles: AtomicU64,
+    pub(crate) files_written: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+    pub(crate) uploads: AtomicU64,
+    pub(crate) upload_errors: AtomicU64,
+    pub(crate) dropped_profiles: AtomicU64,
+    pub(crate) spans_recorded: AtomicU64,
+    pub(crate) dropped_spans: AtomicU64,
+    pub(crate) sampled_threads: AtomicU64,
+    pub(crate) degraded_samples: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge, or a counter kept elsewhere.
+    pub(crate) fn set(counter: &AtomicU64, value: u64) {
+        counter.store(value, Ordering::Relaxed);
+    }
+
+    /// Reads every counter.
+    pub(crate) fn snapshot(&self) -> Stats {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            samples: r(&self.samples),
+            dropped_samples: r(&self.dropped_samples),
+            profiles: r(&self.profiles),
+            files_written: r(&self.files_written),
+            write_errors: r(&self.write_errors),
+            uploads: r(&self.uploads),
+            upload_errors: r(&self.upload_errors),
+            dropped_profiles: r(&self.dropped_profiles),
+            spans_recorded: r(&self.spans_recorded),
+            dropped_spans: r(&self.dropped_spans),
+            sampled_threads: r(&self.sampled_threads),
+            degraded_samples: r(&self.degraded_samples),
+        }
+    }
+}
