@@ -10,6 +10,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::args::Args;
+use crate::protocol::{self, Message, Totals, Unit};
 use crate::telemetry;
 use crate::work::{self, Vehicle};
 
@@ -37,26 +38,17 @@ impl Rng {
 
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = telemetry::init("load-generator", None)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let counters = Arc::new(Counters::default());
-    let result = runtime.block_on(generate(args, counters.clone(), &telemetry));
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    let stats = telemetry.profiler.stats();
-    telemetry.shutdown();
+    let (result, stats) = telemetry.run(async |t| generate(args, counters.clone(), t).await)?;
     if args.child {
-        let (ok, errors) = (
-            counters.ok.load(Ordering::Relaxed),
-            counters.errors.load(Ordering::Relaxed),
-        );
-        let secs = result.as_ref().map_or(0.0, |d| d.as_secs_f64());
-        crate::report_line(&format!(
-            "EXIT orders={ok} errors={errors} secs={secs:.3} samples={} cpu_ms={}",
-            stats.samples,
-            telemetry::process_cpu_time().map_or(0, |d| d.as_millis())
-        ));
+        protocol::write(&Message::Exit(Totals {
+            unit: Unit::Orders,
+            count: counters.ok.load(Ordering::Relaxed),
+            errors: Some(counters.errors.load(Ordering::Relaxed)),
+            secs: Some(result.as_ref().map_or(0.0, |d| d.as_secs_f64())),
+            samples: stats.samples,
+            cpu_ms: telemetry::process_cpu_ms().unwrap_or(0),
+        }));
     }
     result.map(|_| ())
 }
@@ -74,18 +66,12 @@ async fn generate(
         .build()?;
     wait_for_targets(&client, &args.targets).await?;
     if args.child {
-        crate::report_line("READY 0");
+        protocol::write(&Message::Ready { port: 0 });
         let counters = counters.clone();
-        let profiler = telemetry.profiler.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let ok = counters.ok.load(Ordering::Relaxed);
-                let errors = counters.errors.load(Ordering::Relaxed)
-                    + counters.skipped.load(Ordering::Relaxed);
-                crate::report_line(&crate::stats_line("orders", ok, errors, &profiler.stats()));
-            }
+        protocol::report_progress(Unit::Orders, telemetry.profiler.clone(), move || {
+            let errors =
+                counters.errors.load(Ordering::Relaxed) + counters.skipped.load(Ordering::Relaxed);
+            (counters.ok.load(Ordering::Relaxed), errors)
         });
     } else {
         eprintln!(

@@ -11,12 +11,12 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` set (see `docker-compose.yml`) the same
 //! binary feeds the real Grafana stack.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 mod args;
 mod loadgen;
 mod orchestrate;
+mod protocol;
 mod server;
 mod telemetry;
 mod work;
@@ -50,32 +50,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// One line to the parent process (child mode), flushed at once.
-pub(crate) fn report_line(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// A progress line: `STATS <what>=N errors=N samples=N spans=N ...`.
-pub(crate) fn stats_line(
-    what: &str,
-    count: u64,
-    errors: u64,
-    s: &tracing_pyroscope::Stats,
-) -> String {
-    format!(
-        "STATS {what}={count} errors={errors} samples={} spans={} files={} write_errors={} uploads={} upload_errors={} dropped={}",
-        s.samples,
-        s.spans_recorded,
-        s.files_written,
-        s.write_errors,
-        s.uploads,
-        s.upload_errors,
-        s.dropped_samples + s.dropped_spans + s.dropped_profiles,
-    )
 }
 
 /// Resolves on SIGINT or SIGTERM, or (for a child of the demo) when stdin

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +14,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::args::Args;
+use crate::protocol::{self, Message, Totals, Unit};
 use crate::telemetry;
 use crate::work::{self, Vehicle};
 
@@ -36,21 +36,16 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         requests: AtomicU64::new(0),
         lock: Mutex::new(1),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(serve(args, app.clone(), &telemetry));
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    let stats = telemetry.profiler.stats();
-    telemetry.shutdown();
+    let (result, stats) = telemetry.run(async |t| serve(args, app.clone(), t).await)?;
     if args.child {
-        crate::report_line(&format!(
-            "EXIT requests={} samples={} cpu_ms={}",
-            app.requests.load(Ordering::Relaxed),
-            stats.samples,
-            telemetry::process_cpu_time().map_or(0, |d| d.as_millis())
-        ));
+        protocol::write(&Message::Exit(Totals {
+            unit: Unit::Requests,
+            count: app.requests.load(Ordering::Relaxed),
+            errors: None,
+            secs: None,
+            samples: stats.samples,
+            cpu_ms: telemetry::process_cpu_ms().unwrap_or(0),
+        }));
     }
     result
 }
@@ -72,22 +67,10 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.port)).await?;
     let port = listener.local_addr()?.port();
     if args.child {
-        crate::report_line(&format!("READY {port}"));
-        // Progress for the parent: the profiler's counters every 500 ms.
+        protocol::write(&Message::Ready { port });
         let app = app.clone();
-        let profiler = telemetry.profiler.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let requests = app.requests.load(Ordering::Relaxed);
-                crate::report_line(&crate::stats_line(
-                    "requests",
-                    requests,
-                    0,
-                    &profiler.stats(),
-                ));
-            }
+        protocol::report_progress(Unit::Requests, telemetry.profiler.clone(), move || {
+            (app.requests.load(Ordering::Relaxed), 0)
         });
     } else {
         eprintln!(
@@ -108,29 +91,22 @@ async fn order(
     headers: HeaderMap,
     vehicle: Vehicle,
 ) -> (StatusCode, String) {
-    let region = app.region.as_str();
+    // A span's name is static: one `info_span!` a route.
+    macro_rules! request_span {
+        ($route:literal) => {
+            tracing::info_span!(
+                concat!("GET ", $route),
+                otel.kind = "server",
+                http.request.method = "GET",
+                http.route = $route,
+                region = app.region.as_str()
+            )
+        };
+    }
     let span = match vehicle {
-        Vehicle::Bike => tracing::info_span!(
-            "GET /bike",
-            otel.kind = "server",
-            http.request.method = "GET",
-            http.route = "/bike",
-            region
-        ),
-        Vehicle::Scooter => tracing::info_span!(
-            "GET /scooter",
-            otel.kind = "server",
-            http.request.method = "GET",
-            http.route = "/scooter",
-            region
-        ),
-        Vehicle::Car => tracing::info_span!(
-            "GET /car",
-            otel.kind = "server",
-            http.request.method = "GET",
-            http.route = "/car",
-            region
-        ),
+        Vehicle::Bike => request_span!("/bike"),
+        Vehicle::Scooter => request_span!("/scooter"),
+        Vehicle::Car => request_span!("/car"),
     };
     // Before the span is first entered: the OTel span starts with this parent.
     let _ = span.set_parent(telemetry::extract(&headers));

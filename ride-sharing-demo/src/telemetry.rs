@@ -14,20 +14,40 @@ use std::sync::Arc;
 use tracing_pyroscope::ProfilerGuard;
 use tracing_subscriber::prelude::*;
 
-/// Keeps tracing and profiling running; [`Telemetry::shutdown`] flushes both.
+/// Keeps tracing and profiling running; [`Telemetry::run`] runs the service
+/// and flushes both at the end.
 pub(crate) struct Telemetry {
     pub(crate) profiler: Arc<ProfilerGuard>,
     provider: SdkTracerProvider,
 }
 
 impl Telemetry {
+    /// Runs `work` on a tokio runtime with two worker threads, stops the
+    /// runtime (its tasks get up to 5 s), then [shuts down](Self::shutdown).
+    /// Returns what `work` returned and the profiler's last counters.
+    pub(crate) fn run<T>(
+        self,
+        work: impl AsyncFnOnce(&Telemetry) -> T,
+    ) -> std::io::Result<(T, tracing_pyroscope::Stats)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let result = runtime.block_on(work(&self));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        Ok((result, self.shutdown()))
+    }
+
     /// Stops profiling (writes/uploads the last interval, once the last
-    /// clone of the guard is gone), then flushes spans.
-    pub(crate) fn shutdown(self) {
+    /// clone of the guard is gone), then flushes spans. Returns the
+    /// profiler's counters as they were just before.
+    fn shutdown(self) -> tracing_pyroscope::Stats {
+        let stats = self.profiler.stats();
         drop(self.profiler);
         if let Err(e) = self.provider.shutdown() {
             eprintln!("ride-sharing-demo: flushing spans: {e}");
         }
+        stats
     }
 }
 
@@ -111,14 +131,15 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// CPU time (user + system) this process has used, if the platform says.
-pub(crate) fn process_cpu_time() -> Option<std::time::Duration> {
+/// CPU time (user + system) this process has used, in milliseconds, if the
+/// platform says.
+pub(crate) fn process_cpu_ms() -> Option<u64> {
     // /proc/self/stat: fields 14 and 15 (utime, stime) in clock ticks (100 Hz
     // on Linux builds: USER_HZ is fixed at 100 for the /proc interface).
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let after_comm = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(std::time::Duration::from_millis((utime + stime) * 10))
+    Some((utime + stime) * 10)
 }
