@@ -6,6 +6,11 @@
 //! (see [`Flames::shared_script`]) and each graph's document holds
 //! [`INFERNO_JS_MARKER`] in its place; the page's script puts it back when a
 //! graph is first opened (the `data-srcdoc` attribute becomes `srcdoc`).
+//!
+//! Like Grafana's, the graphs are drawn root at the top (icicle). Frame
+//! labels are shortened for display only (`assets/flame.js`): no generic
+//! arguments, and the module path dropped when a frame is narrow; each
+//! frame's `<title>` (tooltip, details line, search) keeps the full name.
 
 use std::fmt::Write as _;
 
@@ -17,12 +22,16 @@ use crate::report::load::{Folded, Stacks};
 /// when a graph is opened.
 const INFERNO_JS_MARKER: &str = "/*inferno.js*/";
 
-/// Start of each flame graph's `srcdoc` document. An `about:srcdoc` page may
-/// not rewrite its URL, so inferno's "keep zoom/search state in the URL"
-/// (`history.replaceState`) is turned into a no-op rather than an error.
-const SRCDOC_HEAD: &str = "<!DOCTYPE html><html><head><meta charset=\"utf-8\">\
-<style>html,body{margin:0;padding:0;background:#fff}svg{display:block;width:100%}</style>\
-<script>try{history.replaceState=function(){};}catch(e){}</script></head><body>";
+/// Start of each flame graph's `srcdoc` document.
+const SRCDOC_HEAD: &str = concat!(
+    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><style>",
+    include_str!("../assets/flame.css"),
+    "</style></head><body>"
+);
+
+/// Appended to inferno's script in every graph: shorter frame labels (the
+/// full names stay in the frames' titles) and a URL-state no-op.
+const FLAME_JS: &str = include_str!("../assets/flame.js");
 
 /// Writes flame-graph panels; keeps inferno's script, which every graph
 /// shares, to be written once into the page.
@@ -48,9 +57,13 @@ impl<'a> Flames<'a> {
     }
 
     /// The script every graph written so far shares (empty if none), for
-    /// the page's `<script type="text/plain" id="inferno-js">`.
+    /// the page's `<script type="text/plain" id="inferno-js">`: inferno's,
+    /// then [`FLAME_JS`].
     pub(super) fn shared_script(&self) -> String {
-        self.shared_js.clone().unwrap_or_default()
+        match &self.shared_js {
+            Some(js) => format!("{js}\n{FLAME_JS}"),
+            None => String::new(),
+        }
     }
 
     /// The "profile" toggle (closing the head row opened by the caller),
@@ -108,6 +121,9 @@ fn flame_graph(folded: &Folded, stacks: &Stacks, title: &str) -> Option<(String,
     ));
     options.count_name = "samples".to_string();
     options.hash = true;
+    // Root at the top, leaves below (an icicle graph), as Grafana draws
+    // flame graphs.
+    options.direction = inferno::flamegraph::Direction::Inverted;
     let mut svg = Vec::new();
     inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
         .ok()?;
@@ -152,5 +168,13 @@ mod tests {
             Some(230)
         );
         assert_eq!(svg_height("<svg>"), None);
+    }
+
+    /// [`FLAME_JS`] follows inferno's script inside the page's
+    /// `<script type="text/plain">` and inside an SVG `<![CDATA[...]]>`.
+    #[test]
+    fn flame_script_can_sit_in_a_script_element_and_in_cdata() {
+        assert!(!FLAME_JS.contains("</"));
+        assert!(!FLAME_JS.contains("]]>"));
     }
 }
