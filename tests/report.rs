@@ -337,6 +337,76 @@ fn page_shows_trace_rows_details_and_files_and_is_self_contained() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `(title, y)` of each frame of a flame graph's SVG, in document order; the
+/// title is as written in the SVG (escaped), e.g. `main (7 samples, 100.00%)`.
+fn frames(doc: &str) -> Vec<(String, f64)> {
+    let at = doc.find("<svg id=\"frames\"").expect("frames container");
+    doc[at..]
+        .split("<g><title>")
+        .skip(1)
+        .map(|g| {
+            let title = &g[..g.find("</title>").expect("title end")];
+            let y = g.split(" y=\"").nth(1).expect("rect y");
+            let y = y[..y.find('"').unwrap()].parse().expect("numeric y");
+            (title.to_string(), y)
+        })
+        .collect()
+}
+
+/// The `y` of the frame whose name (the title up to " (N samples") is `name`.
+fn frame_y(frames: &[(String, f64)], name: &str) -> f64 {
+    let prefix = format!("{name} (");
+    let mut ys = frames.iter().filter(|(t, _)| t.starts_with(&prefix));
+    let (_, y) = ys.next().unwrap_or_else(|| panic!("no frame {name}"));
+    assert!(ys.next().is_none(), "one frame named {name}");
+    *y
+}
+
+#[test]
+fn flame_graphs_draw_the_root_on_top_and_keep_full_names_in_tooltips() {
+    const LONG: &str =
+        "ride_sharing_demo::dispatch::Dispatcher<alloc::vec::Vec<u8>>::route_to_the_nearest_region";
+    let dir = temp_dir("icicle");
+    let mut b = ProfileBuilder::new();
+    let span = [("span_id", SPAN_A)];
+    // Leaf first: main -> handle_car -> alpha_work -> alpha_inlined, and
+    // main -> handle_car -> LONG.
+    b.sample(
+        &[&["alpha_inlined", "alpha_work"], &["handle_car"], &["main"]],
+        5,
+        &span,
+    );
+    b.sample(&[&[LONG], &["handle_car"], &["main"]], 2, &span);
+    b.write_gz(&dir.join("svc-1700000000000-1-0.pb.gz"));
+    let (_, html) = report(&dir);
+
+    for (kind, key) in [("span", SPAN_A), ("service", "svc")] {
+        let doc = srcdoc(&html, kind, key).expect("flame graph");
+        let frames = frames(&doc);
+        let root = frame_y(&frames, "all");
+        // Icicle: the root is the topmost frame and each callee lies below
+        // its caller (SVG y grows downwards).
+        let min = frames.iter().map(|(_, y)| *y).fold(f64::INFINITY, f64::min);
+        assert_eq!(root, min, "{kind}: the root is not on top");
+        let chain = ["all", "main", "handle_car", "alpha_work", "alpha_inlined"];
+        let ys: Vec<f64> = chain.iter().map(|f| frame_y(&frames, f)).collect();
+        assert!(
+            ys.windows(2).all(|w| w[0] < w[1]),
+            "{kind}: {chain:?} at y {ys:?}, not root to leaf downwards"
+        );
+        let full = LONG.replace('<', "&lt;").replace('>', "&gt;");
+        assert!(frame_y(&frames, "handle_car") < frame_y(&frames, &full));
+
+        // The tooltip (the frame's <title>) holds the full name, generic
+        // arguments and module path included, whatever the label shows.
+        assert!(
+            doc.contains(&format!("<title>{full} (2 samples, 28.57%)</title>")),
+            "{kind}: no tooltip with the full name"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn markup_in_names_is_escaped() {
     let dir = temp_dir("escape");

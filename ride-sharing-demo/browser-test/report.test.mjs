@@ -3,11 +3,17 @@
 // - the page loads with no console errors and no page errors;
 // - one server span's "profile" toggle reveals its flame graph in place;
 // - the flame graph is visible and contains the expected function;
-// - clicking a frame zooms, and inferno's search finds and highlights it;
-// - a screenshot is saved.
+// - it is drawn root on top (icicle), as Grafana draws it;
+// - frame labels are shortened for display (no generic arguments, module
+//   path dropped when narrow) and fit their frames, while the frames' titles
+//   and the details line keep the full names;
+// - clicking a frame zooms (labels are redone), and inferno's search finds
+//   and highlights it;
+// - screenshots of the page and of the flame graph are saved.
 //
 // Environment: REPORT (required, the report.html), SCREENSHOT (default
-// REPORT's dir/report-screenshot.png), CHROMIUM (default /usr/bin/chromium),
+// REPORT's dir/report-screenshot.png), FLAME_SCREENSHOT (default REPORT's
+// dir/report-flame-graph.png), CHROMIUM (default /usr/bin/chromium),
 // EXPECT_FUNCTION (default find_nearest_vehicle), SPAN_NAME (a regexp for the
 // span to open, default "^GET /").
 
@@ -26,6 +32,43 @@ const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const screenshot =
   process.env.SCREENSHOT ||
   (report ? path.join(path.dirname(report), "report-screenshot.png") : "report-screenshot.png");
+const flameScreenshot =
+  process.env.FLAME_SCREENSHOT ||
+  (report ? path.join(path.dirname(report), "report-flame-graph.png") : "report-flame-graph.png");
+
+// Runs in the flame graph's document: checks every shown frame's label
+// against its full name (from the frame's <title>).
+function checkLabels() {
+  const out = { frames: 0, titlesWithGenerics: 0, shortened: 0, generic: [], bad: [], overflow: [] };
+  const framesWidth = parseFloat(document.getElementById("frames").getAttribute("width"));
+  for (const g of document.querySelectorAll("#frames > g")) {
+    if (g.classList.contains("hide")) continue;
+    out.frames++;
+    const full = g.querySelector("title").textContent.replace(/\([^(]*\)$/, "").trim();
+    const text = g.querySelector("text");
+    // inferno leaves a trailing space on labels it does not cut.
+    const label = text.textContent.trim();
+    if (/[A-Za-z0-9_}\]]</.test(full)) out.titlesWithGenerics++;
+    if (label === "") continue;
+    if (label !== full) out.shortened++;
+    if (/[A-Za-z0-9_}\]]</.test(label)) out.generic.push(label);
+    const names = fg_short_names(full);
+    const last = names[names.length - 1];
+    if (!(names.includes(label) || (label.endsWith("..") && last.startsWith(label.slice(0, -2))))) {
+      out.bad.push([full, label]);
+    }
+    const room = (parseFloat(g.querySelector("rect").getAttribute("width")) * framesWidth) / 100 - 3;
+    if (text.getComputedTextLength() > room + 0.5) out.overflow.push([label, text.getComputedTextLength(), room]);
+  }
+  return out;
+}
+
+function assertLabels(labels, when) {
+  assert.ok(labels.frames > 0, `${when}: no frames shown`);
+  assert.deepEqual(labels.generic, [], `${when}: labels with generic arguments`);
+  assert.deepEqual(labels.bad, [], `${when}: labels that are not a shortening of the frame's name`);
+  assert.deepEqual(labels.overflow, [], `${when}: labels wider than their frames`);
+}
 
 test("report: open, zoom and search a span's flame graph", async (t) => {
   assert.ok(report, "set REPORT to the report.html to test");
@@ -100,6 +143,64 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
   await frame.waitForFunction(() => typeof details !== "undefined" && details !== undefined && searchbtn);
   const svgText = await frame.locator("#frames").textContent();
   assert.ok(svgText.includes(fn), `${label} (${spanId}): flame graph lacks ${fn}`);
+
+  // Root on top: the "all" frame is the topmost, the function lies below it.
+  const geometry = await frame.evaluate((fn) => {
+    const ys = [];
+    let root = null;
+    let target = null;
+    for (const g of document.querySelectorAll("#frames > g")) {
+      const title = g.querySelector("title").textContent;
+      const y = parseFloat(g.querySelector("rect").getAttribute("y"));
+      ys.push(y);
+      if (title.startsWith("all (")) root = y;
+      if (target === null && title.includes(fn)) target = y;
+    }
+    return { min: Math.min(...ys), root, target };
+  }, fn);
+  assert.equal(geometry.root, geometry.min, `the root frame is not on top: ${JSON.stringify(geometry)}`);
+  assert.ok(geometry.target > geometry.root, `${fn} is not below the root: ${JSON.stringify(geometry)}`);
+
+  // The label shortening itself, on names of known shapes.
+  const shortNames = await frame.evaluate(() =>
+    [
+      "tokio::runtime::task::harness::Harness<T,S>::poll",
+      "<alloc::boxed::Box<dyn core::ops::function::FnOnce<(), Output = ()> + core::marker::Send> as core::ops::function::FnOnce<()>>::call_once",
+      "call_once<std::thread::lifecycle::spawn_unchecked::{closure_env#1}<F, ()>, ()>",
+      "core::ops::Box<dyn Fn(u8) -> u8>::call",
+      "github.com/grafana/pyroscope-go.(*Profiler).Start",
+      "operator<",
+      "all",
+    ].map(fg_short_names),
+  );
+  assert.deepEqual(shortNames, [
+    [
+      "tokio::runtime::task::harness::Harness::poll",
+      "runtime::task::harness::Harness::poll",
+      "task::harness::Harness::poll",
+      "harness::Harness::poll",
+      "Harness::poll",
+      "poll",
+    ],
+    ["<alloc::boxed::Box as core::ops::function::FnOnce>::call_once", "<Box as FnOnce>::call_once", "call_once"],
+    ["call_once"],
+    ["core::ops::Box::call", "ops::Box::call", "Box::call", "call"],
+    [
+      "github.com/grafana/pyroscope-go.(*Profiler).Start",
+      "grafana/pyroscope-go.(*Profiler).Start",
+      "pyroscope-go.(*Profiler).Start",
+    ],
+    ["operator<"],
+    ["all"],
+  ]);
+
+  // Labels, once inferno has fitted them to the page's width (its timer,
+  // queued before this one).
+  await frame.evaluate(() => new Promise((resolve) => setTimeout(resolve, 0)));
+  const labels = await frame.evaluate(checkLabels);
+  assertLabels(labels, "after loading");
+  assert.ok(labels.titlesWithGenerics > 0, "no frame name with generic arguments to test the labels with");
+  assert.ok(labels.shortened > 0, "no label is shortened");
   await span.scrollIntoViewIfNeeded();
   await page.screenshot({ path: screenshot, fullPage: false });
 
@@ -111,6 +212,13 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
   const after = Number(await target.locator("rect").getAttribute("width").then((w) => parseFloat(w)));
   assert.ok(after >= before, `zoomed frame did not widen: ${before}% -> ${after}%`);
   assert.ok(after > 99, `zoomed frame should fill the width, got ${after}%`);
+  assertLabels(await frame.evaluate(checkLabels), "after zooming");
+
+  // The details line (inferno's tooltip) shows the frame's full name.
+  const fullTitle = await target.locator("title").textContent();
+  await target.hover();
+  const details = await frame.locator("#details").textContent();
+  assert.ok(details.includes(fullTitle), `details line "${details}" lacks the full name "${fullTitle}"`);
 
   // Search (the dialog handler types the function name).
   await frame.locator("#search").click();
@@ -125,7 +233,9 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
 
   // Reset zoom, then take the screenshot of the open flame graph.
   await frame.locator("#unzoom").click();
+  assertLabels(await frame.evaluate(checkLabels), "after unzooming");
   await page.screenshot({ path: screenshot, fullPage: false });
+  await iframe.screenshot({ path: flameScreenshot });
 
   // Filter by name hides other rows; the service select exists.
   await page.fill("#q", spanId);
@@ -134,5 +244,5 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
 
   assert.deepEqual(errors, [], "console errors");
   assert.deepEqual(requests, [], "network requests");
-  console.log(`opened ${label} (span ${spanId}): ${fn} present, zoom ok, search ${matched.trim()}; screenshot ${screenshot}`);
+  console.log(`opened ${label} (span ${spanId}): ${fn} present, zoom ok, search ${matched.trim()}; screenshots ${screenshot} ${flameScreenshot}`);
 });

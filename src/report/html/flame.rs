@@ -1,0 +1,180 @@
+//! Flame-graph panels: a "profile" toggle and a hidden panel holding an
+//! [inferno](https://docs.rs/inferno) SVG in its own `<iframe srcdoc>`, so
+//! the graphs' scripts and element ids cannot clash.
+//!
+//! inferno's script is the same in every graph, so the page holds it once
+//! (see [`Flames::shared_script`]) and each graph's document holds
+//! [`INFERNO_JS_MARKER`] in its place; the page's script puts it back when a
+//! graph is first opened (the `data-srcdoc` attribute becomes `srcdoc`).
+//!
+//! Like Grafana's, the graphs are drawn root at the top (icicle). Frame
+//! labels are shortened for display only (`assets/flame.js`): no generic
+//! arguments, and the module path dropped when a frame is narrow; each
+//! frame's `<title>` (tooltip, details line, search) keeps the full name.
+
+use std::fmt::Write as _;
+
+use super::text::{esc, esc_single_quoted, fmt_duration};
+use crate::report::load::{Folded, Stacks};
+
+/// Marks where inferno's (identical in every graph) script goes in a
+/// flame graph's `srcdoc`; the page holds the script once and puts it back
+/// when a graph is opened.
+const INFERNO_JS_MARKER: &str = "/*inferno.js*/";
+
+/// Start of each flame graph's `srcdoc` document.
+const SRCDOC_HEAD: &str = concat!(
+    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><style>",
+    include_str!("../assets/flame.css"),
+    "</style></head><body>"
+);
+
+/// Appended to inferno's script in every graph: shorter frame labels (the
+/// full names stay in the frames' titles) and a URL-state no-op.
+const FLAME_JS: &str = include_str!("../assets/flame.js");
+
+/// Writes flame-graph panels; keeps inferno's script, which every graph
+/// shares, to be written once into the page.
+pub(super) struct Flames<'a> {
+    stacks: &'a Stacks,
+    shared_js: Option<String>,
+}
+
+/// What a flame-graph panel is for: `data-{kind}="{key}"` on its iframe,
+/// `panel` its element id.
+pub(super) struct PanelFor<'a> {
+    pub(super) kind: &'a str,
+    pub(super) key: &'a str,
+    pub(super) panel: &'a str,
+}
+
+impl<'a> Flames<'a> {
+    pub(super) fn new(stacks: &'a Stacks) -> Self {
+        Flames {
+            stacks,
+            shared_js: None,
+        }
+    }
+
+    /// The script every graph written so far shares (empty if none), for
+    /// the page's `<script type="text/plain" id="inferno-js">`: inferno's,
+    /// then [`FLAME_JS`].
+    pub(super) fn shared_script(&self) -> String {
+        match &self.shared_js {
+            Some(js) => format!("{js}\n{FLAME_JS}"),
+            None => String::new(),
+        }
+    }
+
+    /// The "profile" toggle (closing the head row opened by the caller),
+    /// `after_head`, then a hidden panel holding a lazily loaded flame graph
+    /// iframe.
+    pub(super) fn push_panel(
+        &mut self,
+        h: &mut String,
+        target: &PanelFor<'_>,
+        folded: &Folded,
+        title: &str,
+        after_head: &str,
+    ) {
+        let PanelFor { kind, key, panel } = target;
+        let _ = write!(
+            h,
+            "<div class=\"num\"><button class=\"toggle\" type=\"button\" aria-expanded=\"false\" \
+             aria-controls=\"{panel}\">profile</button></div></div>{after_head}\
+             <div class=\"profile\" id=\"{panel}\" hidden>"
+        );
+        match flame_graph(folded, self.stacks, title) {
+            Some((doc, height, js)) if self.shared_js.as_ref().is_none_or(|s| *s == js) => {
+                self.shared_js.get_or_insert(js);
+                // Single-quoted: the SVG is full of double quotes, so only '&'
+                // and '\'' need escaping, which keeps the page small.
+                let _ = write!(
+                    h,
+                    "<iframe class=\"fg\" data-{kind}=\"{key}\" data-srcdoc='{doc}' height=\"{height}\" \
+                     title=\"{t}\"></iframe>",
+                    key = esc(key),
+                    doc = esc_single_quoted(&doc),
+                    t = esc(title),
+                );
+            }
+            _ => h.push_str("<p class=\"empty\">Could not draw this flame graph.</p>"),
+        }
+        h.push_str("</div>");
+    }
+}
+
+/// An HTML document (for `srcdoc`) holding inferno's interactive SVG with
+/// its static script replaced by [`INFERNO_JS_MARKER`], the SVG's height in
+/// pixels, and the script taken out.
+fn flame_graph(folded: &Folded, stacks: &Stacks, title: &str) -> Option<(String, usize, String)> {
+    let lines = folded.lines(stacks);
+    if lines.is_empty() {
+        return None;
+    }
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_string();
+    options.subtitle = Some(format!(
+        "{} samples · CPU {}",
+        folded.samples,
+        fmt_duration(folded.cpu_nanos)
+    ));
+    options.count_name = "samples".to_string();
+    options.hash = true;
+    // Root at the top, leaves below (an icicle graph), as Grafana draws
+    // flame graphs.
+    options.direction = inferno::flamegraph::Direction::Inverted;
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+        .ok()?;
+    let svg = String::from_utf8(svg).ok()?;
+    // Drop the XML prolog and doctype: the SVG is inlined into HTML.
+    let svg = &svg[svg.find("<svg")?..];
+    let height = svg_height(svg).unwrap_or(400);
+    // The static script is the CDATA section starting with "use strict".
+    let open = "<![CDATA[\"use strict\";";
+    let start = svg.find(open)? + "<![CDATA[".len();
+    let len = svg[start..].find("]]>")?;
+    let js = &svg[start..start + len];
+    if js.contains("</") {
+        return None; // could not be held in the page's <script> block
+    }
+    let doc = format!(
+        "{SRCDOC_HEAD}{}{INFERNO_JS_MARKER}{}</body></html>",
+        &svg[..start],
+        &svg[start + len..]
+    );
+    Some((doc, height, js.to_string()))
+}
+
+fn svg_height(svg: &str) -> Option<usize> {
+    let open = &svg[..svg.find('>')?];
+    let at = open.find(" height=\"")? + " height=\"".len();
+    let rest = &open[at..];
+    rest[..rest.find('"')?]
+        .parse::<f64>()
+        .ok()
+        .map(|h| h.ceil() as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_svg_height() {
+        assert_eq!(
+            svg_height(r#"<svg version="1.1" height="230" onload="init(evt)">"#),
+            Some(230)
+        );
+        assert_eq!(svg_height("<svg>"), None);
+    }
+
+    /// [`FLAME_JS`] follows inferno's script inside the page's
+    /// `<script type="text/plain">` and inside an SVG `<![CDATA[...]]>`.
+    #[test]
+    fn flame_script_can_sit_in_a_script_element_and_in_cdata() {
+        assert!(!FLAME_JS.contains("</"));
+        assert!(!FLAME_JS.contains("]]>"));
+    }
+}
