@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Google's pprof tool: the reference reader the tests check profiles with.
-PPROF="$(bash ../shared/tools/install-pprof.sh)"
+PPROF="$(bash scripts/install-pprof.sh)"
 export PPROF
 
 # Headless Chromium for the report's browser test.

@@ -1,6 +1,6 @@
 //! Test helper: reads profiles through Google's pprof tool, the reference
 //! reader of the format. `PPROF` names the binary (CI sets it); otherwise the
-//! shared install script builds it.
+//! repository's `scripts/install-pprof.sh` builds it.
 
 #![allow(dead_code)]
 
@@ -26,7 +26,7 @@ pub fn pprof() -> PathBuf {
         }
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/tools/install-pprof.sh"
+            "/scripts/install-pprof.sh"
         );
         let out = Command::new("bash")
             .arg(script)
