@@ -24,10 +24,7 @@ pub fn pprof() -> PathBuf {
         if let Some(p) = std::env::var_os("PPROF") {
             return PathBuf::from(p);
         }
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/install-pprof.sh"
-        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-pprof.sh");
         let out = Command::new("bash")
             .arg(script)
             .output()
