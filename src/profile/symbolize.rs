@@ -722,6 +722,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "needs release inlining; scripts/test.sh runs it in release"
+    )]
     fn reports_inlined_frames_innermost_first() {
         assert_ne!(outer_function_with_inlining(5), 0);
         let start = outer_function_with_inlining as *const () as usize as u64;
