@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Google's pprof tool: the reference reader the tests check profiles with.
-PPROF="$(bash ../shared/tools/install-pprof.sh)"
+PPROF="$(bash scripts/install-pprof.sh)"
 export PPROF
 
 # Headless Chromium for the report's browser test.
@@ -19,6 +19,8 @@ cargo fmt --all -- --check
 dups="$(cargo tree -d -e normal,dev,build --workspace --locked | grep -E '^[a-z]' || true)"
 if [ -n "$dups" ]; then echo "duplicate crate versions:"; echo "$dups"; exit 1; fi
 cargo clippy --workspace --all-targets --release -- -D warnings
+# The crate as published: packs and builds from its own files alone.
+cargo package --locked -p tracing-pyroscope
 cargo test --workspace --release
 
 # Stacks must also be right when the code has frame pointers.

@@ -12,11 +12,11 @@ use prost::Message;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/pyroscope-rs-2.1.5-push-request.bin.gz"
+    "/tests/fixtures/pyroscope-rs-2.1.5-push-request.bin.gz"
 );
 const FIXTURE_HEADERS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/pyroscope-rs-2.1.5-push-request.headers.json"
+    "/tests/fixtures/pyroscope-rs-2.1.5-push-request.headers.json"
 );
 
 fn now_nanos() -> i64 {

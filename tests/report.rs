@@ -460,7 +460,7 @@ fn empty_or_missing_directories() {
 fn reads_go_runtime_labeled_profile() {
     let reference = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/reference/go-runtime-labeled-cpu.pb.gz"
+        "/tests/fixtures/go-runtime-labeled-cpu.pb.gz"
     );
     let dir = temp_dir("go");
     std::fs::copy(reference, dir.join("go-app-1700000000000-1-0.pb.gz")).unwrap();

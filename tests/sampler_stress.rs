@@ -16,6 +16,10 @@ fn errno() -> i32 {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "needs a release build: unoptimized, the collector drains too rarely for the sample count; scripts/test.sh runs it in release"
+)]
 fn stress_malloc_thread_churn_and_blocking_syscalls() {
     // Watchdog: a deadlock fails the test instead of hanging CI.
     std::thread::spawn(|| {

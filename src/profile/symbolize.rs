@@ -124,11 +124,15 @@ mod stub {
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{hex_frame, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT};
+    use object::elf::{
+        FileHeader32, FileHeader64, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PF_X, PT_LOAD, PT_NOTE,
+    };
+    use object::read::elf::{FileHeader, NoteIterator, ProgramHeader};
+    use object::{Endianness, FileKind, ReadCache};
     use std::borrow::Cow;
     use std::collections::{HashMap, HashSet};
     use std::fmt;
     use std::fs::File;
-    use std::os::unix::fs::FileExt;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -498,72 +502,38 @@ mod linux {
         }
     }
 
-    const PT_LOAD: u32 = 1;
-    const PT_NOTE: u32 = 4;
-    const PF_X: u32 = 1;
-    const NT_GNU_BUILD_ID: u32 = 3;
     /// Largest note segment read when looking for the build id.
     const MAX_NOTES: u64 = 64 * 1024;
 
+    /// The `PT_LOAD` segments and GNU build id of the ELF file at `path`.
+    /// Reads only the file header, the program headers and small note
+    /// segments, not the whole file. `None` if it is not a readable ELF file.
     fn read_elf_info(path: &str) -> Option<ElfInfo> {
         let file = File::open(path).ok()?;
-        let read = |offset: u64, len: usize| -> Option<Vec<u8>> {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset).ok()?;
-            Some(buf)
-        };
-        let header = read(0, 64)?;
-        let elf = Elf::from_ident(&header)?;
-        let (phoff, phentsize, phnum) = if elf.is64 {
-            (
-                elf.u64(&header, 32)?,
-                elf.u16(&header, 54)?,
-                elf.u16(&header, 56)?,
-            )
-        } else {
-            (
-                u64::from(elf.u32(&header, 28)?),
-                elf.u16(&header, 42)?,
-                elf.u16(&header, 44)?,
-            )
-        };
-        let expected = if elf.is64 { 56 } else { 32 };
-        if usize::from(phentsize) != expected || phnum == 0 || phnum == 0xffff {
-            return None;
+        let data = ReadCache::new(file);
+        match FileKind::parse(&data).ok()? {
+            FileKind::Elf32 => elf_info::<FileHeader32<Endianness>>(&data),
+            FileKind::Elf64 => elf_info::<FileHeader64<Endianness>>(&data),
+            _ => None,
         }
-        let table = read(phoff, usize::from(phentsize) * usize::from(phnum))?;
+    }
+
+    fn elf_info<Elf: FileHeader<Endian = Endianness>>(data: &ReadCache<File>) -> Option<ElfInfo> {
+        let header = Elf::parse(data).ok()?;
+        let endian = header.endian().ok()?;
         let mut info = ElfInfo::default();
-        for ph in table.chunks_exact(expected) {
-            let (p_type, flags, offset, vaddr, filesz, align) = if elf.is64 {
-                (
-                    elf.u32(ph, 0)?,
-                    elf.u32(ph, 4)?,
-                    elf.u64(ph, 8)?,
-                    elf.u64(ph, 16)?,
-                    elf.u64(ph, 32)?,
-                    elf.u64(ph, 48)?,
-                )
-            } else {
-                (
-                    elf.u32(ph, 0)?,
-                    elf.u32(ph, 24)?,
-                    u64::from(elf.u32(ph, 4)?),
-                    u64::from(elf.u32(ph, 8)?),
-                    u64::from(elf.u32(ph, 16)?),
-                    u64::from(elf.u32(ph, 28)?),
-                )
-            };
-            match p_type {
+        for ph in header.program_headers(endian, data).ok()? {
+            match ph.p_type(endian) {
                 PT_LOAD => info.loads.push(LoadSegment {
-                    executable: flags & PF_X != 0,
-                    offset,
-                    vaddr,
-                    filesz,
-                    align,
+                    executable: ph.p_flags(endian) & PF_X != 0,
+                    offset: ph.p_offset(endian).into(),
+                    vaddr: ph.p_vaddr(endian).into(),
+                    filesz: ph.p_filesz(endian).into(),
+                    align: ph.p_align(endian).into(),
                 }),
-                PT_NOTE if info.build_id.is_none() && filesz <= MAX_NOTES => {
-                    if let Some(notes) = read(offset, filesz as usize) {
-                        info.build_id = elf.build_id(&notes, align);
+                PT_NOTE if info.build_id.is_none() && ph.p_filesz(endian).into() <= MAX_NOTES => {
+                    if let Ok(Some(notes)) = ph.notes(endian, data) {
+                        info.build_id = gnu_build_id(endian, notes);
                     }
                 }
                 _ => {}
@@ -572,84 +542,22 @@ mod linux {
         Some(info)
     }
 
-    /// ELF class and byte order, and field readers for them.
-    #[derive(Clone, Copy)]
-    pub(super) struct Elf {
-        is64: bool,
-        little: bool,
-    }
-
-    impl Elf {
-        pub(super) fn from_ident(header: &[u8]) -> Option<Elf> {
-            if header.get(..4)? != b"\x7fELF" {
-                return None;
+    /// The GNU build id among `notes` (a `PT_NOTE` segment), lowercase hex.
+    /// Stops at the first malformed note.
+    pub(super) fn gnu_build_id<Elf: FileHeader>(
+        endian: Elf::Endian,
+        mut notes: NoteIterator<'_, Elf>,
+    ) -> Option<Arc<str>> {
+        while let Some(note) = notes.next().ok()? {
+            if note.n_type(endian) == NT_GNU_BUILD_ID
+                && note.name() == ELF_NOTE_GNU
+                && !note.desc().is_empty()
+            {
+                let hex: String = note.desc().iter().map(|b| format!("{b:02x}")).collect();
+                return Some(Arc::from(hex));
             }
-            let is64 = match header.get(4)? {
-                1 => false,
-                2 => true,
-                _ => return None,
-            };
-            let little = match header.get(5)? {
-                1 => true,
-                2 => false,
-                _ => return None,
-            };
-            Some(Elf { is64, little })
         }
-
-        fn bytes<const N: usize>(data: &[u8], at: usize) -> Option<[u8; N]> {
-            data.get(at..at.checked_add(N)?)?.try_into().ok()
-        }
-
-        fn u16(self, data: &[u8], at: usize) -> Option<u16> {
-            let b = Self::bytes::<2>(data, at)?;
-            Some(if self.little {
-                u16::from_le_bytes(b)
-            } else {
-                u16::from_be_bytes(b)
-            })
-        }
-
-        fn u32(self, data: &[u8], at: usize) -> Option<u32> {
-            let b = Self::bytes::<4>(data, at)?;
-            Some(if self.little {
-                u32::from_le_bytes(b)
-            } else {
-                u32::from_be_bytes(b)
-            })
-        }
-
-        fn u64(self, data: &[u8], at: usize) -> Option<u64> {
-            let b = Self::bytes::<8>(data, at)?;
-            Some(if self.little {
-                u64::from_le_bytes(b)
-            } else {
-                u64::from_be_bytes(b)
-            })
-        }
-
-        /// The GNU build id among `notes` (a `PT_NOTE` segment), lowercase hex.
-        pub(super) fn build_id(self, notes: &[u8], align: u64) -> Option<Arc<str>> {
-            let align = if align == 8 { 8 } else { 4 };
-            let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
-            let mut at = 0usize;
-            while at.checked_add(12)? <= notes.len() {
-                let namesz = self.u32(notes, at)? as usize;
-                let descsz = self.u32(notes, at + 4)? as usize;
-                let kind = self.u32(notes, at + 8)?;
-                let name_at = at + 12;
-                let desc_at = name_at.checked_add(pad(namesz)?)?;
-                let next = desc_at.checked_add(pad(descsz)?)?;
-                let name = notes.get(name_at..name_at.checked_add(namesz)?)?;
-                let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
-                if kind == NT_GNU_BUILD_ID && name == b"GNU\0" && !desc.is_empty() {
-                    let hex: String = desc.iter().map(|b| format!("{b:02x}")).collect();
-                    return Some(Arc::from(hex));
-                }
-                at = next;
-            }
-            None
-        }
+        None
     }
 
     #[cfg(test)]
@@ -660,7 +568,9 @@ mod linux {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use super::linux::{elf_info_of, parse_maps_line, Elf, ElfInfo, LoadSegment, MapsEntry};
+    use super::linux::{
+        elf_info_of, gnu_build_id, parse_maps_line, ElfInfo, LoadSegment, MapsEntry,
+    };
     use super::*;
     use std::hint::black_box;
 
@@ -722,6 +632,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "needs release inlining; scripts/test.sh runs it in release"
+    )]
     fn reports_inlined_frames_innermost_first() {
         assert_ne!(outer_function_with_inlining(5), 0);
         let start = outer_function_with_inlining as *const () as usize as u64;
@@ -833,11 +747,28 @@ mod tests {
             "{:?}",
             info.build_id
         );
+        // The same id as the `.note.gnu.build-id` section, read another way.
+        use object::Object;
+        let bytes = std::fs::read(&exe).expect("read exe");
+        #[cfg(target_pointer_width = "64")]
+        type NativeElf<'a> = object::read::elf::ElfFile64<'a, object::Endianness>;
+        #[cfg(target_pointer_width = "32")]
+        type NativeElf<'a> = object::read::elf::ElfFile32<'a, object::Endianness>;
+        let file = NativeElf::parse(&*bytes).expect("ELF");
+        let from_section = file
+            .build_id()
+            .expect("notes")
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(info.build_id.as_deref(), from_section.as_deref());
     }
 
     #[test]
     fn reads_gnu_build_id_notes() {
-        let elf = Elf::from_ident(b"\x7fELF\x02\x01\x01\0").expect("ident");
+        use object::elf::FileHeader64;
+        use object::read::elf::NoteIterator;
+        use object::Endianness;
+        type Notes<'a> = NoteIterator<'a, FileHeader64<Endianness>>;
+        let le = Endianness::Little;
         let mut notes = Vec::new();
         notes.extend_from_slice(&4u32.to_le_bytes());
         notes.extend_from_slice(&4u32.to_le_bytes());
@@ -849,8 +780,78 @@ mod tests {
         notes.extend_from_slice(&3u32.to_le_bytes()); // NT_GNU_BUILD_ID
         notes.extend_from_slice(b"GNU\0");
         notes.extend_from_slice(&[0xab, 0x0c, 0xff, 0]);
-        assert_eq!(elf.build_id(&notes, 4).as_deref(), Some("ab0cff"));
-        assert_eq!(elf.build_id(&notes[..30], 4), None);
-        assert!(Elf::from_ident(b"\x7fELF\x03\x01").is_none());
+        let build_id = |bytes: &[u8]| gnu_build_id(le, Notes::new(le, 4, bytes).expect("align"));
+        assert_eq!(build_id(&notes).as_deref(), Some("ab0cff"));
+        // Truncated in the build-id note: none, and no panic.
+        assert_eq!(build_id(&notes[..30]), None);
+        // A build-id type under another owner name is not a build id.
+        let mut other = notes.clone();
+        other[32..35].copy_from_slice(b"GNX");
+        assert_eq!(build_id(&other), None);
+    }
+
+    /// A 64-bit little-endian ELF header, two program headers (an
+    /// executable `PT_LOAD` and a `PT_NOTE`) and the build-id note.
+    fn tiny_elf(class: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = class;
+        f[5] = 1; // little endian
+        f[6] = 1; // EV_CURRENT
+        f[16..18].copy_from_slice(&3u16.to_le_bytes()); // ET_DYN
+        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        f[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+        let phdr = |p_type: u32, flags: u32, offset: u64, vaddr: u64, size: u64, align: u64| {
+            let mut ph = Vec::with_capacity(56);
+            ph.extend_from_slice(&p_type.to_le_bytes());
+            ph.extend_from_slice(&flags.to_le_bytes());
+            for v in [offset, vaddr, vaddr, size, size, align] {
+                ph.extend_from_slice(&v.to_le_bytes());
+            }
+            ph
+        };
+        let note_at = 64 + 2 * 56;
+        f.extend(phdr(1, 5, 0x1000, 0x2000, 0x3000, 0x1000)); // PT_LOAD, R+X
+        f.extend(phdr(4, 4, note_at as u64, note_at as u64, 24, 4)); // PT_NOTE
+        f.extend_from_slice(&4u32.to_le_bytes());
+        f.extend_from_slice(&8u32.to_le_bytes());
+        f.extend_from_slice(&3u32.to_le_bytes());
+        f.extend_from_slice(b"GNU\0");
+        f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x11, 0x22, 0x33]);
+        f
+    }
+
+    #[test]
+    fn reads_program_headers_and_build_id_of_an_elf_file() {
+        let dir = std::env::temp_dir().join(format!("tp-symbolize-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("tiny.so");
+        let path_str = path.to_str().expect("utf-8");
+
+        std::fs::write(&path, tiny_elf(2)).expect("write");
+        let info = elf_info_of(path_str).expect("ELF info");
+        assert_eq!(
+            info.loads,
+            [LoadSegment {
+                executable: true,
+                offset: 0x1000,
+                vaddr: 0x2000,
+                filesz: 0x3000,
+                align: 0x1000,
+            }]
+        );
+        assert_eq!(info.build_id.as_deref(), Some("deadbeef00112233"));
+
+        // Not an ELF file, an unknown ELF class, a missing file: no info.
+        std::fs::write(&path, b"#!/bin/sh\n").expect("write");
+        assert!(elf_info_of(path_str).is_none());
+        std::fs::write(&path, tiny_elf(3)).expect("write");
+        assert!(elf_info_of(path_str).is_none());
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert!(elf_info_of(path_str).is_none());
     }
 }

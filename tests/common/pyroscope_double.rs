@@ -1,5 +1,5 @@
 //! A Pyroscope test double: a loopback HTTP server that honours the rules in
-//! `shared/PYROSCOPE-PROTOCOL.md` (read from the server's source).
+//! `docs/PYROSCOPE-PROTOCOL.md` (read from the server's source).
 //!
 //! Endpoints:
 //! - `POST /push.v1.PusherService/Push`: gzip (or plain) protobuf

@@ -1,6 +1,6 @@
 //! Test helper: reads profiles through Google's pprof tool, the reference
 //! reader of the format. `PPROF` names the binary (CI sets it); otherwise the
-//! shared install script builds it.
+//! repository's `scripts/install-pprof.sh` builds it.
 
 #![allow(dead_code)]
 
@@ -24,10 +24,7 @@ pub fn pprof() -> PathBuf {
         if let Some(p) = std::env::var_os("PPROF") {
             return PathBuf::from(p);
         }
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/tools/install-pprof.sh"
-        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-pprof.sh");
         let out = Command::new("bash")
             .arg(script)
             .output()
