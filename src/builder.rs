@@ -164,40 +164,9 @@ impl Builder {
 /// Reads the environment and starts profiling. With nothing configured it
 /// returns an inert layer and a no-op guard.
 ///
-/// # Environment variables
+/// # Settings
 ///
-/// Names follow the Go/Python Pyroscope SDKs and the OpenTelemetry
-/// specification. An empty variable counts as unset.
-///
-/// | variable | meaning | default |
-/// |---|---|---|
-/// | `PYROSCOPE_SERVER_ADDRESS` | `http(s)://host[:port][/path]` of Pyroscope; switches uploading on. `https` needs the crate feature `tls`. | unset (no upload) |
-/// | `PYROSCOPE_PROFILES_DIR` | write every profile (`<service>-<start_ms>-<pid>-<seq>.pb.gz`) and the span index `spans.jsonl` here; switches profiling on | unset |
-/// | `PYROSCOPE_PROFILING_ENABLED` | `false` forces everything off (the other variables are then not checked) | `true` |
-/// | `PYROSCOPE_APPLICATION_NAME` | the `service_name` series label; make it equal to OTel `service.name` | `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else the binary's name |
-/// | `PYROSCOPE_BASIC_AUTH_USER` | basic-auth user (Grafana Cloud: the stack's numeric user id) | none |
-/// | `PYROSCOPE_BASIC_AUTH_PASSWORD` | basic-auth password (Grafana Cloud: an access-policy token); never logged or shown | none |
-/// | `PYROSCOPE_TENANT_ID` | sent as `X-Scope-OrgID` (multi-tenant Pyroscope) | none |
-/// | `PYROSCOPE_LABELS` | static series labels `k=v,k2=v2` | none |
-/// | `PYROSCOPE_SAMPLE_RATE` | samples per CPU-second per thread, `1..=1000` Hz | `100` |
-/// | `PYROSCOPE_UPLOAD_INTERVAL` | how often a profile is cut and sent: `10s`, `500ms`, `1m`, `1m30s`; `100ms..=10m` | `10s` |
-/// | `PYROSCOPE_SPAN_SCOPE` | `root` (local roots only, like Go), `all` or `none` | `root` |
-/// | `PYROSCOPE_SPAN_NAME_LABEL` | add the `span_name` sample label (a series label on the server) | `true` |
-/// | `PYROSCOPE_TRACE_ID_LABEL` | add the `trace_id` sample label (a series label on servers before 2.1) | `false` |
-///
-/// Booleans are `true`/`false`, `1`/`0` or `yes`/`no`, in any case.
-///
-/// # Label rules
-///
-/// Static labels must pass the server's checks, or every upload would be
-/// rejected: names use only `[a-zA-Z0-9_.]`, do not start with a digit or
-/// `__`, are at most 1024 bytes, values at most 2048 bytes and not empty, no
-/// name twice, and none of the names the crate sets itself (`__name__`,
-/// `service_name`, `process.runtime.name`, `span_id`, `span_name`,
-/// `trace_id`, `profile_id`). A series may have at most 30 labels in all,
-/// counting `__name__`, `service_name`, `process.runtime.name` and, when
-/// enabled, `span_name` and `trace_id`; so at most 25 static labels with the
-/// defaults.
+#[doc = include_str!("../docs/environment.md")]
 pub fn from_env() -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
     start(config::from_lookup(|name| std::env::var(name).ok())?)
 }
