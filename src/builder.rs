@@ -142,6 +142,14 @@ impl Builder {
         self
     }
 
+    /// The most distinct `span_name` values this process sends, 1 to 500.
+    /// Each is a series on the server; later names become `other` and are
+    /// counted in [`Stats::span_name_overflows`](crate::Stats). Default 256.
+    pub fn max_span_names(mut self, max: usize) -> Self {
+        self.config.max_span_names = max;
+        self
+    }
+
     /// Add the `trace_id` label. Default off.
     pub fn trace_id_label(mut self, on: bool) -> Self {
         self.config.trace_id_label = on;
@@ -250,6 +258,7 @@ fn start_platform(
         .iter()
         .any(|s| s.keeps_span_index())
         .then(|| SpanIndexQueue::new(records_tx, counters.clone()));
+    crate::context::set_max_names(config.max_span_names);
     let sampler = Sampler::start(config.sample_rate)?;
     let layer = SpanProfileLayer::new(LayerConfig {
         scope: config.span_scope,

@@ -142,6 +142,7 @@ mod linux {
             pending: Vec::new(),
             span_samples: HashMap::new(),
             base,
+            base_name_overflows: crate::context::name_overflows(),
         };
         let stop = StopSignal::new();
         let handle = {
@@ -176,6 +177,8 @@ mod linux {
         span_samples: HashMap<u64, u64>,
         /// Sampler counters when this run started.
         base: SamplerStats,
+        /// Span-name overflows (process-wide) when this run started.
+        base_name_overflows: u64,
     }
 
     impl Collector {
@@ -237,6 +240,10 @@ mod linux {
                 stats.dropped.saturating_sub(self.base.dropped),
             );
             Counters::set(&c.sampled_threads, stats.threads);
+            Counters::set(
+                &c.span_name_overflows,
+                crate::context::name_overflows().saturating_sub(self.base_name_overflows),
+            );
             Counters::set(
                 &c.degraded_samples,
                 stats.unwind_busy.saturating_sub(self.base.unwind_busy) + stats.timer_errors,

@@ -29,8 +29,8 @@
 //! [`SpanProfileLayer`]: crate::SpanProfileLayer
 
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::sync::atomic::{compiler_fence, AtomicU8, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{compiler_fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::sync::lock;
@@ -195,15 +195,43 @@ pub(crate) fn read_in_signal_handler() -> SpanLabels {
     current()
 }
 
-/// The most distinct span names kept; later new names share one id.
-pub const MAX_NAMES: usize = 4096;
-/// The name used once [`MAX_NAMES`] distinct names have been seen.
+/// The default cap on distinct span names a process sends.
+///
+/// `span_name` is a series label on the Pyroscope server, so every distinct
+/// name is one more series; a tenant has 5000 by default for all its
+/// services. With this cap one process creates at most 257 series from span
+/// names (the names plus [`OVERFLOW_NAME`]), within the crate's budget of 500
+/// series per process (`PYROSCOPE_MAX_SPAN_NAMES` changes it).
+pub const DEFAULT_MAX_NAMES: usize = 256;
+/// The name every span gets once the cap on distinct names is reached.
 pub const OVERFLOW_NAME: &str = "other";
+/// The longest label value the server accepts (bytes); longer span names are
+/// cut on a character boundary and end in [`TRUNCATED_MARK`].
+pub const MAX_VALUE_LEN: usize = 2048;
+/// The mark at the end of a truncated name.
+pub const TRUNCATED_MARK: &str = "…";
+
+static MAX_NAMES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_NAMES);
+static NAME_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the cap on distinct span names (at least 1). Names already interned
+/// keep their ids.
+pub(crate) fn set_max_names(max: usize) {
+    MAX_NAMES.store(max.max(1), Ordering::Relaxed);
+}
+
+/// How many span names were mapped to [`OVERFLOW_NAME`] so far (each new
+/// name past the cap counts once).
+pub(crate) fn name_overflows() -> u64 {
+    NAME_OVERFLOWS.load(Ordering::Relaxed)
+}
 
 #[derive(Default)]
 struct Names {
     ids: HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
+    /// Names refused by the cap, so each counts once as an overflow.
+    refused: HashSet<Arc<str>>,
 }
 
 fn names() -> &'static Mutex<Names> {
@@ -211,20 +239,42 @@ fn names() -> &'static Mutex<Names> {
     NAMES.get_or_init(Default::default)
 }
 
+/// `value` cut to at most [`MAX_VALUE_LEN`] bytes on a character boundary,
+/// ending in [`TRUNCATED_MARK`] when it was cut.
+pub fn truncate_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_VALUE_LEN {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut end = MAX_VALUE_LEN - TRUNCATED_MARK.len();
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{TRUNCATED_MARK}", &value[..end]))
+}
+
 /// Returns the id of a span name, for [`SpanLabels::name_id`].
 ///
-/// Interning takes a lock and may allocate: call it when a span is created,
-/// not on enter. Ids are never 0. At most [`MAX_NAMES`] names are kept; after
-/// that every new name maps to [`OVERFLOW_NAME`], so memory stays bounded.
+/// Interning takes a lock and may allocate: call it when a span is created
+/// or first entered, not on every enter. Ids are never 0. Names longer than
+/// the server accepts are truncated ([`truncate_value`]). At most
+/// `PYROSCOPE_MAX_SPAN_NAMES` (default [`DEFAULT_MAX_NAMES`]) names are kept;
+/// after that every new name maps to [`OVERFLOW_NAME`] and is counted
+/// (`Stats::span_name_overflows`), so memory and the series a process
+/// creates stay bounded.
 pub fn intern_name(name: &str) -> u32 {
+    let name = truncate_value(name);
     let mut table = lock(names());
-    if let Some(&id) = table.ids.get(name) {
+    if let Some(&id) = table.ids.get(&*name) {
         return id;
     }
-    let name: &str = if table.names.len() >= MAX_NAMES {
+    let name: &str = if table.names.len() >= MAX_NAMES.load(Ordering::Relaxed) {
+        if !table.refused.contains(&*name) && table.refused.len() < 100_000 {
+            table.refused.insert(Arc::from(&*name));
+            NAME_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+        }
         OVERFLOW_NAME
     } else {
-        name
+        &name
     };
     if let Some(&id) = table.ids.get(name) {
         return id;
@@ -299,6 +349,18 @@ mod tests {
         );
         assert_eq!(span_id_hex(u64::MAX), "ffffffffffffffff");
         assert_eq!(trace_id_hex(1).len(), 32);
+    }
+
+    #[test]
+    fn long_names_are_cut_on_a_char_boundary_with_a_mark() {
+        assert_eq!(truncate_value("short"), "short");
+        let long = "é".repeat(3000); // 6000 bytes
+        let cut = truncate_value(&long);
+        assert!(cut.len() <= MAX_VALUE_LEN, "{}", cut.len());
+        assert!(cut.ends_with(TRUNCATED_MARK));
+        assert!(cut.len() > MAX_VALUE_LEN - 8);
+        let id = intern_name(&long);
+        assert_eq!(name_of(id).as_deref(), Some(&*cut));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Stats {
     /// Samples whose stack was cut to the leaf because every unwinder cache
     /// was busy, plus failures to arm a thread's timer.
     pub degraded_samples: u64,
+    /// New span names past the cap (`PYROSCOPE_MAX_SPAN_NAMES`), labelled
+    /// `span_name="other"` instead.
+    pub span_name_overflows: u64,
 }
 
 /// Shared atomic counters behind [`Stats`].
@@ -56,6 +59,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_spans: AtomicU64,
     pub(crate) sampled_threads: AtomicU64,
     pub(crate) degraded_samples: AtomicU64,
+    pub(crate) span_name_overflows: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +94,7 @@ impl Counters {
             dropped_spans: r(&self.dropped_spans),
             sampled_threads: r(&self.sampled_threads),
             degraded_samples: r(&self.degraded_samples),
+            span_name_overflows: r(&self.span_name_overflows),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use percent_encoding::percent_decode_str;
 
 use super::validate::{Names, ENV_NAMES};
-use super::{Config, SpanScope, SAMPLE_RATE_MAX};
+use super::{Config, SpanScope, MAX_SPAN_NAMES_MAX, SAMPLE_RATE_MAX};
 use crate::error::Error;
 use crate::secret::Secret;
 use std::time::Duration;
@@ -71,6 +71,15 @@ pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
     }
     if let Some(v) = get("PYROSCOPE_SPAN_NAME_LABEL") {
         config.span_name_label = parse_bool("PYROSCOPE_SPAN_NAME_LABEL", &v)?;
+    }
+    if let Some(v) = get("PYROSCOPE_MAX_SPAN_NAMES") {
+        config.max_span_names = v.trim().parse().map_err(|_| {
+            Error::config(
+                "PYROSCOPE_MAX_SPAN_NAMES",
+                &v,
+                &format!("an integer from 1 to {MAX_SPAN_NAMES_MAX}"),
+            )
+        })?;
     }
     if let Some(v) = get("PYROSCOPE_TRACE_ID_LABEL") {
         config.trace_id_label = parse_bool("PYROSCOPE_TRACE_ID_LABEL", &v)?;

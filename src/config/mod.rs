@@ -62,6 +62,8 @@ pub(crate) struct Config {
     pub(crate) span_scope: SpanScope,
     pub(crate) span_name_label: bool,
     pub(crate) trace_id_label: bool,
+    /// Cap on distinct `span_name` values (each is a series on the server).
+    pub(crate) max_span_names: usize,
     /// Bound on how long dropping the guard may take.
     pub(crate) shutdown_timeout: Duration,
     /// What each field is called in error messages (environment variables
@@ -77,6 +79,10 @@ pub(crate) const UPLOAD_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// (pkg/validation/validate.go). An interval, plus the retries of its
 /// upload (up to about 2 min), plus clock skew must stay well inside it.
 pub(crate) const UPLOAD_INTERVAL_MAX: Duration = Duration::from_secs(600);
+/// The most distinct span names a process may be allowed to send: the
+/// crate's series budget per process (10% of the server's default of 5000
+/// series per tenant).
+pub(crate) const MAX_SPAN_NAMES_MAX: usize = 500;
 pub(crate) const SHUTDOWN_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// The server's default limits (`docs/PYROSCOPE-PROTOCOL.md`).
 pub(crate) const MAX_SERIES_LABELS: usize = 30;
@@ -102,6 +108,7 @@ impl Config {
             span_scope: SpanScope::Root,
             span_name_label: true,
             trace_id_label: false,
+            max_span_names: crate::context::DEFAULT_MAX_NAMES,
             shutdown_timeout: Duration::from_secs(5),
             names: BUILDER_NAMES,
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     Config, FIXED_SERIES_LABELS, MAX_LABEL_NAME_LEN, MAX_LABEL_VALUE_LEN, MAX_SERIES_LABELS,
-    SAMPLE_RATE_MAX, SHUTDOWN_TIMEOUT_MAX, UPLOAD_INTERVAL_MAX, UPLOAD_INTERVAL_MIN,
+    MAX_SPAN_NAMES_MAX, SAMPLE_RATE_MAX, SHUTDOWN_TIMEOUT_MAX, UPLOAD_INTERVAL_MAX, UPLOAD_INTERVAL_MIN,
 };
 use crate::context::keys;
 use crate::error::Error;
@@ -24,6 +24,7 @@ pub(crate) struct Names {
     pub(crate) sample_rate: &'static str,
     pub(crate) upload_interval: &'static str,
     pub(crate) shutdown_timeout: &'static str,
+    pub(crate) max_span_names: &'static str,
 }
 
 pub(crate) const ENV_NAMES: Names = Names {
@@ -37,6 +38,7 @@ pub(crate) const ENV_NAMES: Names = Names {
     sample_rate: "PYROSCOPE_SAMPLE_RATE",
     upload_interval: "PYROSCOPE_UPLOAD_INTERVAL",
     shutdown_timeout: "Builder::shutdown_timeout",
+    max_span_names: "PYROSCOPE_MAX_SPAN_NAMES",
 };
 
 pub(crate) const BUILDER_NAMES: Names = Names {
@@ -50,6 +52,7 @@ pub(crate) const BUILDER_NAMES: Names = Names {
     sample_rate: "Builder::sample_rate",
     upload_interval: "Builder::upload_interval",
     shutdown_timeout: "Builder::shutdown_timeout",
+    max_span_names: "Builder::max_span_names",
 };
 
 /// Label names the crate sets itself (series labels and sample labels), so
@@ -131,6 +134,15 @@ impl Config {
                 names.upload_interval,
                 &format_duration(self.upload_interval),
                 "a duration from 100ms to 10m, e.g. 10s (the server rejects profiles older than its 1 h ingestion window, counted from the start of their interval, and an upload may be retried for up to 2 min)",
+            ));
+        }
+        if !(1..=MAX_SPAN_NAMES_MAX).contains(&self.max_span_names) {
+            return Err(Error::config(
+                names.max_span_names,
+                &self.max_span_names.to_string(),
+                &format!(
+                    "an integer from 1 to {MAX_SPAN_NAMES_MAX}: each distinct span name is a series on the Pyroscope server, whose default limit is 5000 per tenant"
+                ),
             ));
         }
         if self.shutdown_timeout > SHUTDOWN_TIMEOUT_MAX {
