@@ -123,6 +123,9 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     pub status: u16,
     pub body_len: usize,
+    /// The error message the double answered with ("" on success and for
+    /// injected faults).
+    pub message: String,
 }
 
 /// One sample as stored: the server's view after label processing.
@@ -530,7 +533,19 @@ async fn apply_fault(store: &Shared) -> Option<Response> {
     }
 }
 
-fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, status: u16) {
+/// What an upload request came to: the response, and the error message
+/// for [`Received::message`].
+fn answer(result: Result<(), ApiError>) -> (Response, String) {
+    match result {
+        Ok(()) => (StatusCode::OK.into_response(), String::new()),
+        Err(e) => {
+            let message = e.1.clone();
+            (e.into_response(), message)
+        }
+    }
+}
+
+fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, answer: (u16, String)) {
     let headers = headers
         .iter()
         .map(|(k, v)| {
@@ -547,25 +562,24 @@ fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, stat
         .push(Received {
             path: path.to_string(),
             headers,
-            status,
+            status: answer.0,
             body_len,
+            message: answer.1,
         });
 }
 
 async fn push(State(store): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let response = match apply_fault(&store).await {
-        Some(r) => r,
-        None => match accept_push(&store, &headers, &body) {
-            Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => e.into_response(),
-        },
+    let (response, message) = match apply_fault(&store).await {
+        Some(r) => (r, String::new()),
+        None => answer(accept_push(&store, &headers, &body)),
     };
+    let status = response.status().as_u16();
     record(
         &store,
         "/push.v1.PusherService/Push",
         &headers,
         body.len(),
-        response.status().as_u16(),
+        (status, message),
     );
     response
 }
@@ -712,20 +726,17 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = match apply_fault(&store).await {
-        Some(r) => r,
-        None => match accept_ingest(&store, query.as_deref().unwrap_or(""), &headers, &body) {
-            Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => e.into_response(),
-        },
+    let (response, message) = match apply_fault(&store).await {
+        Some(r) => (r, String::new()),
+        None => answer(accept_ingest(
+            &store,
+            query.as_deref().unwrap_or(""),
+            &headers,
+            &body,
+        )),
     };
-    record(
-        &store,
-        "/ingest",
-        &headers,
-        body.len(),
-        response.status().as_u16(),
-    );
+    let status = response.status().as_u16();
+    record(&store, "/ingest", &headers, body.len(), (status, message));
     response
 }
 
