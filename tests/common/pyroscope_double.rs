@@ -163,7 +163,7 @@ struct Store {
     profiles: Vec<StoredProfile>,
     /// Active series as the server's limiter counts them: (sanitized label
     /// set after the split, profile type id).
-    series: BTreeSet<(Vec<(String, String)>, String)>,
+    series: BTreeSet<(Labels, String)>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -288,7 +288,7 @@ impl PyroscopeDouble {
     /// profile type.
     pub fn label_sets(&self) -> Vec<BTreeMap<String, String>> {
         let store = self.lock();
-        let sets: BTreeSet<&Vec<(String, String)>> = store.series.iter().map(|(l, _)| l).collect();
+        let sets: BTreeSet<&Labels> = store.series.iter().map(|(l, _)| l).collect();
         sets.into_iter()
             .map(|l| l.iter().cloned().collect())
             .collect()
@@ -620,8 +620,11 @@ struct Batch {
     version: ServerVersion,
     samples: Vec<StoredSample>,
     profiles: Vec<StoredProfile>,
-    series: BTreeSet<(Vec<(String, String)>, String)>,
+    series: BTreeSet<(Labels, String)>,
 }
+
+/// Label pairs in order.
+type Labels = Vec<(String, String)>;
 
 impl Batch {
     fn new(version: ServerVersion) -> Self {
@@ -675,7 +678,8 @@ impl Batch {
         }
 
         let value_types = profile.sample_types();
-        let mut checked: BTreeMap<Vec<(String, String)>, Vec<(String, String)>> = BTreeMap::new();
+        // Raw label set → validated, sanitized one.
+        let mut checked: BTreeMap<Labels, Labels> = BTreeMap::new();
         for sample in &profile.sample {
             let split = rules::split_sample(self.version, &base, profile.labels(sample));
             let labels = match checked.get(&split.labels) {
