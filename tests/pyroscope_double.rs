@@ -1,5 +1,8 @@
 //! The Pyroscope test double itself honours the protocol facts: these tests
-//! pin what it accepts, what it rejects and how it answers queries.
+//! pin what it accepts, what it rejects and how it answers queries. Each
+//! server rule gets a hand-built bad request that must be rejected the way
+//! the server rejects it, next to a good one that must pass; the request
+//! pyroscope-rs 2.1.5 really sent must still be accepted.
 
 mod common;
 
@@ -7,6 +10,7 @@ use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::pprof::{Profile, ProfileBuilder};
+use common::pyroscope_double::rules::{self, MAX_PROFILE_BYTES, MAX_SAMPLES};
 use common::pyroscope_double::*;
 use prost::Message;
 
@@ -132,7 +136,11 @@ fn accepts_the_pyroscope_rs_fixture_exactly() {
         assert!(!s.series.contains_key("span_id"));
         assert_eq!(s.series["service_name"], "pyrocheck");
         assert_eq!(s.series["region"], "eu-north");
-        assert_eq!(s.series["otel.scope.name"], "com.grafana.pyroscope/rust");
+        assert_eq!(
+            s.series["otel_scope_name"], "com.grafana.pyroscope/rust",
+            "label names are stored sanitized"
+        );
+        assert!(!s.series.contains_key("otel.scope.name"));
         assert_eq!(s.time_nanos, t);
         assert!(s.values["cpu/nanoseconds"] > 0);
     }
@@ -140,12 +148,23 @@ fn accepts_the_pyroscope_rs_fixture_exactly() {
         .iter()
         .any(|s| s.stack.iter().any(|f| f == "pyrocheck::burn")));
     assert_eq!(double.profiles().len(), 1);
+    assert!(double.profile_types().contains(GRAFANA_PROFILE_TYPE));
+    // One label set (span_id is not a series label), one series per
+    // sample type.
+    assert_eq!(double.label_sets().len(), 1, "{:?}", double.label_sets());
+    let types = Profile::parse(raw).unwrap().sample_type.len();
+    assert_eq!(double.series_count(), types);
 
     // The same request an hour and more later is too old.
     double.set_now(UNIX_EPOCH + Duration::from_nanos(t as u64) + Duration::from_secs(3700));
     let (status, text) = post_push(&double, body);
     assert_eq!(status, 400);
-    assert!(error_code(&text).1.contains("1h in the past"), "{text}");
+    assert!(
+        error_code(&text)
+            .1
+            .contains("is outside of ingestion window"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -234,7 +253,7 @@ fn rejects_bad_series_labels_with_400() {
     assert!(double
         .samples()
         .iter()
-        .any(|s| s.series["service_name"] == "unknown_service" && s.series["a.b"] == "1"));
+        .any(|s| s.series["service_name"] == "unknown_service" && s.series["a_b"] == "1"));
 }
 
 #[test]
@@ -269,8 +288,11 @@ fn enforces_profile_limits() {
         .sample(&[&huge], 1, &[])
         .encode();
     let (status, body) = push(&double, app_labels(), gzip(&pprof));
-    assert_eq!(status, 413, "{body}");
-    error_code(&body);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_code(&body).1.contains("exceeds the size limit"),
+        "{body}"
+    );
 
     let mut many = ProfileBuilder::cpu(now_nanos());
     for i in 0..=MAX_SAMPLES {
@@ -315,6 +337,7 @@ fn enforces_profile_limits() {
 #[test]
 fn span_id_extraction_rules() {
     let double = PyroscopeDouble::start();
+    double.set_server_version(ServerVersion::V2_1);
     let pprof = ProfileBuilder::cpu(now_nanos())
         .sample(
             &["a"],
@@ -587,6 +610,7 @@ fn faults_can_be_switched_at_run_time() {
     let send = || {
         client
             .post(format!("{}/push.v1.PusherService/Push", double.url()))
+            .header("Content-Type", "application/proto")
             .header("Content-Encoding", "gzip")
             .header("Authorization", "Basic dTpw")
             .header("X-Scope-OrgID", "tenant-a")
@@ -637,5 +661,535 @@ fn faults_can_be_switched_at_run_time() {
     assert_eq!(
         received.iter().map(|r| r.status).collect::<Vec<_>>(),
         [200, 200, 200, 200, 500, 413, 400, 429]
+    );
+}
+
+// ---- One hand-built bad request per server rule ----
+
+/// POSTs `body` to Push with exactly these headers.
+fn post_with(
+    double: &PyroscopeDouble,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> reqwest::blocking::Response {
+    let mut req = reqwest::blocking::Client::new()
+        .post(format!("{}/push.v1.PusherService/Push", double.url()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(body).send().unwrap()
+}
+
+fn push_request(labels: Vec<LabelPair>, pprof: Vec<u8>) -> PushRequest {
+    PushRequest {
+        series: vec![RawProfileSeries {
+            labels,
+            samples: vec![RawSample {
+                raw_profile: pprof,
+                id: String::new(),
+            }],
+        }],
+    }
+}
+
+fn push_profile(double: &PyroscopeDouble, labels: Vec<LabelPair>, p: &Profile) -> (u16, String) {
+    push(double, labels, p.encode_to_vec())
+}
+
+fn intern(p: &mut Profile, s: &str) -> i64 {
+    p.string_table.push(s.to_string());
+    (p.string_table.len() - 1) as i64
+}
+
+/// 400, `invalid_argument`, and a message containing `needle`.
+#[track_caller]
+fn assert_rejected(what: &str, (status, body): (u16, String), needle: &str) {
+    assert_eq!(status, 400, "{what}: {body}");
+    let (code, message) = error_code(&body);
+    assert_eq!(code, "invalid_argument", "{what}");
+    assert!(
+        message.contains(needle),
+        "{what}: {message:?} lacks {needle:?}"
+    );
+}
+
+#[test]
+fn content_type_is_required() {
+    let double = PyroscopeDouble::start();
+    let body = gzip(&push_request(app_labels(), simple_profile()).encode_to_vec());
+    for (what, content_type) in [
+        ("missing", None),
+        ("text/plain", Some("text/plain")),
+        ("octet-stream", Some("application/octet-stream")),
+        (
+            "JSON (the double speaks proto only)",
+            Some("application/json"),
+        ),
+    ] {
+        let mut headers = vec![("Content-Encoding", "gzip")];
+        headers.extend(content_type.map(|c| ("Content-Type", c)));
+        let r = post_with(&double, &headers, body.clone());
+        assert_eq!(r.status().as_u16(), 415, "{what}");
+        assert!(r.headers().contains_key("accept-post"), "{what}");
+        assert_eq!(r.text().unwrap(), "", "{what}: connect-go sends no body");
+    }
+    assert!(double.samples().is_empty());
+    let ok = post_with(
+        &double,
+        &[
+            ("Content-Type", "application/proto"),
+            ("Content-Encoding", "gzip"),
+        ],
+        body,
+    );
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(double.accepted(), 1);
+}
+
+#[test]
+fn a_body_labelled_gzip_must_be_gzip() {
+    let double = PyroscopeDouble::start();
+    let raw = push_request(app_labels(), simple_profile()).encode_to_vec();
+    let proto = ("Content-Type", "application/proto");
+
+    let r = post_with(&double, &[proto, ("Content-Encoding", "gzip")], raw.clone());
+    let status = r.status().as_u16();
+    assert_rejected(
+        "raw body labelled gzip",
+        (status, r.text().unwrap()),
+        "decompress: gzip",
+    );
+
+    // A truncated gzip stream is no better.
+    let mut cut = gzip(&raw);
+    cut.truncate(cut.len() / 2);
+    let r = post_with(&double, &[proto, ("Content-Encoding", "gzip")], cut);
+    let status = r.status().as_u16();
+    assert_rejected(
+        "truncated gzip",
+        (status, r.text().unwrap()),
+        "decompress: gzip",
+    );
+
+    // An encoding the server does not know: Connect's `unimplemented`.
+    let r = post_with(&double, &[proto, ("Content-Encoding", "br")], gzip(&raw));
+    assert_eq!(r.status().as_u16(), 501);
+    assert_eq!(error_code(&r.text().unwrap()).0, "unimplemented");
+    assert!(double.samples().is_empty());
+
+    // Declared correctly, both forms are accepted.
+    let r = post_with(&double, &[proto, ("Content-Encoding", "gzip")], gzip(&raw));
+    assert_eq!(r.status().as_u16(), 200);
+    let r = post_with(
+        &double,
+        &[proto, ("Content-Encoding", "identity")],
+        raw.clone(),
+    );
+    assert_eq!(r.status().as_u16(), 200);
+    let r = post_with(&double, &[proto], raw);
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(double.accepted(), 3);
+}
+
+#[test]
+fn profile_type_must_be_the_one_grafana_queries() {
+    let double = PyroscopeDouble::start();
+    let base = || {
+        ProfileBuilder::cpu(now_nanos())
+            .sample(&["main", "work"], 3, &[])
+            .build()
+    };
+
+    let mut no_cpu_type = base();
+    let wall = intern(&mut no_cpu_type, "wall");
+    no_cpu_type.sample_type[1].r#type = wall;
+    let mut no_period = base();
+    no_period.period_type = None;
+    let mut wrong_period = base();
+    let wall = intern(&mut wrong_period, "wall");
+    wrong_period.period_type.as_mut().unwrap().r#type = wall;
+    let mut millis = base();
+    let ms = intern(&mut millis, "milliseconds");
+    millis.sample_type[1].unit = ms;
+
+    for (what, labels, profile) in [
+        ("sample type wall", app_labels(), no_cpu_type),
+        ("no period type", app_labels(), no_period),
+        ("period type wall", app_labels(), wrong_period),
+        ("unit milliseconds", app_labels(), millis),
+        (
+            "__name__ cpu",
+            labels(&[("__name__", "cpu"), ("service_name", "app")]),
+            base(),
+        ),
+    ] {
+        assert_rejected(
+            what,
+            push_profile(&double, labels, &profile),
+            GRAFANA_PROFILE_TYPE,
+        );
+    }
+    assert!(double.samples().is_empty());
+
+    // Only cpu/nanoseconds (no samples/count) is enough.
+    let mut only_cpu = base();
+    only_cpu.sample_type.remove(0);
+    for s in &mut only_cpu.sample {
+        s.value.remove(0);
+    }
+    assert_eq!(push_profile(&double, app_labels(), &only_cpu).0, 200);
+    assert_eq!(
+        double.profile_types().into_iter().collect::<Vec<_>>(),
+        [GRAFANA_PROFILE_TYPE]
+    );
+}
+
+#[test]
+fn dangling_and_broken_ids_are_rejected() {
+    let double = PyroscopeDouble::start();
+    let base = || {
+        ProfileBuilder::cpu(now_nanos())
+            .sample(&["main", "work"], 3, &[("span_id", "0123456789abcdef")])
+            .build()
+    };
+    type Breakage = fn(&mut Profile);
+    let cases: Vec<(&str, Breakage, &str)> = vec![
+        (
+            "sample → missing location",
+            |p| p.sample[0].location_id.push(99),
+            "references location 99",
+        ),
+        (
+            "location → missing function",
+            |p| p.location[0].line[0].function_id = 77,
+            "references function 77",
+        ),
+        (
+            "location → missing mapping",
+            |p| p.location[0].mapping_id = 5,
+            "references mapping 5",
+        ),
+        (
+            "duplicate location id",
+            |p| {
+                let dup = p.location[0].clone();
+                p.location.push(dup);
+            },
+            "defined twice",
+        ),
+        (
+            "function name past the string table",
+            |p| p.function[0].name = 1000,
+            "string index 1000 out of range",
+        ),
+        (
+            "label key past the string table",
+            |p| p.sample[0].label[0].key = 1000,
+            "string index 1000 out of range",
+        ),
+        (
+            "sample type past the string table",
+            |p| p.sample_type[0].unit = -1,
+            "string index -1 out of range",
+        ),
+        (
+            "string 0 not empty",
+            |p| p.string_table[0] = "x".into(),
+            "string 0 should be empty string",
+        ),
+        (
+            "location id 0",
+            |p| p.location[0].id = 0,
+            "location id is 0",
+        ),
+        (
+            "function id 0",
+            |p| p.function[0].id = 0,
+            "function id is 0",
+        ),
+        (
+            "one value for two sample types",
+            |p| p.sample[0].value.truncate(1),
+            "sample value length mismatch",
+        ),
+        (
+            "no sample type",
+            |p| {
+                p.sample_type.clear();
+            },
+            "empty profile",
+        ),
+    ];
+    for (what, breakage, needle) in cases {
+        let mut p = base();
+        breakage(&mut p);
+        assert_rejected(what, push_profile(&double, app_labels(), &p), needle);
+    }
+    assert!(double.samples().is_empty());
+    assert_eq!(double.series_count(), 0);
+
+    // A mapping that exists is fine, and no stack has a placeholder frame.
+    let mut p = base();
+    p.mapping.push(common::pprof::Mapping {
+        id: 5,
+        ..Default::default()
+    });
+    p.location[0].mapping_id = 5;
+    assert_eq!(push_profile(&double, app_labels(), &p).0, 200);
+    let stack = &double.samples()[0].stack;
+    assert_eq!(stack, &["main".to_string(), "work".into()]);
+}
+
+#[test]
+fn label_names_are_sanitized_then_duplicates_rejected() {
+    let double = PyroscopeDouble::start();
+    let with = |extra: &[(&str, &str)]| {
+        let mut l = app_labels();
+        l.extend(labels(extra));
+        l
+    };
+    let span_profile = |name: &str| {
+        ProfileBuilder::cpu(now_nanos())
+            .sample(
+                &["main"],
+                1,
+                &[("span_id", "0123456789abcdef"), ("span_name", name)],
+            )
+            .encode()
+    };
+    // The static label meets the crate's sample label after the split.
+    assert_rejected(
+        "span.name static + span_name sample label",
+        push(&double, with(&[("span.name", "x")]), span_profile("GET /")),
+        "has duplicate label name 'span_name' after label name sanitization from 'span.name'",
+    );
+    assert_rejected(
+        "service.name",
+        push(&double, with(&[("service.name", "x")]), simple_profile()),
+        "duplicate label name 'service_name' after label name sanitization from 'service.name'",
+    );
+    assert_rejected(
+        "process.runtime.name twice",
+        push(
+            &double,
+            with(&[
+                ("process.runtime.name", "rust"),
+                ("process_runtime_name", "x"),
+            ]),
+            simple_profile(),
+        ),
+        "after label name sanitization from 'process.runtime.name'",
+    );
+    // v1.13.4 rejects a collision even with equal values.
+    assert_rejected(
+        "service.name equal to service_name",
+        push(&double, with(&[("service.name", "app")]), simple_profile()),
+        "after label name sanitization",
+    );
+    assert_rejected(
+        "plain duplicate",
+        push(&double, with(&[("a", "1"), ("a", "1")]), simple_profile()),
+        "has duplicate label name: 'a'",
+    );
+    assert!(double.samples().is_empty());
+
+    // Dots alone are fine, and stored as underscores.
+    assert_eq!(
+        push(
+            &double,
+            with(&[("process.runtime.name", "rust")]),
+            span_profile("GET /")
+        )
+        .0,
+        200
+    );
+    let s = &double.samples()[0];
+    assert_eq!(s.series["process_runtime_name"], "rust");
+    assert_eq!(s.series["span_name"], "GET /");
+    assert!(!s.series.keys().any(|k| k.contains('.')));
+}
+
+#[test]
+fn series_are_counted_after_the_split() {
+    let double = PyroscopeDouble::start();
+    // 3 span names over 30 spans, plus samples outside any span: 4 label
+    // sets; span ids are not series labels.
+    let mut b = ProfileBuilder::cpu(now_nanos()).sample(&["idle"], 1, &[]);
+    let names = ["GET /a", "GET /b", "POST /c"];
+    let ids: Vec<String> = (1..=30u64).map(|i| format!("{i:016x}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        b = b.sample(
+            &["main", "handler"],
+            1,
+            &[("span_id", id), ("span_name", names[i % 3])],
+        );
+    }
+    let pprof = b.encode();
+    assert_eq!(push(&double, app_labels(), pprof.clone()).0, 200);
+    let sets = double.label_sets();
+    assert_eq!(sets.len(), 4, "{sets:?}");
+    assert!(sets.iter().all(|s| !s.contains_key("span_id")));
+    let with_names: Vec<&str> = sets
+        .iter()
+        .filter_map(|s| s.get("span_name").map(String::as_str))
+        .collect();
+    assert_eq!(with_names, names);
+    // Two sample types: each label set is two series.
+    assert_eq!(double.series_count(), 8);
+    assert_eq!(
+        double.profile_types().into_iter().collect::<Vec<_>>(),
+        [
+            "process_cpu:cpu:nanoseconds:cpu:nanoseconds",
+            "process_cpu:samples:count:cpu:nanoseconds"
+        ]
+    );
+    // The same series again: nothing new.
+    assert_eq!(push(&double, app_labels(), pprof).0, 200);
+    assert_eq!(double.series_count(), 8);
+
+    // Before 2.1 (the compose file's 1.13.4) every trace is a series.
+    let traced = |n: u64| {
+        let mut b = ProfileBuilder::cpu(now_nanos());
+        for i in 0..n {
+            let trace = format!("{i:032x}");
+            b = b.sample(
+                &["main"],
+                1,
+                &[("span_id", "0123456789abcdef"), ("trace_id", &trace)],
+            );
+        }
+        b.encode()
+    };
+    let v1 = PyroscopeDouble::start();
+    assert_eq!(push(&v1, app_labels(), traced(5)).0, 200);
+    assert_eq!(v1.label_sets().len(), 5);
+    assert!(v1.samples().iter().all(|s| s.trace_id.is_none()));
+    let v2 = PyroscopeDouble::start();
+    v2.set_server_version(ServerVersion::V2_1);
+    assert_eq!(push(&v2, app_labels(), traced(5)).0, 200);
+    assert_eq!(v2.label_sets().len(), 1);
+    assert!(v2.samples().iter().all(|s| s.trace_id.is_some()));
+}
+
+#[test]
+fn label_values_longer_than_2048_bytes_are_rejected() {
+    let double = PyroscopeDouble::start();
+    let span_profile = |name: &str| {
+        ProfileBuilder::cpu(now_nanos())
+            .sample(
+                &["main"],
+                1,
+                &[("span_id", "0123456789abcdef"), ("span_name", name)],
+            )
+            .encode()
+    };
+    let long = "x".repeat(2049);
+    assert_rejected(
+        "2049-byte span_name",
+        push(&double, app_labels(), span_profile(&long)),
+        "has label value too long",
+    );
+    // Bytes, not characters: 683 three-byte characters are 2049 bytes.
+    let wide = "€".repeat(683);
+    assert_rejected(
+        "2049 bytes of €",
+        push(&double, app_labels(), span_profile(&wide)),
+        "has label value too long",
+    );
+    let mut static_long = app_labels();
+    static_long.extend(labels(&[("region", &long)]));
+    assert_rejected(
+        "2049-byte static label",
+        push(&double, static_long, simple_profile()),
+        "has label value too long",
+    );
+    assert!(double.samples().is_empty());
+    let exact = "€".repeat(682) + "xx";
+    assert_eq!(exact.len(), 2048);
+    assert_eq!(push(&double, app_labels(), span_profile(&exact)).0, 200);
+    assert_eq!(double.samples()[0].series["span_name"], exact);
+}
+
+#[test]
+fn ingestion_window_answers_like_the_server() {
+    // The server's own test vector (validate_test.go): now is
+    // 2023-02-17 12:13:14 UTC, the window is 1 h back and 10 min ahead.
+    let double = PyroscopeDouble::start();
+    let now_s = 1_676_635_994u64;
+    double.set_now(UNIX_EPOCH + Duration::from_secs(now_s));
+    let at = |offset_s: i64| {
+        let t = (now_s as i64 + offset_s) * 1_000_000_000;
+        ProfileBuilder::cpu(t).sample(&["main"], 1, &[]).encode()
+    };
+    let (status, body) = push(&double, app_labels(), at(-61 * 60));
+    assert_eq!(status, 400);
+    assert_eq!(
+        error_code(&body).1,
+        "profile with labels '{__name__=\"process_cpu\", service_name=\"app\"}' is outside of \
+         ingestion window (profile timestamp: 2023-02-17 11:12:14 +0000 UTC, the ingestion \
+         window starts at 2023-02-17 11:13:14 +0000 UTC and ends at 2023-02-17 12:23:14 +0000 UTC)"
+    );
+    assert_rejected(
+        "11 min ahead",
+        push(&double, app_labels(), at(11 * 60)),
+        "profile timestamp: 2023-02-17 12:24:14 +0000 UTC",
+    );
+    assert_rejected(
+        "exactly 1 h old",
+        push(&double, app_labels(), at(-3600)),
+        "outside of ingestion window",
+    );
+    assert_eq!(push(&double, app_labels(), at(-3599)).0, 200);
+    assert_eq!(push(&double, app_labels(), at(9 * 60)).0, 200);
+    assert_eq!(
+        rules::format_time_millis(1_676_635_994_120),
+        "2023-02-17 12:13:14.12 +0000 UTC"
+    );
+    assert_eq!(
+        rules::format_time_millis(951_782_400_000),
+        "2000-02-29 00:00:00 +0000 UTC"
+    );
+}
+
+#[test]
+fn sample_labels_and_stack_depth_limits() {
+    let double = PyroscopeDouble::start();
+    let many: Vec<(String, String)> = (0..101).map(|i| (format!("k{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pprof = ProfileBuilder::cpu(now_nanos())
+        .sample(&["main"], 1, &many)
+        .encode();
+    assert_rejected(
+        "101 sample labels",
+        push(&double, app_labels(), pprof),
+        "exceeds the sample labels limit",
+    );
+
+    // 1200 frames: the server keeps the 1000 at the root end.
+    let frames: Vec<String> = (0..1200).map(|i| format!("f{i}")).collect();
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    let pprof = ProfileBuilder::cpu(now_nanos())
+        .sample(&frames, 1, &[])
+        .encode();
+    assert_eq!(push(&double, app_labels(), pprof).0, 200);
+    let stack = &double.samples()[0].stack;
+    assert_eq!(stack.len(), 1000);
+    assert_eq!(stack[0], "f0");
+    assert_eq!(stack[999], "f999");
+}
+
+#[test]
+fn a_push_without_profiles_is_rejected() {
+    let double = PyroscopeDouble::start();
+    let empty = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: app_labels(),
+            samples: vec![],
+        }],
+    };
+    assert_rejected(
+        "no samples",
+        post_push(&double, gzip(&empty.encode_to_vec())),
+        "no profiles received",
     );
 }

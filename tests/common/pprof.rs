@@ -12,6 +12,8 @@ pub struct Profile {
     pub sample_type: Vec<ValueType>,
     #[prost(message, repeated, tag = "2")]
     pub sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    pub mapping: Vec<Mapping>,
     #[prost(message, repeated, tag = "4")]
     pub location: Vec<Location>,
     #[prost(message, repeated, tag = "5")]
@@ -55,12 +57,33 @@ pub struct Label {
     pub str: i64,
     #[prost(int64, tag = "3")]
     pub num: i64,
+    #[prost(int64, tag = "4")]
+    pub num_unit: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Mapping {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    pub memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub file_offset: u64,
+    #[prost(int64, tag = "5")]
+    pub filename: i64,
+    #[prost(int64, tag = "6")]
+    pub build_id: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Location {
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    /// 0: no mapping.
+    #[prost(uint64, tag = "2")]
+    pub mapping_id: u64,
     #[prost(uint64, tag = "3")]
     pub address: u64,
     /// Innermost (inlined) function first.
@@ -82,6 +105,10 @@ pub struct Function {
     pub id: u64,
     #[prost(int64, tag = "2")]
     pub name: i64,
+    #[prost(int64, tag = "3")]
+    pub system_name: i64,
+    #[prost(int64, tag = "4")]
+    pub filename: i64,
 }
 
 /// gunzip if it starts with the gzip magic, else the bytes as they are.
@@ -210,7 +237,11 @@ impl ProfileBuilder {
             return f.id;
         }
         let id = self.profile.function.len() as u64 + 1;
-        self.profile.function.push(Function { id, name: name_idx });
+        self.profile.function.push(Function {
+            id,
+            name: name_idx,
+            ..Default::default()
+        });
         self.profile.location.push(Location {
             id,
             address: 0x1000 + id,
@@ -218,6 +249,7 @@ impl ProfileBuilder {
                 function_id: id,
                 line: 1,
             }],
+            ..Default::default()
         });
         id
     }
@@ -231,7 +263,7 @@ impl ProfileBuilder {
             .map(|(k, v)| Label {
                 key: self.intern(k),
                 str: self.intern(v),
-                num: 0,
+                ..Default::default()
             })
             .collect();
         self.profile.sample.push(Sample {

@@ -1,36 +1,52 @@
-//! A Pyroscope test double: a loopback HTTP server that honours the rules in
-//! `docs/PYROSCOPE-PROTOCOL.md` (read from the server's source).
+//! A Pyroscope test double: a loopback HTTP server that accepts what the
+//! real server accepts and rejects, with the server's status and message,
+//! what it rejects, following `docs/PYROSCOPE-PROTOCOL.md` (facts read
+//! from the server's source). The rules live in [`rules`], each citing
+//! that file; the double is stricter than the server only where the server
+//! silently loses data (dangling ids) or stores a profile Grafana cannot
+//! find (profile type), and says so in its answer.
 //!
 //! Endpoints:
-//! - `POST /push.v1.PusherService/Push`: gzip (or plain) protobuf
-//!   `PushRequest`; every `raw_profile` is a pprof, gzipped or not.
+//! - `POST /push.v1.PusherService/Push`: `Content-Type: application/proto`
+//!   (else 415), body a protobuf `PushRequest`, gzip when
+//!   `Content-Encoding: gzip` says so (a raw body labelled gzip is 400);
+//!   every `raw_profile` is a pprof, gzipped or not.
 //! - `POST /ingest?name=APP{k=v}&from=&until=&format=pprof`: a raw pprof body.
 //! - `POST /querier.v1.QuerierService/SelectMergeSpanProfile`: Connect JSON in,
 //!   a flame graph out, over what was stored.
 //!
-//! What it checks, and answers:
-//! - series labels: `__name__` required (400), `service_name` added as
-//!   `unknown_service` when missing; names `[a-zA-Z0-9_.]` not starting with
-//!   a digit, no `__` prefix other than `__name__`, no duplicates, name ≤ 1024
-//!   and value ≤ 2048 bytes, ≤ 30 labels per series after sample labels are
-//!   merged in (400);
-//! - profiles: undecodable → 400, > 4 MiB uncompressed → 413, > 16000
-//!   samples → 400, `time_nanos` older than 1 h or newer than 10 min → 400;
-//! - sample labels: `profile_id` is renamed to `span_id`; `span_id` must be
-//!   exactly 16 hex digits, anything else is stored as 0 (no span);
-//!   `trace_id` (32 hex) goes to its own column; every other sample label
-//!   becomes a series label;
-//! - answers: 200 with an empty body, errors as JSON `{"code","message"}`.
+//! What it checks, in the server's order, all 400 with a JSON
+//! `{"code":"invalid_argument","message":…}` body like the server's:
+//! - profiles: decodable; a sample type; `time_nanos` inside the ingestion
+//!   window (1 h back, 10 min ahead); ≤ 4 MiB uncompressed; ≤ 16000
+//!   samples; ≤ 100 labels per sample; ids not 0; one value per sample
+//!   type; string indexes in range; no dangling or duplicate location,
+//!   function or mapping ids; the type Grafana queries
+//!   ([`GRAFANA_PROFILE_TYPE`]) among its profile types;
+//! - series, after the split by sample labels (`profile_id` renamed
+//!   `span_id`; `span_id` taken out; `trace_id` taken out only with
+//!   [`ServerVersion::V2_1`]; a series label wins over a sample label of
+//!   the same name): ≤ 30 names, valid `__name__`, `service_name` (added
+//!   as `unknown_service` when missing), names ≤ 1024 and values ≤ 2048
+//!   bytes, names `[a-zA-Z_.][a-zA-Z0-9_.]*` without a `__` prefix other
+//!   than `__name__`, then `.`→`_` and no two equal names.
+//!
+//! Stacks deeper than 1000 frames are cut at the leaf end, as the server
+//! does. Stored series labels are the sanitized ones. [`PyroscopeDouble::series_count`]
+//! counts active series the way the server's per-tenant limit does: one
+//! per label set and profile type.
 //!
 //! Faults ([`Fault`]) are set at run time for the Push and ingest endpoints;
 //! the query endpoint always answers so tests can look at what was stored.
 
-use std::collections::BTreeMap;
+pub mod rules;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -44,12 +60,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::pprof::{maybe_gunzip, Profile};
-
-pub const MAX_LABELS: usize = 30;
-pub const MAX_NAME_LEN: usize = 1024;
-pub const MAX_VALUE_LEN: usize = 2048;
-pub const MAX_PROFILE_BYTES: usize = 4 << 20;
-pub const MAX_SAMPLES: usize = 16000;
+use rules::{parse_span_id, sanitize_label_name, MAX_STACK_DEPTH};
+pub use rules::{ServerVersion, GRAFANA_PROFILE_TYPE};
 
 // ---- Push protobuf (push/v1/push.proto, types/v1/types.proto) ----
 
@@ -111,6 +123,9 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     pub status: u16,
     pub body_len: usize,
+    /// The error message the double answered with ("" on success and for
+    /// injected faults).
+    pub message: String,
 }
 
 /// One sample as stored: the server's view after label processing.
@@ -142,9 +157,13 @@ struct Store {
     fault: Option<Fault>,
     /// Fixed "now" for the time checks (`None`: the real clock).
     now: Option<SystemTime>,
+    version: ServerVersion,
     received: Vec<Received>,
     samples: Vec<StoredSample>,
     profiles: Vec<StoredProfile>,
+    /// Active series as the server's limiter counts them: (sanitized label
+    /// set after the split, profile type id).
+    series: BTreeSet<(Labels, String)>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -248,6 +267,36 @@ impl PyroscopeDouble {
     /// Pins the clock used for the time-range checks.
     pub fn set_now(&self, now: SystemTime) {
         self.lock().now = Some(now);
+    }
+
+    /// Which server's sample-label rules apply (default: v1.13.4, where
+    /// `trace_id` is a series label).
+    pub fn set_server_version(&self, version: ServerVersion) {
+        self.lock().version = version;
+    }
+
+    /// Distinct series created so far, counted as the server's per-tenant
+    /// series limit counts them (PROTOCOL "Series limit", 5000 by default):
+    /// one per label set after the split by sample labels and per profile
+    /// type, so a profile with two sample types makes two series per label
+    /// set (pkg/phlaredb/labels `CreateProfileLabels`).
+    pub fn series_count(&self) -> usize {
+        self.lock().series.len()
+    }
+
+    /// Distinct label sets after the split (sanitized names), whatever the
+    /// profile type.
+    pub fn label_sets(&self) -> Vec<BTreeMap<String, String>> {
+        let store = self.lock();
+        let sets: BTreeSet<&Labels> = store.series.iter().map(|(l, _)| l).collect();
+        sets.into_iter()
+            .map(|l| l.iter().cloned().collect())
+            .collect()
+    }
+
+    /// Profile type ids of the series created so far.
+    pub fn profile_types(&self) -> BTreeSet<String> {
+        self.lock().series.iter().map(|(_, t)| t.clone()).collect()
     }
 
     /// Requests to upload endpoints so far (all answers).
@@ -426,8 +475,10 @@ impl AsyncWrite for FaultStream {
 
 // ---- Answers ----
 
-/// A Connect-style error: status and JSON `{"code","message"}`.
-struct ApiError(u16, String);
+/// A Connect-style error: status and JSON `{"code","message"}`; a 415 has
+/// no body and an `Accept-Post` header, as connect-go sends it.
+#[derive(Debug)]
+pub struct ApiError(pub u16, pub String);
 
 impl ApiError {
     fn bad(message: impl Into<String>) -> Self {
@@ -437,12 +488,20 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.0 == 415 {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                [("accept-post", "application/json, application/proto")],
+            )
+                .into_response();
+        }
         let code = match self.0 {
             400 => "invalid_argument",
             401 => "unauthenticated",
             413 => "resource_exhausted",
             422 => "invalid_argument",
             429 => "resource_exhausted",
+            501 => "unimplemented",
             503 => "unavailable",
             _ => "internal",
         };
@@ -474,7 +533,19 @@ async fn apply_fault(store: &Shared) -> Option<Response> {
     }
 }
 
-fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, status: u16) {
+/// What an upload request came to: the response, and the error message
+/// for [`Received::message`].
+fn answer(result: Result<(), ApiError>) -> (Response, String) {
+    match result {
+        Ok(()) => (StatusCode::OK.into_response(), String::new()),
+        Err(e) => {
+            let message = e.1.clone();
+            (e.into_response(), message)
+        }
+    }
+}
+
+fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, answer: (u16, String)) {
     let headers = headers
         .iter()
         .map(|(k, v)| {
@@ -491,42 +562,35 @@ fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, stat
         .push(Received {
             path: path.to_string(),
             headers,
-            status,
+            status: answer.0,
             body_len,
+            message: answer.1,
         });
 }
 
 async fn push(State(store): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let response = match apply_fault(&store).await {
-        Some(r) => r,
-        None => match accept_push(&store, &headers, &body) {
-            Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => e.into_response(),
-        },
+    let (response, message) = match apply_fault(&store).await {
+        Some(r) => (r, String::new()),
+        None => answer(accept_push(&store, &headers, &body)),
     };
+    let status = response.status().as_u16();
     record(
         &store,
         "/push.v1.PusherService/Push",
         &headers,
         body.len(),
-        response.status().as_u16(),
+        (status, message),
     );
     response
 }
 
 fn accept_push(store: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    let gzip = headers
-        .get("content-encoding")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    let raw = if gzip {
-        maybe_gunzip(body).map_err(|e| ApiError::bad(format!("bad gzip body: {e}")))?
-    } else {
-        body.to_vec()
-    };
+    rules::check_content_type(headers)?;
+    let raw = rules::decode_body(headers, body)?;
     let request = PushRequest::decode(&raw[..])
-        .map_err(|e| ApiError::bad(format!("bad PushRequest: {e}")))?;
-    let now = now(store);
-    let mut batch = Batch::default();
+        .map_err(|e| ApiError::bad(format!("unmarshal into *v1.PushRequest: {e}")))?;
+    let (now, version) = clock_and_version(store);
+    let mut batch = Batch::new(version);
     for series in &request.series {
         let labels: Vec<(String, String)> = series
             .labels
@@ -537,26 +601,41 @@ fn accept_push(store: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), A
             batch.add(&labels, &sample.raw_profile, None, now)?;
         }
     }
+    // distributor.go: a request without profiles is invalid.
+    if batch.profiles.is_empty() {
+        return Err(ApiError::bad("no profiles received"));
+    }
     batch.commit(store);
     Ok(())
 }
 
-fn now(store: &Shared) -> SystemTime {
-    store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .now
-        .unwrap_or_else(SystemTime::now)
+fn clock_and_version(store: &Shared) -> (SystemTime, ServerVersion) {
+    let s = store.lock().unwrap_or_else(|p| p.into_inner());
+    (s.now.unwrap_or_else(SystemTime::now), s.version)
 }
 
-/// Samples and profiles of one request, stored only if all of it is valid.
-#[derive(Default)]
+/// Samples, profiles and series of one request, stored only if all of it
+/// is valid (the server rejects a whole push on the first error).
 struct Batch {
+    version: ServerVersion,
     samples: Vec<StoredSample>,
     profiles: Vec<StoredProfile>,
+    series: BTreeSet<(Labels, String)>,
 }
 
+/// Label pairs in order.
+type Labels = Vec<(String, String)>;
+
 impl Batch {
+    fn new(version: ServerVersion) -> Self {
+        Batch {
+            version,
+            samples: Vec::new(),
+            profiles: Vec::new(),
+            series: BTreeSet::new(),
+        }
+    }
+
     /// Validates and splits one pprof. `time_override`: ingest's `from`.
     fn add(
         &mut self,
@@ -565,71 +644,71 @@ impl Batch {
         time_override: Option<i64>,
         now: SystemTime,
     ) -> Result<(), ApiError> {
-        let mut base = BTreeMap::new();
-        for (name, value) in series_labels {
-            if base.insert(name.clone(), value.clone()).is_some() {
-                return Err(ApiError::bad(format!("duplicate label name {name:?}")));
-            }
+        let mut base = series_labels.to_vec();
+        // PROTOCOL "Upload: Push API": a missing service_name becomes
+        // unknown_service.
+        if !base.iter().any(|(n, _)| n == "service_name") {
+            base.push(("service_name".into(), "unknown_service".into()));
         }
-        if !base.contains_key("__name__") {
-            return Err(ApiError::bad("series has no __name__ label"));
-        }
-        base.entry("service_name".into())
-            .or_insert_with(|| "unknown_service".into());
+        // Every split series contains these, so their errors come first.
+        let base_clean = rules::validate_labels(base.clone())?;
 
+        // PROTOCOL "Upload: Push API": gzip is detected automatically.
         let raw = maybe_gunzip(raw_profile)
             .map_err(|e| ApiError::bad(format!("bad gzip profile: {e}")))?;
-        if raw.len() > MAX_PROFILE_BYTES {
-            return Err(ApiError(
-                413,
-                format!(
-                    "profile is {} bytes uncompressed, the limit is {MAX_PROFILE_BYTES}",
-                    raw.len()
-                ),
-            ));
-        }
-        let profile =
-            Profile::decode(&raw[..]).map_err(|e| ApiError::bad(format!("bad pprof: {e}")))?;
-        if profile.sample.len() > MAX_SAMPLES {
-            return Err(ApiError::bad(format!(
-                "profile has {} samples, the limit is {MAX_SAMPLES}",
-                profile.sample.len()
-            )));
-        }
+        let mut profile = Profile::decode(&raw[..])
+            .map_err(|e| ApiError::bad(format!("failed to parse profile: {e}")))?;
         let time_nanos = time_override.unwrap_or(profile.time_nanos);
-        check_time(time_nanos, now)?;
+        rules::validate_profile(&profile, raw.len(), &base_clean, time_nanos, now)?;
+        rules::check_references(&profile)?;
+        let name = base_clean
+            .iter()
+            .find(|(n, _)| n == "__name__")
+            .map_or("", |(_, v)| v.as_str());
+        rules::check_profile_type(name, &profile, GRAFANA_PROFILE_TYPE)?;
+        let types = rules::profile_type_ids(name, &profile);
 
-        let types = profile.sample_types();
-        for sample in &profile.sample {
-            let mut series = base.clone();
-            let mut span_id = 0;
-            let mut trace_id = None;
-            for (key, value) in profile.labels(sample) {
-                match key.as_str() {
-                    "span_id" | "profile_id" => span_id = parse_span_id(&value),
-                    "trace_id" if is_hex(&value, 32) => trace_id = Some(value),
-                    _ => {
-                        series.insert(key, value);
-                    }
-                }
+        // PROTOCOL "Deep stacks": the leaf end goes (location_id[0] is
+        // the leaf).
+        for sample in &mut profile.sample {
+            let n = sample.location_id.len();
+            if n > MAX_STACK_DEPTH {
+                sample.location_id.drain(..n - MAX_STACK_DEPTH);
             }
-            validate_series(&series)?;
-            let values = types
+        }
+
+        let value_types = profile.sample_types();
+        // Raw label set → validated, sanitized one.
+        let mut checked: BTreeMap<Labels, Labels> = BTreeMap::new();
+        for sample in &profile.sample {
+            let split = rules::split_sample(self.version, &base, profile.labels(sample));
+            let labels = match checked.get(&split.labels) {
+                Some(clean) => clean.clone(),
+                None => {
+                    let clean = rules::validate_labels(split.labels.clone())?;
+                    checked.insert(split.labels, clean.clone());
+                    clean
+                }
+            };
+            for t in &types {
+                self.series.insert((labels.clone(), t.clone()));
+            }
+            let values = value_types
                 .iter()
                 .cloned()
                 .zip(sample.value.iter().copied())
                 .collect();
             self.samples.push(StoredSample {
-                series,
-                span_id,
-                trace_id,
+                series: labels.into_iter().collect(),
+                span_id: split.span_id,
+                trace_id: split.trace_id,
                 time_nanos,
                 stack: profile.stack(sample),
                 values,
             });
         }
         self.profiles.push(StoredProfile {
-            series: base,
+            series: base_clean.into_iter().collect(),
             raw: raw_profile.to_vec(),
         });
         Ok(())
@@ -639,72 +718,8 @@ impl Batch {
         let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
         s.samples.extend(self.samples);
         s.profiles.extend(self.profiles);
+        s.series.extend(self.series);
     }
-}
-
-/// Exactly 16 hex digits, else 0 ("no span").
-pub fn parse_span_id(value: &str) -> u64 {
-    if is_hex(value, 16) {
-        u64::from_str_radix(value, 16).unwrap_or(0)
-    } else {
-        0
-    }
-}
-
-fn is_hex(value: &str, len: usize) -> bool {
-    value.len() == len && value.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn check_time(time_nanos: i64, now: SystemTime) -> Result<(), ApiError> {
-    let now_nanos = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    let hour = 3_600_000_000_000i64;
-    let ten_minutes = 600_000_000_000i64;
-    if time_nanos < now_nanos - hour {
-        return Err(ApiError::bad(format!(
-            "profile time {time_nanos} is more than 1h in the past"
-        )));
-    }
-    if time_nanos > now_nanos + ten_minutes {
-        return Err(ApiError::bad(format!(
-            "profile time {time_nanos} is more than 10m in the future"
-        )));
-    }
-    Ok(())
-}
-
-fn is_valid_label_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-}
-
-fn validate_series(series: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if series.len() > MAX_LABELS {
-        return Err(ApiError::bad(format!(
-            "series has {} labels, the limit is {MAX_LABELS}",
-            series.len()
-        )));
-    }
-    for (name, value) in series {
-        if name.len() > MAX_NAME_LEN {
-            return Err(ApiError::bad(format!(
-                "label name longer than {MAX_NAME_LEN}"
-            )));
-        }
-        if value.len() > MAX_VALUE_LEN {
-            return Err(ApiError::bad(format!(
-                "label {name:?}: value longer than {MAX_VALUE_LEN}"
-            )));
-        }
-        if !is_valid_label_name(name) || (name.starts_with("__") && name != "__name__") {
-            return Err(ApiError::bad(format!("invalid label name {name:?}")));
-        }
-    }
-    Ok(())
 }
 
 // ---- /ingest ----
@@ -715,20 +730,17 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = match apply_fault(&store).await {
-        Some(r) => r,
-        None => match accept_ingest(&store, query.as_deref().unwrap_or(""), &headers, &body) {
-            Ok(()) => StatusCode::OK.into_response(),
-            Err(e) => e.into_response(),
-        },
+    let (response, message) = match apply_fault(&store).await {
+        Some(r) => (r, String::new()),
+        None => answer(accept_ingest(
+            &store,
+            query.as_deref().unwrap_or(""),
+            &headers,
+            &body,
+        )),
     };
-    record(
-        &store,
-        "/ingest",
-        &headers,
-        body.len(),
-        response.status().as_u16(),
-    );
+    let status = response.status().as_u16();
+    record(&store, "/ingest", &headers, body.len(), (status, message));
     response
 }
 
@@ -756,13 +768,14 @@ fn accept_ingest(
     };
     labels.push(("service_name".into(), app));
     labels.push(("__name__".into(), "process_cpu".into()));
-    let mut batch = Batch::default();
+    let (now, version) = clock_and_version(store);
+    let mut batch = Batch::new(version);
     // A profile with its own time_nanos keeps it; `from` is the fallback.
     let profile_time = Profile::parse(&pprof)
         .ok()
         .map(|p| p.time_nanos)
         .filter(|t| *t != 0);
-    batch.add(&labels, &pprof, profile_time.or(from), now(store))?;
+    batch.add(&labels, &pprof, profile_time.or(from), now)?;
     batch.commit(store);
     Ok(())
 }
@@ -790,7 +803,8 @@ fn parse_app_name(name: &str) -> Result<(String, Vec<(String, String)>), ApiErro
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| ApiError::bad(format!("invalid label {pair:?}")))?;
-            if k == "__name__" || !is_valid_label_name(k) || k.starts_with("__") {
+            // PROTOCOL "Upload: /ingest": `[a-zA-Z0-9_.]`, `__name__` reserved.
+            if k == "__name__" || sanitize_label_name(k).is_none() || k.starts_with("__") {
                 return Err(ApiError::bad(format!("invalid label name {k:?}")));
             }
             labels.push((k.to_string(), v.to_string()));
