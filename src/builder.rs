@@ -144,7 +144,7 @@ impl Builder {
 
     /// The most distinct `span_name` values this process sends, 1 to 500.
     /// Each is a series on the server; later names become `other` and are
-    /// counted in [`Stats::span_name_overflows`](crate::Stats). Default 256.
+    /// counted in [`Stats::span_name_overflows`](crate::Stats). Default 200.
     pub fn max_span_names(mut self, max: usize) -> Self {
         self.config.max_span_names = max;
         self

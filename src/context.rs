@@ -198,11 +198,13 @@ pub(crate) fn read_in_signal_handler() -> SpanLabels {
 /// The default cap on distinct span names a process sends.
 ///
 /// `span_name` is a series label on the Pyroscope server, so every distinct
-/// name is one more series; a tenant has 5000 by default for all its
-/// services. With this cap one process creates at most 257 series from span
-/// names (the names plus [`OVERFLOW_NAME`]), within the crate's budget of 500
-/// series per process (`PYROSCOPE_MAX_SPAN_NAMES` changes it).
-pub const DEFAULT_MAX_NAMES: usize = 256;
+/// name is one more label set, and the server counts a series per label set
+/// *and* sample type (we send two: `samples/count` and `cpu/nanoseconds`); a
+/// tenant has 5000 series by default for all its services. With this cap one
+/// process creates at most 2 × (200 + 2) = 404 series (the names,
+/// [`OVERFLOW_NAME`] and samples outside spans), within the crate's budget of
+/// 500 series per process (`PYROSCOPE_MAX_SPAN_NAMES` changes it).
+pub const DEFAULT_MAX_NAMES: usize = 200;
 /// The name every span gets once the cap on distinct names is reached.
 pub const OVERFLOW_NAME: &str = "other";
 /// The longest label value the server accepts (bytes); longer span names are

@@ -8,9 +8,10 @@
 //! - a span name longer than the 2048 bytes a label value may have;
 //! - many distinct span names: at most 500 series per process.
 //!
-//! Each test fails on the crate as it was when the double became strict;
-//! they are `#[ignore]`d until `src/` implements issue 9 items 1 and 2.
-//! Run them with `cargo test --release --test server_acceptance -- --ignored`.
+//! Each scenario failed on the crate as it was when the double became
+//! strict. The span-name table is process-wide (its cap is per process), so
+//! the scenarios run in one test, in order: the long name must be interned
+//! before the budget scenario fills the table.
 
 mod common;
 
@@ -122,7 +123,12 @@ fn assert_all_accepted(double: &PyroscopeDouble, what: &str) {
 }
 
 #[test]
-#[ignore = "issue 9 item 1: the crate does not yet check static labels after sanitization"]
+fn every_upload_is_one_the_server_keeps() {
+    static_labels_colliding_after_sanitization();
+    span_name_longer_than_a_label_value();
+    distinct_span_names_stay_within_the_series_budget();
+}
+
 fn static_labels_colliding_after_sanitization() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut failures = Vec::new();
@@ -154,8 +160,6 @@ fn static_labels_colliding_after_sanitization() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-#[ignore = "issue 9 item 2: span_name values are not yet truncated to 2048 bytes"]
 fn span_name_longer_than_a_label_value() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let double = PyroscopeDouble::start();
@@ -177,14 +181,18 @@ fn span_name_longer_than_a_label_value() {
     assert!(cut.len() <= 2048, "{} bytes", cut.len());
 }
 
-#[test]
-#[ignore = "issue 9 item 2: distinct span_name values are not yet capped"]
 fn distinct_span_names_stay_within_the_series_budget() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let double = PyroscopeDouble::start();
-    // Raw URL paths as span names, the common mistake.
-    let names: Vec<String> = (0..600).map(|i| format!("GET /cars/{i}")).collect();
-    let stats = run(&double, |b| b, &names, Duration::from_millis(4)).expect("profiler starts");
+    // Raw URL paths as span names, the common mistake, one of 3000 bytes,
+    // at 1000 Hz.
+    let names: Vec<String> = (0..3000)
+        .map(|i| match i {
+            1500 => format!("GET /cars/{}", "y".repeat(2990)),
+            _ => format!("GET /cars/{i}"),
+        })
+        .collect();
+    let stats = run(&double, |b| b, &names, Duration::from_millis(1)).expect("profiler starts");
     assert!(
         wait_until(Duration::from_secs(5), || !double.received().is_empty()),
         "nothing uploaded"
@@ -192,10 +200,11 @@ fn distinct_span_names_stay_within_the_series_budget() {
     let series = double.series_count();
     let label_sets = double.label_sets().len();
     eprintln!(
-        "600 span names: {series} series ({label_sets} label sets × profile types {:?}); {stats:?}",
+        "3000 span names: {series} series ({label_sets} label sets × profile types {:?}); {stats:?}",
         double.profile_types()
     );
-    assert_all_accepted(&double, "600 span names");
+    assert_all_accepted(&double, "3000 span names");
+    assert!(stats.span_name_overflows > 0, "{stats:?}");
     assert!(
         series <= SERIES_BUDGET,
         "{series} series for one process (budget {SERIES_BUDGET})"

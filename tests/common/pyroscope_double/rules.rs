@@ -1,6 +1,6 @@
 //! What the Pyroscope server accepts, rule by rule, for the test double.
 //!
-//! Each rule cites `shared/PYROSCOPE-PROTOCOL.md` ("PROTOCOL" below), the
+//! Each rule cites `docs/PYROSCOPE-PROTOCOL.md` ("PROTOCOL" below), the
 //! project's notes on the server's source (grafana/pyroscope v1.13.4, the
 //! version the compose file ships, v1.21.1 and main), and the server file
 //! the fact comes from. Where the server silently drops data instead of
