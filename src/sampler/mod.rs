@@ -25,6 +25,12 @@
 //!   After `stop`, our handler stays installed but inert, so a `SIGPROF`
 //!   still in flight can never hit the default action (which would kill the
 //!   process).
+//! - **fork**: a `pthread_atfork` child hook resets what the child inherits
+//!   (running flags, in-flight slots and caches), so a child that never
+//!   profiles is untouched (no timers are inherited; the handler is inert)
+//!   and a child that starts its own profiler samples itself. The parent's
+//!   sampler object, if the child holds it, is left alone (its threads live
+//!   only in the parent).
 //! - **Limits**: objects unloaded with `dlclose` while sampling are noticed
 //!   on the next scan; a sample landing in the short window in between could
 //!   read unmapped unwind data. Threads living less than one scan period may
@@ -78,6 +84,9 @@ struct Shared {
 unsafe impl Sync for Shared {}
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
+/// Bumped in a forked child: samplers started before the fork belong to the
+/// parent (their threads and timers do not exist in the child).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// True while a sampler runs; the handler does nothing otherwise.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// A `Sampler` exists.
@@ -88,6 +97,12 @@ static UNWIND: AtomicPtr<UnwindState> = AtomicPtr::new(ptr::null_mut());
 static MAPS: AtomicPtr<MapsSnapshot> = AtomicPtr::new(ptr::null_mut());
 
 fn shared() -> &'static Shared {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a plain function; it runs in the child of every
+        // later fork(), where it only stores to atomics.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
     SHARED.get_or_init(|| Shared {
         buffer: SampleBuffer::new(),
         caches: (0..CACHES)
@@ -98,6 +113,27 @@ fn shared() -> &'static Shared {
             .collect(),
         unwind_busy: AtomicU64::new(0),
     })
+}
+
+/// Runs in the child right after `fork()`, where only the forking thread
+/// exists: the parent's manager thread, timers and drain consumer do not.
+/// Resets what the child inherited mid-flight so that it can start its own
+/// sampler: the running flags, handlers counted as running on threads that
+/// are gone, slots they were writing (and the parent's unread samples, which
+/// belong to the parent's profile), and unwinder caches they held. The
+/// handler stays installed but inert, as after `stop`. Atomics only, as
+/// required between `fork` and `exec`.
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    ACTIVE.store(false, Ordering::SeqCst);
+    IN_HANDLER.store(0, Ordering::SeqCst);
+    if let Some(shared) = SHARED.get() {
+        shared.buffer.reset();
+        for cache in shared.caches.iter() {
+            cache.busy.store(false, Ordering::SeqCst);
+        }
+    }
+    RUNNING.store(false, Ordering::SeqCst);
 }
 
 /// The start of the kernel's `siginfo_t` for POSIX timer signals
@@ -305,6 +341,9 @@ type StopSignal = Arc<(Mutex<bool>, Condvar)>;
 /// A running sampler. Stops on drop.
 pub(crate) struct Sampler {
     period_nanos: u64,
+    /// [`FORK_GENERATION`] at start: in a forked child this sampler is the
+    /// parent's, and stopping or dropping it must not touch the child's.
+    fork_generation: u64,
     stop: StopSignal,
     manager: Option<JoinHandle<()>>,
     threads: Arc<AtomicU64>,
@@ -387,6 +426,7 @@ impl Sampler {
         };
         Ok(Sampler {
             period_nanos,
+            fork_generation: FORK_GENERATION.load(Ordering::SeqCst),
             stop,
             manager: Some(manager),
             threads,
@@ -402,7 +442,15 @@ impl Sampler {
     /// Passes every sample taken since the last drain to `f`: labels, stack
     /// (leaf first: pc, then return addresses) and weight (timer periods).
     pub(crate) fn drain(&self, f: impl FnMut(SpanLabels, &[u64], u32)) -> usize {
+        if !self.owned_by_this_process() {
+            return 0;
+        }
         shared().buffer.drain(f)
+    }
+
+    /// `false` in a forked child: the sampler is the parent's.
+    fn owned_by_this_process(&self) -> bool {
+        self.fork_generation == FORK_GENERATION.load(Ordering::SeqCst)
     }
 
     pub(crate) fn stats(&self) -> SamplerStats {
@@ -422,6 +470,11 @@ impl Sampler {
         let Some(manager) = self.manager.take() else {
             return;
         };
+        if !self.owned_by_this_process() {
+            // The manager thread lives only in the parent.
+            std::mem::forget(manager);
+            return;
+        }
         {
             let (lock, cvar) = &*self.stop;
             let mut stopped = match lock.lock() {
@@ -438,6 +491,9 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop();
+        if !self.owned_by_this_process() {
+            return;
+        }
         // Only now: a stopped sampler may still `drain` (the collector's final
         // drain), and the buffer allows one consumer at a time, so a new
         // sampler (whose start drains too) must wait until this one is gone.
@@ -542,6 +598,83 @@ fn manage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` in a forked child and returns its exit status (or 100 +
+    /// the signal that killed it).
+    fn in_child(f: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: the child only runs `f` and then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = f();
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            100 + libc::WTERMSIG(status)
+        }
+    }
+
+    #[test]
+    fn a_forked_child_starts_from_a_clean_sampler_state() {
+        // In a first child (so this process's state is untouched), leave the
+        // state a fork can catch mid-flight: a running sampler, a handler
+        // counted as running, a slot being written and a cache in use on
+        // threads that the second fork will not copy.
+        let status = in_child(|| {
+            let mut sampler = match Sampler::start(1000) {
+                Ok(s) => s,
+                Err(_) => return 1,
+            };
+            let state = shared();
+            std::mem::forget(state.buffer.claim());
+            state.caches[0].busy.store(true, Ordering::SeqCst);
+            IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+            let status = in_child(|| {
+                let shared = shared();
+                if IN_HANDLER.load(Ordering::SeqCst) != 0
+                    || ACTIVE.load(Ordering::SeqCst)
+                    || shared.buffer.busy_slots() != 0
+                    || shared.caches.iter().any(|c| c.busy.load(Ordering::SeqCst))
+                {
+                    return 2;
+                }
+                // The child's own sampler starts and samples this thread.
+                let Ok(mut own) = Sampler::start(1000) else {
+                    return 3;
+                };
+                let mut x = 1u64;
+                let mut samples = 0;
+                for _ in 0..2000 {
+                    for i in 0..100_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                    samples += own.drain(|_, _, _| {});
+                    if samples > 0 {
+                        break;
+                    }
+                }
+                own.stop();
+                if samples == 0 {
+                    return 4;
+                }
+                0
+            });
+            IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+            state.caches[0].busy.store(false, Ordering::SeqCst);
+            sampler.stop();
+            status
+        });
+        assert_eq!(
+            status, 0,
+            "1: start, 2: dirty state, 3: AlreadyRunning, 4: no samples"
+        );
+    }
 
     #[test]
     fn scan_period_grows_with_threads_and_is_capped() {
