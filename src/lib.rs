@@ -17,6 +17,16 @@
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Where the sampler cannot run, the collector and exporters are never
+// started: their code is compiled (and type-checked) but unused.
+#![cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )),
+    allow(dead_code, unused_imports)
+)]
 
 mod config;
 pub mod context;
@@ -26,7 +36,11 @@ mod layer;
 pub mod profile;
 mod profiler;
 pub mod report;
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 mod sampler;
 
 pub use config::{from_env, Builder, SpanScope};

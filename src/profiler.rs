@@ -185,10 +185,18 @@ impl Drop for ProfilerGuard {
 
 /// The symbol cache outlives a profiler, so a restart in the same process
 /// does not load debug info again.
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 static SYMBOLIZER: Mutex<Option<Symbolizer>> = Mutex::new(None);
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -214,16 +222,37 @@ pub(crate) fn start(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard),
     start_platform(config)
 }
 
-#[cfg(not(target_os = "linux"))]
-fn start_platform(_config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+)))]
+fn start_platform(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+    // A bad directory is a configuration error on every platform.
+    if let Some(path) = &config.profiles_dir {
+        DirSink::new(path)?;
+    }
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {
-        eprintln!("tracing-pyroscope: CPU profiling is only supported on Linux; profiling is off")
+        let forced = if cfg!(tracing_pyroscope_unsupported) {
+            " (forced by --cfg tracing_pyroscope_unsupported)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "tracing-pyroscope: CPU profiling is not supported on {}/{}{forced}; it runs on Linux on x86_64 and aarch64. Profiling is off.",
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+        )
     });
     Ok((SpanProfileLayer::inert(), ProfilerGuard::inert()))
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 fn start_platform(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
     use crate::sampler::Sampler;
 
@@ -287,7 +316,11 @@ fn start_platform(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), E
 }
 
 /// The background thread: drain → aggregate → encode → sinks.
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 struct Collector {
     sampler: crate::sampler::Sampler,
     period_nanos: u64,
@@ -305,7 +338,11 @@ struct Collector {
     base: crate::sampler::SamplerStats,
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 impl Collector {
     fn run(mut self, stop: StopSignal) {
         // Symbols resolved by an earlier profiler in this process are kept.

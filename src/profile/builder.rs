@@ -489,7 +489,14 @@ fn string_label(key: i64, value: i64) -> proto::Label {
 }
 
 // Symbol names are only real on Linux (elsewhere the symbolizer is a stub).
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(
+    test,
+    all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )
+))]
 mod tests {
     use super::*;
     use std::hint::black_box;
@@ -905,7 +912,14 @@ mod tests {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(
+    test,
+    all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )
+))]
 mod bench {
     use super::*;
     use std::time::Instant;

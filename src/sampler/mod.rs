@@ -1,4 +1,4 @@
-//! The span-aware sampling CPU profiler (Linux).
+//! The span-aware sampling CPU profiler (Linux on x86_64 and aarch64).
 //!
 //! - **Timers** ([`timers`]): one POSIX timer per thread on that thread's own
 //!   CPU-time clock, delivering `SIGPROF` to that thread, so every busy
