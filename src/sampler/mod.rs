@@ -22,6 +22,9 @@
 //! - **Lifetime**: one sampler per process ([`ErrorKind::AlreadyRunning`]).
 //!   Starting while another `SIGPROF` handler is installed fails with
 //!   [`ErrorKind::SignalInUse`]; we never replace someone else's handler.
+//!   If one is installed over ours later, the manager notices on its next
+//!   scan (one `sigaction` query), deletes our timers so they stop feeding
+//!   it, counts it (`handler_conflicts`) and logs one warning naming it.
 //!   After `stop`, our handler stays installed but inert, so a `SIGPROF`
 //!   still in flight can never hit the default action (which would kill the
 //!   process).
@@ -288,6 +291,53 @@ fn install_handler() -> Result<(), Error> {
     Ok(())
 }
 
+/// The `SIGPROF` action installed now, if it is not ours: one `sigaction`
+/// query, no allocation.
+fn foreign_handler() -> Option<libc::sighandler_t> {
+    let ours = on_sigprof as *const () as libc::sighandler_t;
+    // SAFETY: sigaction is plain data; zeroed is valid.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: querying the current action with a valid out-pointer.
+    if unsafe { libc::sigaction(libc::SIGPROF, ptr::null(), &mut current) } != 0 {
+        return None;
+    }
+    (current.sa_sigaction != ours).then_some(current.sa_sigaction)
+}
+
+/// Names a signal action for a log line: `SIG_DFL`, `SIG_IGN`, or the
+/// handler's address with its symbol and object when the loader knows them.
+fn describe_handler(handler: libc::sighandler_t) -> String {
+    match handler {
+        libc::SIG_DFL => return "SIG_DFL".into(),
+        libc::SIG_IGN => return "SIG_IGN".into(),
+        _ => {}
+    }
+    // SAFETY: Dl_info is plain data; zeroed is valid.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables (manager thread, not a
+    // signal handler); the strings it returns are owned by the loader.
+    let found = unsafe { libc::dladdr(handler as *const libc::c_void, &mut info) } != 0;
+    let text = |p: *const libc::c_char| {
+        (!p.is_null())
+            // SAFETY: non-null dladdr strings are NUL-terminated.
+            .then(|| {
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+    };
+    let mut out = format!("{handler:#x}");
+    if found {
+        if let Some(symbol) = text(info.dli_sname) {
+            out.push_str(&format!(" ({symbol})"));
+        }
+        if let Some(object) = text(info.dli_fname) {
+            out.push_str(&format!(" in {object}"));
+        }
+    }
+    out
+}
+
 /// Retired published data, freed once no handler is running.
 ///
 /// The boxes must stay boxes: a handler may still read them at their
@@ -334,6 +384,18 @@ pub(crate) struct SamplerStats {
     pub(crate) unwind_busy: u64,
     pub(crate) threads: u64,
     pub(crate) timer_errors: u64,
+    /// 1 once another `SIGPROF` handler replaced ours while this sampler
+    /// ran: sampling stopped then (and a warning was logged). For `Stats`.
+    #[allow(dead_code)]
+    pub(crate) handler_conflicts: u64,
+}
+
+/// Counters one sampler's manager thread keeps.
+#[derive(Default)]
+struct RunCounters {
+    threads: AtomicU64,
+    timer_errors: AtomicU64,
+    handler_conflicts: AtomicU64,
 }
 
 type StopSignal = Arc<(Mutex<bool>, Condvar)>;
@@ -346,8 +408,7 @@ pub(crate) struct Sampler {
     fork_generation: u64,
     stop: StopSignal,
     manager: Option<JoinHandle<()>>,
-    threads: Arc<AtomicU64>,
-    timer_errors: Arc<AtomicU64>,
+    counters: Arc<RunCounters>,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -396,8 +457,7 @@ impl Sampler {
 
         let period_nanos = 1_000_000_000 / u64::from(rate_hz);
         let stop: StopSignal = Arc::new((Mutex::new(false), Condvar::new()));
-        let threads = Arc::new(AtomicU64::new(0));
-        let timer_errors = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(RunCounters::default());
         let mut timers = timers::Timers::new(period_nanos);
         // Arm the threads alive now before returning, so work started right
         // after `start` is sampled.
@@ -406,14 +466,15 @@ impl Sampler {
                 publish_maps(maps, &mut retired);
             }
         }
-        threads.store(timers.len() as u64, Ordering::Relaxed);
+        counters
+            .threads
+            .store(timers.len() as u64, Ordering::Relaxed);
         let manager = {
             let stop = stop.clone();
-            let threads = threads.clone();
-            let timer_errors = timer_errors.clone();
+            let counters = counters.clone();
             std::thread::Builder::new()
                 .name("pyroscope-timer".into())
-                .spawn(move || manage(timers, retired, stop, threads, timer_errors))
+                .spawn(move || manage(timers, retired, stop, counters))
         };
         let manager = match manager {
             Ok(m) => m,
@@ -429,8 +490,7 @@ impl Sampler {
             fork_generation: FORK_GENERATION.load(Ordering::SeqCst),
             stop,
             manager: Some(manager),
-            threads,
-            timer_errors,
+            counters,
         })
     }
 
@@ -459,8 +519,9 @@ impl Sampler {
             taken: s.buffer.taken.load(Ordering::Relaxed),
             dropped: s.buffer.dropped.load(Ordering::Relaxed),
             unwind_busy: s.unwind_busy.load(Ordering::Relaxed),
-            threads: self.threads.load(Ordering::Relaxed),
-            timer_errors: self.timer_errors.load(Ordering::Relaxed),
+            threads: self.counters.threads.load(Ordering::Relaxed),
+            timer_errors: self.counters.timer_errors.load(Ordering::Relaxed),
+            handler_conflicts: self.counters.handler_conflicts.load(Ordering::Relaxed),
         }
     }
 
@@ -505,8 +566,7 @@ fn manage(
     mut timers: timers::Timers,
     mut retired: Retired,
     stop: StopSignal,
-    threads: Arc<AtomicU64>,
-    timer_errors: Arc<AtomicU64>,
+    counters: Arc<RunCounters>,
 ) {
     let mut loader_generation = {
         let p = UNWIND.load(Ordering::SeqCst);
@@ -520,6 +580,9 @@ fn manage(
     let mut scans: u64 = 0;
     let mut period = SCAN_PERIOD;
     let mut stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
+    // Set once another SIGPROF handler replaced ours: nothing left to do
+    // but wait for `stop`.
+    let mut displaced = false;
     loop {
         {
             let (lock, cvar) = &*stop;
@@ -534,6 +597,26 @@ fn manage(
             if *guard {
                 break;
             }
+        }
+        if displaced {
+            period = Duration::from_secs(1);
+            continue;
+        }
+        // Someone installed another SIGPROF handler over ours (another
+        // profiler, a crash reporter): our timers would now feed it. Stop
+        // them, say so once, and leave that handler alone.
+        if let Some(foreign) = foreign_handler() {
+            timers.clear();
+            ACTIVE.store(false, Ordering::SeqCst);
+            counters.threads.store(0, Ordering::Relaxed);
+            counters.handler_conflicts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "tracing_pyroscope",
+                handler = %describe_handler(foreign),
+                "another SIGPROF handler replaced tracing-pyroscope's (another profiler?); CPU sampling stopped"
+            );
+            displaced = true;
+            continue;
         }
         scans += 1;
         // New code loaded (dlopen)? Rebuild the unwinder, checked every 0.5 s.
@@ -559,11 +642,15 @@ fn manage(
                 publish_maps(maps, &mut retired);
             }
         }
-        threads.store(timers.len() as u64, Ordering::Relaxed);
+        counters
+            .threads
+            .store(timers.len() as u64, Ordering::Relaxed);
         // Listing threads costs in proportion to their number: scan less
         // often in processes with many threads (up to once a second).
         period = scan_period(timers.len());
-        timer_errors.store(timers.create_errors, Ordering::Relaxed);
+        counters
+            .timer_errors
+            .store(timers.create_errors, Ordering::Relaxed);
         retired.collect();
     }
     // Shut down: no new signals from us, then wait out running handlers.
