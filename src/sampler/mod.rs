@@ -34,6 +34,25 @@
 //!   and a child that starts its own profiler samples itself. The parent's
 //!   sampler object, if the child holds it, is left alone (its threads live
 //!   only in the parent).
+//! - **Stack headroom**: the handler runs on the interrupted thread's own
+//!   stack (no `SA_ONSTACK`), below the kernel's signal frame. It unwinds
+//!   only if the stack pointer lies in a mapping of the maps snapshot and if
+//!   at least [`unwind::HANDLER_HEADROOM`] (16 KiB) is left below the
+//!   handler's *own* frame (so the signal frame's size, larger with AVX-512
+//!   or AMX state, is accounted for); otherwise it records the interrupted
+//!   pc alone. A stack pointer outside the snapshot makes the manager read
+//!   the maps again on its next scan.
+//! - **Stacks the program allocated itself** (coroutines, fibers,
+//!   `pthread_attr_setstack`): one mapped on its own, with a guard page
+//!   below (what most coroutine libraries do), is measured exactly like a
+//!   thread stack, from the first maps read after it was mapped (leaf-only
+//!   samples until then). One carved out of a larger mapping (a `malloc`ed
+//!   or static buffer, several stacks in one `mmap`) cannot be measured: the
+//!   check sees the whole mapping, not the stack's bottom. Stack reads stay
+//!   inside that mapping, so they cannot fault, but the handler may then use
+//!   up to about 9 KiB beyond the kernel's signal frame; such stacks need
+//!   that much slack below their deepest use (any signal handler needs the
+//!   signal frame's), or a guard page of their own.
 //! - **Limits**: objects unloaded with `dlclose` while sampling are noticed
 //!   on the next scan; a sample landing in the short window in between could
 //!   read unmapped unwind data. Threads living less than one scan period may
@@ -54,7 +73,7 @@ mod timers;
 mod unwind;
 
 use buffer::SampleBuffer;
-use unwind::{MapsSnapshot, NativeCache, Regs, UnwindState};
+use unwind::{MapsSnapshot, NativeCache, Plan, Regs, UnwindState};
 
 /// How often the manager looks for new and exited threads.
 pub(crate) const SCAN_PERIOD: Duration = Duration::from_millis(20);
@@ -78,7 +97,8 @@ struct Shared {
     buffer: SampleBuffer,
     caches: Box<[CacheSlot]>,
     /// Samples recorded with the leaf only: every unwinder cache was busy,
-    /// or the interrupted thread's stack had no headroom left.
+    /// the handler's stack had no headroom left, or the interrupted stack
+    /// lay outside the maps snapshot.
     unwind_busy: AtomicU64,
 }
 
@@ -215,6 +235,11 @@ fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
 
 #[inline]
 fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
+    // A local of the handler's own frame: the stack left below it is what
+    // the handler can use (on the interrupted thread's stack, below the
+    // kernel's signal frame).
+    let marker = 0u8;
+    let here = std::hint::black_box(ptr::addr_of!(marker)) as u64;
     let labels = context::read_in_signal_handler();
     let Some(regs) = regs_from(ctx) else { return };
     let Some(mut claim) = shared.buffer.claim() else {
@@ -228,27 +253,27 @@ fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
     let unwinder = UNWIND.load(Ordering::SeqCst);
     let maps = MAPS.load(Ordering::SeqCst);
     if !unwinder.is_null() && !maps.is_null() {
-        if let Some(slot) = shared.caches.iter().find(|c| {
-            c.busy
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        }) {
-            // SAFETY: `busy` gives us exclusive use of this cache; the
-            // unwinder and maps are kept alive while IN_HANDLER > 0 (they are
-            // only freed after a grace period with no handler running).
-            let (cache, state, maps) = unsafe { (&mut *slot.cache.get(), &*unwinder, &*maps) };
-            // On a nearly full fixed-size thread stack, keep the leaf only
-            // rather than risk overflowing into the guard page.
-            let room = maps.readable_range(regs.sp).is_none()
-                || maps.has_headroom(regs.sp, unwind::HANDLER_HEADROOM);
-            if room {
-                data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
-            } else {
+        // SAFETY: the unwinder and maps are kept alive while a handler runs
+        // (they are only freed after a grace period with none running).
+        let (state, maps) = unsafe { (&*unwinder, &*maps) };
+        match unwind::plan(maps, regs.sp, here) {
+            Plan::LeafOnly => {
                 shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
             }
-            slot.busy.store(false, Ordering::Release);
-        } else {
-            shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
+            Plan::Unwind => {
+                if let Some(slot) = shared.caches.iter().find(|c| {
+                    c.busy
+                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                }) {
+                    // SAFETY: `busy` gives us exclusive use of this cache.
+                    let cache = unsafe { &mut *slot.cache.get() };
+                    data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
+                    slot.busy.store(false, Ordering::Release);
+                } else {
+                    shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
     claim.publish(&shared.buffer);
@@ -631,11 +656,10 @@ fn manage(
                 }
             }
         }
-        // New threads, or (checked every 0.5 s) samples whose stack lay
-        // outside the snapshot: read the maps again.
+        // New threads, or samples whose stack lay outside the snapshot:
+        // read the maps again.
         let added = timers.scan(scans.is_multiple_of(25));
-        let stale =
-            scans.is_multiple_of(25) && unwind::STALE_MAPS.load(Ordering::Relaxed) != stale_maps;
+        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed) != stale_maps;
         if added || stale {
             stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
             if let Some(maps) = MapsSnapshot::read() {
@@ -791,6 +815,40 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    #[test]
+    fn headroom_is_measured_from_the_handlers_frame_not_the_interrupted_sp() {
+        // A 256 KiB thread stack. The interrupted code's sp has 20 KiB left,
+        // but the kernel's signal frame (with AVX-512 or AMX state) and the
+        // handler's own frames took 14 KiB of it: the handler's frame is 6
+        // KiB above the stack's bottom. Unwinding (~9 KiB) would overflow.
+        let base = 0x7f00_0000_0000u64;
+        let maps = MapsSnapshot::from_ranges(vec![base..base + 256 * 1024]);
+        let sp = base + 20 * 1024;
+        assert_eq!(unwind::plan(&maps, sp, base + 6 * 1024), Plan::LeafOnly);
+        // The same sp with the handler's frame 17 KiB up: room to unwind.
+        assert_eq!(unwind::plan(&maps, sp, base + 17 * 1024), Plan::Unwind);
+    }
+
+    #[test]
+    fn an_sp_outside_the_snapshot_gets_the_leaf_only_and_a_maps_reread() {
+        // A stack mapped after the snapshot (a new thread, a fiber, the
+        // main stack grown): nothing is known about its bounds.
+        let base = 0x7f00_0000_0000u64;
+        let maps = MapsSnapshot::from_ranges(vec![base..base + 256 * 1024]);
+        let elsewhere = 0x7e00_0000_0000u64;
+        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
+        assert_eq!(
+            unwind::plan(&maps, elsewhere, base + 128 * 1024),
+            Plan::LeafOnly
+        );
+        assert!(unwind::STALE_MAPS.load(Ordering::Relaxed) > stale);
+        // A handler frame outside the snapshot has no known headroom.
+        assert_eq!(
+            unwind::plan(&maps, base + 64 * 1024, elsewhere),
+            Plan::LeafOnly
+        );
     }
 
     #[test]
