@@ -228,7 +228,11 @@ fn sinks(config: &Config, counters: &Arc<Counters>) -> Result<Vec<Box<dyn Sink>>
     Ok(sinks)
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+)))]
 fn start_platform(
     _config: Config,
     sinks: Vec<Box<dyn Sink>>,
@@ -236,7 +240,16 @@ fn start_platform(
 ) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {
-        eprintln!("tracing-pyroscope: CPU profiling is only supported on Linux; profiling is off")
+        let forced = if cfg!(tracing_pyroscope_unsupported) {
+            " (forced by --cfg tracing_pyroscope_unsupported)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "tracing-pyroscope: CPU profiling is not supported on {}/{}{forced}; it runs on Linux on x86_64 and aarch64. Profiling is off.",
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+        )
     });
     for sink in sinks {
         sink.shutdown(std::time::Instant::now());
@@ -244,7 +257,11 @@ fn start_platform(
     Ok((SpanProfileLayer::inert(), ProfilerGuard::inert()))
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 fn start_platform(
     config: Config,
     sinks: Vec<Box<dyn Sink>>,

@@ -93,10 +93,18 @@ const MAX_TALLIED_SPANS: usize = 100_000;
 /// sinks' flush.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 pub(crate) use linux::{start, Settings};
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 mod linux {
     use std::sync::Mutex;
 

@@ -20,6 +20,16 @@
 // Unsafe code lives in the sampler only (signal handler, timers, unwinding);
 // everything else is checked by the compiler.
 #![deny(unsafe_code)]
+// Where the sampler cannot run, the collector and exporters are never
+// started: their code is compiled (and type-checked) but unused.
+#![cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )),
+    allow(dead_code, unused_imports)
+)]
 
 // Imports run one way, top to bottom (see README's module map):
 // builder → {config, collector, export, layer, sampler} → {profile, stats,
@@ -33,7 +43,11 @@ mod export;
 mod layer;
 pub mod profile;
 pub mod report;
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 // The one module allowed `unsafe`: each block says why it is sound.
 #[allow(unsafe_code)]
 mod sampler;

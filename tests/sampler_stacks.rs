@@ -8,6 +8,7 @@ mod pprof_tool;
 
 use cpu_clock::thread_cpu_nanos;
 use std::hint::black_box;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tracing_pyroscope::context::{self, SpanLabels};
@@ -34,8 +35,12 @@ fn chain_inner(nanos: u64) -> u64 {
     x
 }
 
+/// One profiler per process: the tests take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn known_call_chain_is_unwound_in_order() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join(format!("tracing-pyroscope-stacks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (_layer, guard) = tracing_pyroscope::Builder::new("stacks-test")
@@ -93,4 +98,83 @@ fn known_call_chain_is_unwound_in_order() {
         share * 100.0
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The lowest usable address of this thread's stack (above its guard page).
+fn stack_bottom() -> u64 {
+    // SAFETY: attr is initialised by pthread_getattr_np and destroyed after.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        assert_eq!(libc::pthread_getattr_np(libc::pthread_self(), &mut attr), 0);
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        assert_eq!(libc::pthread_attr_getstack(&attr, &mut addr, &mut size), 0);
+        libc::pthread_attr_destroy(&mut attr);
+        addr as u64
+    }
+}
+
+/// Recurses in 1 KiB frames until about `leave` bytes of stack are left,
+/// then burns `nanos` of CPU there.
+#[inline(never)]
+fn descend(bottom: u64, leave: u64, nanos: u64) -> u64 {
+    let mut pad = [0u8; 1024];
+    black_box(&mut pad);
+    let here = pad.as_ptr() as u64;
+    if here - bottom > leave + 1024 {
+        black_box(descend(bottom, leave, nanos)) ^ u64::from(pad[7])
+    } else {
+        at_the_bottom(nanos)
+    }
+}
+
+#[inline(never)]
+fn at_the_bottom(nanos: u64) -> u64 {
+    let end = thread_cpu_nanos() + nanos;
+    let mut x = 5u64;
+    while thread_cpu_nanos() < end {
+        x = black_box(x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(9));
+    }
+    x
+}
+
+#[test]
+fn a_thread_nearly_out_of_stack_is_sampled_without_overflowing_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!(
+        "tracing-pyroscope-low-stack-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_layer, guard) = tracing_pyroscope::Builder::new("low-stack-test")
+        .profiles_dir(&dir)
+        .sample_rate(1000)
+        .upload_interval(Duration::from_secs(60))
+        .build()
+        .expect("start profiler");
+    // 6 KiB left at the leaf: room for the kernel's signal frame (AVX-512
+    // state included) and a leaf-only sample, not for an unwind (~9 KiB).
+    let worker = std::thread::Builder::new()
+        .name("low-stack".into())
+        .stack_size(128 * 1024)
+        .spawn(|| {
+            context::replace(SpanLabels::new(0x10_5ac4, 0, 0));
+            let bottom = stack_bottom();
+            black_box(descend(bottom, 6 * 1024, 500_000_000));
+            context::replace(SpanLabels::NONE);
+        })
+        .unwrap();
+    worker.join().expect("the low-stack thread survived");
+    drop(guard);
+    let mut samples = 0;
+    for file in pprof_tool::profile_files(&dir) {
+        for tr in pprof_tool::traces(&file) {
+            if tr.labels.get("span_id").map(String::as_str) == Some("0000000000105ac4") {
+                samples += tr.count;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{samples} samples taken near the bottom of a 128 KiB stack");
+    assert!(samples >= 200, "too few samples: {samples}");
 }

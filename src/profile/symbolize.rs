@@ -28,7 +28,14 @@
 use std::sync::Arc;
 
 /// Cached addresses kept before the cache is cleared.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )),
+    allow(dead_code)
+)]
 pub(crate) const CACHE_LIMIT: usize = 100_000;
 
 /// One source-level frame at an address. An address has several when code
@@ -90,13 +97,25 @@ fn hex_frame(addr: u64, file: Arc<str>) -> SymbolFrame {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 pub(crate) use linux::Symbolizer;
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+)))]
 pub(crate) use stub::Symbolizer;
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+)))]
 mod stub {
     use super::{hex_frame, Resolved};
     use std::sync::Arc;
@@ -121,7 +140,11 @@ mod stub {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 mod linux {
     use super::{hex_frame, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT};
     use object::elf::{
@@ -566,7 +589,14 @@ mod linux {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(
+    test,
+    all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )
+))]
 mod tests {
     use super::linux::{
         elf_info_of, gnu_build_id, parse_maps_line, ElfInfo, LoadSegment, MapsEntry,

@@ -9,7 +9,11 @@ use super::{proto, EncodedProfile, ProfileBuilder, Symbolizer};
 use crate::context::{self, SpanLabels};
 
 // Symbol names are only real on Linux (elsewhere the symbolizer is a stub).
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 mod encoding {
     use super::*;
     use std::hint::black_box;
@@ -422,7 +426,11 @@ mod encoding {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+))]
 mod bench {
     use super::*;
     use std::time::Instant;

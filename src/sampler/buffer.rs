@@ -91,6 +91,23 @@ impl SampleBuffer {
         None
     }
 
+    /// Frees every slot, whatever its state. Only for a forked child, where
+    /// the threads that were writing slots no longer exist. Atomics only.
+    pub(crate) fn reset(&self) {
+        for slot in self.slots.iter() {
+            slot.state.store(FREE, Ordering::SeqCst);
+        }
+    }
+
+    /// Slots not free (being written or ready).
+    #[cfg(test)]
+    pub(crate) fn busy_slots(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state.load(Ordering::SeqCst) != FREE)
+            .count()
+    }
+
     /// Calls `f(labels, stack, weight)` with every ready sample, then frees
     /// its slot.
     pub(crate) fn drain(&self, mut f: impl FnMut(SpanLabels, &[u64], u32)) -> usize {

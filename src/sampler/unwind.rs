@@ -45,6 +45,9 @@ pub(crate) struct MapsSnapshot {
     ranges: Vec<Range<u64>>,
     /// The main thread's `[stack]`, which the kernel grows on demand.
     main_stack: Option<Range<u64>>,
+    /// The lowest address the main stack may grow down to (its top minus
+    /// `RLIMIT_STACK`); `None` when the limit is infinite.
+    main_stack_floor: Option<u64>,
 }
 
 impl MapsSnapshot {
@@ -73,7 +76,24 @@ impl MapsSnapshot {
             }
             ranges.push(start..end);
         }
-        Some(MapsSnapshot { ranges, main_stack })
+        let main_stack_floor = main_stack
+            .as_ref()
+            .and_then(|r| Some(r.end.saturating_sub(stack_limit()?)));
+        Some(MapsSnapshot {
+            ranges,
+            main_stack,
+            main_stack_floor,
+        })
+    }
+
+    /// A snapshot of the given ranges (sorted, disjoint), for tests.
+    #[cfg(test)]
+    pub(crate) fn from_ranges(ranges: Vec<Range<u64>>) -> MapsSnapshot {
+        MapsSnapshot {
+            ranges,
+            main_stack: None,
+            main_stack_floor: None,
+        }
     }
 
     /// The readable region containing `addr`. No allocation.
@@ -84,24 +104,72 @@ impl MapsSnapshot {
         (r.start <= addr).then_some(r)
     }
 
-    /// `true` if a handler running at `sp` has at least `headroom` bytes of
-    /// stack left below it: always for the main thread's growable
-    /// `[stack]`, otherwise the distance to the start of sp's mapping
-    /// (thread stacks are fixed-size, with a guard page below).
+    /// `true` if code whose frame is at `here` has at least `headroom`
+    /// bytes of stack left below it. On the main thread's growable
+    /// `[stack]` that is the distance to the lowest address `RLIMIT_STACK`
+    /// lets it grow to (always, if the limit is infinite); anywhere else the
+    /// distance to the start of the mapping holding `here` (thread stacks
+    /// are fixed-size, with a guard page below). An address in no mapping of
+    /// the snapshot has none.
     #[inline]
-    pub(crate) fn has_headroom(&self, sp: u64, headroom: u64) -> bool {
-        if self.main_stack.as_ref().is_some_and(|r| r.contains(&sp)) {
-            return true;
+    pub(crate) fn has_headroom(&self, here: u64, headroom: u64) -> bool {
+        if let Some(main) = &self.main_stack {
+            let lowest = self.main_stack_floor.unwrap_or(main.start);
+            if lowest <= here && here < main.end {
+                return self.main_stack_floor.is_none() || here.saturating_sub(lowest) >= headroom;
+            }
         }
-        self.readable_range(sp)
-            .is_some_and(|r| sp.saturating_sub(r.start) >= headroom)
+        self.readable_range(here)
+            .is_some_and(|r| here.saturating_sub(r.start) >= headroom)
     }
 }
 
-/// Stack a handler needs below its sp to unwind safely (measured ~9 KiB,
-/// with margin). Checked by the caller *before* calling [`unwind`], whose
-/// own frame holds the unwinder's state.
+/// `RLIMIT_STACK` in bytes, `None` if infinite or unknown.
+fn stack_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
+/// Stack the handler needs below its own frame to unwind safely (measured
+/// ~9 KiB, with margin). Checked by the caller *before* calling
+/// [`unwind`], whose own frame holds the unwinder's state.
 pub(crate) const HANDLER_HEADROOM: u64 = 16 * 1024;
+
+/// What a handler may do with the interrupted stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Unwind it.
+    Unwind,
+    /// Record the interrupted pc only: the stack pointer lies in no mapping
+    /// of the snapshot (a stack mapped or grown since: the manager reads the
+    /// maps again), or the handler's own stack has no headroom left.
+    LeafOnly,
+}
+
+/// Decides whether a handler whose own frame is at `here` may unwind a
+/// stack whose pointer is `sp`. Headroom is measured from the handler's
+/// frame, not from `sp`: the kernel's signal frame sits between the two,
+/// and it is several KiB (more with AVX-512 or AMX state). No allocation.
+#[inline]
+pub(crate) fn plan(maps: &MapsSnapshot, sp: u64, here: u64) -> Plan {
+    if maps.readable_range(sp).is_none() {
+        STALE_MAPS.fetch_add(1, Ordering::Relaxed);
+        return Plan::LeafOnly;
+    }
+    if !maps.has_headroom(here, HANDLER_HEADROOM) {
+        return Plan::LeafOnly;
+    }
+    Plan::Unwind
+}
 
 /// Registers taken from the interrupted context.
 #[derive(Clone, Copy)]
@@ -374,10 +442,7 @@ mod tests {
     #[test]
     fn a_stack_outside_the_snapshot_is_counted_as_stale() {
         let state = build_unwinder();
-        let maps = MapsSnapshot {
-            ranges: Vec::new(),
-            main_stack: None,
-        };
+        let maps = MapsSnapshot::from_ranges(Vec::new());
         let mut cache = NativeCache::new_in();
         let mut out = [0u64; MAX_FRAMES];
         let local = 0u64;

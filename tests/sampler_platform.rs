@@ -1,0 +1,41 @@
+//! Where the sampler cannot run (not Linux, an architecture other than
+//! x86_64 and aarch64, or forced with `--cfg tracing_pyroscope_unsupported`)
+//! the crate still builds and starts: an inert layer that leaves the thread
+//! slot alone, and a guard that says profiling is off. Where it runs, the
+//! same call starts it. CI runs this file both ways.
+
+use tracing_pyroscope::context;
+use tracing_subscriber::prelude::*;
+
+/// The platforms the sampler supports, as the crate decides it.
+const SUPPORTED: bool = cfg!(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(tracing_pyroscope_unsupported)
+));
+
+#[test]
+fn the_guard_tells_whether_profiling_runs_on_this_platform() {
+    let dir =
+        std::env::temp_dir().join(format!("tracing-pyroscope-platform-{}", std::process::id()));
+    let (layer, guard) = tracing_pyroscope::Builder::new("platform-test")
+        .profiles_dir(&dir)
+        .build()
+        .expect("build succeeds on every platform");
+    assert_eq!(guard.is_active(), SUPPORTED, "{guard:?}");
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!("platform");
+        let before = context::current();
+        span.in_scope(|| {
+            // An active layer labels the thread; an inert one leaves it.
+            assert_eq!(context::current() != before, SUPPORTED);
+        });
+        assert_eq!(context::current(), before);
+    });
+    if !SUPPORTED {
+        assert_eq!(guard.stats(), tracing_pyroscope::Stats::default());
+    }
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+}
