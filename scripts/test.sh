@@ -23,6 +23,15 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 cargo package --locked -p tracing-pyroscope
 cargo test --workspace --release
 
+# HTTPS uploads (feature `tls`) against a TLS test double with a test CA
+# (needs `openssl` and `python3`).
+cargo clippy --release --all-targets --features tls -- -D warnings
+cargo test --release --features tls --test tls_upload
+
+# Where the sampler cannot run, the crate builds and is inert: forced here.
+RUSTFLAGS="--cfg tracing_pyroscope_unsupported" CARGO_TARGET_DIR=target/unsupported \
+  cargo test --release --test config_env --test sampler_platform
+
 # Stacks must also be right when the code has frame pointers.
 RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=target/frame-pointers \
   cargo test --release --test sampler_stacks

@@ -61,7 +61,9 @@
 use std::cell::UnsafeCell;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use crate::sync::StopSignal;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -423,8 +425,6 @@ struct RunCounters {
     handler_conflicts: AtomicU64,
 }
 
-type StopSignal = Arc<(Mutex<bool>, Condvar)>;
-
 /// A running sampler. Stops on drop.
 pub(crate) struct Sampler {
     period_nanos: u64,
@@ -481,7 +481,7 @@ impl Sampler {
         ACTIVE.store(true, Ordering::SeqCst);
 
         let period_nanos = 1_000_000_000 / u64::from(rate_hz);
-        let stop: StopSignal = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = StopSignal::new();
         let counters = Arc::new(RunCounters::default());
         let mut timers = timers::Timers::new(period_nanos);
         // Arm the threads alive now before returning, so work started right
@@ -561,15 +561,7 @@ impl Sampler {
             std::mem::forget(manager);
             return;
         }
-        {
-            let (lock, cvar) = &*self.stop;
-            let mut stopped = match lock.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            *stopped = true;
-            cvar.notify_all();
-        }
+        self.stop.stop();
         let _ = manager.join();
     }
 }
@@ -609,19 +601,8 @@ fn manage(
     // but wait for `stop`.
     let mut displaced = false;
     loop {
-        {
-            let (lock, cvar) = &*stop;
-            let guard = match lock.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let (guard, _) = match cvar.wait_timeout_while(guard, period, |s| !*s) {
-                Ok(r) => r,
-                Err(p) => p.into_inner(),
-            };
-            if *guard {
-                break;
-            }
+        if stop.wait(period) {
+            break;
         }
         if displaced {
             period = Duration::from_secs(1);
