@@ -228,11 +228,7 @@ fn sinks(config: &Config, counters: &Arc<Counters>) -> Result<Vec<Box<dyn Sink>>
     Ok(sinks)
 }
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-)))]
+#[cfg(not(tp_sampler))]
 fn start_platform(
     _config: Config,
     sinks: Vec<Box<dyn Sink>>,
@@ -257,11 +253,7 @@ fn start_platform(
     Ok((SpanProfileLayer::inert(), ProfilerGuard::inert()))
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 fn start_platform(
     config: Config,
     sinks: Vec<Box<dyn Sink>>,

@@ -93,18 +93,10 @@ const MAX_TALLIED_SPANS: usize = 100_000;
 /// sinks' flush.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 pub(crate) use linux::{start, Settings};
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 mod linux {
     use std::sync::Mutex;
 

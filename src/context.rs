@@ -190,14 +190,7 @@ pub fn current() -> SpanLabels {
 ///
 /// Only `Cell` reads of a const thread local: async-signal-safe.
 #[inline(always)]
-#[cfg_attr(
-    not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(tracing_pyroscope_unsupported)
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
 pub(crate) fn read_in_signal_handler() -> SpanLabels {
     current()
 }

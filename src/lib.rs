@@ -22,14 +22,7 @@
 #![deny(unsafe_code)]
 // Where the sampler cannot run, the collector and exporters are never
 // started: their code is compiled (and type-checked) but unused.
-#![cfg_attr(
-    not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(tracing_pyroscope_unsupported)
-    )),
-    allow(dead_code, unused_imports)
-)]
+#![cfg_attr(not(tp_sampler), allow(dead_code, unused_imports))]
 
 // Imports run one way, top to bottom (see README's module map):
 // builder → {config, collector, export, layer, sampler} → {profile, stats,
@@ -43,11 +36,7 @@ mod export;
 mod layer;
 pub mod profile;
 pub mod report;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 // The one module allowed `unsafe`: each block says why it is sound.
 #[allow(unsafe_code)]
 mod sampler;

@@ -8,11 +8,7 @@ use tracing_pyroscope::context;
 use tracing_subscriber::prelude::*;
 
 /// The platforms the sampler supports, as the crate decides it.
-const SUPPORTED: bool = cfg!(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-));
+const SUPPORTED: bool = cfg!(tp_sampler);
 
 #[test]
 fn the_guard_tells_whether_profiling_runs_on_this_platform() {

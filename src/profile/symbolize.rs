@@ -28,14 +28,7 @@
 use std::sync::Arc;
 
 /// Cached addresses kept before the cache is cleared.
-#[cfg_attr(
-    not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(tracing_pyroscope_unsupported)
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
 pub(crate) const CACHE_LIMIT: usize = 100_000;
 
 /// One source-level frame at an address. An address has several when code
@@ -97,25 +90,13 @@ fn hex_frame(addr: u64, file: Arc<str>) -> SymbolFrame {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 pub(crate) use linux::Symbolizer;
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-)))]
+#[cfg(not(tp_sampler))]
 pub(crate) use stub::Symbolizer;
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-)))]
+#[cfg(not(tp_sampler))]
 mod stub {
     use super::{hex_frame, Resolved};
     use std::sync::Arc;
@@ -140,11 +121,7 @@ mod stub {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 mod linux {
     use super::{hex_frame, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT};
     use object::elf::{
@@ -589,14 +566,7 @@ mod linux {
     }
 }
 
-#[cfg(all(
-    test,
-    all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(tracing_pyroscope_unsupported)
-    )
-))]
+#[cfg(all(test, tp_sampler))]
 mod tests {
     use super::linux::{
         elf_info_of, gnu_build_id, parse_maps_line, ElfInfo, LoadSegment, MapsEntry,

@@ -9,11 +9,7 @@ use super::{proto, EncodedProfile, ProfileBuilder, Symbolizer};
 use crate::context::{self, SpanLabels};
 
 // Symbol names are only real on Linux (elsewhere the symbolizer is a stub).
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 mod encoding {
     use super::*;
     use std::hint::black_box;
@@ -426,11 +422,7 @@ mod encoding {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(tracing_pyroscope_unsupported)
-))]
+#[cfg(tp_sampler)]
 mod bench {
     use super::*;
     use std::time::Instant;
