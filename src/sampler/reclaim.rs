@@ -48,6 +48,7 @@ pub(crate) fn exit(parity: usize) {
 }
 
 /// `true` if no handler is counted under either parity.
+#[cfg(test)]
 pub(crate) fn quiescent() -> bool {
     READERS[0].load(Ordering::SeqCst) == 0 && READERS[1].load(Ordering::SeqCst) == 0
 }
