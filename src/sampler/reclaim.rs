@@ -74,6 +74,8 @@ fn drained(parity: usize) -> bool {
 pub(crate) enum Retiree {
     Unwinder(Box<UnwindState>),
     Maps(Box<MapsSnapshot>),
+    /// A signal buffer; the sampler keeps its own reference for draining.
+    Buffer(std::sync::Arc<super::buffer::SampleBuffer>),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
