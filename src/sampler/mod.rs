@@ -524,11 +524,11 @@ impl Sampler {
         let mut timers = timers::Timers::new(period_nanos);
         // Arm the threads alive now before returning, so work started right
         // after `start` is sampled.
-        if timers.scan(true) {
+        timers.scan(true, || {
             if let Some(maps) = MapsSnapshot::read() {
                 publish_maps(maps, &mut retired);
             }
-        }
+        });
         counters
             .threads
             .store(timers.len() as u64, Ordering::Relaxed);
@@ -725,16 +725,23 @@ fn manage(
                 }
             }
         }
-        // New threads, or samples whose stack lay outside the snapshot:
-        // read the maps again.
-        let added = timers.scan(scans.is_multiple_of(25));
-        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed) != stale_maps;
-        if added || stale {
-            stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
+        // New threads (read before their timers are armed, so their stacks
+        // are known by their first sample), or samples whose stack lay
+        // outside the snapshot: read the maps again.
+        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
+        let mut refreshed = false;
+        timers.scan(scans.is_multiple_of(25), || {
+            if let Some(maps) = MapsSnapshot::read() {
+                publish_maps(maps, &mut retired);
+            }
+            refreshed = true;
+        });
+        if !refreshed && stale != stale_maps {
             if let Some(maps) = MapsSnapshot::read() {
                 publish_maps(maps, &mut retired);
             }
         }
+        stale_maps = stale;
         counters
             .threads
             .store(timers.len() as u64, Ordering::Relaxed);
