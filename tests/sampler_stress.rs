@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tracing_pyroscope::context::{self, SpanLabels};
 
+mod pprof_tool;
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -167,12 +169,40 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
         stop_took,
     );
     assert_eq!(eintr.load(Ordering::Relaxed), 0, "EINTR reached read/write");
-    assert!(stats.samples > 2000, "too few samples: {stats:?}");
+    assert_eq!(stats.dropped_samples, 0, "samples were lost: {stats:?}");
+    assert!(stats.samples > 1000, "too few samples: {stats:?}");
     assert!(threads_spawned.load(Ordering::Relaxed) > 100);
     assert!(bytes_moved.load(Ordering::Relaxed) > 0);
     assert!(
         stop_took < Duration::from_secs(6),
         "shutdown took {stop_took:?}"
     );
+    // Read the profiles back. Every thread here is a std thread (the
+    // harness's main thread included, through `main`): a stack unwound to
+    // its root passes std's thread entry (`thread_start`) or `main`. One
+    // that does not (cut to the leaf, or stopped midway) is a failed unwind.
+    let (mut total, mut failed) = (0u64, 0u64);
+    let mut failures = Vec::new();
+    for file in pprof_tool::profile_files(&dir) {
+        for tr in pprof_tool::traces(&file) {
+            total += tr.count;
+            let rooted = tr
+                .frames
+                .iter()
+                .any(|f| f.contains("thread_start") || f == "main" || f.ends_with("::main"));
+            if !rooted {
+                failed += tr.count;
+                if failures.len() < 5 {
+                    failures.push(tr.frames.clone());
+                }
+            }
+        }
+    }
+    println!(
+        "profiles hold {total} timer periods; {failed} in stacks not unwound to their root ({:.3}%): {failures:#?}",
+        failed as f64 * 100.0 / total.max(1) as f64
+    );
+    assert!(total > 0);
+    assert_eq!(failed, 0, "stacks not unwound to their root: {failures:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,9 +16,22 @@
 //!   it saves and restores `errno`. It reads the thread span slot
 //!   ([`crate::context`]), unwinds the interrupted stack ([`unwind`]) and
 //!   writes into a preallocated lock-free buffer ([`buffer`]). It allocates
-//!   nothing, takes no lock and makes no syscall, so it cannot deadlock a
-//!   thread interrupted inside `malloc` or the dynamic loader. Samples that
-//!   find no free slot are counted as dropped.
+//!   nothing and takes no lock, so it cannot deadlock a thread interrupted
+//!   inside `malloc` or the dynamic loader; its only system call is one
+//!   `FUTEX_WAKE` when a quarter of the buffer waits and the drain thread
+//!   sleeps. Samples that find every slot taken are counted as dropped.
+//! - **Draining** ([`queue`]): a drain thread that does nothing else moves
+//!   samples from the signal buffer to a bounded, aggregating heap queue
+//!   whenever the handler wakes it, and sleeps otherwise (never polls); the
+//!   collector takes the queue in O(1). So the collector's slow work (a
+//!   first debug-info load, an encode) never stalls draining. The buffer
+//!   holds half a second of samples with every CPU busy (CPU-time timers
+//!   cannot fire faster than the CPUs run, at most once per scheduler tick
+//!   each): 1024 slots on 2 CPUs at 1000 Hz, at most 65536. The drain
+//!   thread moves about 600,000 samples a second on one core (30-frame
+//!   stacks), far above any signal rate, so the ceiling is set by how soon
+//!   it is scheduled after a wake: a quarter of the buffer's time span
+//!   (125 ms at the full rate) leaves three quarters as margin.
 //! - **Lifetime**: one sampler per process ([`ErrorKind::AlreadyRunning`]).
 //!   Starting while another `SIGPROF` handler is installed fails with
 //!   [`ErrorKind::SignalInUse`]; we never replace someone else's handler.
@@ -29,7 +42,7 @@
 //!   still in flight can never hit the default action (which would kill the
 //!   process).
 //! - **fork**: a `pthread_atfork` child hook resets what the child inherits
-//!   (running flags, in-flight slots and caches), so a child that never
+//!   (running flags, the parent's signal buffer, caches), so a child that never
 //!   profiles is untouched (no timers are inherited; the handler is inert)
 //!   and a child that starts its own profiler samples itself. The parent's
 //!   sampler object, if the child holds it, is left alone (its threads live
@@ -60,8 +73,8 @@
 
 use std::cell::UnsafeCell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::sync::StopSignal;
 use std::thread::JoinHandle;
@@ -71,10 +84,14 @@ use crate::context::{self, SpanLabels};
 use crate::{Error, ErrorKind};
 
 mod buffer;
+mod queue;
+mod reclaim;
 mod timers;
 mod unwind;
 
 use buffer::SampleBuffer;
+use queue::Queue;
+use reclaim::{Retired, Retiree};
 use unwind::{MapsSnapshot, NativeCache, Plan, Regs, UnwindState};
 
 /// How often the manager looks for new and exited threads.
@@ -96,12 +113,7 @@ struct CacheSlot {
 
 /// Process-wide state the handler reads. Allocated on first start, reused.
 struct Shared {
-    buffer: SampleBuffer,
     caches: Box<[CacheSlot]>,
-    /// Samples recorded with the leaf only: every unwinder cache was busy,
-    /// the handler's stack had no headroom left, or the interrupted stack
-    /// lay outside the maps snapshot.
-    unwind_busy: AtomicU64,
 }
 
 // SAFETY: a cache is only touched by the handler that flipped its `busy`
@@ -116,9 +128,10 @@ static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// A `Sampler` exists.
 static RUNNING: AtomicBool = AtomicBool::new(false);
-/// Handlers currently running (grace period for retiring published data).
-static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 static UNWIND: AtomicPtr<UnwindState> = AtomicPtr::new(ptr::null_mut());
+/// The running sampler's signal buffer (owned by its `Arc`s; unpublished
+/// and waited out before the sampler lets go of it).
+static BUFFER: AtomicPtr<SampleBuffer> = AtomicPtr::new(ptr::null_mut());
 static MAPS: AtomicPtr<MapsSnapshot> = AtomicPtr::new(ptr::null_mut());
 
 fn shared() -> &'static Shared {
@@ -129,14 +142,12 @@ fn shared() -> &'static Shared {
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
     SHARED.get_or_init(|| Shared {
-        buffer: SampleBuffer::new(),
         caches: (0..CACHES)
             .map(|_| CacheSlot {
                 busy: AtomicBool::new(false),
                 cache: UnsafeCell::new(NativeCache::new_in()),
             })
             .collect(),
-        unwind_busy: AtomicU64::new(0),
     })
 }
 
@@ -144,16 +155,17 @@ fn shared() -> &'static Shared {
 /// exists: the parent's manager thread, timers and drain consumer do not.
 /// Resets what the child inherited mid-flight so that it can start its own
 /// sampler: the running flags, handlers counted as running on threads that
-/// are gone, slots they were writing (and the parent's unread samples, which
-/// belong to the parent's profile), and unwinder caches they held. The
-/// handler stays installed but inert, as after `stop`. Atomics only, as
-/// required between `fork` and `exec`.
+/// are gone, the parent's signal buffer (slots they were writing, and unread
+/// samples that belong to the parent's profile: the child's own sampler
+/// gets a new buffer), and unwinder caches they held. The handler stays
+/// installed but inert, as after `stop`. Atomics only, as required between
+/// `fork` and `exec`.
 extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
     ACTIVE.store(false, Ordering::SeqCst);
-    IN_HANDLER.store(0, Ordering::SeqCst);
+    BUFFER.store(ptr::null_mut(), Ordering::SeqCst);
+    reclaim::reset_after_fork();
     if let Some(shared) = SHARED.get() {
-        shared.buffer.reset();
         for cache in shared.caches.iter() {
             cache.busy.store(false, Ordering::SeqCst);
         }
@@ -194,13 +206,16 @@ fn weight(info: *const libc::siginfo_t) -> u32 {
 extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: __errno_location returns this thread's errno slot.
     let errno = unsafe { *libc::__errno_location() };
-    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+    let parity = reclaim::enter();
     if ACTIVE.load(Ordering::SeqCst) {
-        if let Some(shared) = SHARED.get() {
-            take_sample(shared, ctx, weight(info));
+        let buffer = BUFFER.load(Ordering::SeqCst);
+        if let (Some(shared), false) = (SHARED.get(), buffer.is_null()) {
+            // SAFETY: a published buffer stays alive until a grace period
+            // after it was unpublished, and we are counted in `reclaim`.
+            take_sample(shared, unsafe { &*buffer }, ctx, weight(info));
         }
     }
-    IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+    reclaim::exit(parity);
     // SAFETY: as above; restoring errno keeps the interrupted code's view intact.
     unsafe { *libc::__errno_location() = errno };
 }
@@ -236,7 +251,7 @@ fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
 }
 
 #[inline]
-fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
+fn take_sample(shared: &Shared, buffer: &SampleBuffer, ctx: *mut libc::c_void, weight: u32) {
     // A local of the handler's own frame: the stack left below it is what
     // the handler can use (on the interrupted thread's stack, below the
     // kernel's signal frame).
@@ -244,10 +259,10 @@ fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
     let here = std::hint::black_box(ptr::addr_of!(marker)) as u64;
     let labels = context::read_in_signal_handler();
     let Some(regs) = regs_from(ctx) else { return };
-    let Some(mut claim) = shared.buffer.claim() else {
+    let Some(mut claim) = buffer.claim() else {
         return; // counted as dropped by `claim`
     };
-    let data = claim.data();
+    let data = buffer.data(&mut claim);
     data.labels = labels;
     data.weight = weight;
     data.frames[0] = regs.pc;
@@ -260,7 +275,7 @@ fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
         let (state, maps) = unsafe { (&*unwinder, &*maps) };
         match unwind::plan(maps, regs.sp, here) {
             Plan::LeafOnly => {
-                shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
+                buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
             }
             Plan::Unwind => {
                 if let Some(slot) = shared.caches.iter().find(|c| {
@@ -273,12 +288,12 @@ fn take_sample(shared: &Shared, ctx: *mut libc::c_void, weight: u32) {
                     data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
                     slot.busy.store(false, Ordering::Release);
                 } else {
-                    shared.unwind_busy.fetch_add(1, Ordering::Relaxed);
+                    buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
     }
-    claim.publish(&shared.buffer);
+    buffer.publish(claim);
 }
 
 /// Installs our handler unless a foreign one is installed.
@@ -365,33 +380,11 @@ fn describe_handler(handler: libc::sighandler_t) -> String {
     out
 }
 
-/// Retired published data, freed once no handler is running.
-///
-/// The boxes must stay boxes: a handler may still read them at their
-/// published address until the grace period has passed.
-#[derive(Default)]
-#[allow(clippy::vec_box)]
-struct Retired {
-    unwinders: Vec<Box<UnwindState>>,
-    maps: Vec<Box<MapsSnapshot>>,
-}
-
-impl Retired {
-    fn collect(&mut self) {
-        if (!self.unwinders.is_empty() || !self.maps.is_empty())
-            && IN_HANDLER.load(Ordering::SeqCst) == 0
-        {
-            self.unwinders.clear();
-            self.maps.clear();
-        }
-    }
-}
-
 fn publish_unwinder(state: UnwindState, retired: &mut Retired) {
     let old = UNWIND.swap(Box::into_raw(Box::new(state)), Ordering::SeqCst);
     if !old.is_null() {
         // SAFETY: `old` came from Box::into_raw in this function.
-        retired.unwinders.push(unsafe { Box::from_raw(old) });
+        retired.push(Retiree::Unwinder(unsafe { Box::from_raw(old) }));
     }
 }
 
@@ -399,15 +392,21 @@ fn publish_maps(maps: MapsSnapshot, retired: &mut Retired) {
     let old = MAPS.swap(Box::into_raw(Box::new(maps)), Ordering::SeqCst);
     if !old.is_null() {
         // SAFETY: `old` came from Box::into_raw in this function.
-        retired.maps.push(unsafe { Box::from_raw(old) });
+        retired.push(Retiree::Maps(unsafe { Box::from_raw(old) }));
     }
 }
 
-/// Sampler counters.
+/// Sampler counters, all for this sampler only (they start at 0).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct SamplerStats {
+    /// Samples taken by the handler.
     pub(crate) taken: u64,
+    /// Samples lost: the signal buffer was full, or the heap queue at its
+    /// bound.
     pub(crate) dropped: u64,
+    /// Samples recorded with the leaf only: every unwinder cache was busy,
+    /// the handler's stack had no headroom left, or the interrupted stack
+    /// lay outside the maps snapshot.
     pub(crate) unwind_busy: u64,
     pub(crate) threads: u64,
     pub(crate) timer_errors: u64,
@@ -415,6 +414,16 @@ pub(crate) struct SamplerStats {
     /// ran: sampling stopped then (and a warning was logged). For `Stats`.
     #[allow(dead_code)]
     pub(crate) handler_conflicts: u64,
+    /// Unwinders and maps snapshots retired and waiting for their grace
+    /// period (bounded: see [`reclaim`]).
+    #[allow(dead_code)]
+    pub(crate) retired: u64,
+    /// Retired objects freed so far.
+    #[allow(dead_code)]
+    pub(crate) reclaimed: u64,
+    /// Slots in the signal buffer (sized from the rate and the CPUs).
+    #[allow(dead_code)]
+    pub(crate) buffer_slots: u64,
 }
 
 /// Counters one sampler's manager thread keeps.
@@ -423,6 +432,8 @@ struct RunCounters {
     threads: AtomicU64,
     timer_errors: AtomicU64,
     handler_conflicts: AtomicU64,
+    retired: AtomicU64,
+    reclaimed: AtomicU64,
 }
 
 /// A running sampler. Stops on drop.
@@ -433,7 +444,10 @@ pub(crate) struct Sampler {
     fork_generation: u64,
     stop: StopSignal,
     manager: Option<JoinHandle<()>>,
+    drainer: Option<JoinHandle<()>>,
     counters: Arc<RunCounters>,
+    buffer: Arc<SampleBuffer>,
+    queue: Arc<Queue>,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -469,16 +483,40 @@ impl Sampler {
     }
 
     fn start_inner(rate_hz: u32) -> Result<Sampler, Error> {
-        let shared = shared();
-        // Discard anything left over from a previous run.
-        shared.buffer.drain(|_, _, _| {});
+        shared();
         install_handler()?;
         let mut retired = Retired::default();
         publish_unwinder(unwind::build_unwinder(), &mut retired);
         if let Some(maps) = MapsSnapshot::read() {
             publish_maps(maps, &mut retired);
         }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let Some(buffer) = SampleBuffer::new(buffer::slots_for(rate_hz, cpus)) else {
+            return Err(Error::new(
+                ErrorKind::Os,
+                "could not allocate the sample buffer",
+            ));
+        };
+        let buffer = Arc::new(buffer);
+        let queue = Arc::new(Queue::default());
+        BUFFER.store(Arc::as_ptr(&buffer).cast_mut(), Ordering::SeqCst);
         ACTIVE.store(true, Ordering::SeqCst);
+        let drainer = {
+            let buffer = buffer.clone();
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("pyroscope-drain".into())
+                .spawn(move || drain_loop(&buffer, &queue))
+        };
+        let drainer = match drainer {
+            Ok(d) => d,
+            Err(e) => {
+                shut_down(&mut retired, buffer);
+                return Err(
+                    Error::new(ErrorKind::Os, "could not spawn the drain thread").with_source(e),
+                );
+            }
+        };
 
         let period_nanos = 1_000_000_000 / u64::from(rate_hz);
         let stop = StopSignal::new();
@@ -486,25 +524,35 @@ impl Sampler {
         let mut timers = timers::Timers::new(period_nanos);
         // Arm the threads alive now before returning, so work started right
         // after `start` is sampled.
-        if timers.scan(true) {
+        timers.scan(true, || {
             if let Some(maps) = MapsSnapshot::read() {
                 publish_maps(maps, &mut retired);
             }
-        }
+        });
         counters
             .threads
             .store(timers.len() as u64, Ordering::Relaxed);
+        // The manager gets `retired` only once spawned: keep a way back.
+        let retired = Arc::new(Mutex::new(Some(retired)));
         let manager = {
             let stop = stop.clone();
             let counters = counters.clone();
+            let buffer = buffer.clone();
+            let retired = retired.clone();
             std::thread::Builder::new()
                 .name("pyroscope-timer".into())
-                .spawn(move || manage(timers, retired, stop, counters))
+                .spawn(move || {
+                    let taken = crate::sync::lock(&retired).take();
+                    manage(timers, taken.unwrap_or_default(), stop, counters, buffer)
+                })
         };
         let manager = match manager {
             Ok(m) => m,
             Err(e) => {
-                ACTIVE.store(false, Ordering::SeqCst);
+                let mut retired = crate::sync::lock(&retired).take().unwrap_or_default();
+                shut_down(&mut retired, buffer.clone());
+                buffer.stop_sleeping();
+                let _ = drainer.join();
                 return Err(
                     Error::new(ErrorKind::Os, "could not spawn the timer thread").with_source(e),
                 );
@@ -515,7 +563,10 @@ impl Sampler {
             fork_generation: FORK_GENERATION.load(Ordering::SeqCst),
             stop,
             manager: Some(manager),
+            drainer: Some(drainer),
             counters,
+            buffer,
+            queue,
         })
     }
 
@@ -526,11 +577,17 @@ impl Sampler {
 
     /// Passes every sample taken since the last drain to `f`: labels, stack
     /// (leaf first: pc, then return addresses) and weight (timer periods).
+    /// Identical (labels, stack) pairs come aggregated, with their weights
+    /// added. Returns the number of samples. Never waits for slow work: the
+    /// drain thread only moves samples.
     pub(crate) fn drain(&self, f: impl FnMut(SpanLabels, &[u64], u32)) -> usize {
         if !self.owned_by_this_process() {
             return 0;
         }
-        shared().buffer.drain(f)
+        self.queue.move_from(&self.buffer);
+        let batch = self.queue.take();
+        batch.for_each(f);
+        batch.samples()
     }
 
     /// `false` in a forked child: the sampler is the parent's.
@@ -539,30 +596,38 @@ impl Sampler {
     }
 
     pub(crate) fn stats(&self) -> SamplerStats {
-        let s = shared();
         SamplerStats {
-            taken: s.buffer.taken.load(Ordering::Relaxed),
-            dropped: s.buffer.dropped.load(Ordering::Relaxed),
-            unwind_busy: s.unwind_busy.load(Ordering::Relaxed),
+            taken: self.buffer.taken.load(Ordering::Relaxed),
+            dropped: self.buffer.dropped.load(Ordering::Relaxed)
+                + self.queue.dropped.load(Ordering::Relaxed),
+            unwind_busy: self.buffer.leaf_only.load(Ordering::Relaxed),
             threads: self.counters.threads.load(Ordering::Relaxed),
             timer_errors: self.counters.timer_errors.load(Ordering::Relaxed),
             handler_conflicts: self.counters.handler_conflicts.load(Ordering::Relaxed),
+            retired: self.counters.retired.load(Ordering::Relaxed),
+            reclaimed: self.counters.reclaimed.load(Ordering::Relaxed),
+            buffer_slots: self.buffer.capacity() as u64,
         }
     }
 
-    /// Stops the timers and waits for running handlers. Idempotent. Samples
-    /// already taken stay in the buffer for a final `drain`.
+    /// Stops the timers, waits for running handlers and stops the drain
+    /// thread. Idempotent. Samples already taken stay for a final `drain`.
     pub(crate) fn stop(&mut self) {
         let Some(manager) = self.manager.take() else {
             return;
         };
         if !self.owned_by_this_process() {
-            // The manager thread lives only in the parent.
+            // The manager and drain threads live only in the parent.
             std::mem::forget(manager);
+            std::mem::forget(self.drainer.take());
             return;
         }
         self.stop.stop();
         let _ = manager.join();
+        self.buffer.stop_sleeping();
+        if let Some(drainer) = self.drainer.take() {
+            let _ = drainer.join();
+        }
     }
 }
 
@@ -572,9 +637,8 @@ impl Drop for Sampler {
         if !self.owned_by_this_process() {
             return;
         }
-        // Only now: a stopped sampler may still `drain` (the collector's final
-        // drain), and the buffer allows one consumer at a time, so a new
-        // sampler (whose start drains too) must wait until this one is gone.
+        // Only now: a stopped sampler may still `drain` (the collector's
+        // final drain).
         RUNNING.store(false, Ordering::SeqCst);
     }
 }
@@ -584,6 +648,7 @@ fn manage(
     mut retired: Retired,
     stop: StopSignal,
     counters: Arc<RunCounters>,
+    buffer: Arc<SampleBuffer>,
 ) {
     let mut loader_generation = {
         let p = UNWIND.load(Ordering::SeqCst);
@@ -637,16 +702,23 @@ fn manage(
                 }
             }
         }
-        // New threads, or samples whose stack lay outside the snapshot:
-        // read the maps again.
-        let added = timers.scan(scans.is_multiple_of(25));
-        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed) != stale_maps;
-        if added || stale {
-            stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
+        // New threads (read before their timers are armed, so their stacks
+        // are known by their first sample), or samples whose stack lay
+        // outside the snapshot: read the maps again.
+        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
+        let mut refreshed = false;
+        timers.scan(scans.is_multiple_of(25), || {
+            if let Some(maps) = MapsSnapshot::read() {
+                publish_maps(maps, &mut retired);
+            }
+            refreshed = true;
+        });
+        if !refreshed && stale != stale_maps {
             if let Some(maps) = MapsSnapshot::read() {
                 publish_maps(maps, &mut retired);
             }
         }
+        stale_maps = stale;
         counters
             .threads
             .store(timers.len() as u64, Ordering::Relaxed);
@@ -657,39 +729,67 @@ fn manage(
             .timer_errors
             .store(timers.create_errors, Ordering::Relaxed);
         retired.collect();
+        counters
+            .retired
+            .store(retired.len() as u64, Ordering::Relaxed);
+        counters.reclaimed.store(retired.freed(), Ordering::Relaxed);
     }
-    // Shut down: no new signals from us, then wait out running handlers.
     timers.clear();
-    ACTIVE.store(false, Ordering::SeqCst);
-    let mut spins = 0;
-    while IN_HANDLER.load(Ordering::SeqCst) != 0 && spins < 10_000 {
-        std::thread::yield_now();
-        spins += 1;
+    shut_down(&mut retired, buffer);
+}
+
+/// Moves samples from the signal buffer to the heap queue whenever the
+/// buffer's wake mark is reached, and sleeps otherwise (no polling: at idle
+/// it never wakes). Nothing slow happens here.
+fn drain_loop(buffer: &SampleBuffer, queue: &Queue) {
+    while !buffer.stopping() {
+        queue.move_from(buffer);
+        buffer.sleep(None);
     }
-    if IN_HANDLER.load(Ordering::SeqCst) == 0 {
-        let u = UNWIND.swap(ptr::null_mut(), Ordering::SeqCst);
-        let m = MAPS.swap(ptr::null_mut(), Ordering::SeqCst);
-        // SAFETY: both came from Box::into_raw; ACTIVE is false and no
-        // handler is running, so none can hold them.
-        unsafe {
-            if !u.is_null() {
-                drop(Box::from_raw(u));
-            }
-            if !m.is_null() {
-                drop(Box::from_raw(m));
-            }
+    queue.move_from(buffer);
+}
+
+/// Stops sampling (after the caller deleted the timers): unpublishes the
+/// unwinder, maps and signal buffer, then waits out the handlers still
+/// running before freeing them (or leaks them if one seems stuck).
+fn shut_down(retired: &mut Retired, buffer: Arc<SampleBuffer>) {
+    ACTIVE.store(false, Ordering::SeqCst);
+    let u = UNWIND.swap(ptr::null_mut(), Ordering::SeqCst);
+    let m = MAPS.swap(ptr::null_mut(), Ordering::SeqCst);
+    // Only ours: a later sampler may have published its own meanwhile.
+    let _ = BUFFER.compare_exchange(
+        Arc::as_ptr(&buffer).cast_mut(),
+        ptr::null_mut(),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    // SAFETY: both came from Box::into_raw and are no longer published.
+    unsafe {
+        if !u.is_null() {
+            retired.push(Retiree::Unwinder(Box::from_raw(u)));
         }
-        retired.unwinders.clear();
-        retired.maps.clear();
-    } else {
-        // Extremely unlikely; leak rather than risk a use-after-free.
-        std::mem::forget(retired);
+        if !m.is_null() {
+            retired.push(Retiree::Maps(Box::from_raw(m)));
+        }
+    }
+    retired.push(Retiree::Buffer(buffer));
+    if !retired.collect_all(Duration::from_secs(2)) {
+        // A handler preempted for seconds: leak rather than risk a use
+        // after free.
+        std::mem::forget(std::mem::take(retired));
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Tests that start a sampler in this process, or use the grace-period
+    /// counters, take turns.
+    pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     /// Runs `f` in a forked child and returns its exit status (or 100 +
     /// the signal that killed it).
@@ -724,15 +824,17 @@ mod tests {
                 Err(_) => return 1,
             };
             let state = shared();
-            // The claim marks its slot in flight; it has no destructor.
-            let _in_flight = state.buffer.claim();
+            // SAFETY: the running sampler's buffer, alive while it runs.
+            let buffer = unsafe { &*BUFFER.load(Ordering::SeqCst) };
+            // Claimed and never published: a handler caught mid-write.
+            let _ = buffer.claim();
             state.caches[0].busy.store(true, Ordering::SeqCst);
-            IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+            let parity = reclaim::enter();
             let status = in_child(|| {
                 let shared = shared();
-                if IN_HANDLER.load(Ordering::SeqCst) != 0
+                if !reclaim::quiescent()
                     || ACTIVE.load(Ordering::SeqCst)
-                    || shared.buffer.busy_slots() != 0
+                    || !BUFFER.load(Ordering::SeqCst).is_null()
                     || shared.caches.iter().any(|c| c.busy.load(Ordering::SeqCst))
                 {
                     return 2;
@@ -758,7 +860,7 @@ mod tests {
                 }
                 0
             });
-            IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+            reclaim::exit(parity);
             state.caches[0].busy.store(false, Ordering::SeqCst);
             sampler.stop();
             status
@@ -766,6 +868,176 @@ mod tests {
         assert_eq!(
             status, 0,
             "1: start, 2: dirty state, 3: AlreadyRunning, 4: no samples"
+        );
+    }
+
+    /// Spinning threads for the reclamation test. 64 by default: on a
+    /// 2-core machine 512 spinners starve the manager thread itself, which
+    /// then scans (and retires) only a few times in the whole run. Set
+    /// `SAMPLER_TEST_SPINNERS=512` on a bigger machine.
+    fn spinners() -> usize {
+        std::env::var("SAMPLER_TEST_SPINNERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    }
+
+    /// This thread's CPU time in nanoseconds.
+    fn thread_cpu_nanos() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// Spins for 20 ms of its own CPU time, then hands over to a new thread
+    /// and exits, until `stop`: constant CPU load with constant churn, so
+    /// every scan finds new threads and retires the maps snapshot.
+    fn relay(stop: Arc<AtomicBool>, live: Arc<AtomicU64>, exits: Arc<AtomicU64>) {
+        let end = thread_cpu_nanos() + 20_000_000;
+        let mut x = 1u64;
+        while thread_cpu_nanos() < end && !stop.load(Ordering::Relaxed) {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        if !stop.load(Ordering::Relaxed) {
+            let (s, l, e) = (stop.clone(), live.clone(), exits.clone());
+            let next = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || relay(s, l, e));
+            if next.is_ok() {
+                live.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        exits.fetch_add(1, Ordering::Relaxed);
+        live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn retired_snapshots_stay_bounded_under_many_spinning_threads_with_churn() {
+        let _serial = serial();
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(AtomicU64::new(0));
+        let exits = Arc::new(AtomicU64::new(0));
+        for _ in 0..spinners() {
+            let (s, l, e) = (stop.clone(), live.clone(), exits.clone());
+            live.fetch_add(1, Ordering::SeqCst);
+            let spawned = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || relay(s, l, e));
+            if spawned.is_err() {
+                live.fetch_sub(1, Ordering::SeqCst);
+                break; // the machine's thread limit
+            }
+        }
+        let spinning = live.load(Ordering::SeqCst);
+        let mut sampler = Sampler::start(1000).expect("start");
+        // On a machine with hundreds of cores, some handler is always in
+        // flight, some of them preempted mid-way for a scheduling round.
+        // Two cores rarely show that, so two threads play such handlers,
+        // each counted in for 30 ms, staggered: at every instant at least
+        // one is in flight, as the single-counter scheme could not bear.
+        let stalls: Vec<_> = (0..2u64)
+            .map(|k| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(15 * k));
+                    while !stop.load(Ordering::Relaxed) {
+                        let parity = reclaim::enter();
+                        std::thread::sleep(Duration::from_millis(30));
+                        reclaim::exit(parity);
+                    }
+                })
+            })
+            .collect();
+        let mut peak = 0;
+        let mut samples = 0;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(8) {
+            std::thread::sleep(Duration::from_millis(50));
+            peak = peak.max(sampler.stats().retired);
+            samples += sampler.drain(|_, _, _| {});
+        }
+        let stats = sampler.stats();
+        stop.store(true, Ordering::Relaxed);
+        for stall in stalls {
+            let _ = stall.join();
+        }
+        sampler.stop();
+        while live.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!(
+            "{spinning} spinning threads, {} thread exits: retired peak {peak}, reclaimed {}, samples {samples}, {stats:?}",
+            exits.load(Ordering::Relaxed),
+            stats.reclaimed
+        );
+        assert!(
+            stats.reclaimed + stats.retired >= 20,
+            "too little churn to test: {stats:?}"
+        );
+        assert!(peak <= 16, "retired snapshots piled up: peak {peak}");
+    }
+
+    #[test]
+    fn samples_wait_in_the_heap_queue_while_the_collector_is_busy() {
+        // The collector does slow work (a first debug-info load, a big
+        // encode) and does not drain for seconds: the drain thread moves
+        // samples out of the signal buffer meanwhile. The stall is long
+        // enough to fill the signal buffer several times over (on 2 CPUs
+        // CPU-time timers fire at most ~500 times a second).
+        let _serial = serial();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles: Vec<_> = (0..8u64)
+            .map(|t| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let begin = thread_cpu_nanos();
+                    let mut x = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..1000 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                        }
+                    }
+                    thread_cpu_nanos() - begin
+                })
+            })
+            .collect();
+        let mut sampler = Sampler::start(1000).expect("start");
+        let slots = sampler.stats().buffer_slots;
+        let started = std::time::Instant::now();
+        // The stalled collector: no drain until the signals taken exceed
+        // two buffers' worth (or 30 s pass).
+        let signals = |s: SamplerStats| s.taken + s.dropped;
+        while signals(sampler.stats()) < 2 * slots && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let cpu: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        sampler.stop();
+        let mut periods = 0u64;
+        let samples = sampler.drain(|_, _, weight| periods += u64::from(weight));
+        let stats = sampler.stats();
+        println!(
+            "stalled {:?}: {samples} samples ({periods} periods) for {:.2} CPU-s; {stats:?}",
+            started.elapsed(),
+            cpu as f64 / 1e9
+        );
+        assert!(
+            signals(stats) >= 2 * slots,
+            "too few signals to test: {stats:?}"
+        );
+        assert_eq!(
+            stats.dropped, 0,
+            "samples lost while the collector was busy"
+        );
+        assert_eq!(
+            samples as u64, stats.taken,
+            "every sample taken reaches the collector"
         );
     }
 
@@ -806,8 +1078,7 @@ mod tests {
         // handler's own frames took 14 KiB of it: the handler's frame is 6
         // KiB above the stack's bottom. Unwinding (~9 KiB) would overflow.
         let base = 0x7f00_0000_0000u64;
-        #[allow(clippy::single_range_in_vec_init)] // one mapping, not a range of items
-        let maps = MapsSnapshot::from_ranges(vec![base..base + 256 * 1024]);
+        let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
         let sp = base + 20 * 1024;
         assert_eq!(unwind::plan(&maps, sp, base + 6 * 1024), Plan::LeafOnly);
         // The same sp with the handler's frame 17 KiB up: room to unwind.
@@ -819,8 +1090,7 @@ mod tests {
         // A stack mapped after the snapshot (a new thread, a fiber, the
         // main stack grown): nothing is known about its bounds.
         let base = 0x7f00_0000_0000u64;
-        #[allow(clippy::single_range_in_vec_init)] // one mapping, not a range of items
-        let maps = MapsSnapshot::from_ranges(vec![base..base + 256 * 1024]);
+        let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
         let elsewhere = 0x7e00_0000_0000u64;
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
         assert_eq!(

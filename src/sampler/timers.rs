@@ -61,10 +61,12 @@ impl Timers {
     }
 
     /// Brings timers in line with the threads alive now. Returns true if
-    /// timers were added (new threads: refresh the maps snapshot).
+    /// timers were added. `before_arming` runs once, before the first new
+    /// thread's timer is armed: the caller refreshes the maps snapshot there,
+    /// so that the new threads' stacks are in it by their first sample.
     /// `check_recycled` also looks for timers whose thread died and whose
     /// tid was reused (one `timer_gettime` per thread, so not every scan).
-    pub(crate) fn scan(&mut self, check_recycled: bool) -> bool {
+    pub(crate) fn scan(&mut self, check_recycled: bool, before_arming: impl FnOnce()) -> bool {
         let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
             return false;
         };
@@ -101,11 +103,12 @@ impl Timers {
                 delete(t.id);
             }
         }
+        alive.retain(|tid| !self.timers.contains_key(tid));
+        if !alive.is_empty() {
+            before_arming();
+        }
         let mut added = false;
         for tid in alive {
-            if self.timers.contains_key(&tid) {
-                continue;
-            }
             match self.create(tid) {
                 Some(id) => {
                     self.timers.insert(tid, ThreadTimer { id, idle_scans: 0 });
