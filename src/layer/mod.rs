@@ -4,6 +4,8 @@
 //! - this file: the `Layer` impl (per-span work once, at the first enter,
 //!   kept in the span's extensions);
 //! - `resolve.rs`: settling a span's ids and labels at its first enter;
+//! - `fields.rs`: labels from span fields (recorded values, merged label
+//!   sets, `Span::record`);
 //! - `stack.rs`: the per-thread stack of saved slot values and the label
 //!   cache that makes warm enters lookup-free.
 
@@ -22,8 +24,10 @@ use crate::config::SpanScope;
 #[cfg(doc)]
 use crate::context::SpanLabels;
 use crate::export::span_index::{SpanIndexQueue, SpanIndexRecord};
+use fields::{FieldState, FieldValues};
 use resolve::{OtelName, SpanData};
 
+mod fields;
 #[cfg(test)]
 mod otel_tests;
 mod resolve;
@@ -43,6 +47,8 @@ pub(crate) struct LayerConfig {
     pub(crate) scope: SpanScope,
     pub(crate) span_name_label: bool,
     pub(crate) trace_id_label: bool,
+    /// Span fields that become sample labels (interned key names).
+    pub(crate) span_labels: std::sync::Arc<[&'static str]>,
     /// Set when a sink keeps a span index: closed profiled root spans go
     /// here.
     pub(crate) records: Option<SpanIndexQueue>,
@@ -181,8 +187,19 @@ impl SpanProfileLayer {
             scope,
             span_name_label: true,
             trace_id_label: false,
+            span_labels: std::sync::Arc::new([]),
             records: None,
         })
+    }
+
+    /// Lists span fields that become labels (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_span_labels(mut self, names: &[&str]) -> Self {
+        if let Some(config) = &mut self.config {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            config.span_labels = crate::context::configure_span_labels(&names);
+        }
+        self
     }
 
     /// Switches the `span_name` label (active layers only).
@@ -225,9 +242,9 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if self.config.is_none() {
+        let Some(config) = &self.config else {
             return;
-        }
+        };
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -240,19 +257,30 @@ where
                 name = Cow::Owned(otel_name);
             }
         }
+        let fields = if fields::lists_any(&config.span_labels, metadata.fields()) {
+            let mut visitor = FieldValues::new(&config.span_labels);
+            attrs.record(&mut visitor);
+            FieldState::new(visitor.into_own())
+        } else {
+            FieldState::default()
+        };
         span.extensions_mut().insert(SpanData {
             name,
             resolved: OnceLock::new(),
+            fields,
         });
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if self.config.is_none() {
+        let Some(config) = &self.config else {
             return;
-        }
+        };
         let Some(span) = ctx.span(id) else {
             return;
         };
+        if !config.span_labels.is_empty() {
+            self.record_fields(config, &span, values);
+        }
         match span.metadata().fields().field(OTEL_NAME_FIELD) {
             Some(field) if values.contains(&field) => {}
             _ => return,
