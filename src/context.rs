@@ -42,11 +42,11 @@ use crate::sync::lock;
 
 mod fields;
 
-pub use fields::{
-    fields_of, with_labels, LabelGuard, LabelSet, DEFAULT_MAX_LABEL_VALUES, OVERFLOW_VALUE,
-};
 pub(crate) use fields::{
     configure_span_labels, merge_fields, set_max_label_values, value_overflows,
+};
+pub use fields::{
+    fields_of, with_labels, LabelGuard, LabelSet, DEFAULT_MAX_LABEL_VALUES, OVERFLOW_VALUE,
 };
 
 /// The sample label keys the crate sets, in the order they are written.

@@ -139,7 +139,11 @@ impl Table {
     }
 
     /// `parent`'s pairs, with `own`'s values replacing or adding keys.
-    fn merge<'a>(&mut self, parent: u32, own: impl Iterator<Item = (&'static str, &'a str)>) -> u32 {
+    fn merge<'a>(
+        &mut self,
+        parent: u32,
+        own: impl Iterator<Item = (&'static str, &'a str)>,
+    ) -> u32 {
         let mut pairs = self.pairs(parent);
         for (key, value) in own {
             if value.is_empty() {
@@ -309,7 +313,11 @@ mod tests {
 
     fn labels_of(id: u32) -> Vec<(String, String)> {
         fields_of(id)
-            .map(|s| s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            .map(|s| {
+                s.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
