@@ -330,19 +330,34 @@ fn span_labels_from_env_and_builder() {
 fn span_label_names_follow_the_server_rules() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("PYROSCOPE_SPAN_LABELS", "span_name")], "reserved"),
-        (&[("PYROSCOPE_SPAN_LABELS", "span.id")], "collides with \"span_id\""),
-        (&[("PYROSCOPE_SPAN_LABELS", "service.name")], "collides with \"service_name\""),
+        (
+            &[("PYROSCOPE_SPAN_LABELS", "span.id")],
+            "collides with \"span_id\"",
+        ),
+        (
+            &[("PYROSCOPE_SPAN_LABELS", "service.name")],
+            "collides with \"service_name\"",
+        ),
         (&[("PYROSCOPE_SPAN_LABELS", "__x")], "\"__\""),
         (&[("PYROSCOPE_SPAN_LABELS", "a-b")], "[a-zA-Z0-9_.]"),
         (&[("PYROSCOPE_SPAN_LABELS", "1a")], "digit"),
         (&[("PYROSCOPE_SPAN_LABELS", "a,a")], "repeated"),
-        (&[("PYROSCOPE_SPAN_LABELS", "a.b,a_b")], "both become \"a_b\""),
         (
-            &[("PYROSCOPE_SPAN_LABELS", "region"), ("PYROSCOPE_LABELS", "region=eu")],
+            &[("PYROSCOPE_SPAN_LABELS", "a.b,a_b")],
+            "both become \"a_b\"",
+        ),
+        (
+            &[
+                ("PYROSCOPE_SPAN_LABELS", "region"),
+                ("PYROSCOPE_LABELS", "region=eu"),
+            ],
             "static label \"region\"",
         ),
         (
-            &[("PYROSCOPE_SPAN_LABELS", "http.route"), ("PYROSCOPE_LABELS", "http_route=x")],
+            &[
+                ("PYROSCOPE_SPAN_LABELS", "http.route"),
+                ("PYROSCOPE_LABELS", "http_route=x"),
+            ],
             "static label \"http_route\"",
         ),
         (&[("PYROSCOPE_SPAN_LABEL_VALUES", "0")], "1 to 500"),
@@ -364,7 +379,10 @@ fn span_label_names_follow_the_server_rules() {
         .validate()
         .unwrap_err()
         .to_string();
-    assert!(m.contains("Builder::span_labels") && m.contains("reserved"), "{m}");
+    assert!(
+        m.contains("Builder::span_labels") && m.contains("reserved"),
+        "{m}"
+    );
     let m = Builder::new("a")
         .max_span_label_values(0)
         .config
@@ -376,7 +394,12 @@ fn span_label_names_follow_the_server_rules() {
 
 #[test]
 fn span_labels_count_towards_the_series_labels() {
-    let names = |n: usize| (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>().join(",");
+    let names = |n: usize| {
+        (0..n)
+            .map(|i| format!("f{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     // Defaults: __name__, service_name, process.runtime.name, span_name:
     // 26 left for static and span labels together.
     assert!(env(&[
