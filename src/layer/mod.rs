@@ -128,6 +128,59 @@ pub(crate) struct LayerConfig {
 ///   label, and one series per trace would explode the server's index. The
 ///   span id is enough for Grafana's trace-to-profile link.
 ///
+/// # Labels from span fields
+///
+/// List span fields with `PYROSCOPE_SPAN_LABELS=vehicle,region` (or
+/// [`Builder::span_labels`](crate::Builder::span_labels)), and each becomes
+/// a sample label of the same name, like Go's `pprof.Do` labels or the
+/// `tag_wrapper` of Pyroscope's other SDKs:
+///
+/// ```
+/// # fn find_nearest_vehicle() {}
+/// # let kind = "car";
+/// // PYROSCOPE_SPAN_LABELS=vehicle
+/// let span = tracing::info_span!("GET /car", vehicle = %kind);
+/// span.in_scope(|| {
+///     // CPU samples here, and in every descendant span, carry vehicle="car".
+///     find_nearest_vehicle();
+/// });
+///
+/// // Or later, e.g. once the request is parsed:
+/// let span = tracing::info_span!("order", vehicle = tracing::field::Empty);
+/// let _entered = span.enter();
+/// span.record("vehicle", "bike"); // labels samples from here on
+/// ```
+///
+/// - **Where.** A listed field recorded on a span, at creation or with
+///   `Span::record`, labels every sample taken while that span or any of its
+///   descendants is entered, on any thread and across `.await`s
+///   (`#[instrument(fields(vehicle = %kind))]` works the same).
+/// - **Nearest wins.** A descendant that sets the same key overrides it for
+///   its own subtree; other keys are inherited (`vehicle` from the child,
+///   `region` from the parent).
+/// - **Independent of the scope.** With scope `root`, a child's `vehicle`
+///   still labels its samples (they keep the root's `span_id` and
+///   `span_name`); with scope `none`, fields label samples too.
+/// - **`Span::record`** takes effect at once on the thread that records it
+///   when the span is the innermost span entered there (the usual
+///   `Span::current().record(..)`); elsewhere (another thread that has it
+///   entered, descendants entered now, or the span itself while a child is
+///   entered on top of it) at the next enter. An empty string unsets the
+///   span's own value.
+/// - **Values.** Strings as written, integers, floats and booleans
+///   formatted, `%x` with `Display`, `?x` with `Debug`; cut to the server's
+///   2048 bytes. Each key keeps at most `PYROSCOPE_SPAN_LABEL_VALUES`
+///   (default 50) distinct values, later ones are sent as `other`; and
+///   combinations of span name and values share the series budget of
+///   `PYROSCOPE_MAX_SPAN_NAMES` (see [`from_env`](crate::from_env)).
+/// - **Cost.** The label set is merged and interned once per span, off the
+///   hot path (at its first enter, or when a listed field is recorded), and
+///   cached like the ids: enter and exit stay lookup-free and allocation-free.
+///   A span without listed fields, or a layer with none listed, does no
+///   extra work.
+/// - **Without spans**, [`context::with_labels`](crate::context::with_labels)
+///   labels a block of code the same way.
+///
 /// # Save and restore
 ///
 /// Each thread keeps a small fixed-size stack of `(span, saved labels)`
