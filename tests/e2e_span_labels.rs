@@ -77,7 +77,10 @@ burners!(
     burn_in_child = 89,
 );
 
-const TASK_BURNERS: [(&str, fn(u64) -> u64); 16] = [
+/// A burn function and its name (as pprof shows it).
+type Burner = (&'static str, fn(u64) -> u64);
+
+const TASK_BURNERS: [Burner; 16] = [
     ("burn_vehicle_00", burn_vehicle_00),
     ("burn_vehicle_01", burn_vehicle_01),
     ("burn_vehicle_02", burn_vehicle_02),

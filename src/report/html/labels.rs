@@ -26,11 +26,11 @@ pub(super) fn write(h: &mut String, data: &Data, flames: &mut Flames<'_>) {
     for (k, (key, values)) in data.labels.iter().enumerate() {
         let mut values: Vec<(&String, &Folded)> = values.iter().collect();
         values.sort_by(|a, b| b.1.samples.cmp(&a.1.samples).then_with(|| a.0.cmp(b.0)));
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<div class=\"label-key\" data-label-key=\"{key_attr}\"><h3>{key}</h3>\
              <p class=\"dim\">{n} values · one flame graph per value, from the samples of every \
-             service that carry <code>{key}</code></p>\n",
+             service that carry <code>{key}</code></p>",
             key_attr = esc(key),
             key = esc(key),
             n = values.len(),
@@ -59,9 +59,9 @@ pub(super) fn write(h: &mut String, data: &Data, flames: &mut Flames<'_>) {
             h.push_str("</div>\n");
         }
         if values.len() > MAX_VALUE_GRAPHS {
-            let _ = write!(
+            let _ = writeln!(
                 h,
-                "<p class=\"note\">Showing the {MAX_VALUE_GRAPHS} heaviest of {} values of {}.</p>\n",
+                "<p class=\"note\">Showing the {MAX_VALUE_GRAPHS} heaviest of {} values of {}.</p>",
                 values.len(),
                 esc(key)
             );
