@@ -176,8 +176,9 @@ pub(crate) struct LayerConfig {
 /// - **Cost.** The label set is merged and interned once per span, off the
 ///   hot path (at its first enter, or when a listed field is recorded), and
 ///   cached like the ids: enter and exit stay lookup-free and allocation-free.
-///   A span without listed fields, or a layer with none listed, does no
-///   extra work.
+///   A layer with no span labels listed does no extra work at all; under
+///   one that lists some, a span without listed fields only looks up its
+///   parent's label set once, at its first enter.
 /// - **Without spans**, [`context::with_labels`](crate::context::with_labels)
 ///   labels a block of code the same way.
 ///
