@@ -228,7 +228,7 @@ impl SpanProfileLayer {
         }
         let mut visitor = FieldValues::new(&config.span_labels);
         values.record(&mut visitor);
-        let (has_children, resolved) = {
+        let (has_children, resolved, old_slot) = {
             let mut ext = span.extensions_mut();
             let Some(data) = ext.get_mut::<SpanData>() else {
                 return;
@@ -241,10 +241,12 @@ impl SpanProfileLayer {
                 }
             }
             *state.raw.get_mut() = 0;
-            *state.slot.get_mut() = 0;
+            // The label set its enters wrote (whatever the generation).
+            let old_slot = std::mem::take(state.slot.get_mut()) as u32;
             (
                 state.has_children.load(Ordering::SeqCst),
                 data.resolved.get().copied(),
+                old_slot,
             )
         };
         // Never settled: no cache anywhere holds its labels (a descendant
@@ -259,7 +261,9 @@ impl SpanProfileLayer {
         } else {
             stack::invalidate(span_id);
         }
-        if stack::innermost(span_id, resolved.labels) {
+        // At once if the slot holds exactly what this span's enter wrote
+        // (not, say, `with_labels` on top of it).
+        if stack::innermost(span_id, resolved.labels.with_fields(old_slot)) {
             let fields = self.slot_fields(span, resolved.labels.name_id);
             stack::retarget_innermost(span_id, resolved.labels.with_fields(fields));
         }

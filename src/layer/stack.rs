@@ -121,16 +121,15 @@ pub(super) fn invalidate_all() {
 }
 
 /// `true` if `span` is the innermost span entered on this thread and the
-/// slot holds its labels (`ids`; the label set aside).
-pub(super) fn innermost(span: u64, ids: SpanLabels) -> bool {
+/// slot holds `labels`.
+pub(super) fn innermost(span: u64, labels: SpanLabels) -> bool {
     STACK
         .try_with(|stack| {
             let len = stack.len.get();
             if stack.overflow.get() != 0 || len == 0 || stack.entries[len - 1].get().span != span {
                 return false;
             }
-            let now = context::current();
-            now.with_fields(0) == ids.with_fields(0)
+            context::current() == labels
         })
         .unwrap_or(false)
 }

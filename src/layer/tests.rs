@@ -273,9 +273,20 @@ fn record_applies_before_the_first_enter_at_once_when_innermost_and_to_descendan
         root.record("vehicle", "scooter");
         root.in_scope(|| {
             assert_eq!(field_labels(), ["vehicle=scooter"]);
-            // The innermost span: at once.
+            // The innermost span: at once, and again.
+            root.record("vehicle", "truck");
+            assert_eq!(field_labels(), ["vehicle=truck"]);
             root.record("vehicle", "car");
             assert_eq!(field_labels(), ["vehicle=car"]);
+            // Under `with_labels` the slot is not the span's own: left as
+            // it is until the block ends and the span is entered again.
+            context::with_labels(&[("region", "x")], || {
+                root.record("vehicle", "van");
+                assert_eq!(field_labels(), ["region=x", "vehicle=car"]);
+            });
+            assert_eq!(field_labels(), ["vehicle=car"], "restored by the block");
+            root.in_scope(|| assert_eq!(field_labels(), ["vehicle=van"]));
+            root.record("vehicle", "car");
             let child = tracing::info_span!("rec-child", region = "us");
             child.in_scope(|| {
                 assert_eq!(field_labels(), ["region=us", "vehicle=car"]);
