@@ -184,7 +184,7 @@ fn span_labels_reach_the_server_within_the_series_budget() {
     assert!(
         stored
             .iter()
-            .any(|s| s.series.get("vehicle").is_some() && s.series.get("http_route").is_some()),
+            .any(|s| s.series.contains_key("vehicle") && s.series.contains_key("http_route")),
         "no sample stored with its span labels"
     );
     assert!(stats.span_label_overflows > 0, "{stats:?}");
