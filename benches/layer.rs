@@ -3,7 +3,10 @@
 //! One group, five stacks, in one run:
 //! - `registry`: `Registry` alone (the baseline);
 //! - `registry+profiling`: with an active `SpanProfileLayer` (scope root),
-//!   from a real profiler started with `Builder` (100 Hz, local directory);
+//!   from a real profiler started with `Builder` (100 Hz, local directory,
+//!   span labels `vehicle` and `region` listed), on a span without fields;
+//! - `registry+profiling+fields`: the same layer, on a span with two label
+//!   fields (`vehicle`, `region`);
 //! - `registry+otel`: with tracing-opentelemetry (in-memory exporter);
 //! - `registry+otel+profiling`: both;
 //! - `registry+inert`: with an inert `SpanProfileLayer` (profiling off);
@@ -13,8 +16,8 @@
 //! - `registry+identity`: with tracing-subscriber's empty `Identity` layer,
 //!   i.e. the cost of being a layer at all (`Layered` plumbing).
 //!
-//! Targets: profiling/registry ≤ 2.0, otel+profiling/otel ≤ 1.15,
-//! inert/registry ≤ 1.05.
+//! Targets: profiling/registry ≤ 2.0, fields/registry ≤ 2.0,
+//! otel+profiling/otel ≤ 1.15, inert/registry ≤ 1.05.
 //!
 //! The machine these run on is shared, so per-benchmark times drift between
 //! benchmarks. Before the criterion group, `interleaved` times all stacks in
@@ -63,6 +66,7 @@ fn active_layer() -> SpanProfileLayer {
             match tracing_pyroscope::Builder::new("bench")
                 .profiles_dir(&dir)
                 .span_scope(SpanScope::Root)
+                .span_labels(["vehicle", "region"])
                 .build()
             {
                 Ok((layer, guard)) => {
@@ -93,6 +97,15 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FlagLayer {
     }
 }
 
+/// The benchmarked span: with two span-label fields on the `+fields` stack.
+fn bench_span(stack: &str) -> tracing::Span {
+    if stack.ends_with("+fields") {
+        tracing::info_span!("bench-root", vehicle = "car", region = "eu-north")
+    } else {
+        tracing::info_span!("bench-root")
+    }
+}
+
 fn stacks(provider: &SdkTracerProvider) -> Vec<(&'static str, Dispatch)> {
     let otel = || tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
     let profiling = active_layer;
@@ -100,6 +113,10 @@ fn stacks(provider: &SdkTracerProvider) -> Vec<(&'static str, Dispatch)> {
         ("registry", Dispatch::new(Registry::default())),
         (
             "registry+profiling",
+            Dispatch::new(Registry::default().with(profiling())),
+        ),
+        (
+            "registry+profiling+fields",
             Dispatch::new(Registry::default().with(profiling())),
         ),
         (
@@ -133,9 +150,9 @@ fn interleaved(_c: &mut Criterion) {
     let stacks = stacks(&provider);
     let spans: Vec<tracing::Span> = stacks
         .iter()
-        .map(|(_, dispatch)| {
+        .map(|(name, dispatch)| {
             tracing::dispatcher::with_default(dispatch, || {
-                let span = tracing::info_span!("bench-root");
+                let span = bench_span(name);
                 span.in_scope(|| {});
                 span
             })
@@ -167,9 +184,11 @@ fn interleaved(_c: &mut Criterion) {
     }
     println!(
         "interleaved ratios: profiling/registry = {:.2} (target <= 2.0), \
+         profiling+fields/registry = {:.2} (target <= 2.0), \
          otel+profiling/otel = {:.3} (target <= 1.15), inert/registry = {:.3} \
          (target <= 1.05), inert/identity = {:.3}, flag/registry = {:.3}, inert/flag = {:.3}",
         t("registry+profiling") / t("registry"),
+        t("registry+profiling+fields") / t("registry"),
         t("registry+otel+profiling") / t("registry+otel"),
         t("registry+inert") / t("registry"),
         t("registry+inert") / t("registry+identity"),
@@ -187,7 +206,7 @@ fn enter_exit(c: &mut Criterion) {
     let mut group = c.benchmark_group("enter_exit");
     for (name, dispatch) in &stacks {
         tracing::dispatcher::with_default(dispatch, || {
-            let span = tracing::info_span!("bench-root");
+            let span = bench_span(name);
             // The first enter settles the span's ids; measure the steady state.
             span.in_scope(|| {});
             group.bench_function(*name, |b| {

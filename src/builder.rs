@@ -145,8 +145,45 @@ impl Builder {
     /// The most distinct `span_name` values this process sends, 1 to 500.
     /// Each is a series on the server; later names become `other` and are
     /// counted in [`Stats::span_name_overflows`](crate::Stats). Default 200.
+    ///
+    /// With [`span_labels`](Builder::span_labels) this is the budget of
+    /// label sets: span names and combinations of a name with span-label
+    /// values count together; a combination past it keeps its span name and
+    /// loses its span labels (counted in
+    /// [`Stats::label_set_overflows`](crate::Stats)).
     pub fn max_span_names(mut self, max: usize) -> Self {
         self.config.max_span_names = max;
+        self
+    }
+
+    /// Span fields that become sample labels of the same name, like
+    /// `PYROSCOPE_SPAN_LABELS=vehicle,region`: a span created with
+    /// `info_span!("order", vehicle = %kind)` labels the samples taken while
+    /// it or any descendant runs with `vehicle=<kind>`. Adds to the names
+    /// given before. Names follow the label rules (see
+    /// [`SpanProfileLayer`]'s "Labels from span fields").
+    ///
+    /// ```no_run
+    /// let (layer, guard) = tracing_pyroscope::Builder::new("ride-sharing-app")
+    ///     .server_address("http://localhost:4040")
+    ///     .label("region", "eu-north") // static: the same for the whole process
+    ///     .span_labels(["vehicle"]) // per span: from the span's `vehicle` field
+    ///     .build()?;
+    /// # drop((layer, guard));
+    /// # Ok::<(), tracing_pyroscope::Error>(())
+    /// ```
+    pub fn span_labels<N: Into<String>>(mut self, names: impl IntoIterator<Item = N>) -> Self {
+        self.config
+            .span_labels
+            .extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// The most distinct values of each span label, 1 to 500; later values
+    /// are sent as `other` and counted in
+    /// [`Stats::span_label_overflows`](crate::Stats). Default 50.
+    pub fn max_span_label_values(mut self, max: usize) -> Self {
+        self.config.max_span_label_values = max;
         self
     }
 
@@ -268,11 +305,13 @@ fn start_platform(
         .any(|s| s.keeps_span_index())
         .then(|| SpanIndexQueue::new(records_tx, counters.clone()));
     crate::context::set_max_names(config.max_span_names);
+    crate::context::set_max_label_values(config.max_span_label_values);
     let sampler = Sampler::start(config.sample_rate)?;
     let layer = SpanProfileLayer::new(LayerConfig {
         scope: config.span_scope,
         span_name_label: config.span_name_label,
         trace_id_label: config.trace_id_label,
+        span_labels: crate::context::configure_span_labels(&config.span_labels),
         records,
     });
     let settings = collector::Settings {

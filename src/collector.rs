@@ -143,6 +143,10 @@ mod linux {
             span_samples: HashMap::new(),
             base,
             base_name_overflows: crate::context::name_overflows(),
+            base_label_overflows: (
+                crate::context::value_overflows(),
+                crate::context::label_set_overflows(),
+            ),
         };
         let stop = StopSignal::new();
         let handle = {
@@ -179,6 +183,8 @@ mod linux {
         base: SamplerStats,
         /// Span-name overflows (process-wide) when this run started.
         base_name_overflows: u64,
+        /// Span-label value and label-set overflows before this run.
+        base_label_overflows: (u64, u64),
     }
 
     impl Collector {
@@ -243,6 +249,15 @@ mod linux {
             Counters::set(
                 &c.span_name_overflows,
                 crate::context::name_overflows().saturating_sub(self.base_name_overflows),
+            );
+            let (values, sets) = self.base_label_overflows;
+            Counters::set(
+                &c.span_label_overflows,
+                crate::context::value_overflows().saturating_sub(values),
+            );
+            Counters::set(
+                &c.label_set_overflows,
+                crate::context::label_set_overflows().saturating_sub(sets),
             );
             Counters::set(
                 &c.degraded_samples,

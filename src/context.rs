@@ -26,6 +26,11 @@
 //! assert_eq!(context::current(), previous);
 //! ```
 //!
+//! Labels from span fields (`PYROSCOPE_SPAN_LABELS`) ride in the same
+//! record as one interned label-set id, [`SpanLabels::fields_id`]; for code
+//! outside spans, [`with_labels`] sets them for a block (Pyroscope's
+//! `tag_wrapper`).
+//!
 //! [`SpanProfileLayer`]: crate::SpanProfileLayer
 
 use std::cell::Cell;
@@ -34,6 +39,15 @@ use std::sync::atomic::{compiler_fence, AtomicU64, AtomicU8, AtomicUsize, Orderi
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::sync::lock;
+
+mod fields;
+
+pub(crate) use fields::{
+    configure_span_labels, merge_fields, set_max_label_values, value_overflows,
+};
+pub use fields::{
+    fields_of, with_labels, LabelGuard, LabelSet, DEFAULT_MAX_LABEL_VALUES, OVERFLOW_VALUE,
+};
 
 /// The sample label keys the crate sets, in the order they are written.
 ///
@@ -68,6 +82,9 @@ pub struct SpanLabels {
     pub trace_id: u128,
     /// An id from [`intern_name`] (`span_name` label); 0 for none.
     pub name_id: u32,
+    /// An interned set of labels from span fields (see [`fields_of`]); 0
+    /// for none.
+    pub fields_id: u32,
 }
 
 impl SpanLabels {
@@ -76,6 +93,7 @@ impl SpanLabels {
         span_id: 0,
         trace_id: 0,
         name_id: 0,
+        fields_id: 0,
     };
 
     /// Labels for a span.
@@ -84,18 +102,25 @@ impl SpanLabels {
             span_id,
             trace_id,
             name_id,
+            fields_id: 0,
         }
+    }
+
+    /// The same labels with the span-field label set `fields_id`.
+    pub const fn with_fields(self, fields_id: u32) -> Self {
+        SpanLabels { fields_id, ..self }
     }
 
     /// `true` if no span is recorded.
     pub const fn is_none(&self) -> bool {
-        self.span_id == 0 && self.trace_id == 0 && self.name_id == 0
+        self.span_id == 0 && self.trace_id == 0 && self.name_id == 0 && self.fields_id == 0
     }
 
     /// Calls `f(key, value)` for every label present, in the order of
-    /// [`keys::ALL`]. Ids are formatted as lowercase hex without allocating;
-    /// a span name is looked up in the name table (a lock), so call this off
-    /// the hot path, once per distinct record.
+    /// [`keys::ALL`], then the span-field labels sorted by key. Ids are
+    /// formatted as lowercase hex without allocating; a span name and a
+    /// label set are looked up in their tables (a lock each), so call this
+    /// off the hot path, once per distinct record.
     ///
     /// ```
     /// use tracing_pyroscope::context::{keys, SpanLabels};
@@ -114,6 +139,11 @@ impl SpanLabels {
         }
         if self.trace_id != 0 {
             f(keys::TRACE_ID, hex(self.trace_id, 32, &mut buf));
+        }
+        if let Some(pairs) = fields_of(self.fields_id) {
+            for (key, value) in pairs.iter() {
+                f(key, value);
+            }
         }
     }
 }
@@ -195,15 +225,19 @@ pub(crate) fn read_in_signal_handler() -> SpanLabels {
     current()
 }
 
-/// The default cap on distinct span names a process sends.
+/// The default cap on distinct label sets a process sends: span names, and
+/// combinations of a span name with span-field labels.
 ///
-/// `span_name` is a series label on the Pyroscope server, so every distinct
-/// name is one more label set, and the server counts a series per label set
-/// *and* sample type (we send two: `samples/count` and `cpu/nanoseconds`); a
-/// tenant has 5000 series by default for all its services. With this cap one
-/// process creates at most 2 × (200 + 2) = 404 series (the names,
+/// `span_name` and every span-field label are series labels on the
+/// Pyroscope server, so every distinct name, and every distinct (name,
+/// field values) combination, is one more label set; the server counts a
+/// series per label set *and* sample type (we send two: `samples/count` and
+/// `cpu/nanoseconds`); a tenant has 5000 series by default for all its
+/// services. Names and combinations share this one budget, so with this cap
+/// one process creates at most 2 × (200 + 2) = 404 series (the label sets,
 /// [`OVERFLOW_NAME`] and samples outside spans), within the crate's budget of
-/// 500 series per process (`PYROSCOPE_MAX_SPAN_NAMES` changes it).
+/// 500 series per process, however many span labels are configured
+/// (`PYROSCOPE_MAX_SPAN_NAMES` changes it).
 pub const DEFAULT_MAX_NAMES: usize = 200;
 /// The name every span gets once the cap on distinct names is reached.
 pub const OVERFLOW_NAME: &str = "other";
@@ -215,9 +249,13 @@ pub const TRUNCATED_MARK: &str = "…";
 
 static MAX_NAMES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_NAMES);
 static NAME_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+static LABEL_SET_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+/// Most refused names (or label sets) remembered, so each counts once.
+const MAX_REFUSED: usize = 100_000;
 
-/// Sets the cap on distinct span names (at least 1). Names already interned
-/// keep their ids.
+/// Sets the cap on distinct label sets: span names plus (name, span-field
+/// labels) combinations (at least 1). Names and sets already admitted keep
+/// their ids.
 pub(crate) fn set_max_names(max: usize) {
     MAX_NAMES.store(max.max(1), Ordering::Relaxed);
 }
@@ -228,12 +266,32 @@ pub(crate) fn name_overflows() -> u64 {
     NAME_OVERFLOWS.load(Ordering::Relaxed)
 }
 
+/// How many (span name, span-field labels) combinations were refused by
+/// the series budget so far (each counts once); their samples carry the
+/// span name without the span-field labels.
+pub(crate) fn label_set_overflows() -> u64 {
+    LABEL_SET_OVERFLOWS.load(Ordering::Relaxed)
+}
+
+/// The series budget: span names and (name, field set) combinations share
+/// one cap, `MAX_NAMES`.
 #[derive(Default)]
 struct Names {
     ids: HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
     /// Names refused by the cap, so each counts once as an overflow.
     refused: HashSet<Arc<str>>,
+    /// Admitted `(name_id, fields_id)` combinations (`fields_id != 0`).
+    sets: HashSet<(u32, u32)>,
+    /// Combinations refused by the cap, so each counts once.
+    refused_sets: HashSet<(u32, u32)>,
+}
+
+impl Names {
+    /// Label sets counted against the budget so far.
+    fn label_sets(&self) -> usize {
+        self.names.len() + self.sets.len()
+    }
 }
 
 fn names() -> &'static Mutex<Names> {
@@ -259,8 +317,9 @@ pub fn truncate_value(value: &str) -> std::borrow::Cow<'_, str> {
 /// Interning takes a lock and may allocate: call it when a span is created
 /// or first entered, not on every enter. Ids are never 0. Names longer than
 /// the server accepts are truncated ([`truncate_value`]). At most
-/// `PYROSCOPE_MAX_SPAN_NAMES` (default [`DEFAULT_MAX_NAMES`]) names are kept;
-/// after that every new name maps to [`OVERFLOW_NAME`] and is counted
+/// `PYROSCOPE_MAX_SPAN_NAMES` (default [`DEFAULT_MAX_NAMES`]) label sets are
+/// kept, names and (name, span-field labels) combinations together; after
+/// that every new name maps to [`OVERFLOW_NAME`] and is counted
 /// (`Stats::span_name_overflows`), so memory and the series a process
 /// creates stay bounded.
 pub fn intern_name(name: &str) -> u32 {
@@ -269,8 +328,8 @@ pub fn intern_name(name: &str) -> u32 {
     if let Some(&id) = table.ids.get(&*name) {
         return id;
     }
-    let name: &str = if table.names.len() >= MAX_NAMES.load(Ordering::Relaxed) {
-        if !table.refused.contains(&*name) && table.refused.len() < 100_000 {
+    let name: &str = if table.label_sets() >= MAX_NAMES.load(Ordering::Relaxed) {
+        if !table.refused.contains(&*name) && table.refused.len() < MAX_REFUSED {
             table.refused.insert(Arc::from(&*name));
             NAME_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
         }
@@ -286,6 +345,33 @@ pub fn intern_name(name: &str) -> u32 {
     let id = table.names.len() as u32;
     table.ids.insert(arc, id);
     id
+}
+
+/// The series budget for span-field labels: returns `fields_id` if the
+/// label set (`name_id`, `fields_id`) is admitted, else 0 (the samples keep
+/// their span name and lose their span-field labels; counted once per
+/// combination in `Stats::label_set_overflows`).
+///
+/// Combinations are admitted while names plus combinations stay under the
+/// cap of [`intern_name`]; once admitted, always. A lock: call it when a
+/// span's labels are settled, not on every enter.
+pub(crate) fn admit(name_id: u32, fields_id: u32) -> u32 {
+    if fields_id == 0 {
+        return 0;
+    }
+    let mut table = lock(names());
+    let set = (name_id, fields_id);
+    if table.sets.contains(&set) {
+        return fields_id;
+    }
+    if table.label_sets() < MAX_NAMES.load(Ordering::Relaxed) {
+        table.sets.insert(set);
+        return fields_id;
+    }
+    if table.refused_sets.len() < MAX_REFUSED && table.refused_sets.insert(set) {
+        LABEL_SET_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+    }
+    0
 }
 
 /// The name behind an id from [`intern_name`].

@@ -42,6 +42,13 @@ pub struct Stats {
     /// New span names past the cap (`PYROSCOPE_MAX_SPAN_NAMES`), labelled
     /// `span_name="other"` instead.
     pub span_name_overflows: u64,
+    /// New span-label values past the per-key cap
+    /// (`PYROSCOPE_SPAN_LABEL_VALUES`), sent as `other` instead.
+    pub span_label_overflows: u64,
+    /// Combinations of span name and span-label values refused by the
+    /// series budget (`PYROSCOPE_MAX_SPAN_NAMES`); their samples keep the
+    /// span name without span labels.
+    pub label_set_overflows: u64,
 }
 
 /// Shared atomic counters behind [`Stats`].
@@ -60,6 +67,8 @@ pub(crate) struct Counters {
     pub(crate) sampled_threads: AtomicU64,
     pub(crate) degraded_samples: AtomicU64,
     pub(crate) span_name_overflows: AtomicU64,
+    pub(crate) span_label_overflows: AtomicU64,
+    pub(crate) label_set_overflows: AtomicU64,
 }
 
 impl Counters {
@@ -95,6 +104,8 @@ impl Counters {
             sampled_threads: r(&self.sampled_threads),
             degraded_samples: r(&self.degraded_samples),
             span_name_overflows: r(&self.span_name_overflows),
+            span_label_overflows: r(&self.span_label_overflows),
+            label_set_overflows: r(&self.label_set_overflows),
         }
     }
 }

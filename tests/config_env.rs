@@ -26,6 +26,8 @@ const VARS: &[&str] = &[
     "PYROSCOPE_SPAN_SCOPE",
     "PYROSCOPE_SPAN_NAME_LABEL",
     "PYROSCOPE_TRACE_ID_LABEL",
+    "PYROSCOPE_SPAN_LABELS",
+    "PYROSCOPE_SPAN_LABEL_VALUES",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
 ];
@@ -286,6 +288,32 @@ fn span_name_and_trace_id_labels() {
         "l0=v",
         "at most 25 static labels",
     );
+}
+
+#[test]
+fn span_labels() {
+    let var = "PYROSCOPE_SPAN_LABELS";
+    assert_eq!(
+        from_env_with(&[
+            (var, "vehicle,http.route"),
+            ("PYROSCOPE_SPAN_LABEL_VALUES", "20"),
+            ("PYROSCOPE_LABELS", "region=eu-north"),
+        ]),
+        None
+    );
+    bad(var, "vehicle,a-b", "[a-zA-Z0-9_.]");
+    bad(var, "span_name", "reserved");
+    bad(var, "trace.id", "collides with \"trace_id\"");
+    bad(var, "vehicle,vehicle", "repeated");
+    assert_bad(
+        &[(var, "region"), ("PYROSCOPE_LABELS", "region=eu")],
+        var,
+        "region",
+        "static label \"region\"",
+    );
+    for v in ["0", "501", "lots"] {
+        bad("PYROSCOPE_SPAN_LABEL_VALUES", v, "1 to 500");
+    }
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //!
 //! A counting global allocator (its own test binary) counts the allocations
 //! made by the current thread while a warmed-up span is entered and exited many
-//! times, with and without our layer, with and without an OTel layer.
+//! times, with and without our layer, with and without an OTel layer, and
+//! spans with two span-label fields (`vehicle`, `region`) and a child
+//! overriding one.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -52,11 +54,19 @@ fn allocs() -> u64 {
 const ROUNDS: u64 = 1_000;
 
 /// Allocations made by `ROUNDS` enter/exit pairs of a warmed-up root span and
-/// of a child span inside it, and the labels seen inside the child.
-fn measure(dispatch: &Dispatch) -> (u64, SpanLabels) {
+/// of a child span inside it, and the labels seen inside the child. With
+/// `fields`, the root has two span-label fields and the child overrides one.
+fn measure(dispatch: &Dispatch, fields: bool) -> (u64, SpanLabels) {
     tracing::dispatcher::with_default(dispatch, || {
-        let root = tracing::info_span!("alloc-root");
-        let child = root.in_scope(|| tracing::info_span!("alloc-child"));
+        let (root, child) = if fields {
+            let root = tracing::info_span!("alloc-root", vehicle = "car", region = "eu-north");
+            let child = root.in_scope(|| tracing::info_span!("alloc-child", vehicle = "bike"));
+            (root, child)
+        } else {
+            let root = tracing::info_span!("alloc-root");
+            let child = root.in_scope(|| tracing::info_span!("alloc-child"));
+            (root, child)
+        };
         // Warm up: first enters settle ids, thread-local stacks grow.
         for _ in 0..10 {
             root.in_scope(|| child.in_scope(|| {}));
@@ -78,6 +88,7 @@ fn profiling(scope: SpanScope) -> (SpanProfileLayer, tracing_pyroscope::Profiler
     let (layer, guard) = tracing_pyroscope::Builder::new("alloc-test")
         .profiles_dir(&dir)
         .span_scope(scope)
+        .span_labels(["vehicle", "region"])
         .build()
         .expect("start profiling");
     assert!(guard.is_active());
@@ -92,31 +103,54 @@ fn otel_provider() -> SdkTracerProvider {
 
 #[test]
 fn enter_and_exit_do_not_allocate() {
-    for scope in [SpanScope::Root, SpanScope::All, SpanScope::None] {
+    for (scope, fields) in [SpanScope::Root, SpanScope::All, SpanScope::None]
+        .into_iter()
+        .flat_map(|s| [(s, false), (s, true)])
+    {
         // Registry alone, and with our layer.
-        let (registry, _) = measure(&Dispatch::new(Registry::default()));
+        let (registry, _) = measure(&Dispatch::new(Registry::default()), fields);
         // A real profiler, as users get it; one at a time in a process.
         let (layer, guard) = profiling(scope);
-        let (ours, seen) = measure(&Dispatch::new(Registry::default().with(layer.clone())));
+        let (ours, seen) = measure(
+            &Dispatch::new(Registry::default().with(layer.clone())),
+            fields,
+        );
         assert_eq!(registry, 0, "the Registry alone allocates");
         assert_eq!(ours, 0, "{scope:?}: our layer allocated on enter/exit");
         assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
+        // The child's labels carry both fields, one overridden.
+        let set = context::fields_of(seen.fields_id);
+        let pairs: Vec<String> = set
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
+        if fields {
+            assert_eq!(pairs, ["region=eu-north", "vehicle=bike"], "{scope:?}");
+        } else {
+            assert!(pairs.is_empty(), "{scope:?}: {pairs:?}");
+        }
 
         // With tracing-opentelemetry: ours adds nothing to what it does.
         let provider = otel_provider();
-        let (otel, _) = measure(&Dispatch::new(
-            Registry::default()
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("a"))),
-        ));
-        let (otel_ours, seen) = measure(&Dispatch::new(
-            Registry::default()
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("b")))
-                .with(layer),
-        ));
+        let (otel, _) = measure(
+            &Dispatch::new(
+                Registry::default()
+                    .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("a"))),
+            ),
+            fields,
+        );
+        let (otel_ours, seen) = measure(
+            &Dispatch::new(
+                Registry::default()
+                    .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("b")))
+                    .with(layer),
+            ),
+            fields,
+        );
         drop(guard);
         assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
         eprintln!(
-            "{scope:?}: allocations per {ROUNDS} root+child enter/exit rounds: \
+            "{scope:?} (label fields: {fields}): allocations per {ROUNDS} root+child enter/exit rounds: \
              registry {registry}, +ours {ours}, +otel {otel}, +otel+ours {otel_ours}"
         );
         assert_eq!(

@@ -476,3 +476,49 @@ fn reads_go_runtime_labeled_profile() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The span-labels section: one flame graph per value of each span-field
+/// label, holding exactly the samples that carry that value.
+#[test]
+fn a_flame_graph_per_span_label_value() {
+    let dir = temp_dir("labels");
+    let mut b = ProfileBuilder::new();
+    let car = [
+        ("span_id", SPAN_A),
+        ("span_name", "GET /car"),
+        ("vehicle", "car"),
+        ("zone", "north"),
+    ];
+    let bike = [("span_id", SPAN_B), ("vehicle", "bike"), ("zone", "north")];
+    b.sample(&[&["find_nearest_vehicle"], &["main"]], 6, &car);
+    b.sample(&[&["check_driver_availability"], &["main"]], 3, &car);
+    b.sample(&[&["find_nearest_vehicle"], &["main"]], 2, &bike);
+    b.sample(&[&["idle_loop"], &["main"]], 4, &[]);
+    b.write_gz(&dir.join("ride-sharing-app-1700000000000-42-0.pb.gz"));
+    let (_, html) = report(&dir);
+
+    let car = srcdoc(&html, "label", "vehicle=car").expect("vehicle=car graph");
+    let bike = srcdoc(&html, "label", "vehicle=bike").expect("vehicle=bike graph");
+    let north = srcdoc(&html, "label", "zone=north").expect("zone=north graph");
+    assert!(car.contains("find_nearest_vehicle (6 samples"), "car");
+    assert!(car.contains("check_driver_availability"));
+    assert!(bike.contains("find_nearest_vehicle (2 samples"), "bike");
+    assert!(!bike.contains("check_driver_availability"));
+    assert!(north.contains("main (11 samples"), "both vehicles' samples");
+    for doc in [&car, &bike, &north] {
+        assert!(!doc.contains("idle_loop"), "samples without the label");
+    }
+    // Only span-field labels get a view; the heaviest value comes first.
+    assert!(srcdoc(&html, "label", &format!("span_id={SPAN_A}")).is_none());
+    assert!(html.find("vehicle=car").unwrap() < html.find("vehicle=bike").unwrap());
+    assert!(!html.contains("No span labels"));
+
+    let plain = synthetic_dir("no-labels");
+    let (_, without) = report(&plain);
+    assert!(
+        without.contains("No span labels"),
+        "a hint when none are set"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&plain);
+}

@@ -6,7 +6,10 @@
 //!   (`span.name`, `service.name`, `process.runtime.name`): the builder
 //!   must refuse it, or the server must accept what is sent;
 //! - a span name longer than the 2048 bytes a label value may have;
-//! - many distinct span names: at most 500 series per process.
+//! - many distinct span names: at most 500 series per process;
+//! - span labels (`PYROSCOPE_SPAN_LABELS`, one with a '.' in its name) with
+//!   many values on many span names: accepted, stored as series labels,
+//!   within the same budget.
 //!
 //! Each scenario failed on the crate as it was when the double became
 //! strict. The span-name table is process-wide (its cap is per process), so
@@ -126,7 +129,71 @@ fn assert_all_accepted(double: &PyroscopeDouble, what: &str) {
 fn every_upload_is_one_the_server_keeps() {
     static_labels_colliding_after_sanitization();
     span_name_longer_than_a_label_value();
+    span_labels_reach_the_server_within_the_series_budget();
     distinct_span_names_stay_within_the_series_budget();
+}
+
+fn span_labels_reach_the_server_within_the_series_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let double = PyroscopeDouble::start();
+    let (layer, guard) = tracing_pyroscope::Builder::new("acceptance-app")
+        .server_address(double.url())
+        .sample_rate(1000)
+        .upload_interval(Duration::from_millis(300))
+        .span_labels(["vehicle", "http.route"])
+        // A small budget (the cap is process-wide): the next scenario still
+        // has most of the default one for its span names.
+        .max_span_names(40)
+        .build()
+        .expect("profiler starts");
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        // 30 span names × 80 vehicles × 2 routes: far more combinations
+        // than the budget holds, and more vehicles than the value cap.
+        for n in 0..30 {
+            for v in 0..80 {
+                let span = tracing::info_span!(
+                    "request",
+                    otel.name = format!("GET /cars/{n}").as_str(),
+                    vehicle = format!("vehicle-{v}").as_str(),
+                    http.route = if v % 2 == 0 { "/car" } else { "/bike" },
+                );
+                let _entered = span.enter();
+                black_box(burn(Duration::from_micros(300)));
+            }
+        }
+    });
+    let settled = |s: &tracing_pyroscope::Stats| {
+        s.profiles > 0 && s.uploads + s.dropped_profiles >= s.profiles
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !settled(&guard.stats()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(dispatch);
+    let stats = guard.stats();
+    drop(guard);
+    let series = double.series_count();
+    eprintln!(
+        "span labels: {series} series ({} label sets); {stats:?}",
+        double.label_sets().len()
+    );
+    assert_all_accepted(&double, "span labels");
+    let stored = double.samples();
+    // Stored under the server's sanitized names.
+    assert!(
+        stored
+            .iter()
+            .any(|s| s.series.contains_key("vehicle") && s.series.contains_key("http_route")),
+        "no sample stored with its span labels"
+    );
+    assert!(stats.span_label_overflows > 0, "{stats:?}");
+    assert!(stats.label_set_overflows > 0, "{stats:?}");
+    // 40 label sets, `other` and samples outside spans, two types each.
+    assert!(
+        series <= 2 * (40 + 2),
+        "{series} series with a budget of 40"
+    );
 }
 
 fn static_labels_colliding_after_sanitization() {

@@ -9,13 +9,18 @@
 //   and the details line keep the full names;
 // - clicking a frame zooms (labels are redone), and inferno's search finds
 //   and highlights it;
+// - the per-label view: the span label `LABEL`'s flame graph (default
+//   vehicle=car) opens in place and holds the expected functions, another
+//   value's graph lacks `LABEL_ONLY_FUNCTION` (default
+//   check_driver_availability, which only cars run);
 // - screenshots of the page and of the flame graph are saved.
 //
 // Environment: REPORT (required, the report.html), SCREENSHOT (default
 // REPORT's dir/report-screenshot.png), FLAME_SCREENSHOT (default REPORT's
 // dir/report-flame-graph.png), CHROMIUM (default /usr/bin/chromium),
 // EXPECT_FUNCTION (default find_nearest_vehicle), SPAN_NAME (a regexp for the
-// span to open, default "^GET /").
+// span to open, default "^GET /"), LABEL (default vehicle=car),
+// LABEL_ONLY_FUNCTION (default check_driver_availability).
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -28,6 +33,8 @@ import { chromium } from "playwright-core";
 const report = process.env.REPORT;
 const fn = process.env.EXPECT_FUNCTION || "find_nearest_vehicle";
 const spanName = new RegExp(process.env.SPAN_NAME || "^GET /");
+const labelValue = process.env.LABEL || "vehicle=car";
+const labelOnlyFn = process.env.LABEL_ONLY_FUNCTION || "check_driver_availability";
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const screenshot =
   process.env.SCREENSHOT ||
@@ -237,6 +244,36 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
   await page.screenshot({ path: screenshot, fullPage: false });
   await iframe.screenshot({ path: flameScreenshot });
 
+  // The per-label view: open LABEL's flame graph, then another value's.
+  const labelKey = labelValue.split("=")[0];
+  const views = page.locator(`#labels .label-value[data-label^="${labelKey}="]`);
+  assert.ok((await views.count()) >= 2, `the span-label view has fewer than two values of ${labelKey}`);
+  const labelText = async (view) => {
+    const toggle = view.locator("button.toggle");
+    const lframe = view.locator("iframe.fg");
+    assert.equal(await lframe.isVisible(), false, "a label's flame graph starts hidden");
+    await toggle.click();
+    await lframe.waitFor({ state: "visible" });
+    const doc = await (await lframe.elementHandle()).contentFrame();
+    await doc.waitForFunction(() => typeof details !== "undefined" && details !== undefined);
+    return doc.locator("#frames").textContent();
+  };
+  const chosen = page.locator(`#labels .label-value[data-label="${labelValue}"]`);
+  assert.equal(await chosen.count(), 1, `no span-label view ${labelValue}`);
+  await chosen.scrollIntoViewIfNeeded();
+  const chosenText = await labelText(chosen);
+  assert.ok(chosenText.includes(fn), `${labelValue}: flame graph lacks ${fn}`);
+  assert.ok(chosenText.includes(labelOnlyFn), `${labelValue}: flame graph lacks ${labelOnlyFn}`);
+  let other = null;
+  for (let i = 0; i < (await views.count()) && other === null; i++) {
+    if ((await views.nth(i).getAttribute("data-label")) !== labelValue) other = views.nth(i);
+  }
+  const otherLabel = await other.getAttribute("data-label");
+  const otherText = await labelText(other);
+  assert.ok(otherText.includes(fn), `${otherLabel}: flame graph lacks ${fn}`);
+  assert.ok(!otherText.includes(labelOnlyFn), `${otherLabel}: flame graph shows ${labelOnlyFn}`);
+  await chosen.screenshot({ path: screenshot.replace(/\.png$/, "-label.png") });
+
   // Filter by name hides other rows; the service select exists.
   await page.fill("#q", spanId);
   assert.equal(await page.locator("#shown").textContent(), "1");
@@ -244,5 +281,5 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
 
   assert.deepEqual(errors, [], "console errors");
   assert.deepEqual(requests, [], "network requests");
-  console.log(`opened ${label} (span ${spanId}): ${fn} present, zoom ok, search ${matched.trim()}; screenshots ${screenshot} ${flameScreenshot}`);
+  console.log(`opened ${label} (span ${spanId}): ${fn} present, zoom ok, search ${matched.trim()}; opened ${labelValue} (${labelOnlyFn} present) and ${otherLabel} (absent); screenshots ${screenshot} ${flameScreenshot}`);
 });

@@ -85,7 +85,10 @@ async fn serve(
 }
 
 /// `GET /bike|/scooter|/car`: the request span (a local root with the
-/// caller's span as remote parent) wraps the CPU work.
+/// caller's span as remote parent) wraps the CPU work. Its `vehicle` field
+/// labels the samples (the demo lists it in `PYROSCOPE_SPAN_LABELS`), as
+/// Pyroscope's own ride-sharing example tags each request; `region` stays
+/// a static label of the process (`PYROSCOPE_LABELS`).
 async fn order(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -99,7 +102,10 @@ async fn order(
                 otel.kind = "server",
                 http.request.method = "GET",
                 http.route = $route,
-                region = app.region.as_str()
+                region = app.region.as_str(),
+                // A span label (PYROSCOPE_SPAN_LABELS=vehicle): every
+                // sample of this request carries vehicle="car", etc.
+                vehicle = vehicle.name()
             )
         };
     }

@@ -7,6 +7,10 @@
 //!   shows eu-north's `mutex_lock`, no client span shows server work;
 //! - client and server root spans share trace ids (and a recorded remote
 //!   parent of a server span is the client span).
+//! - the per-vehicle view (span label `vehicle`, from the request span's
+//!   field): `find_nearest_vehicle` under every vehicle,
+//!   `check_driver_availability` under `car` only; `region` stays a static
+//!   label, not a span label.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +69,14 @@ fn parse_report(html: &str) -> Vec<ReportSpan> {
     spans
 }
 
+/// The flame graph of the report's span-label view `key=value`.
+fn label_graph(html: &str, label: &str) -> Option<String> {
+    let marker = format!("data-label=\"{label}\" data-srcdoc='");
+    let start = html.find(&marker)? + marker.len();
+    let len = html[start..].find('\'')?;
+    Some(unescape(&html[start..start + len]))
+}
+
 fn run_demo(out: &Path) -> (String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_ride-sharing-demo"))
         .args(["--duration", "8s", "--out"])
@@ -74,6 +86,7 @@ fn run_demo(out: &Path) -> (String, String) {
         .env_remove("PYROSCOPE_PROFILES_DIR")
         .env_remove("PYROSCOPE_PROFILING_ENABLED")
         .env_remove("PYROSCOPE_LABELS")
+        .env_remove("PYROSCOPE_SPAN_LABELS")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_SERVICE_NAME")
         .output()
@@ -234,6 +247,22 @@ fn demo_report_shows_each_span_with_its_own_profile() {
         "{cars_with_driver} of {cars} /car spans show {DRIVER}"
     );
     assert!(eu_mutex >= 1, "no eu-north span shows {MUTEX}");
+
+    // The per-vehicle view: a flame graph per value of the span label.
+    for vehicle in ["bike", "scooter", "car"] {
+        let graph = label_graph(&html, &format!("vehicle={vehicle}"))
+            .unwrap_or_else(|| panic!("no flame graph for vehicle={vehicle}"));
+        assert!(graph.contains(FIND), "vehicle={vehicle} lacks {FIND}");
+        assert_eq!(
+            graph.contains(DRIVER),
+            vehicle == "car",
+            "{DRIVER} under vehicle={vehicle}"
+        );
+    }
+    assert!(
+        !html.contains("data-label=\"region="),
+        "region is a static label, not a span label"
+    );
     eprintln!(
         "demo: {} spans, {} with flame graphs, {cars_with_driver}/{cars} /car spans show {DRIVER}, {eu_mutex} eu-north spans show {MUTEX}; ran {elapsed:?}",
         spans.len(),

@@ -300,6 +300,13 @@ fn compose_runs_grafana_tempo_pyroscope_regions_and_load() {
                 get("PYROSCOPE_LABELS").as_deref(),
                 Some(format!("region={name}").as_str())
             );
+            // Each request's samples carry its vehicle (the Grafana query
+            // `{service_name="ride-sharing-app", vehicle="car"}`).
+            assert_eq!(
+                get("PYROSCOPE_SPAN_LABELS").as_deref(),
+                Some("vehicle"),
+                "{name}"
+            );
             assert!(
                 parsed.contains("mode: Serve")
                     && parsed.contains(&format!("region: Some({name:?})")),

@@ -81,6 +81,23 @@ pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
             )
         })?;
     }
+    if let Some(v) = get("PYROSCOPE_SPAN_LABELS") {
+        config.span_labels = v
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    if let Some(v) = get("PYROSCOPE_SPAN_LABEL_VALUES") {
+        config.max_span_label_values = v.trim().parse().map_err(|_| {
+            Error::config(
+                "PYROSCOPE_SPAN_LABEL_VALUES",
+                &v,
+                &format!("an integer from 1 to {MAX_SPAN_NAMES_MAX}"),
+            )
+        })?;
+    }
     if let Some(v) = get("PYROSCOPE_TRACE_ID_LABEL") {
         config.trace_id_label = parse_bool("PYROSCOPE_TRACE_ID_LABEL", &v)?;
     }

@@ -62,8 +62,13 @@ pub(crate) struct Config {
     pub(crate) span_scope: SpanScope,
     pub(crate) span_name_label: bool,
     pub(crate) trace_id_label: bool,
-    /// Cap on distinct `span_name` values (each is a series on the server).
+    /// Cap on distinct label sets: `span_name` values, plus combinations of
+    /// a name with span-label values (each is a series on the server).
     pub(crate) max_span_names: usize,
+    /// Span fields that become sample labels of the same name, validated.
+    pub(crate) span_labels: Vec<String>,
+    /// Cap on distinct values per span label.
+    pub(crate) max_span_label_values: usize,
     /// Bound on how long dropping the guard may take.
     pub(crate) shutdown_timeout: Duration,
     /// What each field is called in error messages (environment variables
@@ -109,6 +114,8 @@ impl Config {
             span_name_label: true,
             trace_id_label: false,
             max_span_names: crate::context::DEFAULT_MAX_NAMES,
+            span_labels: Vec::new(),
+            max_span_label_values: crate::context::DEFAULT_MAX_LABEL_VALUES,
             shutdown_timeout: Duration::from_secs(5),
             names: BUILDER_NAMES,
         }

@@ -301,3 +301,115 @@ fn builder_validates_at_build() {
     assert_eq!(c.labels.len(), 2);
     assert_eq!(c.server_address.as_deref(), Some("http://127.0.0.1:4040"));
 }
+
+#[test]
+fn span_labels_from_env_and_builder() {
+    let c = env(&[
+        ("PYROSCOPE_SPAN_LABELS", " vehicle, http.route ,"),
+        ("PYROSCOPE_SPAN_LABEL_VALUES", "20"),
+    ])
+    .unwrap();
+    assert_eq!(c.span_labels, ["vehicle", "http.route"]);
+    assert_eq!(c.max_span_label_values, 20);
+    let c = env(&[]).unwrap();
+    assert!(c.span_labels.is_empty());
+    assert_eq!(
+        c.max_span_label_values,
+        crate::context::DEFAULT_MAX_LABEL_VALUES
+    );
+    let c = Builder::new("a")
+        .span_labels(["vehicle"])
+        .span_labels(vec!["region".to_string()])
+        .config
+        .validate()
+        .unwrap();
+    assert_eq!(c.span_labels, ["vehicle", "region"]);
+}
+
+#[test]
+fn span_label_names_follow_the_server_rules() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("PYROSCOPE_SPAN_LABELS", "span_name")], "reserved"),
+        (
+            &[("PYROSCOPE_SPAN_LABELS", "span.id")],
+            "collides with \"span_id\"",
+        ),
+        (
+            &[("PYROSCOPE_SPAN_LABELS", "service.name")],
+            "collides with \"service_name\"",
+        ),
+        (&[("PYROSCOPE_SPAN_LABELS", "__x")], "\"__\""),
+        (&[("PYROSCOPE_SPAN_LABELS", "a-b")], "[a-zA-Z0-9_.]"),
+        (&[("PYROSCOPE_SPAN_LABELS", "1a")], "digit"),
+        (&[("PYROSCOPE_SPAN_LABELS", "a,a")], "repeated"),
+        (
+            &[("PYROSCOPE_SPAN_LABELS", "a.b,a_b")],
+            "both become \"a_b\"",
+        ),
+        (
+            &[
+                ("PYROSCOPE_SPAN_LABELS", "region"),
+                ("PYROSCOPE_LABELS", "region=eu"),
+            ],
+            "static label \"region\"",
+        ),
+        (
+            &[
+                ("PYROSCOPE_SPAN_LABELS", "http.route"),
+                ("PYROSCOPE_LABELS", "http_route=x"),
+            ],
+            "static label \"http_route\"",
+        ),
+        (&[("PYROSCOPE_SPAN_LABEL_VALUES", "0")], "1 to 500"),
+        (&[("PYROSCOPE_SPAN_LABEL_VALUES", "501")], "1 to 500"),
+        (&[("PYROSCOPE_SPAN_LABEL_VALUES", "many")], "1 to 500"),
+    ];
+    for (vars, expected) in cases {
+        let m = err(vars);
+        let (var, value) = vars[0];
+        assert!(m.contains(var), "{var}: {m}");
+        assert!(m.contains(value), "{var}={value}: {m}");
+        assert!(m.contains(expected), "{var}={value}: {m}");
+    }
+    let long = "a".repeat(1025);
+    assert!(err(&[("PYROSCOPE_SPAN_LABELS", &long)]).contains("at most 1024"));
+    let m = Builder::new("a")
+        .span_labels(["trace_id"])
+        .config
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("Builder::span_labels") && m.contains("reserved"),
+        "{m}"
+    );
+    let m = Builder::new("a")
+        .max_span_label_values(0)
+        .config
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("Builder::max_span_label_values"), "{m}");
+}
+
+#[test]
+fn span_labels_count_towards_the_series_labels() {
+    let names = |n: usize| {
+        (0..n)
+            .map(|i| format!("f{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // Defaults: __name__, service_name, process.runtime.name, span_name:
+    // 26 left for static and span labels together.
+    assert!(env(&[
+        ("PYROSCOPE_LABELS", "region=eu,env=prod"),
+        ("PYROSCOPE_SPAN_LABELS", &names(24)),
+    ])
+    .is_ok());
+    let m = err(&[
+        ("PYROSCOPE_SPAN_LABELS", &names(25)),
+        ("PYROSCOPE_LABELS", "region=eu,env=prod"),
+    ]);
+    assert!(m.contains("at most 24 span labels"), "{m}");
+}

@@ -26,6 +26,8 @@ pub(crate) struct Names {
     pub(crate) upload_interval: &'static str,
     pub(crate) shutdown_timeout: &'static str,
     pub(crate) max_span_names: &'static str,
+    pub(crate) span_labels: &'static str,
+    pub(crate) max_span_label_values: &'static str,
 }
 
 pub(crate) const ENV_NAMES: Names = Names {
@@ -40,6 +42,8 @@ pub(crate) const ENV_NAMES: Names = Names {
     upload_interval: "PYROSCOPE_UPLOAD_INTERVAL",
     shutdown_timeout: "Builder::shutdown_timeout",
     max_span_names: "PYROSCOPE_MAX_SPAN_NAMES",
+    span_labels: "PYROSCOPE_SPAN_LABELS",
+    max_span_label_values: "PYROSCOPE_SPAN_LABEL_VALUES",
 };
 
 pub(crate) const BUILDER_NAMES: Names = Names {
@@ -54,6 +58,8 @@ pub(crate) const BUILDER_NAMES: Names = Names {
     upload_interval: "Builder::upload_interval",
     shutdown_timeout: "Builder::shutdown_timeout",
     max_span_names: "Builder::max_span_names",
+    span_labels: "Builder::span_labels",
+    max_span_label_values: "Builder::max_span_label_values",
 };
 
 /// Label names the crate sets itself (series labels and sample labels), so
@@ -121,6 +127,7 @@ impl Config {
             check_tenant_id(names.tenant_id, tenant)?;
         }
         check_labels(names.labels, &self.labels, &self)?;
+        check_span_labels(names.span_labels, &self)?;
         if !(1..=SAMPLE_RATE_MAX).contains(&self.sample_rate) {
             return Err(Error::config(
                 names.sample_rate,
@@ -143,6 +150,15 @@ impl Config {
                 &self.max_span_names.to_string(),
                 &format!(
                     "an integer from 1 to {MAX_SPAN_NAMES_MAX}: each distinct span name is a series on the Pyroscope server, whose default limit is 5000 per tenant"
+                ),
+            ));
+        }
+        if !(1..=MAX_SPAN_NAMES_MAX).contains(&self.max_span_label_values) {
+            return Err(Error::config(
+                names.max_span_label_values,
+                &self.max_span_label_values.to_string(),
+                &format!(
+                    "an integer from 1 to {MAX_SPAN_NAMES_MAX}: the most distinct values of each span label (each value is a series on the Pyroscope server)"
                 ),
             ));
         }
@@ -264,6 +280,80 @@ fn is_valid_label_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
+/// Series labels the crate sends besides the static ones: the fixed ones,
+/// `span_name` and `trace_id` when on.
+fn crate_series_labels(config: &Config) -> usize {
+    FIXED_SERIES_LABELS.len()
+        + usize::from(config.span_name_label)
+        + usize::from(config.trace_id_label)
+}
+
+/// Span labels: field names that become sample labels, hence series
+/// labels, under the same rules as static labels, and distinct from them
+/// (also after the server turns '.' into '_').
+fn check_span_labels(var: &str, config: &Config) -> Result<(), Error> {
+    let names = &config.span_labels;
+    let fail = |what: String| Err(Error::config(var, &names.join(","), &what));
+    for (i, name) in names.iter().enumerate() {
+        let sanitized = sanitize_label_name(name);
+        if let Some(taken) = reserved_labels().find(|r| sanitize_label_name(r) == sanitized) {
+            let reserved: Vec<&str> = reserved_labels().collect();
+            let why = if taken == name {
+                format!("{name:?} is set by tracing-pyroscope")
+            } else {
+                format!("{name:?} becomes {sanitized:?} on the server, which turns '.' into '_', and collides with {taken:?} set by tracing-pyroscope")
+            };
+            return fail(format!(
+                "span field names other than the reserved {reserved:?}, also after the server replaces '.' with '_' ({why})"
+            ));
+        }
+        if !is_valid_label_name(name) {
+            return fail(format!(
+                "comma-separated span field names of [a-zA-Z0-9_.], not starting with a digit or \"__\" ({name:?} is invalid)"
+            ));
+        }
+        if name.len() > MAX_LABEL_NAME_LEN {
+            return fail(format!(
+                "span field names of at most {MAX_LABEL_NAME_LEN} bytes (a name has {})",
+                name.len()
+            ));
+        }
+        if let Some((label, _)) = config
+            .labels
+            .iter()
+            .find(|(l, _)| sanitize_label_name(l) == sanitized)
+        {
+            return fail(format!(
+                "span field names distinct from the static labels (PYROSCOPE_LABELS / Builder::label), also after the server replaces '.' with '_' ({name:?} collides with the static label {label:?})"
+            ));
+        }
+        if let Some(other) = names[..i]
+            .iter()
+            .find(|n| sanitize_label_name(n) == sanitized)
+        {
+            let why = if other == name {
+                format!("{name:?} is repeated")
+            } else {
+                format!("{other:?} and {name:?} both become {sanitized:?}")
+            };
+            return fail(format!(
+                "each span field name once, also after the server replaces '.' with '_' ({why})"
+            ));
+        }
+    }
+    let used = crate_series_labels(config) + config.labels.len();
+    let max = MAX_SERIES_LABELS.saturating_sub(used);
+    if names.len() > max {
+        return fail(format!(
+            "at most {max} span labels (the server allows {MAX_SERIES_LABELS} series labels; tracing-pyroscope uses {} and the static labels {}), got {}",
+            crate_series_labels(config),
+            config.labels.len(),
+            names.len()
+        ));
+    }
+    Ok(())
+}
+
 fn check_labels(var: &str, labels: &[(String, String)], config: &Config) -> Result<(), Error> {
     let shown = |labels: &[(String, String)]| {
         labels
@@ -317,9 +407,7 @@ fn check_labels(var: &str, labels: &[(String, String)], config: &Config) -> Resu
             ));
         }
     }
-    let fixed = FIXED_SERIES_LABELS.len()
-        + usize::from(config.span_name_label)
-        + usize::from(config.trace_id_label);
+    let fixed = crate_series_labels(config);
     let max = MAX_SERIES_LABELS - fixed;
     if labels.len() > max {
         return fail(format!(

@@ -4,6 +4,8 @@
 //! - this file: the `Layer` impl (per-span work once, at the first enter,
 //!   kept in the span's extensions);
 //! - `resolve.rs`: settling a span's ids and labels at its first enter;
+//! - `fields.rs`: labels from span fields (recorded values, merged label
+//!   sets, `Span::record`);
 //! - `stack.rs`: the per-thread stack of saved slot values and the label
 //!   cache that makes warm enters lookup-free.
 
@@ -22,8 +24,10 @@ use crate::config::SpanScope;
 #[cfg(doc)]
 use crate::context::SpanLabels;
 use crate::export::span_index::{SpanIndexQueue, SpanIndexRecord};
+use fields::{FieldState, FieldValues};
 use resolve::{OtelName, SpanData};
 
+mod fields;
 #[cfg(test)]
 mod otel_tests;
 mod resolve;
@@ -43,6 +47,8 @@ pub(crate) struct LayerConfig {
     pub(crate) scope: SpanScope,
     pub(crate) span_name_label: bool,
     pub(crate) trace_id_label: bool,
+    /// Span fields that become sample labels (interned key names).
+    pub(crate) span_labels: std::sync::Arc<[&'static str]>,
     /// Set when a sink keeps a span index: closed profiled root spans go
     /// here.
     pub(crate) records: Option<SpanIndexQueue>,
@@ -122,6 +128,60 @@ pub(crate) struct LayerConfig {
 ///   label, and one series per trace would explode the server's index. The
 ///   span id is enough for Grafana's trace-to-profile link.
 ///
+/// # Labels from span fields
+///
+/// List span fields with `PYROSCOPE_SPAN_LABELS=vehicle,region` (or
+/// [`Builder::span_labels`](crate::Builder::span_labels)), and each becomes
+/// a sample label of the same name, like Go's `pprof.Do` labels or the
+/// `tag_wrapper` of Pyroscope's other SDKs:
+///
+/// ```
+/// # fn find_nearest_vehicle() {}
+/// # let kind = "car";
+/// // PYROSCOPE_SPAN_LABELS=vehicle
+/// let span = tracing::info_span!("GET /car", vehicle = %kind);
+/// span.in_scope(|| {
+///     // CPU samples here, and in every descendant span, carry vehicle="car".
+///     find_nearest_vehicle();
+/// });
+///
+/// // Or later, e.g. once the request is parsed:
+/// let span = tracing::info_span!("order", vehicle = tracing::field::Empty);
+/// let _entered = span.enter();
+/// span.record("vehicle", "bike"); // labels samples from here on
+/// ```
+///
+/// - **Where.** A listed field recorded on a span, at creation or with
+///   `Span::record`, labels every sample taken while that span or any of its
+///   descendants is entered, on any thread and across `.await`s
+///   (`#[instrument(fields(vehicle = %kind))]` works the same).
+/// - **Nearest wins.** A descendant that sets the same key overrides it for
+///   its own subtree; other keys are inherited (`vehicle` from the child,
+///   `region` from the parent).
+/// - **Independent of the scope.** With scope `root`, a child's `vehicle`
+///   still labels its samples (they keep the root's `span_id` and
+///   `span_name`); with scope `none`, fields label samples too.
+/// - **`Span::record`** takes effect at once on the thread that records it
+///   when the span is the innermost span entered there (the usual
+///   `Span::current().record(..)`); elsewhere (another thread that has it
+///   entered, descendants entered now, or the span itself while a child is
+///   entered on top of it) at the next enter. An empty string unsets the
+///   span's own value.
+/// - **Values.** Strings as written, integers, floats and booleans
+///   formatted, `%x` with `Display`, `?x` with `Debug`; cut to the server's
+///   2048 bytes. Each key keeps at most `PYROSCOPE_SPAN_LABEL_VALUES`
+///   (default 50) distinct values, later ones are sent as `other`; and
+///   combinations of span name and values share the series budget of
+///   `PYROSCOPE_MAX_SPAN_NAMES` (see [`from_env`](crate::from_env)).
+/// - **Cost.** The label set is merged and interned once per span, off the
+///   hot path (at its first enter, or when a listed field is recorded), and
+///   cached like the ids: enter and exit stay lookup-free and allocation-free.
+///   A layer with no span labels listed does no extra work at all; under
+///   one that lists some, a span without listed fields only looks up its
+///   parent's label set once, at its first enter.
+/// - **Without spans**, [`context::with_labels`](crate::context::with_labels)
+///   labels a block of code the same way.
+///
 /// # Save and restore
 ///
 /// Each thread keeps a small fixed-size stack of `(span, saved labels)`
@@ -181,8 +241,19 @@ impl SpanProfileLayer {
             scope,
             span_name_label: true,
             trace_id_label: false,
+            span_labels: std::sync::Arc::new([]),
             records: None,
         })
+    }
+
+    /// Lists span fields that become labels (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_span_labels(mut self, names: &[&str]) -> Self {
+        if let Some(config) = &mut self.config {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            config.span_labels = crate::context::configure_span_labels(&names);
+        }
+        self
     }
 
     /// Switches the `span_name` label (active layers only).
@@ -225,9 +296,9 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if self.config.is_none() {
+        let Some(config) = &self.config else {
             return;
-        }
+        };
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -240,19 +311,30 @@ where
                 name = Cow::Owned(otel_name);
             }
         }
+        let fields = if fields::lists_any(&config.span_labels, metadata.fields()) {
+            let mut visitor = FieldValues::new(&config.span_labels);
+            attrs.record(&mut visitor);
+            FieldState::new(visitor.into_own())
+        } else {
+            FieldState::default()
+        };
         span.extensions_mut().insert(SpanData {
             name,
             resolved: OnceLock::new(),
+            fields,
         });
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if self.config.is_none() {
+        let Some(config) = &self.config else {
             return;
-        }
+        };
         let Some(span) = ctx.span(id) else {
             return;
         };
+        if !config.span_labels.is_empty() {
+            self.record_fields(config, &span, values);
+        }
         match span.metadata().fields().field(OTEL_NAME_FIELD) {
             Some(field) if values.contains(&field) => {}
             _ => return,

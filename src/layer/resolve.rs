@@ -15,6 +15,7 @@ use tracing::Subscriber;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
+use super::fields::FieldState;
 use super::{stack, LayerConfig, SpanProfileLayer, OTEL_NAME_FIELD, PROFILE_ID_ATTRIBUTE};
 use crate::config::SpanScope;
 use crate::context::{self, span_id_hex, SpanLabels};
@@ -55,6 +56,13 @@ impl SpanProfileLayer {
                 Some(resolved) => resolved.labels,
                 None => return,
             },
+        };
+        // Span labels: the span's own fields merged over its ancestors'
+        // (cached in the span; a span without any costs nothing here).
+        let labels = if config.span_labels.is_empty() {
+            labels
+        } else {
+            labels.with_fields(self.slot_fields(&span, labels.name_id))
         };
         stack::remember(self.key(), span_id, epoch, labels);
         stack::enter(span_id, labels);
@@ -184,11 +192,14 @@ pub(super) struct SpanData {
     pub(super) name: Cow<'static, str>,
     /// Settled at the first enter (on any thread).
     pub(super) resolved: OnceLock<Resolved>,
+    /// Listed span-field values and the span's label-set caches.
+    pub(super) fields: FieldState,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Resolved {
-    /// What the slot holds while this span runs.
+    /// What the slot holds while this span runs, but for the span-field
+    /// label set (`fields.rs`).
     pub(super) labels: SpanLabels,
     /// This span's own profile id (0: none, e.g. unsampled or not a root).
     pub(super) own_id: u64,

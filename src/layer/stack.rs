@@ -106,6 +106,45 @@ pub(super) fn closed(span: u64) {
     epoch_of(span).fetch_add(1, Ordering::Release);
 }
 
+/// Drops every thread's cached labels of `span` (its label set changed).
+#[inline]
+pub(super) fn invalidate(span: u64) {
+    closed(span);
+}
+
+/// Drops every thread's cached labels of every span (a label set high in
+/// a tree changed: its descendants' changed too). A few microseconds.
+pub(super) fn invalidate_all() {
+    for epoch in &CLOSES {
+        epoch.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// `true` if `span` is the innermost span entered on this thread and the
+/// slot holds `labels`.
+pub(super) fn innermost(span: u64, labels: SpanLabels) -> bool {
+    STACK
+        .try_with(|stack| {
+            let len = stack.len.get();
+            if stack.overflow.get() != 0 || len == 0 || stack.entries[len - 1].get().span != span {
+                return false;
+            }
+            context::current() == labels
+        })
+        .unwrap_or(false)
+}
+
+/// Writes `labels` into the slot if `span` is still the innermost span
+/// entered on this thread; its exit restores what its enter saved.
+pub(super) fn retarget_innermost(span: u64, labels: SpanLabels) {
+    let _ = STACK.try_with(|stack| {
+        let len = stack.len.get();
+        if stack.overflow.get() == 0 && len > 0 && stack.entries[len - 1].get().span == span {
+            context::replace(labels);
+        }
+    });
+}
+
 /// Caches a span's settled labels for later enters on this thread.
 #[inline]
 pub(super) fn remember(layer: usize, span: u64, epoch: u64, labels: SpanLabels) {

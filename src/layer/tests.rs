@@ -141,6 +141,7 @@ fn records_profiled_local_roots_on_close() {
         scope: SpanScope::Root,
         span_name_label: true,
         trace_id_label: false,
+        span_labels: Arc::new([]),
         records: Some(SpanIndexQueue::new(tx, counters.clone())),
     });
     let subscriber = tracing_subscriber::registry().with(layer);
@@ -180,6 +181,7 @@ fn records_carry_otel_ids() {
         scope: SpanScope::All,
         span_name_label: false,
         trace_id_label: false,
+        span_labels: Arc::new([]),
         records: Some(SpanIndexQueue::new(tx, Arc::new(Counters::default()))),
     });
     let subscriber = tracing_subscriber::registry()
@@ -214,5 +216,126 @@ fn inert_layer_leaves_the_slot_alone() {
         let span = tracing::info_span!("inert");
         let before = context::current();
         span.in_scope(|| assert_eq!(context::current(), before));
+    });
+}
+
+/// The span-field labels in this thread's slot, as `key=value` strings.
+fn field_labels() -> Vec<String> {
+    context::fields_of(context::current().fields_id)
+        .map(|set| set.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default()
+}
+
+fn labelled(scope: SpanScope) -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::registry()
+        .with(SpanProfileLayer::with_scope(scope).with_span_labels(&["vehicle", "region"]))
+}
+
+#[test]
+fn span_fields_label_the_span_and_its_descendants_nearest_wins() {
+    for scope in [SpanScope::Root, SpanScope::All, SpanScope::None] {
+        tracing::subscriber::with_default(labelled(scope), || {
+            let root = tracing::info_span!("order", vehicle = "car", region = %"eu", other = 3);
+            root.in_scope(|| {
+                assert_eq!(field_labels(), ["region=eu", "vehicle=car"], "{scope:?}");
+                let root_labels = context::current();
+                // A child without fields inherits them.
+                tracing::info_span!("plain").in_scope(|| {
+                    assert_eq!(field_labels(), ["region=eu", "vehicle=car"]);
+                    if scope != SpanScope::All {
+                        assert_eq!(context::current(), root_labels, "{scope:?}");
+                    }
+                    // The nearest span wins; a number is formatted.
+                    tracing::info_span!("inner", vehicle = 7).in_scope(|| {
+                        assert_eq!(field_labels(), ["region=eu", "vehicle=7"]);
+                        // With scope root the child keeps the root's ids.
+                        let now = context::current();
+                        assert_eq!(now.span_id == root_labels.span_id, scope != SpanScope::All);
+                        assert_eq!(now.name_id == root_labels.name_id, scope != SpanScope::All);
+                    });
+                    assert_eq!(field_labels(), ["region=eu", "vehicle=car"]);
+                });
+            });
+            // Unlisted fields and spans without fields: no set.
+            tracing::info_span!("unlisted", other = "x").in_scope(|| {
+                assert_eq!(context::current().fields_id, 0);
+            });
+            tracing::info_span!("debug", vehicle = ?"bike", region = true)
+                .in_scope(|| assert_eq!(field_labels(), ["region=true", "vehicle=\"bike\""]));
+        });
+    }
+}
+
+#[test]
+fn record_applies_before_the_first_enter_at_once_when_innermost_and_to_descendants() {
+    tracing::subscriber::with_default(labelled(SpanScope::Root), || {
+        let root = tracing::info_span!("rec", vehicle = tracing::field::Empty);
+        root.record("vehicle", "scooter");
+        root.in_scope(|| {
+            assert_eq!(field_labels(), ["vehicle=scooter"]);
+            // The innermost span: at once, and again.
+            root.record("vehicle", "truck");
+            assert_eq!(field_labels(), ["vehicle=truck"]);
+            root.record("vehicle", "car");
+            assert_eq!(field_labels(), ["vehicle=car"]);
+            // Under `with_labels` the slot is not the span's own: left as
+            // it is until the block ends and the span is entered again.
+            context::with_labels(&[("region", "x")], || {
+                root.record("vehicle", "van");
+                assert_eq!(field_labels(), ["region=x", "vehicle=car"]);
+            });
+            assert_eq!(field_labels(), ["vehicle=car"], "restored by the block");
+            root.in_scope(|| assert_eq!(field_labels(), ["vehicle=van"]));
+            root.record("vehicle", "car");
+            let child = tracing::info_span!("rec-child", region = "us");
+            child.in_scope(|| {
+                assert_eq!(field_labels(), ["region=us", "vehicle=car"]);
+                // Not the innermost: at the child's next enter.
+                root.record("vehicle", "bike");
+                assert_eq!(field_labels(), ["region=us", "vehicle=car"]);
+            });
+            // Back in the root, still entered since before the record: the
+            // value its enter wrote, until its next enter.
+            assert_eq!(field_labels(), ["vehicle=car"]);
+            root.in_scope(|| assert_eq!(field_labels(), ["vehicle=bike"]));
+            child.in_scope(|| assert_eq!(field_labels(), ["region=us", "vehicle=bike"]));
+            // An empty value unsets the span's own value.
+            child.record("region", "");
+            child.in_scope(|| assert_eq!(field_labels(), ["vehicle=bike"]));
+        });
+        // Exit restores exactly: no labels outside.
+        assert_eq!(context::current(), SpanLabels::NONE);
+        // Other threads see the change at their next enter.
+        let seen = std::thread::scope(|s| s.spawn(|| root.in_scope(field_labels)).join().unwrap());
+        assert_eq!(seen, ["vehicle=bike"]);
+    });
+}
+
+#[test]
+fn with_labels_merges_and_restores_on_return_and_panic() {
+    tracing::subscriber::with_default(labelled(SpanScope::Root), || {
+        let base = context::current();
+        context::with_labels(&[("vehicle", "car"), ("unlisted", "x")], || {
+            assert_eq!(field_labels(), ["vehicle=car"]);
+            tracing::info_span!("wl", region = "eu").in_scope(|| {
+                assert_eq!(field_labels(), ["region=eu"], "spans carry their own");
+                let span_labels = context::current();
+                context::with_labels(&[("vehicle", "bike")], || {
+                    assert_eq!(field_labels(), ["region=eu", "vehicle=bike"]);
+                    assert_eq!(context::current().span_id, span_labels.span_id);
+                });
+                assert_eq!(context::current(), span_labels);
+            });
+            assert_eq!(field_labels(), ["vehicle=car"]);
+        });
+        assert_eq!(context::current(), base);
+        let caught = std::panic::catch_unwind(|| {
+            context::with_labels(&[("vehicle", "truck")], || {
+                assert_eq!(field_labels(), ["vehicle=truck"]);
+                panic!("inside with_labels");
+            })
+        });
+        assert!(caught.is_err());
+        assert_eq!(context::current(), base, "restored on panic");
     });
 }

@@ -115,6 +115,8 @@ pub(super) struct Data {
     pub(super) skipped_span_lines: usize,
     pub(super) total_samples: u64,
     pub(super) samples_with_span: u64,
+    /// Span-field label key → value → its samples (all services).
+    pub(super) labels: BTreeMap<String, BTreeMap<String, Folded>>,
 }
 
 pub(super) fn load(dir: &Path) -> Result<Data, Error> {
@@ -338,6 +340,11 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
                 keys::SPAN_ID => span_id = normalize_hex(string(label.str), 16),
                 keys::SPAN_NAME => span_name = Some(string(label.str)),
                 keys::TRACE_ID => trace_id = normalize_hex(string(label.str), 32),
+                "" => {}
+                // Any other string label is a span-field label.
+                key if label.str != 0 => add_label(&mut data.labels, key, string(label.str), |f| {
+                    f.add(stack_id, samples, cpu_nanos)
+                }),
                 _ => {}
             }
         }
@@ -369,6 +376,27 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
         start: profile.time_nanos,
         duration_nanos: profile.duration_nanos,
     });
+}
+
+/// Most span-label keys, and values per key, the report keeps (the crate
+/// sends far fewer; this bounds what a foreign directory can make it hold).
+const MAX_LABEL_KEYS: usize = 64;
+const MAX_LABEL_VALUES: usize = 1000;
+
+fn add_label(
+    labels: &mut BTreeMap<String, BTreeMap<String, Folded>>,
+    key: &str,
+    value: &str,
+    add: impl FnOnce(&mut Folded),
+) {
+    if !labels.contains_key(key) && labels.len() >= MAX_LABEL_KEYS {
+        return;
+    }
+    let values = labels.entry(key.to_string()).or_default();
+    if !values.contains_key(value) && values.len() >= MAX_LABEL_VALUES {
+        return;
+    }
+    add(values.entry(value.to_string()).or_default());
 }
 
 /// A frame name safe for the folded format (';' separates frames).
@@ -403,6 +431,8 @@ mod tests {
             "main",
             "outer",
             "inlined",
+            "vehicle",
+            "car",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -443,11 +473,18 @@ mod tests {
                 proto::Sample {
                     location_id: vec![1, 2],
                     value: vec![3],
-                    label: vec![proto::Label {
-                        key: 3,
-                        str: 4,
-                        ..Default::default()
-                    }],
+                    label: vec![
+                        proto::Label {
+                            key: 3,
+                            str: 4,
+                            ..Default::default()
+                        },
+                        proto::Label {
+                            key: 8,
+                            str: 9,
+                            ..Default::default()
+                        },
+                    ],
                 },
                 proto::Sample {
                     location_id: vec![3, 2],
@@ -471,6 +508,11 @@ mod tests {
             ["main;0xabc 1", "main;outer;inlined 3"]
         );
         assert_eq!((data.total_samples, data.samples_with_span), (4, 3));
+        assert_eq!(
+            data.labels["vehicle"]["car"].lines(&data.stacks),
+            ["main;outer;inlined 3"]
+        );
+        assert_eq!(data.labels.len(), 1, "span_id is not a span-field label");
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //!   and it is created only when opened. To keep the page small, only the
 //!   [`MAX_SPAN_FLAME_GRAPHS`] heaviest spans get one (the page says so).
 //! - **A flame graph per service**, from all of that service's samples.
+//! - **A flame graph per span-label value** (`vehicle=car`, `vehicle=bike`,
+//!   …), for each span field listed in `PYROSCOPE_SPAN_LABELS`.
 //! - **Sort and filter** by CPU time, duration or start, by name and service.
 //! - **The pprof files**, each with a `pprof -http=: FILE` command.
 //!

@@ -160,6 +160,20 @@ impl Fleet {
             labels.push(format!("region={region}"));
         }
         cmd.env("PYROSCOPE_LABELS", labels.join(","));
+        if region.is_some() {
+            // The region services label each request's samples with its
+            // vehicle (the request span's field), besides the user's.
+            let mut span_labels: Vec<String> = std::env::var("PYROSCOPE_SPAN_LABELS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            if !span_labels.iter().any(|n| n == "vehicle") {
+                span_labels.push("vehicle".to_string());
+            }
+            cmd.env("PYROSCOPE_SPAN_LABELS", span_labels.join(","));
+        }
         cmd.env("OTEL_SERVICE_NAME", service);
         match profiling {
             Profiling::On => {

@@ -2,6 +2,7 @@
 //!
 //! - [`summary`]: the document head and the page header (counts and notes);
 //! - [`services`]: one aggregate flame graph per service;
+//! - [`labels`]: one flame graph per value of each span-field label;
 //! - [`traces`]: the trace rows, each with a waterfall of its root spans and
 //!   a flame graph per span;
 //! - [`files`]: the pprof files with a `pprof` command each;
@@ -20,6 +21,7 @@ use super::{MAX_SPAN_FLAME_GRAPHS, MAX_TRACE_ROWS};
 
 mod files;
 mod flame;
+mod labels;
 mod services;
 mod summary;
 mod text;
@@ -86,6 +88,7 @@ pub(super) fn render(data: &Data, dir: &Path) -> Page {
     summary::write_header(&mut h, data, dir, total_traces, graphs.left_out());
     let mut flames = flame::Flames::new(&data.stacks);
     services::write(&mut h, data, &mut flames);
+    labels::write(&mut h, data, &mut flames);
     let span_flame_graphs = traces::write(&mut h, data, &traces, &graphs, &mut flames);
     files::write(&mut h, data, dir);
     write_scripts(&mut h, &flames.shared_script());
