@@ -26,8 +26,8 @@ use crate::context::SpanLabels;
 pub(crate) const MAX_STACKS: usize = 1 << 16;
 /// Most `u64` words held in keys (labels and frames): 16 MiB.
 pub(crate) const MAX_WORDS: usize = 1 << 21;
-/// Words of labels at the start of a key.
-const LABEL_WORDS: usize = 4;
+/// Words a label record costs in the [`MAX_WORDS`] budget (its size).
+const LABEL_WORDS: usize = std::mem::size_of::<SpanLabels>() / 8;
 
 /// A fast hash for keys made of code addresses (not attacker-chosen).
 #[derive(Default)]
@@ -55,12 +55,16 @@ impl Hasher for AddressHasher {
     }
 }
 
-type Map = HashMap<Box<[u64]>, u64, BuildHasherDefault<AddressHasher>>;
+/// Weights by stack, for one label record.
+type Stacks = HashMap<Box<[u64]>, u64, BuildHasherDefault<AddressHasher>>;
 
-/// Aggregated samples: key = labels (4 words) + stack, value = weight.
+/// Aggregated samples: weight by (labels, stack). Labels are kept whole, so
+/// a new sample label (a field of `SpanLabels`) needs nothing here.
 #[derive(Default)]
 pub(crate) struct Batch {
-    map: Map,
+    map: HashMap<SpanLabels, Stacks>,
+    /// Distinct (labels, stack) entries.
+    entries: usize,
     words: usize,
     /// Samples (not weight) in the batch.
     samples: usize,
@@ -75,18 +79,14 @@ impl Batch {
     /// Calls `f(labels, stack, weight)` for every entry (weights above
     /// `u32::MAX` are split over several calls).
     pub(crate) fn for_each(&self, mut f: impl FnMut(SpanLabels, &[u64], u32)) {
-        for (key, &weight) in &self.map {
-            let labels = SpanLabels::new(
-                key[0],
-                u128::from(key[1]) | (u128::from(key[2]) << 64),
-                key[3] as u32,
-            );
-            let frames = &key[LABEL_WORDS..];
-            let mut left = weight;
-            while left > 0 {
-                let part = left.min(u64::from(u32::MAX));
-                f(labels, frames, part as u32);
-                left -= part;
+        for (&labels, stacks) in &self.map {
+            for (frames, &weight) in stacks {
+                let mut left = weight;
+                while left > 0 {
+                    let part = left.min(u64::from(u32::MAX));
+                    f(labels, frames, part as u32);
+                    left -= part;
+                }
             }
         }
     }
@@ -110,24 +110,24 @@ impl Queue {
     /// many were moved (dropped ones included). The lock serialises the
     /// buffer's consumers.
     pub(crate) fn move_from(&self, buffer: &SampleBuffer) -> usize {
-        let mut batch = self.lock();
-        let mut key: Vec<u64> = Vec::with_capacity(LABEL_WORDS + super::buffer::MAX_FRAMES);
+        let mut guard = self.lock();
+        let batch = &mut *guard;
         let mut dropped = 0;
         let moved = buffer.drain(|labels, frames, weight| {
-            key.clear();
-            key.extend_from_slice(&[
-                labels.span_id,
-                labels.trace_id as u64,
-                (labels.trace_id >> 64) as u64,
-                u64::from(labels.name_id),
-            ]);
-            key.extend_from_slice(frames);
-            if let Some(total) = batch.map.get_mut(&key[..]) {
+            if let Some(total) = batch.map.get_mut(&labels).and_then(|s| s.get_mut(frames)) {
                 *total += u64::from(weight);
                 batch.samples += 1;
-            } else if batch.map.len() < MAX_STACKS && batch.words + key.len() <= MAX_WORDS {
-                batch.words += key.len();
-                batch.map.insert(key.as_slice().into(), u64::from(weight));
+                return;
+            }
+            let cost = LABEL_WORDS + frames.len();
+            if batch.entries < MAX_STACKS && batch.words + cost <= MAX_WORDS {
+                batch.entries += 1;
+                batch.words += cost;
+                batch
+                    .map
+                    .entry(labels)
+                    .or_default()
+                    .insert(frames.into(), u64::from(weight));
                 batch.samples += 1;
             } else {
                 dropped += 1;
