@@ -499,7 +499,11 @@ impl Sampler {
             let counters = counters.clone();
             std::thread::Builder::new()
                 .name("pyroscope-timer".into())
-                .spawn(move || manage(timers, retired, stop, counters))
+                .spawn(move || {
+                    // Its samples get a root frame naming it (context.rs).
+                    context::mark_profiler_thread(context::ProfilerThread::Timers);
+                    manage(timers, retired, stop, counters)
+                })
         };
         let manager = match manager {
             Ok(m) => m,
