@@ -414,7 +414,10 @@ mod tests {
             assert_eq!(current(), labels);
             assert_eq!(current().thread, None);
             replace(previous);
-            assert_eq!(read_in_signal_handler().thread, Some(ProfilerThread::Collector));
+            assert_eq!(
+                read_in_signal_handler().thread,
+                Some(ProfilerThread::Collector)
+            );
             // Not a label.
             let mut pairs = 0;
             read_in_signal_handler().for_each_label(|_, _| pairs += 1);
@@ -426,7 +429,11 @@ mod tests {
         assert_eq!(read_in_signal_handler().thread, None);
         // Each frame says it is the profiler's and which thread.
         let names: Vec<&str> = ProfilerThread::ALL.iter().map(|t| t.frame_name()).collect();
-        for (name, thread) in names.iter().zip(["pyroscope-collect", "pyroscope-timer", "pyroscope-upload"]) {
+        for (name, thread) in
+            names
+                .iter()
+                .zip(["pyroscope-collect", "pyroscope-timer", "pyroscope-upload"])
+        {
             assert!(name.starts_with("tracing-pyroscope: "), "{name}");
             assert!(name.ends_with(&format!("({thread})")), "{name}");
         }

@@ -96,7 +96,9 @@ fn samples_on_profiler_threads_start_with_a_frame_naming_the_thread() {
                 "{root}"
             );
             assert!(
-                stack[1..].iter().all(|f| !f.starts_with("tracing-pyroscope: ")),
+                stack[1..]
+                    .iter()
+                    .all(|f| !f.starts_with("tracing-pyroscope: ")),
                 "{stack:?}"
             );
             assert!(keys.is_empty(), "{keys:?} on {stack:?}");
@@ -107,14 +109,20 @@ fn samples_on_profiler_threads_start_with_a_frame_naming_the_thread() {
         } else {
             // The program's threads: no profiler frame, and the profiler's
             // code is never found on them without its root frame.
-            assert!(!has("tracing_pyroscope::collector::linux::Collector::"), "{stack:?}");
+            assert!(
+                !has("tracing_pyroscope::collector::linux::Collector::"),
+                "{stack:?}"
+            );
             assert!(!has("tracing_pyroscope::sampler::manage"), "{stack:?}");
         }
         if has("program_work") {
             assert_eq!(keys, ["span_id"], "{stack:?}");
         }
     }
-    assert!(by_root.get(COLLECTOR).is_some_and(|&n| n > 0), "{by_root:?}");
+    assert!(
+        by_root.get(COLLECTOR).is_some_and(|&n| n > 0),
+        "{by_root:?}"
+    );
     eprintln!("samples by root frame: {by_root:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -236,7 +236,9 @@ mod stub {
     not(tracing_pyroscope_unsupported)
 ))]
 mod linux {
-    use super::{frame_name, hex_frame, is_qualified, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT};
+    use super::{
+        frame_name, hex_frame, is_qualified, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT,
+    };
     use object::elf::{
         FileHeader32, FileHeader64, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PF_X, PT_LOAD, PT_NOTE,
     };
@@ -815,7 +817,10 @@ mod tests {
         let mut helpers = Vec::new();
         for off in 0..512 {
             let r = sym.resolve(start + off);
-            if !outermost(&r).name.ends_with("outer_function_with_generic_inlining") {
+            if !outermost(&r)
+                .name
+                .ends_with("outer_function_with_generic_inlining")
+            {
                 break; // past the function's end
             }
             let inlined = &r.frames[..r.frames.len() - 1];
@@ -829,7 +834,9 @@ mod tests {
         assert!(!helpers.is_empty(), "no address inside the inlined helper");
         for name in &helpers {
             assert!(
-                name.starts_with("tracing_pyroscope::profile::symbolize::tests::generic_inlined_helper"),
+                name.starts_with(
+                    "tracing_pyroscope::profile::symbolize::tests::generic_inlined_helper"
+                ),
                 "{name}"
             );
             assert!(!has_hash(name), "{name}");

@@ -249,7 +249,10 @@ mod encoding {
             // Whatever the thread, the program's frames come first.
             if s.value[0] != 7 {
                 assert!(
-                    names.iter().any(|n| n.ends_with(caller) || n.ends_with("leaf_function_for_profile_test")),
+                    names
+                        .iter()
+                        .any(|n| n.ends_with(caller)
+                            || n.ends_with("leaf_function_for_profile_test")),
                     "{names:?}"
                 );
             }
@@ -261,21 +264,26 @@ mod encoding {
         assert_eq!(seen.len(), 7, "{seen:?}");
         assert!(program(&seen[0].1) && seen[0].2 == 0, "{seen:?}");
         assert!(program(&seen[1].1) && seen[1].2 == 2, "{seen:?}");
-        assert_eq!(seen[2..], [
-            (3, collect.clone(), 0),
-            (4, collect.clone(), 0),
-            (5, timer.clone(), 0),
-            (6, collect.clone(), 2),
-            (7, timer.clone(), 0),
-        ]);
+        assert_eq!(
+            seen[2..],
+            [
+                (3, collect.clone(), 0),
+                (4, collect.clone(), 0),
+                (5, timer.clone(), 0),
+                (6, collect.clone(), 2),
+                (7, timer.clone(), 0),
+            ]
+        );
         // One location and one function per thread, without address or
         // mapping; no label names the thread.
         let roots: Vec<&proto::Location> = p
             .location
             .iter()
-            .filter(|l| l.line.len() == 1 && {
-                let f = &p.function[l.line[0].function_id as usize - 1];
-                string(&p, f.name).starts_with("tracing-pyroscope: ")
+            .filter(|l| {
+                l.line.len() == 1 && {
+                    let f = &p.function[l.line[0].function_id as usize - 1];
+                    string(&p, f.name).starts_with("tracing-pyroscope: ")
+                }
             })
             .collect();
         assert_eq!(roots.len(), 2);
