@@ -9,8 +9,11 @@
 //!
 //! A sample taken on one of the profiler's own threads ([`SpanLabels`]'s
 //! `thread`) ends in a synthetic root frame naming that thread
-//! ([`ProfilerThread::frame_name`]): a `Location` without address or
-//! mapping, with one `Line` of a function of that name.
+//! ([`ProfilerThread::frame_name`]): a `Location` at address 0 with one
+//! `Line` of a function of that name, in a mapping of its own,
+//! [`SYNTHETIC_MAPPING`], marked as symbolized like every other, so that
+//! no server tries to symbolize it (Pyroscope gives a location without a
+//! mapping a stub mapping that is not).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -80,6 +83,13 @@ impl Header {
 fn field_len(len: usize) -> usize {
     1 + prost::encoding::encoded_len_varint(len as u64) + len
 }
+
+/// The file name of the mapping of synthetic frames (a pseudo name, like
+/// the kernel's `[vdso]`).
+pub(crate) const SYNTHETIC_MAPPING: &str = "[tracing-pyroscope]";
+/// The key of that mapping in [`Chunk`]'s mapping table, which is keyed by
+/// start address: no real mapping starts at the last address.
+const SYNTHETIC_MAPPING_KEY: u64 = u64::MAX;
 
 /// What a `Location` stands for: an address (leaf or return address, which
 /// symbolize differently), or the root frame of a profiler thread.
@@ -308,13 +318,34 @@ impl Chunk {
         if let Some(&id) = self.locations.get(&key) {
             return id;
         }
+        let mapping_id = match self.mappings.get(&SYNTHETIC_MAPPING_KEY) {
+            Some(&id) => id,
+            None => {
+                let filename = self.string(SYNTHETIC_MAPPING);
+                let id = self.profile.mapping.len() as u64 + 1;
+                let mapping = proto::Mapping {
+                    id,
+                    filename,
+                    has_functions: true,
+                    has_filenames: true,
+                    has_line_numbers: true,
+                    has_inline_frames: true,
+                    ..Default::default()
+                };
+                self.size += field_len(mapping.encoded_len());
+                self.profile.mapping.push(mapping);
+                self.mappings.insert(SYNTHETIC_MAPPING_KEY, id);
+                self.new_mappings.push(SYNTHETIC_MAPPING_KEY);
+                id
+            }
+        };
         let name: Arc<str> = Arc::from(thread.frame_name());
         let line = vec![proto::Line {
             function_id: self.function(&name, &Arc::from("")),
             line: 0,
             column: 0,
         }];
-        self.push_location(key, 0, 0, line)
+        self.push_location(key, mapping_id, 0, line)
     }
 
     fn push_location(

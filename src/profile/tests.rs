@@ -17,6 +17,7 @@ use crate::context::{self, SpanLabels};
 mod encoding {
     use super::*;
     use crate::context::ProfilerThread;
+    use crate::profile::encode::SYNTHETIC_MAPPING;
     use std::hint::black_box;
 
     const PERIOD: i64 = 10_000_000; // 100 Hz
@@ -274,8 +275,9 @@ mod encoding {
                 (7, timer.clone(), 0),
             ]
         );
-        // One location and one function per thread, without address or
-        // mapping; no label names the thread.
+        // One location and one function per thread, at address 0 in a
+        // mapping of their own marked as symbolized (a server must not try
+        // to symbolize it); no label names the thread.
         let roots: Vec<&proto::Location> = p
             .location
             .iter()
@@ -287,7 +289,20 @@ mod encoding {
             })
             .collect();
         assert_eq!(roots.len(), 2);
-        assert!(roots.iter().all(|l| l.address == 0 && l.mapping_id == 0));
+        let synthetic = roots[0].mapping_id;
+        assert!(roots
+            .iter()
+            .all(|l| l.address == 0 && l.mapping_id == synthetic));
+        let m = &p.mapping[synthetic as usize - 1];
+        assert_eq!(m.id, synthetic);
+        assert_eq!(string(&p, m.filename), SYNTHETIC_MAPPING);
+        assert!(m.has_functions && m.has_filenames && m.has_line_numbers && m.has_inline_frames);
+        assert_eq!(p.mapping.len(), 2, "the program's and the synthetic one");
+        assert!(p
+            .location
+            .iter()
+            .filter(|l| l.mapping_id != synthetic)
+            .all(|l| l.address != 0 && l.mapping_id != 0));
         assert!(p.string_table.iter().all(|s| s != "thread"));
     }
 
