@@ -101,6 +101,7 @@ mod linux {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::context::ProfilerThread;
     use crate::profile::{ProfileBuilder, Symbolizer};
     use crate::sampler::{Sampler, SamplerStats};
     use crate::sync::lock;
@@ -153,7 +154,10 @@ mod linux {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("pyroscope-collect".into())
-                .spawn(move || collector.run(stop))?
+                .spawn(move || {
+                    crate::context::mark_profiler_thread(ProfilerThread::Collector);
+                    collector.run(stop)
+                })?
         };
         Ok(ProfilerGuard {
             running: Some(Running {

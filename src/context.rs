@@ -69,10 +69,10 @@ pub mod keys {
 
 /// The labels of the span running on a thread.
 ///
-/// Each field is one sample label; zero means that label is absent. A
-/// record of all zeros ([`SpanLabels::NONE`]) means "no span": samples then
-/// carry no span labels. [`for_each_label`](SpanLabels::for_each_label) is
-/// the one way to turn a record into `(key, value)` pairs.
+/// Each public field is one sample label; zero means that label is absent.
+/// A record of all zeros ([`SpanLabels::NONE`]) means "no span": samples
+/// then carry no span labels. [`for_each_label`](SpanLabels::for_each_label)
+/// is the one way to turn a record into `(key, value)` pairs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub struct SpanLabels {
@@ -85,6 +85,9 @@ pub struct SpanLabels {
     /// An interned set of labels from span fields (see [`fields_of`]); 0
     /// for none.
     pub fields_id: u32,
+    /// Set only in samples taken on one of the profiler's own threads: not a
+    /// label (no series), but a root frame naming the thread.
+    pub(crate) thread: Option<ProfilerThread>,
 }
 
 impl SpanLabels {
@@ -94,6 +97,7 @@ impl SpanLabels {
         trace_id: 0,
         name_id: 0,
         fields_id: 0,
+        thread: None,
     };
 
     /// Labels for a span.
@@ -103,6 +107,7 @@ impl SpanLabels {
             trace_id,
             name_id,
             fields_id: 0,
+            thread: None,
         }
     }
 
@@ -148,6 +153,54 @@ impl SpanLabels {
     }
 }
 
+/// One of the profiler's own threads.
+///
+/// Samples taken on them get a root frame of their own,
+/// [`frame_name`](ProfilerThread::frame_name), instead of starting at the
+/// thread's entry function like every other thread's. The thread's name is
+/// not in a pprof stack, and its entry frames (`std` and `tokio`-like
+/// wrappers) say nothing about what it is, so without that frame a user
+/// could not tell the profiler's cost from the program's. A frame rather
+/// than a sample label: a label would be one more series on the server.
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )),
+    allow(dead_code)
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum ProfilerThread {
+    /// `pyroscope-collect`: drains samples, symbolizes, encodes, writes.
+    Collector,
+    /// `pyroscope-timer`: arms the per-thread CPU timers of new threads.
+    Timers,
+    /// `pyroscope-upload`: sends profiles to the server.
+    Uploader,
+}
+
+impl ProfilerThread {
+    /// Every profiler thread.
+    #[cfg(test)]
+    pub(crate) const ALL: [ProfilerThread; 3] = [
+        ProfilerThread::Collector,
+        ProfilerThread::Timers,
+        ProfilerThread::Uploader,
+    ];
+
+    /// The root frame of samples taken on this thread. It says what the
+    /// thread does and, in parentheses, the thread's name as `top -H`, a
+    /// debugger or a log line shows it.
+    pub(crate) const fn frame_name(self) -> &'static str {
+        match self {
+            ProfilerThread::Collector => "tracing-pyroscope: collector (pyroscope-collect)",
+            ProfilerThread::Timers => "tracing-pyroscope: timer manager (pyroscope-timer)",
+            ProfilerThread::Uploader => "tracing-pyroscope: uploader (pyroscope-upload)",
+        }
+    }
+}
+
 /// `value` as `digits` lowercase hex digits, written into `buf`.
 fn hex(value: u128, digits: usize, buf: &mut [u8; 32]) -> &str {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -187,6 +240,15 @@ thread_local! {
             copies: [Cell::new(SpanLabels::NONE), Cell::new(SpanLabels::NONE)],
         }
     };
+    // Set once, first thing, by each of the profiler's own threads; as
+    // plain as `SLOT`.
+    static PROFILER_THREAD: Cell<Option<ProfilerThread>> = const { Cell::new(None) };
+}
+
+/// Marks the calling thread as one of the profiler's own: samples taken on
+/// it from now on get its root frame. Call it first thing on the thread.
+pub(crate) fn mark_profiler_thread(thread: ProfilerThread) {
+    PROFILER_THREAD.with(|t| t.set(Some(thread)));
 }
 
 /// Sets this thread's labels and returns the previous ones, to be restored
@@ -216,13 +278,16 @@ pub fn current() -> SpanLabels {
     })
 }
 
-/// Reads the slot from a signal handler that interrupted this thread.
+/// Reads the slot from a signal handler that interrupted this thread, with
+/// [`SpanLabels::thread`] set on the profiler's own threads.
 ///
-/// Only `Cell` reads of a const thread local: async-signal-safe.
+/// Only `Cell` reads of const thread locals: async-signal-safe.
 #[inline(always)]
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
 pub(crate) fn read_in_signal_handler() -> SpanLabels {
-    current()
+    let mut labels = current();
+    labels.thread = PROFILER_THREAD.with(Cell::get);
+    labels
 }
 
 /// The default cap on distinct label sets a process sends: span names, and
@@ -411,6 +476,46 @@ mod tests {
             .unwrap();
         assert_eq!(current().span_id, 7);
         replace(SpanLabels::NONE);
+    }
+
+    #[test]
+    fn profiler_threads_are_marked_for_the_signal_handler_only() {
+        let labels = SpanLabels::new(5, 0, 0);
+        std::thread::spawn(move || {
+            assert_eq!(read_in_signal_handler().thread, None);
+            mark_profiler_thread(ProfilerThread::Collector);
+            let previous = replace(labels);
+            let seen = read_in_signal_handler();
+            // The span's labels, plus the thread; the slot itself and the
+            // labels written are unchanged.
+            assert_eq!((seen.span_id, seen.trace_id, seen.name_id), (5, 0, 0));
+            assert_eq!(seen.thread, Some(ProfilerThread::Collector));
+            assert_eq!(current(), labels);
+            assert_eq!(current().thread, None);
+            replace(previous);
+            assert_eq!(
+                read_in_signal_handler().thread,
+                Some(ProfilerThread::Collector)
+            );
+            // Not a label.
+            let mut pairs = 0;
+            read_in_signal_handler().for_each_label(|_, _| pairs += 1);
+            assert_eq!(pairs, 0);
+        })
+        .join()
+        .unwrap();
+        // Other threads are not marked.
+        assert_eq!(read_in_signal_handler().thread, None);
+        // Each frame says it is the profiler's and which thread.
+        let names: Vec<&str> = ProfilerThread::ALL.iter().map(|t| t.frame_name()).collect();
+        for (name, thread) in
+            names
+                .iter()
+                .zip(["pyroscope-collect", "pyroscope-timer", "pyroscope-upload"])
+        {
+            assert!(name.starts_with("tracing-pyroscope: "), "{name}");
+            assert!(name.ends_with(&format!("({thread})")), "{name}");
+        }
     }
 
     #[test]

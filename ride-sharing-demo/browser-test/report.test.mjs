@@ -4,6 +4,10 @@
 // - one server span's "profile" toggle reveals its flame graph in place;
 // - the flame graph is visible and contains the expected function;
 // - it is drawn root on top (icicle), as Grafana draws it;
+// - frames read like the code: every frame on the path from the root to the
+//   expected function has its module path (the demo builds with
+//   `debug = "limited"`; only objects without symbols and the compiler's
+//   own symbols have none), among them tokio's `Harness::poll`;
 // - frame labels are shortened for display (no generic arguments, module
 //   path dropped when narrow) and fit their frames, while the frames' titles
 //   and the details line keep the full names;
@@ -18,8 +22,10 @@
 // Environment: REPORT (required, the report.html), SCREENSHOT (default
 // REPORT's dir/report-screenshot.png), FLAME_SCREENSHOT (default REPORT's
 // dir/report-flame-graph.png), CHROMIUM (default /usr/bin/chromium),
-// EXPECT_FUNCTION (default find_nearest_vehicle), SPAN_NAME (a regexp for the
-// span to open, default "^GET /"), LABEL (default vehicle=car),
+// EXPECT_FUNCTION (default find_nearest_vehicle), EXPECT_PATH (a qualified
+// name, or part of one, expected on the path to it, default
+// tokio::runtime::task::harness::Harness), SPAN_NAME (a regexp for the span
+// to open, default "^GET /car$"), LABEL (default vehicle=car),
 // LABEL_ONLY_FUNCTION (default check_driver_availability).
 
 import { test } from "node:test";
@@ -32,7 +38,8 @@ import { chromium } from "playwright-core";
 
 const report = process.env.REPORT;
 const fn = process.env.EXPECT_FUNCTION || "find_nearest_vehicle";
-const spanName = new RegExp(process.env.SPAN_NAME || "^GET /");
+const expectPath = process.env.EXPECT_PATH || "tokio::runtime::task::harness::Harness";
+const spanName = new RegExp(process.env.SPAN_NAME || "^GET /car$");
 const labelValue = process.env.LABEL || "vehicle=car";
 const labelOnlyFn = process.env.LABEL_ONLY_FUNCTION || "check_driver_availability";
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -168,6 +175,44 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
   assert.equal(geometry.root, geometry.min, `the root frame is not on top: ${JSON.stringify(geometry)}`);
   assert.ok(geometry.target > geometry.root, `${fn} is not below the root: ${JSON.stringify(geometry)}`);
 
+  // The hot path: the frames above the expected function (its callers, root
+  // on top) by their full names. Each has its path (`::` outside generic
+  // arguments), or is an object without symbols named by offset.
+  const hotPath = await frame.evaluate((fn) => {
+    const frames = Array.from(document.querySelectorAll("#frames > g")).map((g) => {
+      const r = g.querySelector("rect");
+      return {
+        name: g.querySelector("title").textContent.replace(/ \([^(]*\)$/, ""),
+        x: parseFloat(r.getAttribute("x")),
+        w: parseFloat(r.getAttribute("width")),
+        y: parseFloat(r.getAttribute("y")),
+      };
+    });
+    const target = frames.find((f) => f.name.includes(fn));
+    return frames
+      .filter((f) => f.y < target.y && f.x <= target.x + 1e-6 && f.x + f.w >= target.x + target.w - 1e-6)
+      .sort((a, b) => a.y - b.y)
+      .map((f) => f.name);
+  }, fn);
+  const qualified = (name) => {
+    let depth = 0;
+    for (let i = 0; i < name.length; i++) {
+      const c = name[i];
+      if (c === "<") depth++;
+      else if (c === ">" && name[i - 1] !== "-") depth = Math.max(0, depth - 1);
+      else if (c === ":" && name[i - 1] === ":" && depth === 0) return true;
+    }
+    return false;
+  };
+  assert.equal(hotPath[0], "all", `the path to ${fn} starts at the root: ${hotPath}`);
+  assert.ok(hotPath.length >= 10, `a short path to ${fn}: ${hotPath}`);
+  // Names that cannot have a path: objects without symbols (`libc.so.6+0x…`)
+  // and the compiler's own symbols (`__rust_try`).
+  const pathless = hotPath.slice(1).filter((n) => !qualified(n) && !/\+0x[0-9a-f]+$/.test(n) && !/^__\w+$/.test(n));
+  assert.deepEqual(pathless, [], `frames without a path above ${fn}`);
+  const expected = hotPath.find((n) => n.includes(expectPath));
+  assert.ok(expected, `no ${expectPath} above ${fn}: ${hotPath.join(" / ")}`);
+
   // The label shortening itself, on names of known shapes.
   const shortNames = await frame.evaluate(() =>
     [
@@ -281,5 +326,5 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
 
   assert.deepEqual(errors, [], "console errors");
   assert.deepEqual(requests, [], "network requests");
-  console.log(`opened ${label} (span ${spanId}): ${fn} present, zoom ok, search ${matched.trim()}; opened ${labelValue} (${labelOnlyFn} present) and ${otherLabel} (absent); screenshots ${screenshot} ${flameScreenshot}`);
+  console.log(`opened ${label} (span ${spanId}): ${fn} present under ${hotPath.length} qualified frames (${expected}), zoom ok, search ${matched.trim()}; opened ${labelValue} (${labelOnlyFn} present) and ${otherLabel} (absent); screenshots ${screenshot} ${flameScreenshot}`);
 });

@@ -6,11 +6,14 @@
 //!   `/scooter` span shows the car-only function, no span outside eu-north
 //!   shows eu-north's `mutex_lock`, no client span shows server work;
 //! - client and server root spans share trace ids (and a recorded remote
-//!   parent of a server span is the client span).
+//!   parent of a server span is the client span);
 //! - the per-vehicle view (span label `vehicle`, from the request span's
 //!   field): `find_nearest_vehicle` under every vehicle,
 //!   `check_driver_availability` under `car` only; `region` stays a static
-//!   label, not a span label.
+//!   label, not a span label;
+//! - frames read like the code: no frame on a `GET /car` span's hot path
+//!   is a bare name without its path (`{closure#0}`, `poll`, `run`), which
+//!   is what the workspace's `debug = "limited"` gives (README, "Symbols").
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +78,56 @@ fn label_graph(html: &str, label: &str) -> Option<String> {
     let start = html.find(&marker)? + marker.len();
     let len = html[start..].find('\'')?;
     Some(unescape(&html[start..start + len]))
+}
+
+/// The frames of a flame graph: (full name, samples), from the frames'
+/// `<title>`s (`NAME (N samples, P%)`).
+fn graph_frames(graph: &str) -> Vec<(String, u64)> {
+    let mut frames = Vec::new();
+    for chunk in graph.split("<title>").skip(1) {
+        let Some(title) = chunk.split("</title>").next() else {
+            continue;
+        };
+        let title = unescape(title);
+        let Some((name, rest)) = title.rsplit_once(" (") else {
+            continue;
+        };
+        let samples = rest
+            .split(' ')
+            .next()
+            .and_then(|n| n.replace(',', "").parse().ok())
+            .unwrap_or(0);
+        frames.push((name.to_string(), samples));
+    }
+    frames
+}
+
+/// A name with a path: `::` outside generic arguments.
+fn is_qualified(name: &str) -> bool {
+    let mut depth = 0usize;
+    let mut prev = ' ';
+    for c in name.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' if prev != '-' => depth = depth.saturating_sub(1),
+            ':' if prev == ':' && depth == 0 => return true,
+            _ => {}
+        }
+        prev = c;
+    }
+    false
+}
+
+/// A name that cannot have a path: an object without symbols
+/// (`libc.so.6+0x891f4`), or a symbol the compiler or C runtime made
+/// (`__rust_try`, which a debug build does not inline).
+fn is_pathless_symbol(name: &str) -> bool {
+    let offset = name
+        .rsplit_once("+0x")
+        .is_some_and(|(_, hex)| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()));
+    let internal =
+        name.starts_with("__") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    offset || internal
 }
 
 fn run_demo(out: &Path) -> (String, String) {
@@ -201,6 +254,42 @@ fn demo_report_shows_each_span_with_its_own_profile() {
         );
         assert!(s.samples >= 3, "heaviest spans have several samples: {s:?}");
     }
+
+    // Frames read like the code: on the hot path of `GET /car` spans (every
+    // frame with at least a tenth of the span's samples) each frame has its
+    // path, e.g. `tokio::runtime::task::harness::Harness<T,S>::poll`, not
+    // `poll`. Only objects without symbols (libc's thread start) are named
+    // by offset, and the compiler's own symbols have no path.
+    let mut hot_frames = 0;
+    let mut tokio_frames = 0;
+    for s in with_graph.iter().filter(|s| s.name == "GET /car") {
+        let frames = graph_frames(s.graph.as_deref().unwrap());
+        let total = frames
+            .iter()
+            .find(|(name, _)| name == "all")
+            .map_or(0, |(_, n)| *n);
+        assert!(total > 0, "no root frame in {}'s graph", s.id);
+        for (name, samples) in frames.iter().filter(|(_, n)| n * 10 >= total) {
+            if name == "all" {
+                continue;
+            }
+            hot_frames += 1;
+            tokio_frames += usize::from(name.starts_with("tokio::runtime::"));
+            assert!(
+                is_qualified(name) || is_pathless_symbol(name),
+                "GET /car span {}: hot frame `{name}` ({samples} of {total} samples) has no path",
+                s.id
+            );
+        }
+    }
+    assert!(
+        hot_frames >= 20,
+        "{hot_frames} hot frames in GET /car graphs"
+    );
+    assert!(
+        tokio_frames > 0,
+        "no tokio::runtime:: frame on the GET /car hot path"
+    );
 
     // Each flame graph holds only its own span's samples.
     let (mut cars, mut cars_with_driver, mut eu_mutex) = (0, 0, 0);

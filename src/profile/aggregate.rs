@@ -43,12 +43,15 @@ impl ProfileBuilder {
     ///
     /// `frames[0]` is the interrupted instruction, `frames[1..]` are return
     /// addresses, leaf first. Stacks deeper than [`MAX_STACK_DEPTH`] keep
-    /// their leaf side. An empty stack is kept as a sample without locations.
+    /// their leaf side (one frame less on a profiler thread, whose root
+    /// frame the encoder adds). An empty stack is kept as a sample without
+    /// locations.
     pub(crate) fn add(&mut self, labels: SpanLabels, frames: &[u64], count: u64) {
         if count == 0 {
             return;
         }
-        let stack = &frames[..frames.len().min(MAX_STACK_DEPTH)];
+        let depth = MAX_STACK_DEPTH - usize::from(labels.thread.is_some());
+        let stack = &frames[..frames.len().min(depth)];
         let id = match self.stack_ids.get(stack) {
             Some(&id) => id,
             None => {

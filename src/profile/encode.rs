@@ -6,6 +6,14 @@
 //! that would push it past [`MAX_PROFILE_BYTES`] can be rolled back and
 //! start the next profile. Sample labels come from
 //! [`SpanLabels::for_each_label`], so a new label needs nothing here.
+//!
+//! A sample taken on one of the profiler's own threads ([`SpanLabels`]'s
+//! `thread`) ends in a synthetic root frame naming that thread
+//! ([`ProfilerThread::frame_name`]): a `Location` at address 0 with one
+//! `Line` of a function of that name, in a mapping of its own,
+//! [`SYNTHETIC_MAPPING`], marked as symbolized like every other, so that
+//! no server tries to symbolize it (Pyroscope gives a location without a
+//! mapping a stub mapping that is not).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,7 +27,7 @@ use prost::Message;
 use super::proto;
 use super::symbolize::Resolved;
 use super::EncodedProfile;
-use crate::context::{keys, SpanLabels};
+use crate::context::{keys, ProfilerThread, SpanLabels};
 
 /// Most `Sample` entries per profile (Pyroscope's default
 /// `max_profile_stacktrace_samples`).
@@ -76,6 +84,21 @@ fn field_len(len: usize) -> usize {
     1 + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
+/// The file name of the mapping of synthetic frames (a pseudo name, like
+/// the kernel's `[vdso]`).
+pub(crate) const SYNTHETIC_MAPPING: &str = "[tracing-pyroscope]";
+/// The key of that mapping in [`Chunk`]'s mapping table, which is keyed by
+/// start address: no real mapping starts at the last address.
+const SYNTHETIC_MAPPING_KEY: u64 = u64::MAX;
+
+/// What a `Location` stands for: an address (leaf or return address, which
+/// symbolize differently), or the root frame of a profiler thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum LocationKey {
+    Address(u64, bool),
+    Root(ProfilerThread),
+}
+
 /// The rollback point of a [`Chunk`] before adding one sample.
 #[derive(Clone, Copy)]
 pub(super) struct Checkpoint {
@@ -99,13 +122,13 @@ pub(super) struct Chunk {
     total: u64,
     strings: HashMap<Arc<str>, i64>,
     functions: HashMap<(i64, i64), u64>,
-    locations: HashMap<(u64, bool), u64>,
+    locations: HashMap<LocationKey, u64>,
     mappings: HashMap<u64, u64>,
     labels: HashMap<SpanLabels, Vec<proto::Label>>,
     // Keys inserted, in order, so that a sample can be undone.
     new_strings: Vec<Arc<str>>,
     new_functions: Vec<(i64, i64)>,
-    new_locations: Vec<(u64, bool)>,
+    new_locations: Vec<LocationKey>,
     new_mappings: Vec<u64>,
     new_labels: Vec<SpanLabels>,
 }
@@ -242,7 +265,8 @@ impl Chunk {
     }
 
     fn location(&mut self, addr: u64, is_return: bool, resolved: &Resolved) -> u64 {
-        if let Some(&id) = self.locations.get(&(addr, is_return)) {
+        let key = LocationKey::Address(addr, is_return);
+        if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let mapping_id = match &resolved.mapping {
@@ -285,18 +309,64 @@ impl Chunk {
                 column: 0,
             })
             .collect();
+        self.push_location(key, mapping_id, addr, line)
+    }
+
+    /// The root frame of samples taken on `thread`.
+    fn root_location(&mut self, thread: ProfilerThread) -> u64 {
+        let key = LocationKey::Root(thread);
+        if let Some(&id) = self.locations.get(&key) {
+            return id;
+        }
+        let mapping_id = match self.mappings.get(&SYNTHETIC_MAPPING_KEY) {
+            Some(&id) => id,
+            None => {
+                let filename = self.string(SYNTHETIC_MAPPING);
+                let id = self.profile.mapping.len() as u64 + 1;
+                let mapping = proto::Mapping {
+                    id,
+                    filename,
+                    has_functions: true,
+                    has_filenames: true,
+                    has_line_numbers: true,
+                    has_inline_frames: true,
+                    ..Default::default()
+                };
+                self.size += field_len(mapping.encoded_len());
+                self.profile.mapping.push(mapping);
+                self.mappings.insert(SYNTHETIC_MAPPING_KEY, id);
+                self.new_mappings.push(SYNTHETIC_MAPPING_KEY);
+                id
+            }
+        };
+        let name: Arc<str> = Arc::from(thread.frame_name());
+        let line = vec![proto::Line {
+            function_id: self.function(&name, &Arc::from("")),
+            line: 0,
+            column: 0,
+        }];
+        self.push_location(key, mapping_id, 0, line)
+    }
+
+    fn push_location(
+        &mut self,
+        key: LocationKey,
+        mapping_id: u64,
+        address: u64,
+        line: Vec<proto::Line>,
+    ) -> u64 {
         let id = self.profile.location.len() as u64 + 1;
         let location = proto::Location {
             id,
             mapping_id,
-            address: addr,
+            address,
             line,
             is_folded: false,
         };
         self.size += field_len(location.encoded_len());
         self.profile.location.push(location);
-        self.locations.insert((addr, is_return), id);
-        self.new_locations.push((addr, is_return));
+        self.locations.insert(key, id);
+        self.new_locations.push(key);
         id
     }
 
@@ -322,10 +392,13 @@ impl Chunk {
         count: u64,
         period_nanos: i64,
     ) {
-        let location_id = stack
+        let mut location_id: Vec<u64> = stack
             .iter()
             .map(|(addr, is_return, r)| self.location(*addr, *is_return, r))
             .collect();
+        if let Some(thread) = labels.thread {
+            location_id.push(self.root_location(thread)); // leaf first: root last
+        }
         let label = self.labels(labels);
         let count_i = i64::try_from(count).unwrap_or(i64::MAX);
         let sample = proto::Sample {

@@ -5,13 +5,21 @@
 //! (executable or shared library) that contains an address, converts the
 //! runtime address (AVMA) to the object's own address (SVMA) with the ELF
 //! program headers, and asks `addr2line` for the frames at that address,
-//! inlined frames included (innermost first). Names are demangled Rust names
-//! without the hash (`{:#}`).
+//! inlined frames included (innermost first).
 //!
-//! With `debug = "line-tables-only"` DWARF only has bare function names
-//! (`poll`, no path); the outermost frame at an address, which owns the
-//! symbol, then takes its qualified name from the symbol table instead, while
-//! inlined frames keep the bare DWARF name.
+//! Names, best first, from whatever debug info the build has (README's
+//! "Symbols" says which `Cargo.toml` settings give which):
+//! - DWARF's linkage name (`debug = "limited"` or `"full"`), demangled
+//!   without the hash (`{:#}`): `tokio::runtime::task::harness::Harness<T,S>::poll`;
+//! - for the outermost frame at an address, which owns the symbol, the
+//!   symbol table's name, demangled the same way, when DWARF has no
+//!   qualified name for it;
+//! - DWARF's bare name (`debug = "line-tables-only"` has nothing else for
+//!   inlined frames), shown without its generic arguments
+//!   ([`frame_name`]): `poll`, not `poll<tokio::runtime::blocking::task::BlockingTask<…>, …>`.
+//!   Those arguments name the caller's concrete types, so one function would
+//!   otherwise be as many frames as it has instantiations (closures of
+//!   different callers included), and a flame graph could not merge them.
 //!
 //! Fallbacks, in order: DWARF → ELF symbol table → `<object>+0x<svma>` →
 //! `0x<addr>` when no object contains the address. Names of the second kind
@@ -82,6 +90,88 @@ pub(crate) fn lookup_address(addr: u64, is_return_address: bool) -> u64 {
     }
 }
 
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )),
+    allow(dead_code)
+)]
+/// `true` if `name` has a path: a `::` outside generic arguments, as in
+/// `tokio::runtime::Runtime::block_on` or `<T as Trait>::call`, and not only
+/// inside them, as in `poll<tokio::time::Sleep>`.
+pub(crate) fn is_qualified(name: &str) -> bool {
+    let mut depth = 0usize;
+    let mut prev = '\0';
+    for c in name.chars() {
+        match c {
+            '<' => depth += 1,
+            // `->` in `fn(A) -> B` closes nothing.
+            '>' if prev != '-' => depth = depth.saturating_sub(1),
+            ':' if prev == ':' && depth == 0 => return true,
+            _ => {}
+        }
+        prev = c;
+    }
+    false
+}
+
+#[cfg_attr(
+    not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(tracing_pyroscope_unsupported)
+    )),
+    allow(dead_code)
+)]
+/// The name a frame is shown with.
+///
+/// Qualified names ([`is_qualified`]) are kept whole: they come from a
+/// linkage name or the symbol table and are the same for every caller. A
+/// bare name (DWARF's `DW_AT_name`, all that `debug = "line-tables-only"`
+/// has for inlined code) loses the generic arguments that follow it:
+/// `call_once<(), tokio::…::{closure_env#0}<…>>` becomes `call_once`,
+/// `{closure#0}<F, ()>` becomes `{closure#0}`. What is left depends only on
+/// the source, so it is the same in every run and for every caller.
+/// Anything else (unbalanced brackets, C++ `operator<`) is kept as it is.
+pub(crate) fn frame_name(name: &str) -> &str {
+    if is_qualified(name) {
+        return name;
+    }
+    let Some(open) = name.find('<').filter(|&i| i > 0) else {
+        return name;
+    };
+    let base = &name[..open];
+    if base.ends_with("operator") {
+        return name;
+    }
+    // The arguments must be one group that closes at the very end.
+    let mut depth = 0usize;
+    let mut prev = '\0';
+    for (i, c) in name[open..].char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if prev != '-' => {
+                depth = match depth.checked_sub(1) {
+                    Some(d) => d,
+                    None => return name,
+                };
+                if depth == 0 && open + i + 1 != name.len() {
+                    return name;
+                }
+            }
+            _ => {}
+        }
+        prev = c;
+    }
+    if depth == 0 {
+        base
+    } else {
+        name
+    }
+}
+
 fn hex_frame(addr: u64, file: Arc<str>) -> SymbolFrame {
     SymbolFrame {
         name: Arc::from(format!("0x{addr:x}")),
@@ -123,7 +213,9 @@ mod stub {
 
 #[cfg(tp_sampler)]
 mod linux {
-    use super::{hex_frame, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT};
+    use super::{
+        frame_name, hex_frame, is_qualified, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT,
+    };
     use object::elf::{
         FileHeader32, FileHeader64, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PF_X, PT_LOAD, PT_NOTE,
     };
@@ -355,7 +447,7 @@ mod linux {
                 // With `debug = "line-tables-only"` DWARF has bare names
                 // (`run`, no path): the symbol table's is better for the
                 // outermost frame, which owns the symbol.
-                let bare = |name: &Option<String>| name.as_ref().is_none_or(|n| !n.contains("::"));
+                let bare = |name: &Option<String>| name.as_deref().is_none_or(|n| !is_qualified(n));
                 if raw.last().is_none_or(|(name, _, _)| bare(name))
                     || raw.iter().any(|(name, _, _)| name.is_none())
                 {
@@ -371,13 +463,13 @@ mod linux {
                 if name.is_none() && i != outermost {
                     continue; // a nameless inlined frame: the outer one says enough
                 }
-                let bare = name.as_deref().is_none_or(|n| !n.contains("::"));
+                let bare = name.as_deref().is_none_or(|n| !is_qualified(n));
                 let name = if i == outermost && bare && symbol.is_some() {
                     symbol.as_deref()
                 } else {
                     name.as_deref().or(symbol.as_deref())
                 };
-                let name = match name {
+                let name = match name.map(frame_name) {
                     Some(n) if !n.is_empty() => self.intern(n),
                     _ => unknown_frame(&object_path, svma).name,
                 };
@@ -388,9 +480,9 @@ mod linux {
                 frames.push(SymbolFrame { name, file, line });
             }
             if frames.is_empty() {
-                match symbol {
+                match symbol.as_deref().map(frame_name) {
                     Some(s) if !s.is_empty() => {
-                        let name = self.intern(&s);
+                        let name = self.intern(s);
                         frames.push(SymbolFrame {
                             name,
                             file: object_path,
@@ -595,6 +687,18 @@ mod tests {
         black_box(b.wrapping_add(a))
     }
 
+    #[inline(always)]
+    fn generic_inlined_helper<T: Copy + Into<u64>>(x: T) -> u64 {
+        black_box(x.into().wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(17)
+    }
+
+    #[inline(never)]
+    fn outer_function_with_generic_inlining(x: u64) -> u64 {
+        let a = generic_inlined_helper(black_box(x));
+        let b = generic_inlined_helper(black_box(x as u32 ^ 0x55));
+        black_box(a ^ b)
+    }
+
     fn outermost(resolved: &Resolved) -> &SymbolFrame {
         resolved.frames.last().expect("frames are never empty")
     }
@@ -640,7 +744,7 @@ mod tests {
         assert_ne!(outer_function_with_inlining(5), 0);
         let start = outer_function_with_inlining as *const () as usize as u64;
         let mut sym = Symbolizer::new();
-        let is_helper = |f: &SymbolFrame| &*f.name == "inlined_helper_for_symbolizer";
+        let is_helper = |f: &SymbolFrame| f.name.ends_with("inlined_helper_for_symbolizer");
         let found = (0..256)
             .map(|off| sym.resolve(start + off))
             .find(|r| r.frames.len() >= 2 && r.frames[..r.frames.len() - 1].iter().any(is_helper));
@@ -658,6 +762,55 @@ mod tests {
             r.frames
         );
         assert!(r.frames.iter().all(|f| f.line > 0), "{:?}", r.frames);
+    }
+
+    /// A `::h` followed by 16 hex digits: a legacy symbol hash.
+    fn has_hash(name: &str) -> bool {
+        name.match_indices("::h").any(|(i, _)| {
+            let rest = &name[i + 3..];
+            rest.len() >= 16 && rest[..16].chars().all(|c| c.is_ascii_hexdigit())
+        })
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "needs release inlining; scripts/test.sh runs it in release"
+    )]
+    fn inlined_generic_frames_take_their_linkage_name() {
+        // The crate's own profiles (`debug = "limited"` in release, full
+        // debug info in dev) give DWARF linkage names, so inlined frames
+        // have their path, as the outermost one does.
+        black_box(outer_function_with_generic_inlining(black_box(9)));
+        let start = outer_function_with_generic_inlining as *const () as usize as u64;
+        let mut sym = Symbolizer::new();
+        let mut helpers = Vec::new();
+        for off in 0..512 {
+            let r = sym.resolve(start + off);
+            if !outermost(&r)
+                .name
+                .ends_with("outer_function_with_generic_inlining")
+            {
+                break; // past the function's end
+            }
+            let inlined = &r.frames[..r.frames.len() - 1];
+            helpers.extend(
+                inlined
+                    .iter()
+                    .filter(|f| f.name.contains("generic_inlined_helper"))
+                    .map(|f| f.name.clone()),
+            );
+        }
+        assert!(!helpers.is_empty(), "no address inside the inlined helper");
+        for name in &helpers {
+            assert!(
+                name.starts_with(
+                    "tracing_pyroscope::profile::symbolize::tests::generic_inlined_helper"
+                ),
+                "{name}"
+            );
+            assert!(!has_hash(name), "{name}");
+        }
     }
 
     #[test]
@@ -853,5 +1006,94 @@ mod tests {
         assert!(elf_info_of(path_str).is_none());
         std::fs::remove_dir_all(&dir).expect("clean up");
         assert!(elf_info_of(path_str).is_none());
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::{frame_name, is_qualified};
+
+    #[test]
+    fn qualified_names_have_a_path_outside_generic_arguments() {
+        for name in [
+            "tokio::runtime::task::harness::Harness<T,S>::poll",
+            "<alloc::boxed::Box<dyn core::ops::function::FnOnce<(), Output = ()> + core::marker::Send> as core::ops::function::FnOnce<()>>::call_once",
+            "<std::sys::thread::unix::Thread>::new::thread_start",
+            "ride_sharing_demo::server::order::{{closure}}",
+            "core::ptr::drop_in_place::<alloc::vec::Vec<u8>>",
+            "std::process::id",
+        ] {
+            assert!(is_qualified(name), "{name}");
+        }
+        for name in [
+            "poll",
+            "{closure#0}",
+            "poll<ride_sharing_demo::server::order::{async_fn#0}::{closure_env#0}, u64>",
+            "call_once<fn(u8) -> core::option::Option<u8>, (u8,)>",
+            "libc.so.6+0x891f4",
+            "0x1234",
+            "",
+            ":x",
+        ] {
+            assert!(!is_qualified(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn bare_names_lose_their_generic_arguments() {
+        let cases = [
+            (
+                "poll<ride_sharing_demo::server::order::{async_fn#0}::{closure_env#0}, u64>",
+                "poll",
+            ),
+            (
+                "{closure#0}<tokio::runtime::blocking::task::BlockingTask<ride_sharing_demo::server::order::{async_fn#0}::{closure_env#0}>, tokio::runtime::blocking::schedule::BlockingSchedule>",
+                "{closure#0}",
+            ),
+            (
+                "call_once<(), std::thread::lifecycle::spawn_unchecked::{closure#1}::{closure_env#0}<F, ()>>",
+                "call_once",
+            ),
+            ("call_once<fn(u8) -> u8, (u8,)>", "call_once"),
+            ("black_box<u64>", "black_box"),
+            ("spec_next<[u8; 4]>", "spec_next"),
+        ];
+        for (name, shown) in cases {
+            assert_eq!(frame_name(name), shown, "{name}");
+        }
+        // Every instantiation of a function is one frame, in every run.
+        assert_eq!(
+            frame_name("poll<tokio::runtime::blocking::task::BlockingTask<A>, S>"),
+            frame_name("poll<B, core::task::poll::Poll<u64>>")
+        );
+    }
+
+    #[test]
+    fn other_names_are_kept_whole() {
+        for name in [
+            // Qualified: linkage or symbol-table names.
+            "tokio::runtime::task::harness::Harness<T,S>::poll",
+            "<alloc::boxed::Box<dyn core::ops::function::FnOnce<()>> as core::ops::function::FnOnce<()>>::call_once",
+            "core::ptr::drop_in_place::<alloc::vec::Vec<u8>>",
+            // Bare names without arguments, fallbacks.
+            "spin",
+            "{closure#0}",
+            "libc.so.6+0x891f4",
+            "0x8",
+            "",
+            // Not one closing group of arguments: left alone.
+            "<lambda>",
+            "foo<int",
+            "foo<a>b",
+            "foo<a>>",
+            "foo<a><b>",
+            // C++ operators.
+            "operator<",
+            "operator<<",
+            "operator<=>",
+            "operator->",
+        ] {
+            assert_eq!(frame_name(name), name);
+        }
     }
 }

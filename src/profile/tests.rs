@@ -12,6 +12,8 @@ use crate::context::{self, SpanLabels};
 #[cfg(tp_sampler)]
 mod encoding {
     use super::*;
+    use crate::context::ProfilerThread;
+    use crate::profile::encode::SYNTHETIC_MAPPING;
     use std::hint::black_box;
 
     const PERIOD: i64 = 10_000_000; // 100 Hz
@@ -194,6 +196,110 @@ mod encoding {
         assert!(m.has_functions && m.has_filenames && m.has_line_numbers && m.has_inline_frames);
         assert!(m.memory_start <= p.location[0].address && p.location[0].address < m.memory_limit);
         assert!(p.location.iter().all(|l| l.mapping_id == 1));
+    }
+
+    #[test]
+    fn samples_of_profiler_threads_end_in_a_root_frame_naming_the_thread() {
+        let name_id = context::intern_name("GET /car");
+        let span = SpanLabels::new(0x77, 0, name_id);
+        let collector = SpanLabels {
+            thread: Some(ProfilerThread::Collector),
+            ..SpanLabels::NONE
+        };
+        let timers = SpanLabels {
+            thread: Some(ProfilerThread::Timers),
+            ..SpanLabels::NONE
+        };
+        // A span entered on a profiler thread (a custom sink's code, say).
+        let collector_in_span = SpanLabels {
+            thread: Some(ProfilerThread::Collector),
+            ..span
+        };
+        let stack = real_stack();
+        let mut b = ProfileBuilder::new(at(100), PERIOD);
+        b.add(SpanLabels::NONE, &stack, 1);
+        b.add(span, &stack, 2);
+        b.add(collector, &stack, 3);
+        b.add(collector, &stack[..1], 4);
+        b.add(timers, &stack, 5);
+        b.add(collector_in_span, &stack, 6);
+        // The root frame counts against the depth limit: the leaf side stays.
+        let deep: Vec<u64> = (0..MAX_STACK_DEPTH as u64 + 5)
+            .map(|i| stack[0] + (i % 2) * 16)
+            .collect();
+        b.add(timers, &deep, 7);
+        let mut sym = Symbolizer::new();
+        let out = b.finish(at(110), &mut sym);
+        assert_eq!(out.len(), 1);
+        let p = decode_gzipped(&out[0].gzipped).expect("decodes");
+        let caller = "encoding::caller_function_for_profile_test";
+        let mut seen = Vec::new();
+        for s in &p.sample {
+            let names = stack_names(&p, s);
+            let root = names.last().expect("a stack").clone();
+            let labels = labels_of(&p, s);
+            seen.push((s.value[0], root.clone(), labels.len()));
+            if s.value[0] == 7 {
+                assert_eq!(s.location_id.len(), MAX_STACK_DEPTH);
+                assert_eq!(p.location[s.location_id[0] as usize - 1].address, stack[0]);
+            }
+            // Whatever the thread, the program's frames come first.
+            if s.value[0] != 7 {
+                assert!(
+                    names
+                        .iter()
+                        .any(|n| n.ends_with(caller)
+                            || n.ends_with("leaf_function_for_profile_test")),
+                    "{names:?}"
+                );
+            }
+        }
+        seen.sort();
+        let collect = ProfilerThread::Collector.frame_name().to_owned();
+        let timer = ProfilerThread::Timers.frame_name().to_owned();
+        let program = |r: &str| r.ends_with(caller);
+        assert_eq!(seen.len(), 7, "{seen:?}");
+        assert!(program(&seen[0].1) && seen[0].2 == 0, "{seen:?}");
+        assert!(program(&seen[1].1) && seen[1].2 == 2, "{seen:?}");
+        assert_eq!(
+            seen[2..],
+            [
+                (3, collect.clone(), 0),
+                (4, collect.clone(), 0),
+                (5, timer.clone(), 0),
+                (6, collect.clone(), 2),
+                (7, timer.clone(), 0),
+            ]
+        );
+        // One location and one function per thread, at address 0 in a
+        // mapping of their own marked as symbolized (a server must not try
+        // to symbolize it); no label names the thread.
+        let roots: Vec<&proto::Location> = p
+            .location
+            .iter()
+            .filter(|l| {
+                l.line.len() == 1 && {
+                    let f = &p.function[l.line[0].function_id as usize - 1];
+                    string(&p, f.name).starts_with("tracing-pyroscope: ")
+                }
+            })
+            .collect();
+        assert_eq!(roots.len(), 2);
+        let synthetic = roots[0].mapping_id;
+        assert!(roots
+            .iter()
+            .all(|l| l.address == 0 && l.mapping_id == synthetic));
+        let m = &p.mapping[synthetic as usize - 1];
+        assert_eq!(m.id, synthetic);
+        assert_eq!(string(&p, m.filename), SYNTHETIC_MAPPING);
+        assert!(m.has_functions && m.has_filenames && m.has_line_numbers && m.has_inline_frames);
+        assert_eq!(p.mapping.len(), 2, "the program's and the synthetic one");
+        assert!(p
+            .location
+            .iter()
+            .filter(|l| l.mapping_id != synthetic)
+            .all(|l| l.address != 0 && l.mapping_id != 0));
+        assert!(p.string_table.iter().all(|s| s != "thread"));
     }
 
     #[test]

@@ -542,6 +542,8 @@ impl Sampler {
             std::thread::Builder::new()
                 .name("pyroscope-timer".into())
                 .spawn(move || {
+                    // Its samples get a root frame naming it (context.rs).
+                    context::mark_profiler_thread(context::ProfilerThread::Timers);
                     let taken = crate::sync::lock(&retired).take();
                     manage(timers, taken.unwrap_or_default(), stop, counters, buffer)
                 })

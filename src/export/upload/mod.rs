@@ -70,6 +70,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::Sink;
+use crate::context::{self, ProfilerThread};
 use crate::error::{Error, ErrorKind};
 use crate::profile::EncodedProfile;
 use crate::secret::Secret;
@@ -191,6 +192,7 @@ impl Uploader {
         let handle = std::thread::Builder::new()
             .name("pyroscope-upload".into())
             .spawn(move || {
+                context::mark_profiler_thread(ProfilerThread::Uploader);
                 // Built on this thread: reqwest's blocking client must not be
                 // created or dropped inside an async runtime, and the
                 // caller may be in one.
