@@ -103,7 +103,7 @@ mod linux {
     use super::*;
     use crate::context::ProfilerThread;
     use crate::profile::{ProfileBuilder, Symbolizer};
-    use crate::sampler::{Sampler, SamplerStats};
+    use crate::sampler::Sampler;
     use crate::sync::lock;
 
     /// The symbol cache outlives a profiler, so a restart in the same
@@ -130,8 +130,6 @@ mod linux {
         settings: Settings,
         counters: Arc<Counters>,
     ) -> std::io::Result<ProfilerGuard> {
-        // The sampler's counters are process-wide; report this run's share.
-        let base = sampler.stats();
         let index = sinks.iter().any(|s| s.keeps_span_index());
         let collector = Collector {
             period_nanos: sampler.period_nanos(),
@@ -142,7 +140,6 @@ mod linux {
             counters: counters.clone(),
             pending: Vec::new(),
             span_samples: HashMap::new(),
-            base,
             base_name_overflows: crate::context::name_overflows(),
             base_label_overflows: (
                 crate::context::value_overflows(),
@@ -183,8 +180,6 @@ mod linux {
         pending: Vec<SpanIndexRecord>,
         /// CPU samples per span id, for the span index.
         span_samples: HashMap<u64, u64>,
-        /// Sampler counters when this run started.
-        base: SamplerStats,
         /// Span-name overflows (process-wide) when this run started.
         base_name_overflows: u64,
         /// Span-label value and label-set overflows before this run.
@@ -244,11 +239,10 @@ mod linux {
             });
             let stats = self.sampler.stats();
             let c = &self.counters;
-            Counters::set(&c.samples, stats.taken.saturating_sub(self.base.taken));
-            Counters::set(
-                &c.dropped_samples,
-                stats.dropped.saturating_sub(self.base.dropped),
-            );
+            // The sampler's counters are its own run's (they start at 0).
+            Counters::set(&c.samples, stats.taken);
+            Counters::set(&c.dropped_samples, stats.dropped);
+            Counters::set(&c.sigprof_conflicts, stats.handler_conflicts);
             Counters::set(&c.sampled_threads, stats.threads);
             Counters::set(
                 &c.span_name_overflows,
@@ -263,10 +257,7 @@ mod linux {
                 &c.label_set_overflows,
                 crate::context::label_set_overflows().saturating_sub(sets),
             );
-            Counters::set(
-                &c.degraded_samples,
-                stats.unwind_busy.saturating_sub(self.base.unwind_busy) + stats.timer_errors,
-            );
+            Counters::set(&c.degraded_samples, stats.unwind_busy + stats.timer_errors);
         }
 
         /// Hands closed root spans to the sinks that keep an index, one

@@ -42,6 +42,9 @@ pub struct Stats {
     /// New span names past the cap (`PYROSCOPE_MAX_SPAN_NAMES`), labelled
     /// `span_name="other"` instead.
     pub span_name_overflows: u64,
+    /// Another `SIGPROF` handler was installed over ours (another profiler?):
+    /// sampling stopped then, and a warning named it. 0 or 1.
+    pub sigprof_conflicts: u64,
     /// New span-label values past the per-key cap
     /// (`PYROSCOPE_SPAN_LABEL_VALUES`), sent as `other` instead.
     pub span_label_overflows: u64,
@@ -67,6 +70,7 @@ pub(crate) struct Counters {
     pub(crate) sampled_threads: AtomicU64,
     pub(crate) degraded_samples: AtomicU64,
     pub(crate) span_name_overflows: AtomicU64,
+    pub(crate) sigprof_conflicts: AtomicU64,
     pub(crate) span_label_overflows: AtomicU64,
     pub(crate) label_set_overflows: AtomicU64,
 }
@@ -104,6 +108,7 @@ impl Counters {
             sampled_threads: r(&self.sampled_threads),
             degraded_samples: r(&self.degraded_samples),
             span_name_overflows: r(&self.span_name_overflows),
+            sigprof_conflicts: r(&self.sigprof_conflicts),
             span_label_overflows: r(&self.span_label_overflows),
             label_set_overflows: r(&self.label_set_overflows),
         }

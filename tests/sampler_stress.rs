@@ -1,8 +1,10 @@
 //! Safety under fire: profiling at 1000 Hz while threads hammer malloc,
-//! threads are created and exit continuously, and others block in pipe
-//! reads/writes and sleeps. No crash, no deadlock (a watchdog aborts after
-//! 120 s), no EINTR from restartable syscalls, and the drop counter is
-//! reported.
+//! threads are created and exit continuously, others block in pipe
+//! reads/writes and sleeps, libraries are loaded, run and unloaded over each
+//! other's ranges, and the process forks children that burn CPU and exit.
+//! No crash, no deadlock (a watchdog aborts after 120 s), no EINTR from
+//! restartable syscalls, no dropped sample, no child harmed, and every
+//! stack read back from the profiles is unwound to its thread's root.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +13,12 @@ use std::time::{Duration, Instant};
 
 use tracing_pyroscope::context::{self, SpanLabels};
 
+mod dl_fixture;
 mod pprof_tool;
+
+/// Span id prefix of work running in just-loaded libraries: until the next
+/// scan rebuilds the unwinder, its stacks may be cut (see sampler::unwind).
+const FRESH_CODE: u64 = 0xd1c0_0000;
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -31,6 +38,10 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     });
     let dir = std::env::temp_dir().join(format!("tracing-pyroscope-stress-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let fixtures = dir.with_extension("fixtures");
+    let _ = std::fs::remove_dir_all(&fixtures);
+    std::fs::create_dir_all(&fixtures).unwrap();
+    let libs = dl_fixture::build_fixtures(&fixtures);
     let (_layer, guard) = tracing_pyroscope::Builder::new("stress-test")
         .profiles_dir(&dir)
         .sample_rate(1000)
@@ -43,7 +54,49 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     let sleep_eintr = Arc::new(AtomicU64::new(0));
     let bytes_moved = Arc::new(AtomicU64::new(0));
     let threads_spawned = Arc::new(AtomicU64::new(0));
+    let dl_cycles = Arc::new(AtomicU64::new(0));
+    let forks = Arc::new(AtomicU64::new(0));
+    let children_harmed = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
+
+    // dlopen/run/dlclose of libraries of different sizes, over each other.
+    {
+        let (stop, cycles) = (stop.clone(), dl_cycles.clone());
+        handles.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let prev = context::replace(SpanLabels::new(FRESH_CODE + i as u64, 0, 0));
+                dl_fixture::load_run_unload(&libs[i % libs.len()], 3_000_000);
+                context::replace(prev);
+                cycles.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    // fork: children burn a little CPU and exit; none may be harmed.
+    {
+        let (stop, forks, harmed) = (stop.clone(), forks.clone(), children_harmed.clone());
+        handles.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: the child only computes and `_exit`s.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    black_box((0..2_000_000u64).fold(0u64, |a, b| a.wrapping_add(b * b)));
+                    // SAFETY: ends the child without the parent's teardown.
+                    unsafe { libc::_exit(0) };
+                }
+                assert!(pid > 0, "fork failed");
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && errno() == libc::EINTR {}
+                if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                    harmed.fetch_add(1, Ordering::Relaxed);
+                }
+                forks.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+    }
 
     // malloc-heavy workers, with a span label that changes all the time.
     for t in 0..4u64 {
@@ -160,8 +213,11 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     drop(guard);
     let stop_took = stop_started.elapsed();
     println!(
-        "ran {:?}: {stats:?}; threads spawned {}, pipe bytes {}, EINTR read/write {}, nanosleep EINTR {}, guard drop {:?}",
+        "ran {:?}: {stats:?}; dlopen/dlclose cycles {}, forks {} ({} children harmed), threads spawned {}, pipe bytes {}, EINTR read/write {}, nanosleep EINTR {}, guard drop {:?}",
         started.elapsed(),
+        dl_cycles.load(Ordering::Relaxed),
+        forks.load(Ordering::Relaxed),
+        children_harmed.load(Ordering::Relaxed),
         threads_spawned.load(Ordering::Relaxed),
         bytes_moved.load(Ordering::Relaxed),
         eintr.load(Ordering::Relaxed),
@@ -172,6 +228,13 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     assert_eq!(stats.dropped_samples, 0, "samples were lost: {stats:?}");
     assert!(stats.samples > 1000, "too few samples: {stats:?}");
     assert!(threads_spawned.load(Ordering::Relaxed) > 100);
+    assert!(dl_cycles.load(Ordering::Relaxed) > 50);
+    assert!(forks.load(Ordering::Relaxed) > 20);
+    assert_eq!(
+        children_harmed.load(Ordering::Relaxed),
+        0,
+        "forked children harmed"
+    );
     assert!(bytes_moved.load(Ordering::Relaxed) > 0);
     assert!(
         stop_took < Duration::from_secs(6),
@@ -181,7 +244,7 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     // harness's main thread included, through `main`): a stack unwound to
     // its root passes std's thread entry (`thread_start`) or `main`. One
     // that does not (cut to the leaf, or stopped midway) is a failed unwind.
-    let (mut total, mut failed) = (0u64, 0u64);
+    let (mut total, mut failed, mut fresh, mut fresh_cut) = (0u64, 0u64, 0u64, 0u64);
     let mut failures = Vec::new();
     for file in pprof_tool::profile_files(&dir) {
         for tr in pprof_tool::traces(&file) {
@@ -190,7 +253,13 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
                 .frames
                 .iter()
                 .any(|f| f.contains("thread_start") || f == "main" || f.ends_with("::main"));
-            if !rooted {
+            let in_fresh_code = tr.labels.get("span_id").is_some_and(|id| {
+                u64::from_str_radix(id, 16).is_ok_and(|id| id & !0xffff == FRESH_CODE)
+            });
+            if in_fresh_code {
+                fresh += tr.count;
+                fresh_cut += if rooted { 0 } else { tr.count };
+            } else if !rooted {
                 failed += tr.count;
                 if failures.len() < 5 {
                     failures.push(tr.frames.clone());
@@ -199,10 +268,12 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
         }
     }
     println!(
-        "profiles hold {total} timer periods; {failed} in stacks not unwound to their root ({:.3}%): {failures:#?}",
+        "profiles hold {total} timer periods; {failed} in stacks not unwound to their root ({:.3}%): {failures:#?}; \
+         around dlopen/dlclose: {fresh_cut} of {fresh} cut (code loaded since the last scan)",
         failed as f64 * 100.0 / total.max(1) as f64
     );
     assert!(total > 0);
     assert_eq!(failed, 0, "stacks not unwound to their root: {failures:#?}");
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fixtures);
 }

@@ -66,10 +66,12 @@
 //!   up to about 9 KiB beyond the kernel's signal frame; such stacks need
 //!   that much slack below their deepest use (any signal handler needs the
 //!   signal frame's), or a guard page of their own.
-//! - **Limits**: objects unloaded with `dlclose` while sampling are noticed
-//!   on the next scan; a sample landing in the short window in between could
-//!   read unmapped unwind data. Threads living less than one scan period may
-//!   go unsampled.
+//! - **`dlopen`/`dlclose`**: the unwinder owns copies of every object's
+//!   unwind tables, so unloading a library can never fault a handler; the
+//!   loader's generation is checked on every scan and the unwinder rebuilt
+//!   when it moves (see [`unwind`]).
+//! - **Limits**: threads living less than one scan period may go
+//!   unsampled.
 
 use std::cell::UnsafeCell;
 use std::ptr;
@@ -486,7 +488,8 @@ impl Sampler {
         shared();
         install_handler()?;
         let mut retired = Retired::default();
-        publish_unwinder(unwind::build_unwinder(), &mut retired);
+        let mut tables = unwind::TablesCache::default();
+        publish_unwinder(unwind::build_unwinder(&mut tables), &mut retired);
         if let Some(maps) = MapsSnapshot::read() {
             publish_maps(maps, &mut retired);
         }
@@ -544,8 +547,8 @@ impl Sampler {
                 .spawn(move || {
                     // Its samples get a root frame naming it (context.rs).
                     context::mark_profiler_thread(context::ProfilerThread::Timers);
-                    let taken = crate::sync::lock(&retired).take();
-                    manage(timers, taken.unwrap_or_default(), stop, counters, buffer)
+                    let retired = crate::sync::lock(&retired).take().unwrap_or_default();
+                    manage(timers, tables, retired, stop, counters, buffer)
                 })
         };
         let manager = match manager {
@@ -647,6 +650,7 @@ impl Drop for Sampler {
 
 fn manage(
     mut timers: timers::Timers,
+    mut tables: unwind::TablesCache,
     mut retired: Retired,
     stop: StopSignal,
     counters: Arc<RunCounters>,
@@ -692,16 +696,14 @@ fn manage(
             continue;
         }
         scans += 1;
-        // New code loaded (dlopen)? Rebuild the unwinder, checked every 0.5 s.
-        if scans.is_multiple_of(25) {
-            let generation = unwind::loader_generation();
-            if generation != loader_generation {
-                let state = unwind::build_unwinder();
-                loader_generation = state.loader_generation;
-                publish_unwinder(state, &mut retired);
-                if let Some(maps) = MapsSnapshot::read() {
-                    publish_maps(maps, &mut retired);
-                }
+        // Code loaded or unloaded (dlopen, dlclose)? Rebuild the unwinder.
+        // Checked every scan: one allocation-free dl_iterate_phdr step.
+        if unwind::loader_generation() != loader_generation {
+            let state = unwind::build_unwinder(&mut tables);
+            loader_generation = state.loader_generation;
+            publish_unwinder(state, &mut retired);
+            if let Some(maps) = MapsSnapshot::read() {
+                publish_maps(maps, &mut retired);
             }
         }
         // New threads (read before their timers are armed, so their stacks

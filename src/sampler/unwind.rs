@@ -1,7 +1,6 @@
 //! Stack unwinding from a signal context with `framehop` (DWARF CFI from
-//! `.eh_frame`, with frame-pointer and prologue/epilogue analysis as
-//! fallbacks), so stacks are right in ordinary release binaries built
-//! without frame pointers.
+//! `.eh_frame`, with frame pointers as a fallback), so stacks are right in
+//! ordinary release binaries built without frame pointers.
 //!
 //! Module information is taken from memory, not files: `dl_iterate_phdr`
 //! gives each loaded object's segments and its `PT_GNU_EH_FRAME`
@@ -9,10 +8,25 @@
 //! the same way. The unwinder and a snapshot of the process's memory
 //! mappings (used to bound stack reads) are built by the manager thread and
 //! published to the handler through atomic pointers.
+//!
+//! **`dlclose`**: the unwinder never reads module memory. Each object's
+//! `.eh_frame_hdr` and `.eh_frame` are copied (inside the
+//! `dl_iterate_phdr` callback, under the loader's lock, so the object
+//! cannot be unmapped meanwhile) into buffers the unwinder owns, shared
+//! between rebuilds while the object stays loaded (typically a few hundred
+//! KiB per program). A library unloaded while sampling therefore cannot
+//! fault a handler, and it is really unloaded (nothing pins it). Until the
+//! manager's next scan notices the loader's generation change (every scan,
+//! one allocation-free `dl_iterate_phdr` step) and rebuilds, a sample in
+//! code loaded over the old range may unwind with the old tables: a wrong
+//! stack for at most one scan period, never a crash (stack reads stay
+//! bounded by the maps snapshot).
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use framehop::{
     CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind,
@@ -21,7 +35,8 @@ use framehop::{
 
 use super::buffer::MAX_FRAMES;
 
-pub(crate) type Bytes = &'static [u8];
+/// Unwind-table bytes: copies owned by the unwinder.
+pub(crate) type Bytes = Arc<[u8]>;
 pub(crate) type NativeUnwinder = UnwinderNative<Bytes, MustNotAllocateDuringUnwind>;
 pub(crate) type NativeCache = CacheNative<MustNotAllocateDuringUnwind>;
 
@@ -246,20 +261,81 @@ pub(crate) fn unwind(
     n
 }
 
-/// One loaded object as found by `dl_iterate_phdr`.
+/// One loaded object as found by `dl_iterate_phdr`, with copies of its
+/// unwind tables.
 struct Object {
     name: String,
     bias: u64,
-    /// SVMA ranges of PT_LOAD segments and whether each is executable.
-    loads: Vec<(Range<u64>, bool)>,
-    eh_frame_hdr: Option<Range<u64>>,
+    /// SVMA range of the first executable PT_LOAD segment.
+    text: Option<Range<u64>>,
+    /// `.eh_frame_hdr` and `.eh_frame`: SVMA ranges and copies.
+    tables: Option<UnwindTables>,
 }
 
-/// Lists loaded objects and the loader's generation counter.
-fn loaded_objects() -> (Vec<Object>, u64) {
-    struct Acc {
+/// Copies of one object's `.eh_frame_hdr` and `.eh_frame`.
+#[derive(Clone)]
+struct UnwindTables {
+    hdr_svma: Range<u64>,
+    hdr: Bytes,
+    eh_frame_svma: Range<u64>,
+    eh_frame: Bytes,
+}
+
+/// Identifies an object's tables across rebuilds, so unchanged objects
+/// share their copies instead of being copied again.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct TablesKey {
+    name: String,
+    bias: u64,
+    hdr_avma: u64,
+    hdr_len: u64,
+}
+
+/// Copies of unwind tables kept between rebuilds (manager thread only).
+#[derive(Default)]
+pub(crate) struct TablesCache {
+    tables: HashMap<TablesKey, UnwindTables>,
+}
+
+/// Length of `.eh_frame` starting at `start`: its entries up to and
+/// including the zero terminator, within `limit` bytes.
+///
+/// # Safety
+/// `start..start + limit` must be readable.
+unsafe fn eh_frame_len(start: *const u8, limit: usize) -> usize {
+    let mut offset = 0usize;
+    while offset + 4 <= limit {
+        // SAFETY: inside the readable range (caller).
+        let len = unsafe { std::ptr::read_unaligned(start.add(offset) as *const u32) };
+        if len == 0 {
+            return offset + 4;
+        }
+        let (header, body) = if len == u32::MAX {
+            if offset + 12 > limit {
+                break;
+            }
+            // SAFETY: as above.
+            let len = unsafe { std::ptr::read_unaligned(start.add(offset + 4) as *const u64) };
+            (12usize, usize::try_from(len).unwrap_or(usize::MAX))
+        } else {
+            (4usize, len as usize)
+        };
+        match offset.checked_add(header).and_then(|o| o.checked_add(body)) {
+            Some(next) if next <= limit => offset = next,
+            _ => break,
+        }
+    }
+    offset.min(limit)
+}
+
+/// Lists loaded objects and the loader's generation counter, copying each
+/// object's unwind tables (or reusing the copies in `cache`) while the
+/// loader's lock keeps the object mapped.
+fn loaded_objects(cache: &TablesCache) -> (Vec<Object>, u64) {
+    struct Acc<'a> {
         objects: Vec<Object>,
         generation: u64,
+        cache: &'a TablesCache,
     }
     unsafe extern "C" fn callback(
         info: *mut libc::dl_phdr_info,
@@ -284,39 +360,124 @@ fn loaded_objects() -> (Vec<Object>, u64) {
             // SAFETY: the loader provides `dlpi_phnum` program headers at `dlpi_phdr`.
             unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
         };
-        let mut object = Object {
-            name,
-            bias: info.dlpi_addr,
-            loads: Vec::new(),
-            eh_frame_hdr: None,
-        };
+        let bias = info.dlpi_addr;
+        let mut loads = Vec::new();
+        let mut hdr_range = None;
         for ph in phdrs {
             let range = ph.p_vaddr..ph.p_vaddr.saturating_add(ph.p_memsz);
             match ph.p_type {
-                libc::PT_LOAD => object.loads.push((range, ph.p_flags & libc::PF_X != 0)),
-                libc::PT_GNU_EH_FRAME => object.eh_frame_hdr = Some(range),
+                libc::PT_LOAD => loads.push((range, ph.p_flags & libc::PF_X != 0)),
+                libc::PT_GNU_EH_FRAME => hdr_range = Some(range),
                 _ => {}
             }
         }
-        acc.objects.push(object);
+        let text = loads.iter().find(|(_, exec)| *exec).map(|(r, _)| r.clone());
+        let tables = hdr_range.and_then(|hdr_svma| {
+            let key = TablesKey {
+                name: name.clone(),
+                bias,
+                hdr_avma: hdr_svma.start.wrapping_add(bias),
+                hdr_len: hdr_svma.end - hdr_svma.start,
+            };
+            if let Some(tables) = acc.cache.tables.get(&key) {
+                return Some(tables.clone());
+            }
+            // SAFETY: the loader holds its lock during the callback, so the
+            // object stays mapped (dlclose unmaps under the same lock), and
+            // its PT_LOAD segments are readable.
+            unsafe { copy_tables(bias, &hdr_svma, &loads) }
+        });
+        acc.objects.push(Object {
+            name,
+            bias,
+            text,
+            tables,
+        });
         0
     }
     let mut acc = Acc {
         objects: Vec::new(),
         generation: 0,
+        cache,
     };
-    // SAFETY: the callback only reads the loader-provided structures and
-    // writes into `acc`, which outlives the call.
+    // SAFETY: the callback only reads the loader-provided structures and the
+    // mapped objects they describe, and writes into `acc`, which outlives
+    // the call.
     unsafe {
         libc::dl_iterate_phdr(Some(callback), &mut acc as *mut Acc as *mut libc::c_void);
     }
     (acc.objects, acc.generation)
 }
 
-/// The loader's generation counter (cheap; manager thread only).
+/// Copies an object's `.eh_frame_hdr` and the `.eh_frame` it points to.
+///
+/// # Safety
+/// The object must stay mapped during the call (its PT_LOAD segments
+/// `loads`, relocated by `bias`, readable).
+unsafe fn copy_tables(
+    bias: u64,
+    hdr_svma: &Range<u64>,
+    loads: &[(Range<u64>, bool)],
+) -> Option<UnwindTables> {
+    let inside = |r: &Range<u64>| {
+        loads
+            .iter()
+            .any(|(l, _)| l.start <= r.start && r.end <= l.end)
+    };
+    if !inside(hdr_svma) {
+        return None;
+    }
+    let hdr_avma = hdr_svma.start.wrapping_add(bias);
+    let hdr_len = usize::try_from(hdr_svma.end - hdr_svma.start).ok()?;
+    // SAFETY: inside a PT_LOAD segment of a mapped object (caller).
+    let hdr: Bytes = unsafe { std::slice::from_raw_parts(hdr_avma as *const u8, hdr_len) }.into();
+    if hdr.len() < 8 || hdr[0] != 1 {
+        return None;
+    }
+    let eh_avma = read_eh_ptr(&hdr, 4, hdr[1], hdr_avma)?;
+    let eh_svma = eh_avma.wrapping_sub(bias);
+    // `.eh_frame` runs to its terminator inside its PT_LOAD segment.
+    let (segment, _) = loads
+        .iter()
+        .find(|(r, _)| r.start <= eh_svma && eh_svma < r.end)?;
+    let limit = usize::try_from(segment.end - eh_svma).ok()?;
+    // SAFETY: `eh_avma..eh_avma + limit` is the rest of that segment.
+    let eh_frame: Bytes = unsafe {
+        let len = eh_frame_len(eh_avma as *const u8, limit);
+        std::slice::from_raw_parts(eh_avma as *const u8, len)
+    }
+    .into();
+    Some(UnwindTables {
+        hdr_svma: hdr_svma.clone(),
+        hdr,
+        eh_frame_svma: eh_svma..eh_svma + eh_frame.len() as u64,
+        eh_frame,
+    })
+}
+
+/// The loader's generation counter (`dlpi_adds + dlpi_subs`): it changes
+/// with every `dlopen` that loads and every `dlclose` that unloads. Cheap
+/// and allocation-free (stops at the first object); manager thread only.
 pub(crate) fn loader_generation() -> u64 {
-    // Listing objects is cheap; the counters come with it.
-    loaded_objects().1
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: as in `loaded_objects`.
+        let (generation, info) = unsafe { (&mut *(data as *mut u64), &*info) };
+        *generation = info.dlpi_adds.wrapping_add(info.dlpi_subs);
+        1
+    }
+    let mut generation = 0u64;
+    // SAFETY: the callback writes only to `generation`, which outlives it.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first),
+            &mut generation as *mut u64 as *mut libc::c_void,
+        );
+    }
+    generation
 }
 
 /// Reads a DWARF EH pointer at `pos` in `.eh_frame_hdr` (only the encodings
@@ -337,15 +498,29 @@ fn read_eh_ptr(hdr: &[u8], pos: usize, encoding: u8, hdr_avma: u64) -> Option<u6
     }
 }
 
-/// Builds a framehop unwinder over the objects loaded now.
-pub(crate) fn build_unwinder() -> UnwindState {
-    let (objects, generation) = loaded_objects();
+/// Builds a framehop unwinder over the objects loaded now. It owns copies
+/// of their unwind tables (shared with `cache`, which keeps the copies of
+/// the objects still loaded for the next build): nothing it reads is module
+/// memory, so `dlclose` can never pull memory out from under a sample.
+pub(crate) fn build_unwinder(cache: &mut TablesCache) -> UnwindState {
+    let (objects, generation) = loaded_objects(cache);
     let mut unwinder = NativeUnwinder::new();
-    for object in objects {
-        if let Some(module) = module_for(&object) {
+    let mut kept = HashMap::new();
+    for object in &objects {
+        if let Some(module) = module_for(object) {
             unwinder.add_module(module);
         }
+        if let (Some(tables), Some(_)) = (&object.tables, &object.text) {
+            let key = TablesKey {
+                name: object.name.clone(),
+                bias: object.bias,
+                hdr_avma: tables.hdr_svma.start.wrapping_add(object.bias),
+                hdr_len: tables.hdr_svma.end - tables.hdr_svma.start,
+            };
+            kept.insert(key, tables.clone());
+        }
     }
+    cache.tables = kept;
     UnwindState {
         unwinder,
         loader_generation: generation,
@@ -354,41 +529,20 @@ pub(crate) fn build_unwinder() -> UnwindState {
 
 fn module_for(object: &Object) -> Option<Module<Bytes>> {
     let bias = object.bias;
-    let (text, _) = object.loads.iter().find(|(_, exec)| *exec)?.clone();
+    let text = object.text.clone()?;
     let avma = |r: &Range<u64>| r.start.wrapping_add(bias)..r.end.wrapping_add(bias);
-    // SAFETY: every PT_LOAD segment of a loaded object is mapped readable for
-    // as long as the object stays loaded (objects are not unloaded while the
-    // unwinder referencing them is published; see the module docs).
-    let mem = |r: &Range<u64>| -> Bytes {
-        let a = avma(r);
-        unsafe { std::slice::from_raw_parts(a.start as *const u8, (a.end - a.start) as usize) }
-    };
+    // No text bytes: framehop's instruction analysis is for mach-O; ELF
+    // unwinding goes by `.eh_frame`.
     let mut info = ExplicitModuleSectionInfo::<Bytes> {
         base_svma: 0,
         text_svma: Some(text.clone()),
-        text: Some(mem(&text)),
         ..Default::default()
     };
-    if let Some(hdr_range) = &object.eh_frame_hdr {
-        let hdr = mem(hdr_range);
-        let hdr_avma = hdr_range.start.wrapping_add(bias);
-        if hdr.len() >= 8 && hdr[0] == 1 {
-            if let Some(eh_avma) = read_eh_ptr(hdr, 4, hdr[1], hdr_avma) {
-                let eh_svma = eh_avma.wrapping_sub(bias);
-                // `.eh_frame` runs to its terminator inside its PT_LOAD segment.
-                if let Some((seg, _)) = object
-                    .loads
-                    .iter()
-                    .find(|(r, _)| r.start <= eh_svma && eh_svma < r.end)
-                {
-                    let eh_range = eh_svma..seg.end;
-                    info.eh_frame = Some(mem(&eh_range));
-                    info.eh_frame_svma = Some(eh_range);
-                    info.eh_frame_hdr = Some(hdr);
-                    info.eh_frame_hdr_svma = Some(hdr_range.clone());
-                }
-            }
-        }
+    if let Some(tables) = &object.tables {
+        info.eh_frame = Some(tables.eh_frame.clone());
+        info.eh_frame_svma = Some(tables.eh_frame_svma.clone());
+        info.eh_frame_hdr = Some(tables.hdr.clone());
+        info.eh_frame_hdr_svma = Some(tables.hdr_svma.clone());
     }
     Some(Module::new(object.name.clone(), avma(&text), bias, info))
 }
@@ -441,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_stack_outside_the_snapshot_is_counted_as_stale() {
-        let state = build_unwinder();
+        let state = build_unwinder(&mut TablesCache::default());
         let maps = MapsSnapshot::from_ranges(Vec::new());
         let mut cache = NativeCache::new_in();
         let mut out = [0u64; MAX_FRAMES];
