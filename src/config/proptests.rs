@@ -116,10 +116,9 @@ fn well_formed_duration(mut s: &str) -> bool {
             return false;
         }
         s = &s[digits..];
-        let Some(unit) = ["ms", "s", "m", "h"]
-            .into_iter()
-            .find(|u| s.starts_with(u) && !s[u.len()..].starts_with(|c: char| c.is_ascii_alphabetic()))
-        else {
+        let Some(unit) = ["ms", "s", "m", "h"].into_iter().find(|u| {
+            s.starts_with(u) && !s[u.len()..].starts_with(|c: char| c.is_ascii_alphabetic())
+        }) else {
             return false;
         };
         s = &s[unit.len()..];
@@ -225,7 +224,9 @@ fn model_labels_ok(labels: &[(String, String)]) -> bool {
                 && name.len() <= 1024
                 && !name.starts_with("__")
                 && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
                 && !RESERVED.contains(&clean.as_str())
                 && (1..=2048).contains(&value.len())
                 && seen.insert(clean)

@@ -301,7 +301,10 @@ fn retry_after_as_seconds_or_an_http_date() {
     let date = "Sun, 06 Nov 1994 08:49:37 GMT";
     let at = httpdate::parse_http_date(date).unwrap();
     let before = |secs| at - Duration::from_secs(secs);
-    assert_eq!(retry_after("120", before(0)), Some(Duration::from_secs(120)));
+    assert_eq!(
+        retry_after("120", before(0)),
+        Some(Duration::from_secs(120))
+    );
     assert_eq!(retry_after(" 0 ", before(0)), Some(Duration::ZERO));
     assert_eq!(retry_after(date, before(30)), Some(Duration::from_secs(30)));
     // The two obsolete formats the RFC still asks recipients to read.
