@@ -19,6 +19,8 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+// Shared with the integration tests, whose items are `pub`.
+#[allow(unreachable_pub)]
 #[path = "../../tests/pprof_tool/mod.rs"]
 mod pprof_tool;
 
