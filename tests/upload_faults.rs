@@ -238,11 +238,8 @@ fn run_fault(fault: Fault, expect: Expect) {
     // Other processes on the machine make wall times noisy; the two
     // unprofiled runs (before and after) show how noisy.
     let spread = ratio(before.p99().max(after.p99()), before.p99().min(after.p99()));
-    let cpu_ratio = ratio(
-        profiled.median_cpu(),
-        before.median_cpu().min(after.median_cpu()),
-    );
     let baseline = before.merge(after);
+    let cpu_ratio = ratio(profiled.median_cpu(), baseline.median_cpu());
     let p99_ratio = ratio(profiled.p99(), baseline.p99());
     let rss_growth = rss_late as i64 - rss_early as i64;
     eprintln!(
