@@ -117,7 +117,9 @@ impl Builder {
         self
     }
 
-    /// How often a profile is cut and sent, 100 ms to 1 h. Default 10 s.
+    /// How often a profile is cut and sent, 100 ms to 10 min (the server
+    /// rejects profiles older than its 1 h ingestion window, and an upload
+    /// may be retried). Default 10 s.
     pub fn upload_interval(mut self, interval: Duration) -> Self {
         self.config.upload_interval = interval;
         self

@@ -237,7 +237,8 @@ fn rejects_bad_series_labels_with_400() {
         "nothing stored from rejected requests"
     );
 
-    // 30 labels in all is fine; a missing service_name becomes unknown_service.
+    // 30 labels in all is fine; a missing service_name becomes
+    // `unspecified` (v1.13.4), `unknown_service` from 2.x on.
     let mut thirty = app_labels();
     thirty.extend((0..28).map(|i| LabelPair {
         name: format!("l{i}"),
@@ -253,7 +254,18 @@ fn rejects_bad_series_labels_with_400() {
     assert!(double
         .samples()
         .iter()
-        .any(|s| s.series["service_name"] == "unknown_service" && s.series["a_b"] == "1"));
+        .any(|s| s.series["service_name"] == "unspecified" && s.series["a_b"] == "1"));
+    double.set_server_version(ServerVersion::V2_1);
+    let (status, _) = push(
+        &double,
+        labels(&[("__name__", "process_cpu"), ("c", "2")]),
+        simple_profile(),
+    );
+    assert_eq!(status, 200);
+    assert!(double
+        .samples()
+        .iter()
+        .any(|s| s.series["service_name"] == "unknown_service" && s.series["c"] == "2"));
 }
 
 #[test]

@@ -22,8 +22,10 @@
 //! - a certificate for `localhost` from the test CA: uploads succeed, the
 //!   double stores the spans' samples, no upload error;
 //! - a certificate from another CA, and one from the test CA for another
-//!   host name: no upload reaches the double, each failure is counted in
-//!   `Stats::upload_errors`, and the log names the certificate problem.
+//!   host name: no upload reaches the double, and each is a rejection, not
+//!   an outage: every profile is tried exactly once (one counted
+//!   `upload_errors` and one `dropped_profiles` each, no retries), and the
+//!   log names the certificate problem once.
 //!
 //! `cargo test --release --features tls --test tls_upload`
 
@@ -123,6 +125,13 @@ fn tls_child() {
         let span = tracing::info_span!("tls_request");
         let _entered = span.enter();
         black_box(hot_tls_work(Duration::from_millis(50)));
+    }
+    // Let the last profiles settle (accepted or dropped) so the counts
+    // add up: every profile tried is either an upload or a drop.
+    let settled = |s: &tracing_pyroscope::Stats| s.profiles == s.uploads + s.dropped_profiles;
+    let end = Instant::now() + Duration::from_secs(10);
+    while !settled(&guard.stats()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
     }
     println!("{}", stats_line("TLS_STATS", &guard.stats()));
     drop(guard);
@@ -334,6 +343,8 @@ impl Drop for Terminator {
 struct ChildRun {
     uploads: u64,
     upload_errors: u64,
+    dropped_profiles: u64,
+    profiles: u64,
     stderr: String,
 }
 
@@ -388,6 +399,8 @@ fn run_child(port: u16, ca: &Path, expect_ok: bool) -> ChildRun {
     ChildRun {
         uploads: field("uploads"),
         upload_errors: field("upload_errors"),
+        dropped_profiles: field("dropped_profiles"),
+        profiles: field("profiles"),
         stderr: err,
     }
 }
@@ -419,8 +432,10 @@ fn https_upload_with_a_trusted_ca_succeeds() {
     );
 }
 
-/// A certificate the app must refuse: nothing reaches the double, every
-/// attempt counts as an upload error, and the log says why.
+/// A certificate the app must refuse: nothing reaches the double, each
+/// profile is tried once and dropped (a rejection: the same certificate
+/// would come back on every retry), every attempt counts as an upload
+/// error, and the log says why, once.
 fn refused(cert_ca: &str, host: &str, reason: &str) {
     let pki = Pki::new();
     let (cert, key) = make_server_cert(&pki.dir, "server", cert_ca, host);
@@ -440,9 +455,24 @@ fn refused(cert_ca: &str, host: &str, reason: &str) {
         "a request got past TLS: {:?}",
         double.received()
     );
+    // Exactly one attempt per profile: with retries there would be up to
+    // three errors per dropped profile.
+    assert_eq!(
+        run.upload_errors, run.dropped_profiles,
+        "each refused profile must be tried once (profiles {})\n{}",
+        run.profiles, run.stderr
+    );
+    assert_eq!(run.dropped_profiles, run.profiles, "{}", run.stderr);
+    let logged = run.stderr.matches("TLS certificate was refused").count();
+    assert_eq!(logged, 1, "logged {logged} times:\n{}", run.stderr);
     assert!(
         run.stderr.contains("pyroscope upload failed") && run.stderr.contains(reason),
         "the log does not say {reason:?}:\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("will retry"),
+        "a refused certificate is not an outage:\n{}",
         run.stderr
     );
     drop(tls);

@@ -19,6 +19,8 @@ use crate::secret::Secret;
 
 mod env;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 mod validate;
 

@@ -29,6 +29,8 @@ use std::time::SystemTime;
 
 mod aggregate;
 mod encode;
+#[cfg(test)]
+mod proptests;
 pub mod proto;
 mod symbolize;
 #[cfg(test)]

@@ -27,7 +27,8 @@
 //!   `span_id`; `span_id` taken out; `trace_id` taken out only with
 //!   [`ServerVersion::V2_1`]; a series label wins over a sample label of
 //!   the same name): ≤ 30 names, valid `__name__`, `service_name` (added
-//!   as `unknown_service` when missing), names ≤ 1024 and values ≤ 2048
+//!   as `unspecified` when missing; `unknown_service` with
+//!   [`ServerVersion::V2_1`]), names ≤ 1024 and values ≤ 2048
 //!   bytes, names `[a-zA-Z_.][a-zA-Z0-9_.]*` without a `__` prefix other
 //!   than `__name__`, then `.`→`_` and no two equal names.
 //!
@@ -126,6 +127,11 @@ pub struct Received {
     /// The error message the double answered with ("" on success and for
     /// injected faults).
     pub message: String,
+    /// The `RawSample.ID`s of a Push body that decodes (whatever the
+    /// answer, injected faults included): the uploader gives each profile
+    /// one id and keeps it across retries, so ids tell the attempts of
+    /// one profile apart from other profiles.
+    pub sample_ids: Vec<String>,
 }
 
 /// One sample as stored: the server's view after label processing.
@@ -545,7 +551,28 @@ fn answer(result: Result<(), ApiError>) -> (Response, String) {
     }
 }
 
-fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, answer: (u16, String)) {
+/// The sample ids of a Push body, if it decodes (gzip or not).
+fn push_sample_ids(body: &[u8]) -> Vec<String> {
+    maybe_gunzip(body)
+        .ok()
+        .and_then(|raw| PushRequest::decode(&raw[..]).ok())
+        .map(|request| {
+            request
+                .series
+                .iter()
+                .flat_map(|s| s.samples.iter().map(|x| x.id.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn record(store: &Shared, path: &str, headers: &HeaderMap, body: &[u8], answer: (u16, String)) {
+    let sample_ids = if path == "/push.v1.PusherService/Push" {
+        push_sample_ids(body)
+    } else {
+        Vec::new()
+    };
+    let body_len = body.len();
     let headers = headers
         .iter()
         .map(|(k, v)| {
@@ -565,6 +592,7 @@ fn record(store: &Shared, path: &str, headers: &HeaderMap, body_len: usize, answ
             status: answer.0,
             body_len,
             message: answer.1,
+            sample_ids,
         });
 }
 
@@ -578,7 +606,7 @@ async fn push(State(store): State<Shared>, headers: HeaderMap, body: Bytes) -> R
         &store,
         "/push.v1.PusherService/Push",
         &headers,
-        body.len(),
+        &body,
         (status, message),
     );
     response
@@ -645,10 +673,14 @@ impl Batch {
         now: SystemTime,
     ) -> Result<(), ApiError> {
         let mut base = series_labels.to_vec();
-        // PROTOCOL "Upload: Push API": a missing service_name becomes
-        // unknown_service.
+        // PROTOCOL "Upload: Push API": a missing service_name is added,
+        // `unspecified` on v1.13.4, `unknown_service` later.
         if !base.iter().any(|(n, _)| n == "service_name") {
-            base.push(("service_name".into(), "unknown_service".into()));
+            let fallback = match self.version {
+                ServerVersion::V1_13 => "unspecified",
+                ServerVersion::V2_1 => "unknown_service",
+            };
+            base.push(("service_name".into(), fallback.into()));
         }
         // Every split series contains these, so their errors come first.
         let base_clean = rules::validate_labels(base.clone())?;
@@ -740,7 +772,7 @@ async fn ingest(
         )),
     };
     let status = response.status().as_u16();
-    record(&store, "/ingest", &headers, body.len(), (status, message));
+    record(&store, "/ingest", &headers, &body, (status, message));
     response
 }
 

@@ -24,10 +24,12 @@
 //! - Connection errors, timeouts, 429 and 5xx are retried, at most
 //!   [`Policy::max_attempts`] attempts per profile, with exponential backoff
 //!   and jitter (1 s, 2 s, … capped at 30 s, each between half and all of
-//!   that). A 429's `Retry-After: <seconds>` replaces the backoff, capped at
-//!   60 s.
+//!   that). A 429's `Retry-After` (seconds or an HTTP date) replaces the
+//!   backoff, capped at 60 s.
 //! - Any other 4xx is not retried: the profile is dropped and the status
 //!   with the server's message is logged once per distinct status.
+//! - A server certificate that fails verification (feature `tls`) is a
+//!   rejection too: not retried, logged once with the reason.
 //! - Connection failures are logged once per outage.
 //! - Every failed attempt counts in `upload_errors`, every abandoned profile
 //!   in `dropped_profiles`, every accepted one in `uploads`.
@@ -186,6 +188,7 @@ impl Uploader {
             counters: counters.clone(),
             logged_statuses: HashSet::new(),
             outage_logged: false,
+            certificate_logged: false,
             unreachable: false,
             rng: Rng::new(),
         };

@@ -295,6 +295,63 @@ fn honours_retry_after_on_429() {
 }
 
 #[test]
+fn retry_after_as_seconds_or_an_http_date() {
+    use super::worker::retry_after;
+    // RFC 9110's example date, and one second before it.
+    let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let at = httpdate::parse_http_date(date).unwrap();
+    let before = |secs| at - Duration::from_secs(secs);
+    assert_eq!(
+        retry_after("120", before(0)),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(retry_after(" 0 ", before(0)), Some(Duration::ZERO));
+    assert_eq!(retry_after(date, before(30)), Some(Duration::from_secs(30)));
+    // The two obsolete formats the RFC still asks recipients to read.
+    assert_eq!(
+        retry_after("Sunday, 06-Nov-94 08:49:37 GMT", before(7)),
+        Some(Duration::from_secs(7))
+    );
+    assert_eq!(
+        retry_after("Sun Nov  6 08:49:37 1994", before(7)),
+        Some(Duration::from_secs(7))
+    );
+    let half = at - Duration::from_millis(500);
+    assert_eq!(retry_after(date, half), Some(Duration::from_millis(500)));
+    // Now or past: nothing to wait for, the backoff applies.
+    assert_eq!(retry_after(date, at), None);
+    assert_eq!(retry_after(date, at + Duration::from_secs(5)), None);
+    for junk in ["", "soon", "-1", "1.5", "Sun, 06 Nov 1994 25:49:37 GMT"] {
+        assert_eq!(retry_after(junk, before(0)), None, "{junk:?}");
+    }
+}
+
+#[test]
+fn honours_retry_after_as_an_http_date() {
+    // A date 3 s ahead (whole seconds: the wait is 2..3 s); the backoff
+    // alone would be 10..20 ms.
+    let when: &'static str = Box::leak(
+        httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3)).into_boxed_str(),
+    );
+    let extra: &'static [(&'static str, &'static str)] =
+        Box::leak(vec![("Retry-After", when)].into_boxed_slice());
+    let server = Server::start(move |n| {
+        if n == 0 {
+            Reply::Status(429, extra, "")
+        } else {
+            Reply::Status(200, &[], "")
+        }
+    });
+    let (up, counters) = start(&config(&server.url()), fast_policy());
+    up.send(profile(b"p"));
+    wait_for(|| get(&counters.uploads) == 1);
+    let reqs = server.requests.lock().unwrap();
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(gap >= Duration::from_millis(1500), "{gap:?}");
+    assert!(gap < Duration::from_millis(3500), "{gap:?}");
+}
+
+#[test]
 fn retry_after_is_capped() {
     let server = Server::start(|n| {
         if n == 0 {
@@ -499,6 +556,7 @@ fn backoff_grows_and_is_capped() {
         counters: Arc::new(Counters::default()),
         logged_statuses: HashSet::new(),
         outage_logged: false,
+        certificate_logged: false,
         unreachable: false,
         rng: Rng::new(),
     };

@@ -107,7 +107,8 @@ pub(super) enum Outcome {
     /// No answer (connection refused or reset, timeout): retried, except
     /// during shutdown.
     Unreachable,
-    /// Not worth retrying (4xx other than 429).
+    /// Not worth retrying: a 4xx other than 429, or a server certificate
+    /// that failed verification (trying again gets the same certificate).
     Rejected,
 }
 
@@ -121,6 +122,8 @@ pub(super) struct Worker {
     pub(super) logged_statuses: HashSet<u16>,
     /// Whether the current connection outage was logged.
     pub(super) outage_logged: bool,
+    /// Whether a refused server certificate was logged (once).
+    pub(super) certificate_logged: bool,
     /// Set when an attempt during shutdown could not reach the server: the
     /// rest of the queue is dropped without trying.
     pub(super) unreachable: bool,
@@ -238,6 +241,22 @@ impl Worker {
         let mut response = match request.send() {
             Ok(response) => response,
             Err(e) => {
+                if let Some(problem) = certificate_problem(&e) {
+                    // The same certificate comes back on every try: a
+                    // rejection, like a 4xx, not an outage.
+                    if !self.certificate_logged {
+                        self.certificate_logged = true;
+                        tracing::warn!(
+                            target: "tracing_pyroscope",
+                            url = %self.target.url,
+                            certificate = %problem,
+                            "pyroscope upload failed: the server's TLS certificate was refused; \
+                             profiles are dropped, not retried, until it is trusted (see SSL_CERT_FILE): {}",
+                            error_chain(&e)
+                        );
+                    }
+                    return Outcome::Rejected;
+                }
                 if !self.outage_logged {
                     self.outage_logged = true;
                     tracing::warn!(
@@ -264,8 +283,8 @@ impl Worker {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| Duration::from_secs(secs).min(self.policy.retry_after_max));
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()))
+            .map(|wait| wait.min(self.policy.retry_after_max));
         let mut text = Vec::new();
         let _ = response.by_ref().take(4096).read_to_end(&mut text);
         let code = status.as_u16();
@@ -296,6 +315,58 @@ impl Worker {
         let half = full / 2;
         half + half.mul_f64(self.rng.unit())
     }
+}
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds (`120`) or an
+/// HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 9110 §10.2.3, in any of
+/// its three formats). `None` when it is neither, or when the date is not
+/// in the future (then the backoff applies).
+pub(super) fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(now).ok().filter(|wait| !wait.is_zero())
+}
+
+/// The certificate problem behind a failed request, if that is why it
+/// failed: the server's certificate did not verify (unknown issuer, wrong
+/// host name, expired, …). rustls reports it inside the `io::Error` of the
+/// handshake (two deep with reqwest 0.13), which `source()` skips, so each
+/// `io::Error`'s payload is looked into.
+#[cfg(feature = "tls")]
+fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let is_certificate = |r: &rustls::Error| {
+        matches!(
+            r,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::InvalidCertRevocationList(_)
+        )
+    };
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return is_certificate(r).then(|| r.to_string());
+        }
+        // Into an io::Error's own payload (which may be another io::Error
+        // around the rustls error), else on down the chain.
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// Without TLS there are no certificates.
+#[cfg(not(feature = "tls"))]
+fn certificate_problem(_: &(dyn std::error::Error + 'static)) -> Option<String> {
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

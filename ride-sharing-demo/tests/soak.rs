@@ -1,0 +1,92 @@
+//! The soak, short: `scripts/soak.sh` runs the demo for 60 s against its
+//! loopback fault server, with each fault (down, refusing, slow, 500, 429
+//! with `Retry-After`) lasting 8 s, and RSS read every 5 s. Checks:
+//! - no process crashes and the demo exits 0;
+//! - every process's RSS after the first 15 s stays within 5 % of the
+//!   highest it reached in those 15 s;
+//! - the fault server went through every fault and answered requests in
+//!   each, so the profiler really ran into all of them.
+//!
+//! The 10-minute run is `bash scripts/soak.sh` (see README).
+
+use std::process::Command;
+
+/// The processes the demo starts.
+const PROCESSES: [&str; 4] = ["us-east", "eu-north", "ap-south", "load"];
+const MAX_GROWTH_PCT: f64 = 5.0;
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "the RSS bound is for the release build (a debug binary's debug info differs); scripts/test.sh runs it in release"
+)]
+fn sixty_second_soak_keeps_rss_flat_and_survives_every_fault() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let output = Command::new("bash")
+        .arg(format!("{root}/scripts/soak.sh"))
+        .args(["--duration", "60s", "--every", "5s", "--phase", "8s"])
+        .args([
+            "--settle",
+            "15s",
+            "--bin",
+            env!("CARGO_BIN_EXE_ride-sharing-demo"),
+        ])
+        .env_remove("PYROSCOPE_PROFILES_DIR")
+        .env_remove("PYROSCOPE_PROFILING_ENABLED")
+        .env_remove("PYROSCOPE_LABELS")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("run scripts/soak.sh (needs bash and python3)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(output.status.success(), "soak.sh failed: {}", output.status);
+
+    let end = stdout
+        .lines()
+        .find(|l| l.starts_with("SOAK_END "))
+        .expect("SOAK_END line");
+    assert!(end.contains("crashes=0 demo_exit=0"), "{end}");
+
+    for name in PROCESSES {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("SOAK_GROWTH {name} ")))
+            .unwrap_or_else(|| panic!("no RSS figures for {name}"));
+        let max_pct: f64 = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("max_pct="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no max_pct in {line:?}"));
+        assert!(
+            max_pct <= MAX_GROWTH_PCT,
+            "{name}: RSS grew {max_pct}% after the first 15 s: {line}"
+        );
+    }
+
+    let server = stderr
+        .lines()
+        .find(|l| l.starts_with("SERVER "))
+        .expect("the fault server's counts");
+    for answered in [
+        "ok:200=",
+        "refusing:reset=",
+        "slow:200=",
+        "500:500=",
+        "429:429=",
+    ] {
+        assert!(
+            server.contains(answered),
+            "the uploads never met {answered}: {server}"
+        );
+    }
+    let phases: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("PHASE "))
+        .collect();
+    assert!(
+        phases.iter().any(|p| p.starts_with("down ")),
+        "no down phase: {phases:?}"
+    );
+}
