@@ -42,6 +42,15 @@ pub struct Stats {
     /// New span names past the cap (`PYROSCOPE_MAX_SPAN_NAMES`), labelled
     /// `span_name="other"` instead.
     pub span_name_overflows: u64,
+    /// Samples that lost their `span_id` (and `trace_id`) label because
+    /// their interval already had `PYROSCOPE_MAX_SPAN_IDS` distinct span
+    /// ids; they keep their stacks and `span_name`.
+    pub span_id_overflows: u64,
+    /// Closed root spans without CPU samples left out of the local span
+    /// index (only a bounded sample of them is written).
+    pub spans_unindexed: u64,
+    /// Files the profiles directory's size or age limit deleted.
+    pub files_evicted: u64,
 }
 
 /// Shared atomic counters behind [`Stats`].
@@ -60,6 +69,9 @@ pub(crate) struct Counters {
     pub(crate) sampled_threads: AtomicU64,
     pub(crate) degraded_samples: AtomicU64,
     pub(crate) span_name_overflows: AtomicU64,
+    pub(crate) span_id_overflows: AtomicU64,
+    pub(crate) spans_unindexed: AtomicU64,
+    pub(crate) files_evicted: AtomicU64,
 }
 
 impl Counters {
@@ -95,6 +107,9 @@ impl Counters {
             sampled_threads: r(&self.sampled_threads),
             degraded_samples: r(&self.degraded_samples),
             span_name_overflows: r(&self.span_name_overflows),
+            span_id_overflows: r(&self.span_id_overflows),
+            spans_unindexed: r(&self.spans_unindexed),
+            files_evicted: r(&self.files_evicted),
         }
     }
 }
