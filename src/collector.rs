@@ -95,9 +95,9 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(100);
 const MAX_TALLIED_SPANS: usize = 100_000;
 /// Closed root spans without CPU samples indexed per second: a bounded
 /// sample of them, so the report still shows that such spans ran.
-pub(crate) const UNSAMPLED_SPANS_PER_SEC: f64 = 10.0;
+pub(crate) const UNSAMPLED_SPANS_PER_SEC: f64 = 100.0;
 /// The most unsampled spans indexed in one burst.
-const UNSAMPLED_SPANS_BURST: f64 = 100.0;
+const UNSAMPLED_SPANS_BURST: f64 = 1000.0;
 /// Headroom kept inside the shutdown timeout for the steps around the
 /// sinks' flush.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
