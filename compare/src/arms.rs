@@ -11,6 +11,8 @@
 //!   on the thread where the root span is first entered and removed (for
 //!   that thread) when the root closes, as a user would at the start and
 //!   end of a request.
+//! - (e) `pyroscope-untagged` (only with `--arms …e`): pyroscope 2.x without
+//!   tags, to tell its sampling losses from those of its tagging.
 //!
 //! pyroscope's tags are per OS thread: every add or remove takes the
 //! backend's global lock and first dumps (symbolizes and aggregates)
@@ -36,14 +38,16 @@ pub enum Arm {
     TracingPyroscope,
     PyroscopeEvery,
     PyroscopeRoot,
+    PyroscopeUntagged,
 }
 
 impl Arm {
-    pub const ALL: [Arm; 4] = [
+    pub const ALL: [Arm; 5] = [
         Arm::None,
         Arm::TracingPyroscope,
         Arm::PyroscopeEvery,
         Arm::PyroscopeRoot,
+        Arm::PyroscopeUntagged,
     ];
 
     pub fn letter(self) -> char {
@@ -52,6 +56,7 @@ impl Arm {
             Arm::TracingPyroscope => 'b',
             Arm::PyroscopeEvery => 'c',
             Arm::PyroscopeRoot => 'd',
+            Arm::PyroscopeUntagged => 'e',
         }
     }
 
@@ -61,6 +66,7 @@ impl Arm {
             Arm::TracingPyroscope => "tracing-pyroscope",
             Arm::PyroscopeEvery => "pyroscope-every",
             Arm::PyroscopeRoot => "pyroscope-root",
+            Arm::PyroscopeUntagged => "pyroscope-untagged",
         }
     }
 

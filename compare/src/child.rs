@@ -105,7 +105,7 @@ pub fn run(arm: Arm, url: &str, out: &Path, s: &Settings) {
             ours_layer = Some(layer);
             Running::Ours(guard)
         }
-        Arm::PyroscopeEvery | Arm::PyroscopeRoot => {
+        Arm::PyroscopeEvery | Arm::PyroscopeRoot | Arm::PyroscopeUntagged => {
             let agent = PyroscopeAgentBuilder::new(
                 url,
                 "compare",
@@ -124,14 +124,16 @@ pub fn run(arm: Arm, url: &str, out: &Path, s: &Settings) {
             .expect("build pyroscope agent")
             .start()
             .expect("start pyroscope agent");
-            let mode = if arm == Arm::PyroscopeEvery {
-                TagMode::Every
-            } else {
-                TagMode::Root
+            let mode = match arm {
+                Arm::PyroscopeEvery => Some(TagMode::Every),
+                Arm::PyroscopeRoot => Some(TagMode::Root),
+                _ => None,
             };
-            let layer = TagLayer::new(agent.backend.backend.clone(), mode);
-            tag_calls = Some(layer.calls.clone());
-            tag_layer = Some(layer);
+            if let Some(mode) = mode {
+                let layer = TagLayer::new(agent.backend.backend.clone(), mode);
+                tag_calls = Some(layer.calls.clone());
+                tag_layer = Some(layer);
+            }
             Running::Pyroscope(agent)
         }
     };

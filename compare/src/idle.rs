@@ -54,7 +54,7 @@ pub fn child(args: &[String]) {
                     .expect("start tracing-pyroscope"),
             );
         }
-        Arm::PyroscopeEvery | Arm::PyroscopeRoot => {
+        Arm::PyroscopeEvery | Arm::PyroscopeRoot | Arm::PyroscopeUntagged => {
             theirs = Some(
                 PyroscopeAgentBuilder::new(
                     url,
@@ -138,7 +138,11 @@ pub fn run(o: &Options) {
     );
     let header: Vec<String> = arms
         .iter()
-        .map(|a| format!("({}) {}", a.letter(), a.name()))
+        .map(|a| match a {
+            Arm::None => "(a) none".to_string(),
+            Arm::TracingPyroscope => "(b) tracing-pyroscope".to_string(),
+            _ => format!("({}) pyroscope 2.1.5", a.letter()),
+        })
         .collect();
     println!("| sleeping threads | {} | (b) / (c) |", header.join(" | "));
     println!("|---:|{}---:|", "---:|".repeat(arms.len()));

@@ -38,7 +38,7 @@ const USAGE: &str = "\
 usage:
   compare [run] [--rounds 3] [--clients 24] [--requests 40] [--bursts 8]
                 [--burst-ms 2] [--rate 100] [--interval-s 10] [--workers 2]
-                [--arms abcd] [--late-runtime] [--out DIR]
+                [--arms abcd(e)] [--late-runtime] [--out DIR]
   compare idle [--threads 0,100,1000] [--seconds 10] [--rounds 3] [--arms abc]
   compare tagcost [--rounds 40]";
 
