@@ -3,10 +3,10 @@
 //! profiling on against off in the same run and prints a table.
 //!
 //! ```text
-//! cargo run --release --example scale -- threads [1,8,64,512] [--cpu-s 4] [--rounds 5] [--late]
+//! cargo run --release --example scale -- threads [1,8,64,512] [--cpu-s 4] [--rounds 5] [--late] [--rate 100]
 //! cargo run --release --example scale -- spans [1000,100000,1000000] [--seconds 60]
 //! cargo run --release --example scale -- pairs [1000,10000,100000,1000000]
-//! cargo run --release --example scale -- depth [8,64,128,256,512] [--cpu-s 2] [--rounds 5]
+//! cargo run --release --example scale -- depth [8,64,128,256,512] [--cpu-s 2] [--rounds 5] [--rate 1000]
 //! ```
 //!
 //! - `threads`: N threads share a fixed amount of CPU-bound work (work
@@ -25,9 +25,10 @@
 //! - `pairs`: encodes one interval of N distinct (stack, labels) pairs
 //!   through the crate's encoder (symbolize, encode, gzip) and prints its
 //!   time and size.
-//! - `depth`: like `threads` with one thread whose work runs D frames deep;
-//!   prints the handler's cost per sample and the frames kept per sample
-//!   (the sampler keeps the 256 frames nearest the leaf).
+//! - `depth`: like `threads` with one thread whose work runs D frames deep,
+//!   at 1000 Hz so that the handler's cost stands out of the machine's
+//!   noise; prints the handler's cost per sample and the frames kept per
+//!   sample (the sampler keeps the 256 frames nearest the leaf).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -40,7 +41,12 @@ use prost::Message;
 use tracing_pyroscope::profile::proto;
 use tracing_subscriber::layer::SubscriberExt;
 
-const RATE: u32 = 100;
+/// Sampling rate (Hz), `--rate` for `threads` and `depth`.
+static RATE_HZ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(100);
+
+fn rate() -> u32 {
+    RATE_HZ.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 fn clock(id: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
@@ -271,7 +277,7 @@ fn run_work(units: u64, threads: usize, depth: usize, profiled: bool, late: bool
             guard = Some(
                 tracing_pyroscope::Builder::new("scale")
                     .profiles_dir(&dir)
-                    .sample_rate(RATE)
+                    .sample_rate(rate())
                     .build()
                     .expect("start profiler")
                     .1,
@@ -313,6 +319,12 @@ fn list(arg: Option<&String>, default: &[usize]) -> Vec<usize> {
     }
 }
 
+/// Sets the rate from `--rate`, else `default`.
+fn set_rate(args: &[String], default: u32) {
+    let hz = opt(args, "--rate", f64::from(default)) as u32;
+    RATE_HZ.store(hz.clamp(1, 1000), std::sync::atomic::Ordering::Relaxed);
+}
+
 fn opt(args: &[String], name: &str, default: f64) -> f64 {
     args.iter()
         .position(|a| a == name)
@@ -330,7 +342,9 @@ fn main() {
         Some("spans-child") => spans_child(&args),
         Some("pairs") => pairs(&args),
         _ => {
-            eprintln!("usage: scale threads|spans|pairs|depth [POINTS] [options] (see the file's docs)");
+            eprintln!(
+                "usage: scale threads|spans|pairs|depth [POINTS] [options] (see the file's docs)"
+            );
             std::process::exit(2);
         }
     }
@@ -342,15 +356,17 @@ fn threads(args: &[String]) {
     let cpu_s = opt(args, "--cpu-s", 4.0);
     let rounds = opt(args, "--rounds", 5.0) as usize;
     let late = args.iter().any(|a| a == "--late");
+    set_rate(args, 100);
     let units = calibrate(cpu_s);
     println!(
-        "{units} work units (about {cpu_s} s of CPU) shared by N threads {}, {RATE} Hz, \
+        "{units} work units (about {cpu_s} s of CPU) shared by N threads {}, {} Hz, \
          {rounds} rounds of off/on; medians\n",
         if late {
             "spawned after the profiler started"
         } else {
             "that exist before the profiler starts"
-        }
+        },
+        rate()
     );
     println!("| busy threads | coverage | handler cost per sample | profiler threads' CPU per second | work CPU on/off |");
     println!("|---:|---:|---:|---:|---:|");
@@ -368,7 +384,7 @@ fn threads(args: &[String]) {
                 }
             }
             let (off, on) = (off.unwrap(), on.unwrap());
-            cov.push(on.hit as f64 / (on.work_cpu * f64::from(RATE)));
+            cov.push(on.hit as f64 / (on.work_cpu * f64::from(rate())));
             per_sample.push((on.work_cpu - off.work_cpu) / on.samples.max(1) as f64 * 1e9);
             prof.push(on.profiler_cpu / on.wall);
             ratio.push(on.work_cpu / off.work_cpu);
@@ -389,12 +405,16 @@ fn depth(args: &[String]) {
     let points = list(args.get(2), &[8, 64, 128, 256, 512]);
     let cpu_s = opt(args, "--cpu-s", 2.0);
     let rounds = opt(args, "--rounds", 5.0) as usize;
+    set_rate(args, 1000);
     let units = calibrate(cpu_s);
     println!(
-        "{units} work units (about {cpu_s} s of CPU) on one thread D frames deep, {RATE} Hz, \
-         {rounds} rounds of off/on; medians\n"
+        "{units} work units (about {cpu_s} s of CPU) on one thread D frames deep, {} Hz, \
+         {rounds} rounds of off/on; medians\n",
+        rate()
     );
-    println!("| depth (frames) | handler cost per sample | deepest stack kept (frames) | coverage |");
+    println!(
+        "| depth (frames) | handler cost per sample | deepest stack kept (frames) | coverage |"
+    );
     println!("|---:|---:|---:|---:|");
     for &d in &points {
         let (mut per_sample, mut deepest, mut cov) = (vec![], 0, vec![]);
@@ -412,7 +432,7 @@ fn depth(args: &[String]) {
             let (off, on) = (off.unwrap(), on.unwrap());
             per_sample.push((on.work_cpu - off.work_cpu) / on.samples.max(1) as f64 * 1e9);
             deepest = deepest.max(on.deepest);
-            cov.push(on.hit as f64 / (on.work_cpu * f64::from(RATE)));
+            cov.push(on.hit as f64 / (on.work_cpu * f64::from(rate())));
         }
         println!(
             "| {d} | {:.1} µs | {deepest} | {:.1}% |",
@@ -448,7 +468,7 @@ fn spans(args: &[String]) {
     let points = list(args.get(2), &[1_000, 100_000, 1_000_000]);
     let seconds = opt(args, "--seconds", 60.0);
     let exe = std::env::current_exe().expect("current exe");
-    println!("distinct root spans per minute on one thread, each with a little work; local directory mode at {RATE} Hz, 10 s intervals; {seconds} s per run, each in its own process\n");
+    println!("distinct root spans per minute on one thread, each with a little work; local directory mode at {} Hz, 10 s intervals; {seconds} s per run, each in its own process\n", rate());
     println!("| spans/min | peak RSS off | peak RSS on | on − off | RSS on at 10 s / end | of which anonymous / file-backed at end (on − off) | directory growth | per minute | profiles | profiler threads' CPU | spans indexed / unindexed |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &rate in &points {
@@ -505,7 +525,7 @@ fn spans_child(args: &[String]) {
     let layer = if on {
         let (layer, g) = tracing_pyroscope::Builder::new("scale")
             .profiles_dir(&dir)
-            .sample_rate(RATE)
+            .sample_rate(rate())
             .build()
             .expect("start profiler");
         guard = Some(g);

@@ -14,8 +14,8 @@ use std::time::Duration;
 use crate::collector::ProfilerGuard;
 use crate::config::{self, Config, SpanScope};
 use crate::error::{Error, ErrorKind};
-use crate::export::span_index::SpanIndexQueue;
 use crate::export::dir::DirLimits;
+use crate::export::span_index::SpanIndexQueue;
 use crate::export::{DirSink, Sink, UploadSettings, Uploader};
 use crate::layer::{LayerConfig, SpanProfileLayer};
 use crate::secret::Secret;
@@ -229,14 +229,15 @@ fn sinks(config: &Config, counters: &Arc<Counters>) -> Result<Vec<Box<dyn Sink>>
             max_bytes: config.profiles_dir_max_size,
             max_age: config.profiles_dir_max_age,
         };
-        let sink = DirSink::new(dir, &config.application_name, limits, counters.clone()).map_err(|e| {
-            Error::config(
-                config.names.profiles_dir,
-                &dir.display().to_string(),
-                "a directory that exists or can be created",
-            )
-            .with_source(e)
-        })?;
+        let sink =
+            DirSink::new(dir, &config.application_name, limits, counters.clone()).map_err(|e| {
+                Error::config(
+                    config.names.profiles_dir,
+                    &dir.display().to_string(),
+                    "a directory that exists or can be created",
+                )
+                .with_source(e)
+            })?;
         sinks.push(Box::new(sink));
     }
     if let Some(server_address) = &config.server_address {

@@ -243,11 +243,7 @@ mod linux {
         }
 
         fn new_builder(&self, start: SystemTime) -> ProfileBuilder {
-            ProfileBuilder::new(
-                start,
-                self.period_nanos as i64,
-                self.settings.max_span_ids,
-            )
+            ProfileBuilder::new(start, self.period_nanos as i64, self.settings.max_span_ids)
         }
 
         fn drain(&mut self, builder: &mut ProfileBuilder) {

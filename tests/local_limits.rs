@@ -90,10 +90,15 @@ fn the_index_keeps_sampled_spans_and_a_counted_sample_of_the_rest() {
     });
     // Records are indexed one drain after they arrive: wait until every
     // span is either indexed or counted.
-    let stats = wait_for(&guard, |s| s.spans_recorded + s.spans_unindexed >= IDLE + BUSY as u64);
+    let stats = wait_for(&guard, |s| {
+        s.spans_recorded + s.spans_unindexed >= IDLE + BUSY as u64
+    });
     drop(guard);
     assert_eq!(stats.dropped_spans, 0, "{stats:?}");
-    assert_eq!(stats.spans_recorded + stats.spans_unindexed, IDLE + BUSY as u64);
+    assert_eq!(
+        stats.spans_recorded + stats.spans_unindexed,
+        IDLE + BUSY as u64
+    );
     let lines = index_lines(&dir);
     assert_eq!(lines.len() as u64, stats.spans_recorded);
     let busy: Vec<u64> = lines

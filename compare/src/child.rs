@@ -71,7 +71,7 @@ impl Settings {
 enum Running {
     None,
     Ours(tracing_pyroscope::ProfilerGuard),
-    Pyroscope(pyroscope::PyroscopeAgent<pyroscope::pyroscope::PyroscopeAgentRunning>),
+    Pyroscope(Box<pyroscope::PyroscopeAgent<pyroscope::pyroscope::PyroscopeAgentRunning>>),
 }
 
 /// Runs `arm` uploading to `url`, writes the ground truth into `out`, and
@@ -134,7 +134,7 @@ pub fn run(arm: Arm, url: &str, out: &Path, s: &Settings) {
                 tag_calls = Some(layer.calls.clone());
                 tag_layer = Some(layer);
             }
-            Running::Pyroscope(agent)
+            Running::Pyroscope(Box::new(agent))
         }
     };
     let subscriber = tracing_subscriber::registry()
@@ -147,6 +147,9 @@ pub fn run(arm: Arm, url: &str, out: &Path, s: &Settings) {
     let (cpu0, t0) = (process_cpu(), Instant::now());
     let outcome = workload::run(&runtime, s.params);
     let (wall, cpu_work) = (t0.elapsed(), process_cpu() - cpu0);
+    // Let the collectors drain what the last bursts left (same pause for
+    // every arm), so that tracing-pyroscope's counters are complete.
+    std::thread::sleep(Duration::from_millis(500));
 
     let mut taken = 0;
     let mut dropped = 0;
@@ -157,8 +160,8 @@ pub fn run(arm: Arm, url: &str, out: &Path, s: &Settings) {
         Running::Ours(guard) => {
             let st = guard.stats();
             drop(guard);
-            // Counted before the final drain: the samples of the last 100 ms
-            // are in the profiles but not in these counters.
+            // Samples the handler took, counted (not weighted by timer
+            // overruns as the profiles' values are).
             taken = st.samples;
             dropped = st.dropped_samples;
             degraded = st.degraded_samples;

@@ -158,12 +158,14 @@ fn run(o: &Options) {
         .chars()
         .filter_map(Arm::from_letter)
         .collect();
-    let out = PathBuf::from(o.text(
-        "out",
-        &std::env::temp_dir()
-            .join(format!("tracing-pyroscope-compare-{}", std::process::id()))
-            .to_string_lossy(),
-    ));
+    let out = PathBuf::from(
+        o.text(
+            "out",
+            &std::env::temp_dir()
+                .join(format!("tracing-pyroscope-compare-{}", std::process::id()))
+                .to_string_lossy(),
+        ),
+    );
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("create --out");
     let pprof = score::pprof();
@@ -317,7 +319,7 @@ fn report(results: &[BTreeMap<char, Measured>], arms: &[Arm], s: &Settings, peri
             println!(
                 "  round {round}: burn CPU × rate {expected:.0}, burn samples {:.0} ({:.2}%); \
                  process CPU × rate {all_expected:.0}, samples in profiles {:.0}; \
-                 handler counted {} taken (before the final drain), {} dropped, {} degraded (leaf only); {} threads armed",
+                 handler counted {} taken (unweighted), {} dropped, {} degraded (leaf only); {} threads armed",
                 m.score.burn,
                 m.score.burn / expected.max(1e-9) * 100.0,
                 m.score.samples,

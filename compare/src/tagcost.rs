@@ -70,7 +70,8 @@ fn interleaved(stacks: usize, rounds: usize, mut measure: impl FnMut(usize) -> f
 
 pub fn run(o: &Options) {
     let rounds: usize = o.get("rounds", 40);
-    let dir = std::env::temp_dir().join(format!("tracing-pyroscope-tagcost-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("tracing-pyroscope-tagcost-{}", std::process::id()));
 
     // Phase 1: tracing-pyroscope.
     let (layer, guard) = tracing_pyroscope::Builder::new("tagcost")
@@ -146,7 +147,9 @@ pub fn run(o: &Options) {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("\nper operation on the application's thread, minimum of {rounds} alternating rounds; ratios to Registry alone in the same phase\n");
-    println!("| stack | warm enter+exit | ratio | root span life (new, enter, exit, close) | ratio |");
+    println!(
+        "| stack | warm enter+exit | ratio | root span life (new, enter, exit, close) | ratio |"
+    );
     println!("|---|---:|---:|---:|---:|");
     let row = |name: &str, warm: f64, wbase: f64, life: f64, lbase: f64| {
         println!(
@@ -157,7 +160,13 @@ pub fn run(o: &Options) {
             life / lbase
         );
     };
-    row("Registry alone (phase 1)", warm1[0], warm1[0], life1[0], life1[0]);
+    row(
+        "Registry alone (phase 1)",
+        warm1[0],
+        warm1[0],
+        life1[0],
+        life1[0],
+    );
     row(
         "Registry + tracing-pyroscope layer",
         warm1[1],
@@ -165,7 +174,13 @@ pub fn run(o: &Options) {
         life1[1],
         life1[0],
     );
-    row("Registry alone (phase 2)", warm2[0], warm2[0], life2[0], life2[0]);
+    row(
+        "Registry alone (phase 2)",
+        warm2[0],
+        warm2[0],
+        life2[0],
+        life2[0],
+    );
     row(
         "Registry + (c) tag on every root enter/exit",
         warm2[1],

@@ -45,7 +45,15 @@ fn sizes_and_local_limits() {
     assert_eq!(parse_size("100MB"), Some(100_000_000));
     assert_eq!(parse_size("64KiB"), Some(65536));
     assert_eq!(parse_size("1TB"), Some(1_000_000_000_000));
-    for bad in ["", "MiB", "1.5GiB", "-1", "10 parsecs", "99999999999999999999", "20000000TiB"] {
+    for bad in [
+        "",
+        "MiB",
+        "1.5GiB",
+        "-1",
+        "10 parsecs",
+        "99999999999999999999",
+        "20000000TiB",
+    ] {
         assert_eq!(parse_size(bad), None, "{bad}");
     }
     let c = env(&[
@@ -59,13 +67,22 @@ fn sizes_and_local_limits() {
     assert_eq!(c.profiles_dir_max_age, Duration::from_secs(5400));
     assert_eq!(c.max_span_ids, 50);
     let m = err(&[("PYROSCOPE_PROFILES_DIR_MAX_SIZE", "lots")]);
-    assert!(m.contains("PYROSCOPE_PROFILES_DIR_MAX_SIZE") && m.contains("512MiB"), "{m}");
+    assert!(
+        m.contains("PYROSCOPE_PROFILES_DIR_MAX_SIZE") && m.contains("512MiB"),
+        "{m}"
+    );
     let m = err(&[("PYROSCOPE_PROFILES_DIR_MAX_SIZE", "1KiB")]);
     assert!(m.contains("1024") && m.contains("64KiB"), "{m}");
     let m = err(&[("PYROSCOPE_PROFILES_DIR_MAX_AGE", "500ms")]);
-    assert!(m.contains("PYROSCOPE_PROFILES_DIR_MAX_AGE") && m.contains("1s"), "{m}");
+    assert!(
+        m.contains("PYROSCOPE_PROFILES_DIR_MAX_AGE") && m.contains("1s"),
+        "{m}"
+    );
     let m = err(&[("PYROSCOPE_MAX_SPAN_IDS", "0")]);
-    assert!(m.contains("PYROSCOPE_MAX_SPAN_IDS") && m.contains("1000000"), "{m}");
+    assert!(
+        m.contains("PYROSCOPE_MAX_SPAN_IDS") && m.contains("1000000"),
+        "{m}"
+    );
     let m = err(&[("PYROSCOPE_MAX_SPAN_IDS", "many")]);
     assert!(m.contains("PYROSCOPE_MAX_SPAN_IDS"), "{m}");
     let e = Builder::new("svc")
@@ -73,7 +90,10 @@ fn sizes_and_local_limits() {
         .profiles_dir_max_size(1000)
         .build()
         .unwrap_err();
-    assert!(e.to_string().contains("Builder::profiles_dir_max_size"), "{e}");
+    assert!(
+        e.to_string().contains("Builder::profiles_dir_max_size"),
+        "{e}"
+    );
 }
 
 #[test]

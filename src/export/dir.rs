@@ -148,7 +148,9 @@ impl DirSink {
                     .map(|d| d.as_millis())
                     .unwrap_or(0);
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                let rotated = self.dir.join(format!("spans-{ms}-{}-{seq}.jsonl", self.pid));
+                let rotated = self
+                    .dir
+                    .join(format!("spans-{ms}-{}-{seq}.jsonl", self.pid));
                 // Another process may have rotated it first: then it is gone
                 // and the next listing sees the new name.
                 if fs::rename(&live.path, &rotated).is_ok() {
@@ -375,7 +377,8 @@ mod tests {
     fn the_sink_counts_files_and_span_lines() {
         let d = tempdir("sink");
         let counters = Arc::new(Counters::default());
-        let mut sink: Box<dyn Sink> = Box::new(DirSink::new(&d, "svc", BIG, counters.clone()).unwrap());
+        let mut sink: Box<dyn Sink> =
+            Box::new(DirSink::new(&d, "svc", BIG, counters.clone()).unwrap());
         assert!(sink.keeps_span_index());
         sink.send(&profile(b"p", 1));
         let record = SpanIndexRecord {

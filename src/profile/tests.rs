@@ -127,7 +127,11 @@ mod encoding {
         for id in 11..=10_000u64 {
             b.add(SpanLabels::new(id, 0, name_id), &stack, 1);
         }
-        assert_eq!(b.entries(), 3 + 1, "the kept ids, and the name without an id");
+        assert_eq!(
+            b.entries(),
+            3 + 1,
+            "the kept ids, and the name without an id"
+        );
         let mut sym = Symbolizer::new();
         let out = b.finish(at(110), &mut sym);
         let mut ids = std::collections::BTreeSet::new();
