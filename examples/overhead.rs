@@ -2,13 +2,13 @@
 //! against the same workload unprofiled, interleaved in one run.
 //!
 //! ```text
-//! cargo run --release --example overhead -- [ROUNDS] [SECONDS_PER_RUN] [THREADS]
+//! cargo run --release --example overhead -- [ROUNDS] [SECONDS_PER_RUN] [THREADS] [INTERVAL_SECONDS]
 //! ```
 //!
 //! Each round runs the same fixed amount of work twice, once with profiling
 //! off and once on (a local profiles directory, the default 100 Hz, a
-//! profile encoded every second so encoding and symbolization happen inside
-//! the measured window), in alternating order. It prints the median wall
+//! profile encoded every `INTERVAL_SECONDS`, default 1, so encoding and
+//! symbolization happen inside the measured window), in alternating order. It prints the median wall
 //! time of the work, the process CPU time (which includes the profiler's own
 //! threads), and the process CPU time including the profiler's start and its
 //! final flush (dropping the guard), with their ratios.
@@ -69,6 +69,7 @@ fn main() {
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
     let seconds: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2.0);
     let threads: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let interval: f64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(1.0);
     let dir =
         std::env::temp_dir().join(format!("tracing-pyroscope-overhead-{}", std::process::id()));
 
@@ -99,7 +100,7 @@ fn main() {
                 tracing_pyroscope::Builder::new("overhead")
                     .profiles_dir(&dir)
                     .sample_rate(100)
-                    .upload_interval(Duration::from_secs(1))
+                    .upload_interval(Duration::from_secs_f64(interval))
                     .build()
                     .expect("start profiler")
             });
@@ -127,7 +128,7 @@ fn main() {
     let pct = |on: f64, off: f64| (on / off - 1.0) * 100.0;
     println!(
         "workload: {units} units on {threads} thread(s), {rounds} rounds, \
-         profiling at 100 Hz ({samples} samples taken)"
+         profiling at 100 Hz, a profile every {interval} s ({samples} samples taken)"
     );
     println!("first profiler start in this process (loads debug info): {cold_ms:.0} ms CPU, once");
     println!(

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::collector::ProfilerGuard;
 use crate::config::{self, Config, SpanScope};
 use crate::error::{Error, ErrorKind};
+use crate::export::dir::DirLimits;
 use crate::export::span_index::SpanIndexQueue;
 use crate::export::{DirSink, Sink, UploadSettings, Uploader};
 use crate::layer::{LayerConfig, SpanProfileLayer};
@@ -189,6 +190,29 @@ impl Builder {
         self
     }
 
+    /// The most distinct `span_id` values one profile interval keeps, 1 to
+    /// 1,000,000. Past it, samples keep their stacks and `span_name` but lose
+    /// `span_id` (and `trace_id`), counted in
+    /// [`Stats::span_id_overflows`](crate::Stats). Default 10,000.
+    pub fn max_span_ids(mut self, max: usize) -> Self {
+        self.config.max_span_ids = max;
+        self
+    }
+
+    /// The most bytes the profiles directory may hold (at least 64 KiB): the
+    /// oldest files are deleted to stay below it. Default 512 MiB.
+    pub fn profiles_dir_max_size(mut self, bytes: u64) -> Self {
+        self.config.profiles_dir_max_size = bytes;
+        self
+    }
+
+    /// Files in the profiles directory older than this are deleted (at
+    /// least 1 s). Default 24 h.
+    pub fn profiles_dir_max_age(mut self, age: Duration) -> Self {
+        self.config.profiles_dir_max_age = age;
+        self
+    }
+
     /// Add the `trace_id` label. Default off.
     pub fn trace_id_label(mut self, on: bool) -> Self {
         self.config.trace_id_label = on;
@@ -240,14 +264,19 @@ fn start(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
 fn sinks(config: &Config, counters: &Arc<Counters>) -> Result<Vec<Box<dyn Sink>>, Error> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(dir) = &config.profiles_dir {
-        let sink = DirSink::new(dir, &config.application_name, counters.clone()).map_err(|e| {
-            Error::config(
-                config.names.profiles_dir,
-                &dir.display().to_string(),
-                "a directory that exists or can be created",
-            )
-            .with_source(e)
-        })?;
+        let limits = DirLimits {
+            max_bytes: config.profiles_dir_max_size,
+            max_age: config.profiles_dir_max_age,
+        };
+        let sink =
+            DirSink::new(dir, &config.application_name, limits, counters.clone()).map_err(|e| {
+                Error::config(
+                    config.names.profiles_dir,
+                    &dir.display().to_string(),
+                    "a directory that exists or can be created",
+                )
+                .with_source(e)
+            })?;
         sinks.push(Box::new(sink));
     }
     if let Some(server_address) = &config.server_address {
@@ -322,6 +351,7 @@ fn start_platform(
         service: config.application_name,
         labels: config.labels,
         records: records_rx,
+        max_span_ids: config.max_span_ids,
     };
     let guard = collector::start(sampler, sinks, settings, counters).map_err(|e| {
         Error::new(ErrorKind::Os, "could not spawn the collector thread").with_source(e)

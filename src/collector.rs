@@ -5,7 +5,11 @@
 //! end of each upload interval symbolizes, encodes and hands the profiles to
 //! every [`Sink`]. Closed profiled root spans arrive from the layer through
 //! a bounded queue; when a sink keeps a span index the collector tallies
-//! CPU samples per span and passes the finished records on.
+//! CPU samples per span and passes the finished records on: every span that
+//! got samples, and of the others only a bounded sample
+//! ([`UNSAMPLED_SPANS_PER_SEC`], the rest counted in
+//! `Stats::spans_unindexed`), so that the index grows with the CPU profiled,
+//! not with the span rate.
 //!
 //! [`ProfilerGuard`] owns the thread: dropping it stops the timers, takes
 //! the last samples, flushes the partial interval and shuts the sinks down
@@ -89,6 +93,11 @@ impl Drop for ProfilerGuard {
 const DRAIN_PERIOD: Duration = Duration::from_millis(100);
 /// Most span ids whose CPU samples are tallied for the span index.
 const MAX_TALLIED_SPANS: usize = 100_000;
+/// Closed root spans without CPU samples indexed per second: a bounded
+/// sample of them, so the report still shows that such spans ran.
+pub(crate) const UNSAMPLED_SPANS_PER_SEC: f64 = 100.0;
+/// The most unsampled spans indexed in one burst.
+const UNSAMPLED_SPANS_BURST: f64 = 1000.0;
 /// Headroom kept inside the shutdown timeout for the steps around the
 /// sinks' flush.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
@@ -121,6 +130,8 @@ mod linux {
         pub(crate) labels: Vec<(String, String)>,
         /// Closed profiled root spans from the layer.
         pub(crate) records: Receiver<SpanIndexRecord>,
+        /// Distinct span ids one interval keeps.
+        pub(crate) max_span_ids: usize,
     }
 
     /// Starts the collector thread over a running sampler.
@@ -145,6 +156,9 @@ mod linux {
                 crate::context::value_overflows(),
                 crate::context::label_set_overflows(),
             ),
+            id_overflows: 0,
+            unsampled_budget: UNSAMPLED_SPANS_BURST,
+            budget_clock: Instant::now(),
         };
         let stop = StopSignal::new();
         let handle = {
@@ -184,6 +198,11 @@ mod linux {
         base_name_overflows: u64,
         /// Span-label value and label-set overflows before this run.
         base_label_overflows: (u64, u64),
+        /// Span-id overflows of the intervals already emitted.
+        id_overflows: u64,
+        /// Unsampled spans that may still be indexed (a token bucket).
+        unsampled_budget: f64,
+        budget_clock: Instant,
     }
 
     impl Collector {
@@ -191,16 +210,13 @@ mod linux {
             // Symbols resolved by an earlier profiler in this process are kept.
             let mut symbolizer = lock(&SYMBOLIZER).take().unwrap_or_default();
             let mut interval_clock = Instant::now();
-            let mut builder = ProfileBuilder::new(SystemTime::now(), self.period_nanos as i64);
+            let mut builder = self.new_builder(SystemTime::now());
             while !stop.wait(DRAIN_PERIOD) {
                 self.drain(&mut builder);
                 self.index_spans(false);
                 if interval_clock.elapsed() >= self.settings.upload_interval {
                     let now = SystemTime::now();
-                    let full = std::mem::replace(
-                        &mut builder,
-                        ProfileBuilder::new(now, self.period_nanos as i64),
-                    );
+                    let full = std::mem::replace(&mut builder, self.new_builder(now));
                     self.emit(full, now, &mut symbolizer);
                     interval_clock = Instant::now();
                 }
@@ -223,11 +239,16 @@ mod linux {
             *lock(&SYMBOLIZER) = Some(symbolizer);
         }
 
+        fn new_builder(&self, start: SystemTime) -> ProfileBuilder {
+            ProfileBuilder::new(start, self.period_nanos as i64, self.settings.max_span_ids)
+        }
+
         fn drain(&mut self, builder: &mut ProfileBuilder) {
             let span_samples = &mut self.span_samples;
             let tally = self.index;
             self.sampler.drain(|labels, frames, weight| {
-                builder.add(labels, frames, u64::from(weight));
+                // The index counts only what the profile labels.
+                let labels = builder.add(labels, frames, u64::from(weight));
                 if tally && labels.span_id != 0 {
                     if span_samples.len() >= MAX_TALLIED_SPANS
                         && !span_samples.contains_key(&labels.span_id)
@@ -254,6 +275,10 @@ mod linux {
                 crate::context::value_overflows().saturating_sub(values),
             );
             Counters::set(
+                &c.span_id_overflows,
+                self.id_overflows + builder.span_id_overflows(),
+            );
+            Counters::set(
                 &c.label_set_overflows,
                 crate::context::label_set_overflows().saturating_sub(sets),
             );
@@ -261,7 +286,8 @@ mod linux {
         }
 
         /// Hands closed root spans to the sinks that keep an index, one
-        /// drain after they arrived (or all of them when `all`).
+        /// drain after they arrived (or all of them when `all`): those with
+        /// CPU samples, and a bounded sample of the others.
         fn index_spans(&mut self, all: bool) {
             if !self.index {
                 return;
@@ -276,12 +302,37 @@ mod linux {
             if ready.is_empty() {
                 return;
             }
-            let pid = std::process::id();
             for record in &mut ready {
                 record.cpu_samples = record
                     .span_id()
                     .and_then(|id| self.span_samples.remove(&id))
                     .unwrap_or(0);
+            }
+            let elapsed = self.budget_clock.elapsed().as_secs_f64();
+            self.budget_clock = Instant::now();
+            self.unsampled_budget = (self.unsampled_budget + elapsed * UNSAMPLED_SPANS_PER_SEC)
+                .min(UNSAMPLED_SPANS_BURST);
+            let before = ready.len();
+            let budget = &mut self.unsampled_budget;
+            ready.retain(|record| {
+                if record.cpu_samples > 0 {
+                    return true;
+                }
+                let keep = *budget >= 1.0;
+                if keep {
+                    *budget -= 1.0;
+                }
+                keep
+            });
+            Counters::add(
+                &self.counters.spans_unindexed,
+                (before - ready.len()) as u64,
+            );
+            if ready.is_empty() {
+                return;
+            }
+            let pid = std::process::id();
+            for record in &mut ready {
                 record.service.clone_from(&self.settings.service);
                 record.labels = self.settings.labels.iter().cloned().collect();
                 record.pid = pid;
@@ -294,10 +345,16 @@ mod linux {
         }
 
         fn emit(&mut self, builder: ProfileBuilder, end: SystemTime, symbolizer: &mut Symbolizer) {
+            self.id_overflows += builder.span_id_overflows();
             if builder.is_empty() {
                 return;
             }
-            for profile in builder.finish(end, symbolizer) {
+            let profiles = builder.finish(end, symbolizer);
+            // The debug info is read again only for addresses not seen
+            // before: most intervals need none, and it would otherwise stay
+            // in memory (tens of MB for a large binary) for good.
+            symbolizer.release_debug_info();
+            for profile in profiles {
                 Counters::bump(&self.counters.profiles);
                 tracing::debug!(
                     target: "tracing_pyroscope",

@@ -52,6 +52,15 @@ pub struct Stats {
     /// series budget (`PYROSCOPE_MAX_SPAN_NAMES`); their samples keep the
     /// span name without span labels.
     pub label_set_overflows: u64,
+    /// Samples that lost their `span_id` (and `trace_id`) label because
+    /// their interval already had `PYROSCOPE_MAX_SPAN_IDS` distinct span
+    /// ids; they keep their stacks and `span_name`.
+    pub span_id_overflows: u64,
+    /// Closed root spans without CPU samples left out of the local span
+    /// index (only a bounded sample of them is written).
+    pub spans_unindexed: u64,
+    /// Files the profiles directory's size or age limit deleted.
+    pub files_evicted: u64,
 }
 
 /// Shared atomic counters behind [`Stats`].
@@ -73,6 +82,9 @@ pub(crate) struct Counters {
     pub(crate) sigprof_conflicts: AtomicU64,
     pub(crate) span_label_overflows: AtomicU64,
     pub(crate) label_set_overflows: AtomicU64,
+    pub(crate) span_id_overflows: AtomicU64,
+    pub(crate) spans_unindexed: AtomicU64,
+    pub(crate) files_evicted: AtomicU64,
 }
 
 impl Counters {
@@ -111,6 +123,9 @@ impl Counters {
             sigprof_conflicts: r(&self.sigprof_conflicts),
             span_label_overflows: r(&self.span_label_overflows),
             label_set_overflows: r(&self.label_set_overflows),
+            span_id_overflows: r(&self.span_id_overflows),
+            spans_unindexed: r(&self.spans_unindexed),
+            files_evicted: r(&self.files_evicted),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use percent_encoding::percent_decode_str;
 
 use super::validate::{Names, ENV_NAMES};
-use super::{Config, SpanScope, MAX_SPAN_NAMES_MAX, SAMPLE_RATE_MAX};
+use super::{Config, SpanScope, MAX_SPAN_IDS_MAX, MAX_SPAN_NAMES_MAX, SAMPLE_RATE_MAX};
 use crate::error::Error;
 use crate::secret::Secret;
 use std::time::Duration;
@@ -98,6 +98,33 @@ pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
             )
         })?;
     }
+    if let Some(v) = get("PYROSCOPE_MAX_SPAN_IDS") {
+        config.max_span_ids = v.trim().parse().map_err(|_| {
+            Error::config(
+                "PYROSCOPE_MAX_SPAN_IDS",
+                &v,
+                &format!("an integer from 1 to {MAX_SPAN_IDS_MAX} (distinct span ids per profile interval)"),
+            )
+        })?;
+    }
+    if let Some(v) = get("PYROSCOPE_PROFILES_DIR_MAX_SIZE") {
+        config.profiles_dir_max_size = parse_size(&v).ok_or_else(|| {
+            Error::config(
+                "PYROSCOPE_PROFILES_DIR_MAX_SIZE",
+                &v,
+                "a size of at least 64KiB such as 512MiB, 2GiB, 100MB or a number of bytes",
+            )
+        })?;
+    }
+    if let Some(v) = get("PYROSCOPE_PROFILES_DIR_MAX_AGE") {
+        config.profiles_dir_max_age = parse_duration(&v).ok_or_else(|| {
+            Error::config(
+                "PYROSCOPE_PROFILES_DIR_MAX_AGE",
+                &v,
+                "a duration of at least 1s such as 24h, 30m or 1h30m",
+            )
+        })?;
+    }
     if let Some(v) = get("PYROSCOPE_TRACE_ID_LABEL") {
         config.trace_id_label = parse_bool("PYROSCOPE_TRACE_ID_LABEL", &v)?;
     }
@@ -185,6 +212,32 @@ pub(super) fn parse_duration(value: &str) -> Option<Duration> {
         total = total.checked_add(part)?;
     }
     Some(total)
+}
+
+/// A size in bytes: a whole number with an optional unit, `B`, `KB`, `MB`,
+/// `GB`, `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of
+/// 1024), in any case, with or without a space: `512MiB`, `100 MB`, `65536`.
+pub(super) fn parse_size(value: &str) -> Option<u64> {
+    let s = value.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits].parse().ok()?;
+    let unit = s[digits..].trim().to_ascii_lowercase();
+    let scale: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000_u64.pow(2),
+        "gb" => 1000_u64.pow(3),
+        "tb" => 1000_u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// `k=v,k2=v2`; blank items (e.g. a trailing comma) are skipped. The

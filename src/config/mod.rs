@@ -71,6 +71,12 @@ pub(crate) struct Config {
     pub(crate) span_labels: Vec<String>,
     /// Cap on distinct values per span label.
     pub(crate) max_span_label_values: usize,
+    /// Cap on distinct `span_id` values per profile interval.
+    pub(crate) max_span_ids: usize,
+    /// Most bytes the profiles directory may hold (local mode).
+    pub(crate) profiles_dir_max_size: u64,
+    /// Oldest file the profiles directory keeps (local mode).
+    pub(crate) profiles_dir_max_age: Duration,
     /// Bound on how long dropping the guard may take.
     pub(crate) shutdown_timeout: Duration,
     /// What each field is called in error messages (environment variables
@@ -91,6 +97,21 @@ pub(crate) const UPLOAD_INTERVAL_MAX: Duration = Duration::from_secs(600);
 /// series per tenant).
 pub(crate) const MAX_SPAN_NAMES_MAX: usize = 500;
 pub(crate) const SHUTDOWN_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// Default and largest cap on distinct span ids per interval. At the
+/// default 100 Hz and 10 s interval a busy thread takes 1000 samples per
+/// interval, so the default only bites with many busy threads each switching
+/// spans between samples; it keeps a profile within the server's 16000
+/// samples and the interval's memory bounded at any span rate.
+pub(crate) const DEFAULT_MAX_SPAN_IDS: usize = 10_000;
+pub(crate) const MAX_SPAN_IDS_MAX: usize = 1_000_000;
+/// Default size limit of the profiles directory.
+pub(crate) const DEFAULT_PROFILES_DIR_MAX_SIZE: u64 = 512 * 1024 * 1024;
+/// Smallest allowed size limit: room for a few profiles.
+pub(crate) const PROFILES_DIR_MAX_SIZE_MIN: u64 = 64 * 1024;
+/// Default age limit of files in the profiles directory.
+pub(crate) const DEFAULT_PROFILES_DIR_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Shortest allowed age limit.
+pub(crate) const PROFILES_DIR_MAX_AGE_MIN: Duration = Duration::from_secs(1);
 /// The server's default limits (`docs/PYROSCOPE-PROTOCOL.md`).
 pub(crate) const MAX_SERIES_LABELS: usize = 30;
 pub(crate) const MAX_LABEL_NAME_LEN: usize = 1024;
@@ -118,6 +139,9 @@ impl Config {
             max_span_names: crate::context::DEFAULT_MAX_NAMES,
             span_labels: Vec::new(),
             max_span_label_values: crate::context::DEFAULT_MAX_LABEL_VALUES,
+            max_span_ids: DEFAULT_MAX_SPAN_IDS,
+            profiles_dir_max_size: DEFAULT_PROFILES_DIR_MAX_SIZE,
+            profiles_dir_max_age: DEFAULT_PROFILES_DIR_MAX_AGE,
             shutdown_timeout: Duration::from_secs(5),
             names: BUILDER_NAMES,
         }

@@ -1,6 +1,6 @@
 //! Unit tests of parsing and validation.
 
-use super::env::parse_duration;
+use super::env::{parse_duration, parse_size};
 use super::*;
 use crate::error::Error;
 use crate::Builder;
@@ -32,6 +32,68 @@ fn defaults_and_nothing_configured() {
     assert!(c.span_name_label && !c.trace_id_label);
     assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
     assert!(!c.application_name.is_empty());
+    assert_eq!(c.max_span_ids, 10_000);
+    assert_eq!(c.profiles_dir_max_size, 512 << 20);
+    assert_eq!(c.profiles_dir_max_age, Duration::from_secs(24 * 3600));
+}
+
+#[test]
+fn sizes_and_local_limits() {
+    assert_eq!(parse_size("65536"), Some(65536));
+    assert_eq!(parse_size("512MiB"), Some(512 << 20));
+    assert_eq!(parse_size(" 2 gib "), Some(2 << 30));
+    assert_eq!(parse_size("100MB"), Some(100_000_000));
+    assert_eq!(parse_size("64KiB"), Some(65536));
+    assert_eq!(parse_size("1TB"), Some(1_000_000_000_000));
+    for bad in [
+        "",
+        "MiB",
+        "1.5GiB",
+        "-1",
+        "10 parsecs",
+        "99999999999999999999",
+        "20000000TiB",
+    ] {
+        assert_eq!(parse_size(bad), None, "{bad}");
+    }
+    let c = env(&[
+        ("PYROSCOPE_PROFILES_DIR", "/tmp/p"),
+        ("PYROSCOPE_PROFILES_DIR_MAX_SIZE", "1MiB"),
+        ("PYROSCOPE_PROFILES_DIR_MAX_AGE", "90m"),
+        ("PYROSCOPE_MAX_SPAN_IDS", "50"),
+    ])
+    .unwrap();
+    assert_eq!(c.profiles_dir_max_size, 1 << 20);
+    assert_eq!(c.profiles_dir_max_age, Duration::from_secs(5400));
+    assert_eq!(c.max_span_ids, 50);
+    let m = err(&[("PYROSCOPE_PROFILES_DIR_MAX_SIZE", "lots")]);
+    assert!(
+        m.contains("PYROSCOPE_PROFILES_DIR_MAX_SIZE") && m.contains("512MiB"),
+        "{m}"
+    );
+    let m = err(&[("PYROSCOPE_PROFILES_DIR_MAX_SIZE", "1KiB")]);
+    assert!(m.contains("1024") && m.contains("64KiB"), "{m}");
+    let m = err(&[("PYROSCOPE_PROFILES_DIR_MAX_AGE", "500ms")]);
+    assert!(
+        m.contains("PYROSCOPE_PROFILES_DIR_MAX_AGE") && m.contains("1s"),
+        "{m}"
+    );
+    let m = err(&[("PYROSCOPE_MAX_SPAN_IDS", "0")]);
+    assert!(
+        m.contains("PYROSCOPE_MAX_SPAN_IDS") && m.contains("1000000"),
+        "{m}"
+    );
+    let m = err(&[("PYROSCOPE_MAX_SPAN_IDS", "many")]);
+    assert!(m.contains("PYROSCOPE_MAX_SPAN_IDS"), "{m}");
+    let e = Builder::new("svc")
+        .profiles_dir("/tmp/p")
+        .profiles_dir_max_size(1000)
+        .build()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("Builder::profiles_dir_max_size"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::{
     Config, FIXED_SERIES_LABELS, MAX_LABEL_NAME_LEN, MAX_LABEL_VALUE_LEN, MAX_SERIES_LABELS,
-    MAX_SPAN_NAMES_MAX, SAMPLE_RATE_MAX, SHUTDOWN_TIMEOUT_MAX, UPLOAD_INTERVAL_MAX,
-    UPLOAD_INTERVAL_MIN,
+    MAX_SPAN_IDS_MAX, MAX_SPAN_NAMES_MAX, PROFILES_DIR_MAX_AGE_MIN, PROFILES_DIR_MAX_SIZE_MIN,
+    SAMPLE_RATE_MAX, SHUTDOWN_TIMEOUT_MAX, UPLOAD_INTERVAL_MAX, UPLOAD_INTERVAL_MIN,
 };
 use crate::context::keys;
 use crate::error::Error;
@@ -28,6 +28,9 @@ pub(crate) struct Names {
     pub(crate) max_span_names: &'static str,
     pub(crate) span_labels: &'static str,
     pub(crate) max_span_label_values: &'static str,
+    pub(crate) max_span_ids: &'static str,
+    pub(crate) profiles_dir_max_size: &'static str,
+    pub(crate) profiles_dir_max_age: &'static str,
 }
 
 pub(crate) const ENV_NAMES: Names = Names {
@@ -44,6 +47,9 @@ pub(crate) const ENV_NAMES: Names = Names {
     max_span_names: "PYROSCOPE_MAX_SPAN_NAMES",
     span_labels: "PYROSCOPE_SPAN_LABELS",
     max_span_label_values: "PYROSCOPE_SPAN_LABEL_VALUES",
+    max_span_ids: "PYROSCOPE_MAX_SPAN_IDS",
+    profiles_dir_max_size: "PYROSCOPE_PROFILES_DIR_MAX_SIZE",
+    profiles_dir_max_age: "PYROSCOPE_PROFILES_DIR_MAX_AGE",
 };
 
 pub(crate) const BUILDER_NAMES: Names = Names {
@@ -60,6 +66,9 @@ pub(crate) const BUILDER_NAMES: Names = Names {
     max_span_names: "Builder::max_span_names",
     span_labels: "Builder::span_labels",
     max_span_label_values: "Builder::max_span_label_values",
+    max_span_ids: "Builder::max_span_ids",
+    profiles_dir_max_size: "Builder::profiles_dir_max_size",
+    profiles_dir_max_age: "Builder::profiles_dir_max_age",
 };
 
 /// Label names the crate sets itself (series labels and sample labels), so
@@ -160,6 +169,27 @@ impl Config {
                 &format!(
                     "an integer from 1 to {MAX_SPAN_NAMES_MAX}: the most distinct values of each span label (each value is a series on the Pyroscope server)"
                 ),
+            ));
+        }
+        if !(1..=MAX_SPAN_IDS_MAX).contains(&self.max_span_ids) {
+            return Err(Error::config(
+                names.max_span_ids,
+                &self.max_span_ids.to_string(),
+                &format!("an integer from 1 to {MAX_SPAN_IDS_MAX} (distinct span ids per profile interval)"),
+            ));
+        }
+        if self.profiles_dir_max_size < PROFILES_DIR_MAX_SIZE_MIN {
+            return Err(Error::config(
+                names.profiles_dir_max_size,
+                &self.profiles_dir_max_size.to_string(),
+                "a size of at least 64KiB, e.g. 512MiB, 2GiB or 100MB",
+            ));
+        }
+        if self.profiles_dir_max_age < PROFILES_DIR_MAX_AGE_MIN {
+            return Err(Error::config(
+                names.profiles_dir_max_age,
+                &format_duration(self.profiles_dir_max_age),
+                "a duration of at least 1s, e.g. 24h, 30m or 168h",
             ));
         }
         if self.shutdown_timeout > SHUTDOWN_TIMEOUT_MAX {

@@ -7,19 +7,42 @@
 //! - `DIR/spans.jsonl` ([`SPANS_FILE`]): the span index, one JSON object
 //!   per profiled root span ([`SpanIndexRecord`]), appended with `O_APPEND`
 //!   in a single write per batch, so several processes can share one
-//!   directory.
+//!   directory. When it passes a quarter of the size limit it is renamed
+//!   to `DIR/spans-<unix_ms>-<pid>-<seq>.jsonl` and a new one starts.
+//!
+//! **Retention** ([`DirLimits`]): before each write the sink makes room, so
+//! the files it manages (profiles and span indexes; nothing else in the
+//! directory is counted or touched) never pass `max_bytes`: files older
+//! than `max_age` go first, then the oldest by modification time. The
+//! directory is listed when the running total would pass the limit and at
+//! least every [`RESCAN`], so files written by other processes sharing it
+//! are counted within that time. Deleted files are counted in
+//! `Stats::files_evicted`; a write that cannot fit even in an emptied
+//! directory is skipped and counted in `Stats::write_errors`.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::span_index::{SpanIndexRecord, SPANS_FILE};
+use super::span_index::{is_span_index_file, SpanIndexRecord, SPANS_FILE};
 use super::Sink;
 use crate::profile::EncodedProfile;
 use crate::stats::Counters;
+
+/// The longest the sink goes without listing the directory.
+pub(crate) const RESCAN: Duration = Duration::from_secs(10);
+
+/// How much the profiles directory may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirLimits {
+    /// Most bytes of profiles and span indexes together.
+    pub(crate) max_bytes: u64,
+    /// Profiles and rotated span indexes older than this are deleted.
+    pub(crate) max_age: Duration,
+}
 
 /// Writes profiles and span records into one directory.
 #[derive(Debug)]
@@ -30,11 +53,30 @@ pub(crate) struct DirSink {
     pid: u32,
     seq: AtomicU64,
     counters: Arc<Counters>,
+    limits: DirLimits,
+    /// Bytes of managed files at the last listing plus those written since.
+    total: u64,
+    /// Bytes of the live span index, likewise.
+    spans_bytes: u64,
+    /// When the directory was last listed (`None`: never).
+    scanned: Option<Instant>,
+}
+
+/// A file the retention limit may delete.
+struct Managed {
+    path: PathBuf,
+    len: u64,
+    modified: SystemTime,
 }
 
 impl DirSink {
     /// Creates `dir` (and its parents) if needed.
-    pub(crate) fn new(dir: &Path, service: &str, counters: Arc<Counters>) -> io::Result<Self> {
+    pub(crate) fn new(
+        dir: &Path,
+        service: &str,
+        limits: DirLimits,
+        counters: Arc<Counters>,
+    ) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         if !dir.is_dir() {
             return Err(io::Error::other("not a directory"));
@@ -45,7 +87,105 @@ impl DirSink {
             pid: std::process::id(),
             seq: AtomicU64::new(0),
             counters,
+            limits,
+            total: 0,
+            spans_bytes: 0,
+            scanned: None,
         })
+    }
+
+    /// Makes room for `incoming` more bytes within the limits; `false` if
+    /// they cannot fit even after deleting every file the sink may delete.
+    fn make_room(&mut self, incoming: u64) -> bool {
+        let stale = self.scanned.is_none_or(|t| t.elapsed() >= RESCAN);
+        let over = self.total.saturating_add(incoming) > self.limits.max_bytes;
+        let big_index = self.spans_bytes > self.limits.max_bytes / 4;
+        if stale || over || big_index {
+            self.enforce(incoming);
+        }
+        self.total.saturating_add(incoming) <= self.limits.max_bytes
+    }
+
+    /// Lists the directory, rotates a large span index, deletes files past
+    /// the age limit and then the oldest until `incoming` more bytes fit.
+    fn enforce(&mut self, incoming: u64) {
+        self.scanned = Some(Instant::now());
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut total = 0u64;
+        let mut live_index = None;
+        let mut deletable = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let profile = name.ends_with(".pb.gz") && !name.starts_with('.');
+            let index = is_span_index_file(name);
+            if !profile && !index {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            total += meta.len();
+            let file = Managed {
+                path: entry.path(),
+                len: meta.len(),
+                modified: meta.modified().unwrap_or(UNIX_EPOCH),
+            };
+            if name == SPANS_FILE {
+                live_index = Some(file);
+            } else {
+                deletable.push(file);
+            }
+        }
+        self.spans_bytes = live_index.as_ref().map_or(0, |f| f.len);
+        if let Some(live) = live_index {
+            if live.len > self.limits.max_bytes / 4 {
+                let ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0);
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                let rotated = self
+                    .dir
+                    .join(format!("spans-{ms}-{}-{seq}.jsonl", self.pid));
+                // Another process may have rotated it first: then it is gone
+                // and the next listing sees the new name.
+                if fs::rename(&live.path, &rotated).is_ok() {
+                    self.spans_bytes = 0;
+                    deletable.push(Managed {
+                        path: rotated,
+                        ..live
+                    });
+                }
+            }
+        }
+        // Oldest first; the age limit, then the size limit.
+        deletable.sort_by(|a, b| (a.modified, &a.path).cmp(&(b.modified, &b.path)));
+        let cutoff = SystemTime::now()
+            .checked_sub(self.limits.max_age)
+            .unwrap_or(UNIX_EPOCH);
+        for file in deletable {
+            let too_old = file.modified < cutoff;
+            let too_big = total.saturating_add(incoming) > self.limits.max_bytes;
+            if !too_old && !too_big {
+                break;
+            }
+            match fs::remove_file(&file.path) {
+                Ok(()) => {
+                    total = total.saturating_sub(file.len);
+                    Counters::bump(&self.counters.files_evicted);
+                }
+                // Deleted by another process sharing the directory.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    total = total.saturating_sub(file.len);
+                }
+                Err(_) => {}
+            }
+        }
+        self.total = total;
     }
 
     /// Writes `DIR/<service>-<start_unix_ms>-<pid>-<seq>.pb.gz` atomically
@@ -89,8 +229,16 @@ impl DirSink {
 
 impl Sink for DirSink {
     fn send(&mut self, profile: &EncodedProfile) {
+        let len = profile.gzipped.len() as u64;
+        if !self.make_room(len) {
+            Counters::bump(&self.counters.write_errors);
+            return;
+        }
         match self.write_profile(&self.service, profile) {
-            Ok(_) => Counters::bump(&self.counters.files_written),
+            Ok(_) => {
+                self.total += len;
+                Counters::bump(&self.counters.files_written);
+            }
             Err(_) => Counters::bump(&self.counters.write_errors),
         }
     }
@@ -101,8 +249,17 @@ impl Sink for DirSink {
 
     fn index_spans(&mut self, records: &[SpanIndexRecord]) {
         let lines: Vec<String> = records.iter().map(SpanIndexRecord::to_line).collect();
+        let len: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
+        if !self.make_room(len) {
+            Counters::bump(&self.counters.write_errors);
+            return;
+        }
         match self.append_spans(&lines) {
-            Ok(()) => Counters::add(&self.counters.spans_recorded, lines.len() as u64),
+            Ok(()) => {
+                self.total += len;
+                self.spans_bytes += len;
+                Counters::add(&self.counters.spans_recorded, lines.len() as u64);
+            }
             Err(_) => Counters::bump(&self.counters.write_errors),
         }
     }
@@ -133,7 +290,11 @@ fn file_safe(service: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
+
+    const BIG: DirLimits = DirLimits {
+        max_bytes: 1 << 30,
+        max_age: Duration::from_secs(3600),
+    };
 
     fn tempdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
@@ -161,7 +322,7 @@ mod tests {
     #[test]
     fn writes_named_files_atomically() {
         let d = tempdir("files").join("nested");
-        let sink = DirSink::new(&d, "svc", Arc::default()).unwrap();
+        let sink = DirSink::new(&d, "svc", BIG, Arc::default()).unwrap();
         let pid = std::process::id();
         let a = sink
             .write_profile("ride/sharing app", &profile(b"one", 1_700_000_000_123))
@@ -192,7 +353,7 @@ mod tests {
     #[test]
     fn appends_span_lines() {
         let d = tempdir("spans");
-        let sink = DirSink::new(&d, "svc", Arc::default()).unwrap();
+        let sink = DirSink::new(&d, "svc", BIG, Arc::default()).unwrap();
         sink.append_spans(&[]).unwrap();
         assert!(!d.join(SPANS_FILE).exists());
         sink.append_spans(&["{\"a\":1}".into(), "{\"b\":2}".into()])
@@ -207,8 +368,8 @@ mod tests {
     fn bad_directory_is_a_clear_error() {
         let d = tempdir("file");
         fs::write(&d, b"not a dir").unwrap();
-        assert!(DirSink::new(&d.join("sub"), "svc", Arc::default()).is_err());
-        assert!(DirSink::new(&d, "svc", Arc::default()).is_err());
+        assert!(DirSink::new(&d.join("sub"), "svc", BIG, Arc::default()).is_err());
+        assert!(DirSink::new(&d, "svc", BIG, Arc::default()).is_err());
         fs::remove_file(&d).unwrap();
     }
 
@@ -216,7 +377,8 @@ mod tests {
     fn the_sink_counts_files_and_span_lines() {
         let d = tempdir("sink");
         let counters = Arc::new(Counters::default());
-        let mut sink: Box<dyn Sink> = Box::new(DirSink::new(&d, "svc", counters.clone()).unwrap());
+        let mut sink: Box<dyn Sink> =
+            Box::new(DirSink::new(&d, "svc", BIG, counters.clone()).unwrap());
         assert!(sink.keeps_span_index());
         sink.send(&profile(b"p", 1));
         let record = SpanIndexRecord {
@@ -232,6 +394,124 @@ mod tests {
         assert!(text
             .lines()
             .all(|l| SpanIndexRecord::from_line(l.as_bytes()).is_some()));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Bytes of the files the sink manages (profiles and span indexes).
+    fn managed_bytes(d: &Path) -> u64 {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                let n = e.file_name().into_string().unwrap();
+                (n.ends_with(".pb.gz") && !n.starts_with('.')) || is_span_index_file(&n)
+            })
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    fn small(max_bytes: u64) -> DirLimits {
+        DirLimits {
+            max_bytes,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn the_size_limit_holds_after_every_write_and_evicts_oldest_first() {
+        let d = tempdir("limit");
+        let counters = Arc::new(Counters::default());
+        let mut sink = DirSink::new(&d, "svc", small(64 * 1024), counters.clone()).unwrap();
+        // Not ours: never counted, never deleted.
+        fs::write(d.join("report.html"), vec![b'x'; 100 * 1024]).unwrap();
+        let body = vec![7u8; 5000];
+        for i in 0..60u64 {
+            sink.send(&profile(&body, 1_000 + i));
+            let used = managed_bytes(&d);
+            assert!(used <= 64 * 1024, "after write {i}: {used} bytes");
+        }
+        let stats = counters.snapshot();
+        assert_eq!(stats.files_written, 60);
+        assert_eq!(stats.write_errors, 0);
+        // 64 KiB hold 13 files of 5000 bytes: every write past that evicted one.
+        assert_eq!(stats.files_evicted, 60 - 13);
+        let mut kept: Vec<String> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".pb.gz"))
+            .collect();
+        kept.sort_by_key(|n| n.split('-').nth(1).unwrap().parse::<u64>().unwrap());
+        assert_eq!(kept.len(), 13);
+        assert!(kept[0].contains("-1047-"), "the newest survive: {kept:?}");
+        assert!(d.join("report.html").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn files_past_the_age_limit_are_deleted() {
+        let d = tempdir("age");
+        fs::create_dir_all(&d).unwrap();
+        let old = d.join("svc-1-1-0.pb.gz");
+        let rotated = d.join("spans-1-1-0.jsonl");
+        let hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+        for f in [&old, &rotated] {
+            fs::write(f, b"old").unwrap();
+            fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(hours_ago)
+                .unwrap();
+        }
+        let counters = Arc::new(Counters::default());
+        let mut sink = DirSink::new(&d, "svc", small(1 << 20), counters.clone()).unwrap();
+        sink.send(&profile(b"new", 5));
+        assert!(!old.exists() && !rotated.exists());
+        assert_eq!(counters.snapshot().files_evicted, 2);
+        assert_eq!(counters.snapshot().files_written, 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_large_span_index_is_rotated_and_stays_within_the_limit() {
+        let d = tempdir("rotate");
+        let counters = Arc::new(Counters::default());
+        let mut sink = DirSink::new(&d, "svc", small(64 * 1024), counters.clone()).unwrap();
+        let record = SpanIndexRecord {
+            span_id: "00000000000000ab".into(),
+            name: "GET /car".into(),
+            ..SpanIndexRecord::default()
+        };
+        let batch = vec![record; 20];
+        let mut recorded = 0;
+        for _ in 0..200 {
+            sink.index_spans(&batch);
+            recorded += 20;
+            let used = managed_bytes(&d);
+            assert!(used <= 64 * 1024, "{used} bytes");
+        }
+        let stats = counters.snapshot();
+        assert_eq!(stats.spans_recorded, recorded);
+        assert!(stats.files_evicted > 0, "old parts were evicted: {stats:?}");
+        let names: Vec<String> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().any(|n| n.starts_with("spans-")), "{names:?}");
+        assert!(names.iter().all(|n| is_span_index_file(n)), "{names:?}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_profile_larger_than_the_limit_is_skipped_and_counted() {
+        let d = tempdir("huge");
+        let counters = Arc::new(Counters::default());
+        let mut sink = DirSink::new(&d, "svc", small(64 * 1024), counters.clone()).unwrap();
+        sink.send(&profile(&vec![0u8; 65 * 1024], 1));
+        sink.send(&profile(b"fits", 2));
+        let stats = counters.snapshot();
+        assert_eq!((stats.files_written, stats.write_errors), (1, 1));
+        assert_eq!(managed_bytes(&d), 4);
         fs::remove_dir_all(&d).unwrap();
     }
 }

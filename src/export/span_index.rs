@@ -28,6 +28,12 @@ use crate::stats::Counters;
 /// Name of the span index inside the profiles directory.
 pub(crate) const SPANS_FILE: &str = "spans.jsonl";
 
+/// `true` for the live span index and for the older parts the directory
+/// sink rotated out of it (`spans-<unix_ms>-<pid>-<seq>.jsonl`).
+pub(crate) fn is_span_index_file(name: &str) -> bool {
+    name == SPANS_FILE || (name.starts_with("spans-") && name.ends_with(".jsonl"))
+}
+
 /// One line of the span index.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SpanIndexRecord {

@@ -3,8 +3,13 @@
 //! The collector adds every drained sample to a [`ProfileBuilder`]; at the
 //! end of the interval [`ProfileBuilder::finish`] symbolizes each distinct
 //! address once and hands the samples to the encoder.
+//!
+//! An interval keeps at most `max_span_ids` distinct span ids: a sample of a
+//! further span keeps its stack and `span_name` but loses `span_id` and
+//! `trace_id`, and is counted. With the stacks, that bounds the interval's
+//! memory and profile size at any span rate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -24,18 +29,27 @@ pub(crate) struct ProfileBuilder {
     stack_ids: HashMap<Box<[u64]>, usize>,
     counts: HashMap<(usize, SpanLabels), u64>,
     samples: u64,
+    /// Distinct span ids kept so far, at most `max_span_ids`.
+    span_ids: HashSet<u64>,
+    max_span_ids: usize,
+    /// Samples whose span labels were dropped by the cap.
+    span_id_overflows: u64,
 }
 
 impl ProfileBuilder {
     /// An empty profile for the interval starting at `start`; every sample
-    /// stands for `period_nanos` of CPU time.
-    pub(crate) fn new(start: SystemTime, period_nanos: i64) -> Self {
+    /// stands for `period_nanos` of CPU time; at most `max_span_ids`
+    /// distinct span ids keep their label.
+    pub(crate) fn new(start: SystemTime, period_nanos: i64, max_span_ids: usize) -> Self {
         ProfileBuilder {
             start,
             period_nanos,
             stack_ids: HashMap::new(),
             counts: HashMap::new(),
             samples: 0,
+            span_ids: HashSet::new(),
+            max_span_ids,
+            span_id_overflows: 0,
         }
     }
 
@@ -46,10 +60,15 @@ impl ProfileBuilder {
     /// their leaf side (one frame less on a profiler thread, whose root
     /// frame the encoder adds). An empty stack is kept as a sample without
     /// locations.
-    pub(crate) fn add(&mut self, labels: SpanLabels, frames: &[u64], count: u64) {
+    ///
+    /// Returns the labels the sample was kept with: `labels`, or `labels`
+    /// without `span_id` and `trace_id` once the interval holds
+    /// `max_span_ids` other span ids.
+    pub(crate) fn add(&mut self, labels: SpanLabels, frames: &[u64], count: u64) -> SpanLabels {
         if count == 0 {
-            return;
+            return labels;
         }
+        let labels = self.cap_span_id(labels, count);
         let depth = MAX_STACK_DEPTH - usize::from(labels.thread.is_some());
         let stack = &frames[..frames.len().min(depth)];
         let id = match self.stack_ids.get(stack) {
@@ -63,6 +82,31 @@ impl ProfileBuilder {
         let total = self.counts.entry((id, labels)).or_insert(0);
         *total = total.saturating_add(count);
         self.samples = self.samples.saturating_add(count);
+        labels
+    }
+
+    /// `labels`, or its stack-and-name part past the span id cap.
+    fn cap_span_id(&mut self, labels: SpanLabels, count: u64) -> SpanLabels {
+        if labels.span_id == 0 || self.span_ids.contains(&labels.span_id) {
+            return labels;
+        }
+        if self.span_ids.len() < self.max_span_ids {
+            self.span_ids.insert(labels.span_id);
+            return labels;
+        }
+        self.span_id_overflows = self.span_id_overflows.saturating_add(count);
+        SpanLabels::new(0, 0, labels.name_id)
+    }
+
+    /// Distinct (stack, labels) entries.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Samples that lost their span id to the cap so far.
+    pub(crate) fn span_id_overflows(&self) -> u64 {
+        self.span_id_overflows
     }
 
     /// Total samples added (the sum of `count`s).

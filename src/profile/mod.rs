@@ -39,6 +39,51 @@ mod tests;
 pub(crate) use aggregate::ProfileBuilder;
 pub(crate) use symbolize::Symbolizer;
 
+/// What [`encode_synthetic`] measured.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SyntheticEncoding {
+    /// Symbolizing, encoding and gzipping the interval.
+    pub(crate) elapsed: std::time::Duration,
+    /// Gzipped bytes of all its profiles.
+    pub(crate) bytes: usize,
+    /// Profiles it was split into.
+    pub(crate) profiles: usize,
+}
+
+/// For the by-hand measurement of encoding against the number of distinct
+/// (stack, labels) pairs in one interval (`tests.rs`, `pairs_curve`).
+///
+/// Adds `pairs` samples, each with its own span id, over `stacks` distinct
+/// stacks of `depth` frames (addresses inside this crate's code, so that
+/// symbolization looks them up), then times [`ProfileBuilder::finish`].
+/// The symbol cache is kept across calls, as the collector keeps it across
+/// intervals: only the first call loads debug info.
+#[cfg(test)]
+pub(crate) fn encode_synthetic(pairs: usize, stacks: usize, depth: usize) -> SyntheticEncoding {
+    let base = encode_synthetic as *const () as u64;
+    let stacks = stacks.max(1);
+    let mut builder = ProfileBuilder::new(SystemTime::now(), 10_000_000, pairs.max(1));
+    let mut frames = Vec::with_capacity(depth);
+    for i in 0..pairs {
+        frames.clear();
+        let s = (i % stacks) as u64;
+        frames.extend((0..depth as u64).map(|k| base + ((s * 31 + k * 7) % 4096) * 4));
+        let labels = crate::context::SpanLabels::new(i as u64 + 1, 0, 0);
+        builder.add(labels, &frames, 1);
+    }
+    static SYMBOLIZER: std::sync::Mutex<Option<Symbolizer>> = std::sync::Mutex::new(None);
+    let mut cache = crate::sync::lock(&SYMBOLIZER);
+    let symbolizer = cache.get_or_insert_with(Symbolizer::default);
+    let start = std::time::Instant::now();
+    let out = builder.finish(SystemTime::now(), symbolizer);
+    SyntheticEncoding {
+        elapsed: start.elapsed(),
+        bytes: out.iter().map(|p| p.gzipped.len()).sum(),
+        profiles: out.len(),
+    }
+}
+
 /// One gzipped pprof profile, ready for a sink.
 #[derive(Clone, Debug)]
 pub(crate) struct EncodedProfile {

@@ -317,7 +317,7 @@ fn encoder_round_trips_and_the_double_accepts_it() {
             case.set(case.get() + 1);
             let start = SystemTime::now();
             let end = start + Duration::from_secs(10);
-            let mut builder = ProfileBuilder::new(start, period);
+            let mut builder = ProfileBuilder::new(start, period, usize::MAX);
             for (stack, labels, count) in &samples {
                 builder.add(*labels, stack, *count);
             }
@@ -373,7 +373,7 @@ fn intervals_past_the_sample_limit_split_and_round_trip() {
                 .collect();
             let start = SystemTime::now();
             let end = start + Duration::from_secs(10);
-            let mut builder = ProfileBuilder::new(start, 10_000_000);
+            let mut builder = ProfileBuilder::new(start, 10_000_000, usize::MAX);
             for (stack, labels, count) in &samples {
                 builder.add(*labels, stack, *count);
             }

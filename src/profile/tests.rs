@@ -82,7 +82,7 @@ mod encoding {
 
     fn build_labelled() -> (Vec<EncodedProfile>, u32) {
         let name_id = context::intern_name("GET /car");
-        let mut b = ProfileBuilder::new(at(1_700_000_000), PERIOD);
+        let mut b = ProfileBuilder::new(at(1_700_000_000), PERIOD, 1_000_000);
         assert!(b.is_empty());
         let stack = real_stack();
         let span = SpanLabels::new(
@@ -100,6 +100,60 @@ mod encoding {
         assert!(!b.is_empty());
         let mut sym = Symbolizer::new();
         (b.finish(at(1_700_000_010), &mut sym), name_id)
+    }
+
+    #[test]
+    fn span_ids_past_the_cap_keep_stack_and_name_but_lose_the_id() {
+        let name_id = context::intern_name("capped");
+        let stack = real_stack();
+        let mut b = ProfileBuilder::new(at(100), PERIOD, 3);
+        // Ten spans, each sampled twice (the second time once more after
+        // the cap is full: a kept span keeps its id for the whole interval).
+        for id in 1..=10u64 {
+            let kept = b.add(SpanLabels::new(id, 0xabc, name_id), &stack, 1);
+            assert_eq!(kept.span_id, if id <= 3 { id } else { 0 }, "span {id}");
+            assert_eq!(kept.trace_id, if id <= 3 { 0xabc } else { 0 });
+            assert_eq!(kept.name_id, name_id);
+        }
+        for id in 1..=10u64 {
+            b.add(SpanLabels::new(id, 0xabc, name_id), &stack, 2);
+        }
+        assert_eq!(b.span_id_overflows(), 7 * 3);
+        assert_eq!(b.samples(), 30);
+        // One entry per kept span plus one for all the overflowed ones:
+        // memory does not grow with the number of spans past the cap.
+        for id in 11..=10_000u64 {
+            b.add(SpanLabels::new(id, 0, name_id), &stack, 1);
+        }
+        assert_eq!(
+            b.entries(),
+            3 + 1,
+            "the kept ids, and the name without an id"
+        );
+        let mut sym = Symbolizer::new();
+        let out = b.finish(at(110), &mut sym);
+        let mut ids = std::collections::BTreeSet::new();
+        let (mut named_without_id, mut total) = (0, 0);
+        for e in &out {
+            let p = decode_gzipped(&e.gzipped).unwrap();
+            for s in &p.sample {
+                let labels = labels_of(&p, s);
+                total += s.value[0];
+                match labels.iter().find(|(k, _)| k == "span_id") {
+                    Some((_, v)) => {
+                        ids.insert(v.clone());
+                    }
+                    None => {
+                        assert!(labels.contains(&("span_name".into(), "capped".into())));
+                        assert!(!labels.iter().any(|(k, _)| k == "trace_id"));
+                        named_without_id += s.value[0];
+                    }
+                }
+            }
+        }
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(total, 30 + 9_990);
+        assert_eq!(named_without_id, 21 + 9_990);
     }
 
     #[test]
@@ -216,7 +270,7 @@ mod encoding {
             ..span
         };
         let stack = real_stack();
-        let mut b = ProfileBuilder::new(at(100), PERIOD);
+        let mut b = ProfileBuilder::new(at(100), PERIOD, usize::MAX);
         b.add(SpanLabels::NONE, &stack, 1);
         b.add(span, &stack, 2);
         b.add(collector, &stack, 3);
@@ -304,7 +358,7 @@ mod encoding {
 
     #[test]
     fn empty_interval_gives_no_profile() {
-        let b = ProfileBuilder::new(at(10), PERIOD);
+        let b = ProfileBuilder::new(at(10), PERIOD, 1_000_000);
         let mut sym = Symbolizer::new();
         assert!(b.finish(at(20), &mut sym).is_empty());
     }
@@ -417,7 +471,7 @@ mod encoding {
 
     #[test]
     fn splits_more_than_16000_samples() {
-        let mut b = ProfileBuilder::new(at(100), PERIOD);
+        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
         let leaf = addr_of(leaf_function_for_profile_test);
         let caller = addr_of(caller_function_for_profile_test);
         let n = 40_000u64;
@@ -451,7 +505,7 @@ mod encoding {
     #[test]
     fn splits_profiles_larger_than_4_mib() {
         // 2000 samples of 200 distinct frames each: far over 4 MiB at once.
-        let mut b = ProfileBuilder::new(at(100), PERIOD);
+        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
         let mut stack = vec![0u64; 200];
         for i in 0..2000u64 {
             for (j, f) in stack.iter_mut().enumerate() {
@@ -489,7 +543,7 @@ mod encoding {
 
     #[test]
     fn truncates_deep_stacks_keeping_the_leaf() {
-        let mut b = ProfileBuilder::new(at(100), PERIOD);
+        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
         let stack: Vec<u64> = (0..1500u64).map(|i| 0x2000_0000 + i * 32).collect();
         b.add(SpanLabels::NONE, &stack, 1);
         // Same first 1000 frames: aggregated with the truncated one.
@@ -511,7 +565,7 @@ mod encoding {
     #[test]
     fn leaf_and_return_addresses_are_distinct_locations() {
         let leaf = addr_of(leaf_function_for_profile_test);
-        let mut b = ProfileBuilder::new(at(100), PERIOD);
+        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
         // The same address as a leaf pc and as a return address.
         b.add(SpanLabels::NONE, &[leaf + 1], 1);
         b.add(SpanLabels::NONE, &[leaf + 100, leaf + 1], 1);
@@ -573,7 +627,7 @@ mod bench {
         let mut sym = Symbolizer::new();
         for round in 0..3 {
             let t = Instant::now();
-            let mut b = ProfileBuilder::new(UNIX_EPOCH, 10_000_000);
+            let mut b = ProfileBuilder::new(UNIX_EPOCH, 10_000_000, 1_000_000);
             for i in 0..8000usize {
                 let labels = SpanLabels::new((i % 50) as u64 + 1, (i % 50) as u128 + 7, 0);
                 b.add(labels, &stacks[(i * 13) % stacks.len()], 1);
@@ -586,6 +640,29 @@ mod bench {
             println!(
                 "round {round}: add 8000 samples {added:?}, finish {finished:?}, {} profile(s), {bytes} bytes gzipped",
                 out.len()
+            );
+        }
+    }
+
+    /// Encode time and size by distinct (stack, labels) pairs in one
+    /// interval: N span ids over min(N, 1000) stacks of 16 frames.
+    /// `cargo test --release --lib profile::tests::bench::pairs_curve -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn pairs_curve() {
+        // Warm the symbol cache (the collector keeps it across intervals).
+        let _ = super::super::encode_synthetic(1000, 1000, 16);
+        println!("| pairs | encode time | per pair | gzipped size | per pair | profiles |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for n in [1_000usize, 10_000, 100_000, 1_000_000] {
+            let e = super::super::encode_synthetic(n, n.min(1000), 16);
+            println!(
+                "| {n} | {:.1} ms | {:.2} µs | {:.1} KiB | {:.1} B | {} |",
+                e.elapsed.as_secs_f64() * 1e3,
+                e.elapsed.as_secs_f64() * 1e6 / n as f64,
+                e.bytes as f64 / 1024.0,
+                e.bytes as f64 / n as f64,
+                e.profiles
             );
         }
     }

@@ -10,7 +10,7 @@ use prost::Message;
 
 use crate::context::keys;
 use crate::error::{Error, ErrorKind};
-use crate::export::span_index::{normalize_hex, SpanIndexRecord, SPANS_FILE};
+use crate::export::span_index::{is_span_index_file, normalize_hex, SpanIndexRecord};
 use crate::profile::proto;
 
 /// Decompressed profiles larger than this are skipped (Pyroscope itself
@@ -128,6 +128,7 @@ pub(super) fn load(dir: &Path) -> Result<Data, Error> {
         )
     })?;
     let mut pprof_files = Vec::new();
+    let mut span_files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| {
             os_error(
@@ -139,12 +140,18 @@ pub(super) fn load(dir: &Path) -> Result<Data, Error> {
         // Temporary files (written, then renamed) start with a dot.
         if name.ends_with(".pb.gz") && !name.starts_with('.') {
             pprof_files.push(entry.path());
+        } else if is_span_index_file(&name) {
+            span_files.push(entry.path());
         }
     }
     pprof_files.sort();
+    // Rotated parts (`spans-<ms>-…`) sort before the live `spans.jsonl`.
+    span_files.sort();
 
     let mut data = Data::default();
-    read_spans(&dir.join(SPANS_FILE), &mut data)?;
+    for path in &span_files {
+        read_spans(path, &mut data)?;
+    }
     for path in pprof_files {
         match read_profile(&path) {
             Ok(profile) => add_profile(&mut data, path, &profile),
