@@ -230,6 +230,11 @@ fn labels() {
     bad(var, "span_id=x", "reserved");
     bad(var, "span_name=x", "reserved");
     bad(var, "trace_id=x", "reserved");
+    // The server turns '.' into '_' and then rejects duplicates.
+    bad(var, "span.name=x", "becomes \"span_name\"");
+    bad(var, "service.name=x", "becomes \"service_name\"");
+    bad(var, "process.runtime.name=x", "reserved");
+    bad(var, "a.b=1,a_b=2", "both become \"a_b\"");
     bad(var, "a=", "1 to 2048");
     bad(var, "a=1,a=2", "repeated");
     let labels = |n: usize| {
