@@ -1094,8 +1094,10 @@ pub(crate) mod tests {
         let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
         let sp = base + 20 * 1024;
         assert_eq!(unwind::plan(&maps, sp, base + 6 * 1024), Plan::LeafOnly);
-        // The same sp with the handler's frame 17 KiB up: room to unwind.
-        assert_eq!(unwind::plan(&maps, sp, base + 17 * 1024), Plan::Unwind);
+        // The handler's frame just above the headroom it needs (16 KiB in
+        // release): room to unwind.
+        let frame = base + unwind::HANDLER_HEADROOM + 1024;
+        assert_eq!(unwind::plan(&maps, frame - 4096, frame), Plan::Unwind);
     }
 
     #[test]

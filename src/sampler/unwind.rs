@@ -155,9 +155,14 @@ fn stack_limit() -> Option<u64> {
 }
 
 /// Stack the handler needs below its own frame to unwind safely (measured
-/// ~9 KiB, with margin). Checked by the caller *before* calling
-/// [`unwind`], whose own frame holds the unwinder's state.
-pub(crate) const HANDLER_HEADROOM: u64 = 16 * 1024;
+/// ~9 KiB in an optimised build, with margin; an unoptimised build's frames
+/// are several times larger, so it asks for more). Checked by the caller
+/// *before* calling [`unwind`], whose own frame holds the unwinder's state.
+pub(crate) const HANDLER_HEADROOM: u64 = if cfg!(debug_assertions) {
+    96 * 1024
+} else {
+    16 * 1024
+};
 
 /// What a handler may do with the interrupted stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
