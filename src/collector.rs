@@ -349,11 +349,12 @@ mod linux {
             if builder.is_empty() {
                 return;
             }
-            // The debug info stays loaded: releasing it after each interval
-            // saves tens of MB of file-backed RSS, but the next interval with
-            // a new address reads it all again (tens of ms of CPU, and RSS
-            // swinging by the same tens of MB).
-            for profile in builder.finish(end, symbolizer) {
+            let profiles = builder.finish(end, symbolizer);
+            // The debug info is read again only for addresses not seen
+            // before: most intervals need none, and it would otherwise stay
+            // in memory (tens of MB for a large binary) for good.
+            symbolizer.release_debug_info();
+            for profile in profiles {
                 Counters::bump(&self.counters.profiles);
                 tracing::debug!(
                     target: "tracing_pyroscope",

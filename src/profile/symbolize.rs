@@ -226,6 +226,9 @@ mod stub {
                 mapping: None,
             })
         }
+
+        /// Nothing is loaded here.
+        pub(crate) fn release_debug_info(&mut self) {}
     }
 }
 
@@ -332,6 +335,27 @@ mod linux {
             }
             self.cache.insert(probe, resolved.clone());
             resolved
+        }
+
+        /// Drops the debug info read so far (parsed DWARF, symbol tables
+        /// and the objects' file mappings), keeping the resolved addresses:
+        /// between intervals the process does not carry the debug info, and
+        /// it is read again only for an address not seen before.
+        pub(crate) fn release_debug_info(&mut self) {
+            for object in &mut self.objects {
+                if let Some(Some(_)) = object.loader {
+                    object.loader = None;
+                }
+            }
+        }
+
+        /// Objects whose debug info is in memory.
+        #[cfg(test)]
+        pub(crate) fn loaded_objects(&self) -> usize {
+            self.objects
+                .iter()
+                .filter(|o| matches!(o.loader, Some(Some(_))))
+                .count()
         }
 
         /// Number of cached addresses (for tests and stats).
@@ -767,6 +791,25 @@ mod tests {
         assert_eq!(lookup_address(addr + 1, true), addr);
         assert_eq!(lookup_address(addr, false), addr);
         assert_eq!(lookup_address(0, true), 0);
+    }
+
+    #[test]
+    fn releasing_debug_info_keeps_results_and_reloads_for_new_addresses() {
+        let mut sym = Symbolizer::new();
+        let first = symbolizer_target_function as *const () as usize as u64;
+        let before = sym.resolve(first);
+        let loaded = |s: &Symbolizer| s.loaded_objects();
+        assert_eq!(loaded(&sym), 1);
+        sym.release_debug_info();
+        assert_eq!(loaded(&sym), 0);
+        // A cached address needs no debug info.
+        assert_eq!(sym.resolve(first).frames, before.frames);
+        assert_eq!(loaded(&sym), 0);
+        // A new one reads it again, with the same result as before.
+        let f: fn() -> u32 = std::process::id;
+        let r = sym.resolve(f as *const () as usize as u64);
+        assert_eq!(&*outermost(&r).name, "std::process::id", "{:?}", r.frames);
+        assert_eq!(loaded(&sym), 1);
     }
 
     #[test]
