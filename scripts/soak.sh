@@ -141,7 +141,10 @@ while kill -0 "$demo_pid" 2>/dev/null; do
       fi
     fi
   done
-  if [ "$now" -ge "$next" ] && [ "$now" -le "$duration_s" ]; then
+  if [ "$now" -ge "$next" ] && [ "$next" -le "$duration_s" ]; then
+    # Each sample is filed under its scheduled time (the 1 s loop may run
+    # a second late on a busy machine).
+    at=$next
     next=$((next + every_s))
     rss_line=""
     for pid in $(printf '%s\n' "${!names[@]}" | sort -n); do
@@ -151,11 +154,11 @@ while kill -0 "$demo_pid" 2>/dev/null; do
       name=${names[$pid]}
       rss_line+="${rss_line:+,}$name:$kb"
       [ -n "${SOAK_RSS_PARTS:-}" ] && echo "  $name $(rss_parts "$pid")" >&2
-      series[$name]+=" $now:$kb"
+      series[$name]+=" $at:$kb"
     done
     current_phase=$(awk '/^PHASE /{p=$2} END{print p}' "$work/server.err")
     progress=$(grep -v '^$' "$work/demo.err" | tail -n 1 | tr -d '\r')
-    echo "SOAK t=$now phase=$current_phase rss_kb=$rss_line | $progress"
+    echo "SOAK t=$at phase=$current_phase rss_kb=$rss_line | $progress"
   fi
 done
 set +e

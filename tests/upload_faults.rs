@@ -381,26 +381,46 @@ fn check_with_pprof(double: &PyroscopeDouble) {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
+)]
 fn server_down() {
     run_fault(Fault::Down, Expect::Failing);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
+)]
 fn server_refusing_connections() {
     run_fault(Fault::Refuse, Expect::Failing);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
+)]
 fn server_answering_in_5s() {
     run_fault(Fault::Delay(Duration::from_secs(5)), Expect::Slow);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
+)]
 fn server_500() {
     run_fault(Fault::Status(500), Expect::Failing);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
+)]
 fn server_429_with_retry_after() {
     run_fault(
         Fault::TooManyRequests {
@@ -411,11 +431,19 @@ fn server_429_with_retry_after() {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
+)]
 fn server_413() {
     run_fault(Fault::Status(413), Expect::FailingNoRetry);
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
+)]
 fn server_400() {
     run_fault(Fault::Status(400), Expect::FailingNoRetry);
 }

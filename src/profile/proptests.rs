@@ -347,6 +347,10 @@ fn encoder_round_trips_and_the_double_accepts_it() {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "32000 samples through an unoptimized encoder and decoder take minutes; scripts/test.sh runs it in release (seconds)"
+)]
 fn intervals_past_the_sample_limit_split_and_round_trip() {
     let double = PyroscopeDouble::start();
     let symbolizer = RefCell::new(Symbolizer::new());
