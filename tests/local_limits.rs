@@ -213,20 +213,16 @@ fn the_directory_never_passes_its_size_limit() {
         }
     });
     // The collector may lag on a busy machine: give it time to catch up.
-    let waited = std::time::Instant::now();
-    while guard.stats().files_written < 20 && waited.elapsed() < std::time::Duration::from_secs(20)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let stats = guard.stats();
+    let stats = wait_for(&guard, |s| s.files_evicted > 0);
     drop(guard);
     done.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
     let after = managed_bytes(&dir);
     let peak = peak.load(Ordering::Relaxed).max(after);
     assert!(peak <= LIMIT, "the directory reached {peak} bytes");
-    assert!(stats.files_written >= 20, "{stats:?}");
+    // The limit was reached: files were deleted to stay below it.
     assert!(stats.files_evicted > 0, "{stats:?}");
+    assert!(stats.files_written > 0, "{stats:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

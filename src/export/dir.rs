@@ -142,7 +142,12 @@ impl DirSink {
         }
         self.spans_bytes = live_index.as_ref().map_or(0, |f| f.len);
         if let Some(live) = live_index {
-            if live.len > self.limits.max_bytes / 4 {
+            // Rotate the live index when it is large, or when nothing else
+            // could make room: its parts can then be deleted like profiles.
+            let others: u64 = deletable.iter().map(|f| f.len).sum();
+            let no_room =
+                total.saturating_sub(others).saturating_add(incoming) > self.limits.max_bytes;
+            if live.len > self.limits.max_bytes / 4 || no_room {
                 let ms = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_millis())
@@ -499,6 +504,33 @@ mod tests {
             .collect();
         assert!(names.iter().any(|n| n.starts_with("spans-")), "{names:?}");
         assert!(names.iter().all(|n| is_span_index_file(n)), "{names:?}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_live_index_makes_room_when_nothing_else_can() {
+        let d = tempdir("live");
+        let counters = Arc::new(Counters::default());
+        let mut sink = DirSink::new(&d, "svc", small(64 * 1024), counters.clone()).unwrap();
+        // 15 KiB of index: below the rotation size (a quarter of the limit).
+        let record = SpanIndexRecord {
+            span_id: "00000000000000ab".into(),
+            name: "x".repeat(150),
+            ..SpanIndexRecord::default()
+        };
+        sink.index_spans(&vec![record; 45]);
+        let index = fs::metadata(d.join(SPANS_FILE)).unwrap().len();
+        assert!((10_000..16_384).contains(&index), "{index}");
+        // A profile that fits only without it.
+        sink.send(&profile(&vec![1u8; 55 * 1024], 1));
+        let stats = counters.snapshot();
+        assert_eq!(
+            (stats.files_written, stats.write_errors),
+            (1, 0),
+            "{stats:?}"
+        );
+        assert_eq!(stats.files_evicted, 1, "the rotated index");
+        assert!(managed_bytes(&d) <= 64 * 1024);
         fs::remove_dir_all(&d).unwrap();
     }
 
