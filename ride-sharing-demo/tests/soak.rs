@@ -1,16 +1,19 @@
 //! The soak, short: `scripts/soak.sh` runs the demo for 60 s against its
 //! loopback fault server, with each fault (down, refusing, slow, 500, 429
-//! with `Retry-After`) lasting 8 s, and RSS read every 5 s. The load
-//! generator sends 40 orders/s (4× the demo's default) so that warm-up
-//! (the symbolizer's first parses of debug info, buffers reaching their
-//! working size) is over within the first 15 s; at 10 orders/s it takes
-//! about a minute, which is why the 10-minute soak measures growth after
-//! its first minute. Checks:
+//! with `Retry-After`) lasting 2 s, so that the first 15 s (the warm-up)
+//! already meet every fault once and the rest of the run meets each of them
+//! three times more. RSS is read every second. The load generator sends 40
+//! orders/s (4× the demo's default) so that warm-up (the symbolizer's first
+//! parses of debug info, buffers reaching their working size) is over
+//! within those 15 s. Checks:
 //! - no process crashes and the demo exits 0;
-//! - every process's RSS grows at most 5 % after the first 15 s: at the
-//!   end it is within 5 % of the highest it reached in those 15 s (the
-//!   highest in between, `max_pct`, is printed too: it includes the
-//!   kernel's coming and going file-backed pages of the binary);
+//! - every process's RSS, and its anonymous part (the heap: what a leak
+//!   grows), grows by at most 5 % after the first 15 s. Each side is the
+//!   median of the readings in a 5 s window, the last of the warm-up and the
+//!   last of the run: the profiler's RSS moves within each upload interval
+//!   (debug info is read to symbolize, and released after), so a single
+//!   reading can land on either end of that cycle. The highest readings on
+//!   each side are printed too (`max_pct`);
 //! - the fault server went through every fault and answered requests in
 //!   each, so the profiler really ran into all of them.
 //!
@@ -23,27 +26,18 @@ const PROCESSES: [&str; 4] = ["us-east", "eu-north", "ap-south", "load"];
 const MAX_GROWTH_PCT: f64 = 5.0;
 
 #[test]
-#[ignore = "not yet within its bound: in our 60 s runs RSS grew 5.9–9.6% after the first 15 s (80–84 MB, still rising through the fault phases); the 10-minute `scripts/soak.sh` is the evidence until this holds"]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "the soak's bounds are for optimized code (an unoptimized demo does not warm up within 15 s); scripts/test.sh runs it in release"
+)]
 fn sixty_second_soak_keeps_rss_flat_and_survives_every_fault() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let output = Command::new("bash")
         .arg(format!("{root}/scripts/soak.sh"))
-        .args([
-            "--duration",
-            "60s",
-            "--every",
-            "5s",
-            "--phase",
-            "8s",
-            "--rate",
-            "40",
-        ])
-        .args([
-            "--settle",
-            "15s",
-            "--bin",
-            env!("CARGO_BIN_EXE_ride-sharing-demo"),
-        ])
+        .args(["--duration", "60s", "--every", "5s"])
+        .args(["--phase", "2s", "--slow", "1s", "--rate", "40"])
+        .args(["--settle", "15s", "--window", "5s"])
+        .args(["--bin", env!("CARGO_BIN_EXE_ride-sharing-demo")])
         .env_remove("PYROSCOPE_PROFILES_DIR")
         .env_remove("PYROSCOPE_PROFILING_ENABLED")
         .env_remove("PYROSCOPE_LABELS")
@@ -67,15 +61,19 @@ fn sixty_second_soak_keeps_rss_flat_and_survives_every_fault() {
             .lines()
             .find(|l| l.starts_with(&format!("SOAK_GROWTH {name} ")))
             .unwrap_or_else(|| panic!("no RSS figures for {name}"));
-        let growth_pct: f64 = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("last_pct="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no last_pct in {line:?}"));
-        assert!(
-            growth_pct <= MAX_GROWTH_PCT,
-            "{name}: RSS grew {growth_pct}% after the first 15 s: {line}"
-        );
+        let pct = |key: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        for key in ["last_pct=", "anon_pct="] {
+            let growth = pct(key);
+            assert!(
+                growth <= MAX_GROWTH_PCT,
+                "{name}: RSS ({key}) grew {growth}% after the first 15 s: {line}"
+            );
+        }
     }
 
     let server = stderr
