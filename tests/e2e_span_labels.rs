@@ -11,17 +11,17 @@
 //!
 //! One profiler runs at a time in a process, so the tests take turns.
 
+#[macro_use]
 mod cpu_clock;
 mod pprof_tool;
 
 use std::collections::{BTreeMap, HashMap};
-use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cpu_clock::thread_cpu_nanos;
+use cpu_clock::BURN_CPU_NANOS;
 use tracing::Instrument;
 use tracing_pyroscope::context;
 use tracing_subscriber::prelude::*;
@@ -29,28 +29,6 @@ use tracing_subscriber::prelude::*;
 const RATE: u32 = 250;
 
 static ONE_PROFILER: Mutex<()> = Mutex::new(());
-static BURN_CPU_NANOS: AtomicU64 = AtomicU64::new(0);
-
-macro_rules! burners {
-    ($($name:ident = $salt:expr),* $(,)?) => {
-        $(
-            #[inline(never)]
-            fn $name(nanos: u64) -> u64 {
-                let start = thread_cpu_nanos();
-                let end = start + nanos;
-                let mut x: u64 = $salt;
-                while thread_cpu_nanos() < end {
-                    for _ in 0..1000 {
-                        x = black_box(x.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add($salt));
-                    }
-                }
-                BURN_CPU_NANOS.fetch_add(thread_cpu_nanos() - start, Ordering::Relaxed);
-                x
-            }
-        )*
-    };
-}
-
 burners!(
     burn_vehicle_00 = 3,
     burn_vehicle_01 = 5,

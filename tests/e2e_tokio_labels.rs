@@ -6,13 +6,13 @@
 //! carry the span id of the root that ran it, which must equal the exported
 //! OTel span's `pyroscope.profile.id`.
 
+#[macro_use]
 mod cpu_clock;
 mod pprof_tool;
 
-use cpu_clock::thread_cpu_nanos;
+use cpu_clock::BURN_CPU_NANOS;
 use std::collections::HashMap;
-use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -24,29 +24,6 @@ const RATE: u32 = 250;
 const TASKS: usize = 24;
 const BURSTS: usize = 40;
 const BURST_NANOS: u64 = 3_000_000;
-
-static BURN_CPU_NANOS: AtomicU64 = AtomicU64::new(0);
-
-macro_rules! burners {
-    ($($name:ident = $salt:expr),* $(,)?) => {
-        $(
-            #[inline(never)]
-            fn $name(nanos: u64) -> u64 {
-                let start = thread_cpu_nanos();
-                let end = start + nanos;
-                let mut x: u64 = $salt;
-                while thread_cpu_nanos() < end {
-                    for _ in 0..1000 {
-                        x = black_box(x.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add($salt));
-                    }
-                }
-                BURN_CPU_NANOS.fetch_add(thread_cpu_nanos() - start, Ordering::Relaxed);
-                x
-            }
-        )*
-        const BURNERS: &[(&str, fn(u64) -> u64)] = &[$((stringify!($name), $name)),*];
-    };
-}
 
 burners!(
     burn_task_00 = 3,

@@ -32,29 +32,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Issue 9: one process creates at most 500 series with default settings.
 const SERIES_BUDGET: usize = 500;
 
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 #[inline(never)]
 fn burn(cpu: Duration) -> u64 {
-    let end = thread_cpu() + cpu;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    while thread_cpu() < end {
-        for i in 0..1000 {
-            x = black_box(x ^ i)
-                .wrapping_mul(0x2545_f491_4f6c_dd1d)
-                .rotate_left(17);
-        }
-    }
-    x
+    black_box(common::spin_for(cpu))
 }
 
 /// Starts the profiler against `double` with `configure` applied, runs one

@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::pyroscope_double::{Fault, PyroscopeDouble};
-use common::wait_until;
+use common::{thread_cpu, wait_until};
 use tracing_subscriber::prelude::*;
 
 /// One profiler per process, and quiet timing: one test at a time.
@@ -74,17 +74,6 @@ fn calibrate(target: Duration) -> u64 {
         }
         rounds *= 4;
     }
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Wall and thread CPU time of each unit of work.

@@ -10,3 +10,40 @@ pub fn thread_cpu_nanos() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// CPU time (ns) spent in the functions made by [`burners!`], summed over
+/// threads: the ground truth the samples are counted against.
+#[allow(dead_code)]
+pub static BURN_CPU_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `burners!(name = salt, ...)` defines one `#[inline(never)]` function
+/// per name, `fn name(nanos: u64) -> u64`, that burns `nanos` of the
+/// calling thread's CPU time and adds what it used to [`BURN_CPU_NANOS`].
+/// Each has its own salt, so that no two fold into one. `BURNERS` lists
+/// them with their names.
+#[allow(unused_macros)]
+macro_rules! burners {
+    ($($name:ident = $salt:expr),* $(,)?) => {
+        $(
+            #[inline(never)]
+            fn $name(nanos: u64) -> u64 {
+                let start = $crate::cpu_clock::thread_cpu_nanos();
+                let end = start + nanos;
+                let mut x: u64 = $salt;
+                while $crate::cpu_clock::thread_cpu_nanos() < end {
+                    for _ in 0..1000 {
+                        x = ::std::hint::black_box(x.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add($salt));
+                    }
+                }
+                $crate::cpu_clock::BURN_CPU_NANOS.fetch_add(
+                    $crate::cpu_clock::thread_cpu_nanos() - start,
+                    ::std::sync::atomic::Ordering::Relaxed,
+                );
+                x
+            }
+        )*
+        /// Every burner, with its name.
+        #[allow(dead_code)]
+        const BURNERS: &[(&str, fn(u64) -> u64)] = &[$((stringify!($name), $name)),*];
+    };
+}
