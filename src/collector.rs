@@ -93,6 +93,10 @@ impl Drop for ProfilerGuard {
 const DRAIN_PERIOD: Duration = Duration::from_millis(100);
 /// Most span ids whose CPU samples are tallied for the span index.
 const MAX_TALLIED_SPANS: usize = 100_000;
+/// Intervals a span's tally is kept after its last sample while its index
+/// record has not come: spans that never close (or whose record was
+/// dropped) must not fill the tally for good.
+const TALLY_INTERVALS: u32 = 6;
 /// Closed root spans without CPU samples indexed per second: a bounded
 /// sample of them, so the report still shows that such spans ran.
 pub(crate) const UNSAMPLED_SPANS_PER_SEC: f64 = 100.0;
@@ -101,6 +105,48 @@ const UNSAMPLED_SPANS_BURST: f64 = 1000.0;
 /// Headroom kept inside the shutdown timeout for the steps around the
 /// sinks' flush.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
+
+/// CPU samples per root span id, kept until the span's index record comes
+/// (one drain after the span closed). Bounded twice: at most
+/// [`MAX_TALLIED_SPANS`] ids, and an id without a sample for
+/// [`TALLY_INTERVALS`] intervals is forgotten, so spans that never close,
+/// or whose record was dropped at the queue's bound, cannot fill it for good.
+#[derive(Debug, Default)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+struct SpanTally {
+    /// Samples, and the interval of the last one.
+    spans: HashMap<u64, (u64, u32)>,
+    /// Intervals ended so far.
+    interval: u32,
+}
+
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+impl SpanTally {
+    fn add(&mut self, span_id: u64, weight: u64) {
+        if self.spans.len() >= MAX_TALLIED_SPANS && !self.spans.contains_key(&span_id) {
+            return;
+        }
+        let entry = self.spans.entry(span_id).or_insert((0, self.interval));
+        entry.0 += weight;
+        entry.1 = self.interval;
+    }
+
+    /// The span's samples so far, forgetting it.
+    fn take(&mut self, span_id: u64) -> u64 {
+        self.spans
+            .remove(&span_id)
+            .map_or(0, |(samples, _)| samples)
+    }
+
+    /// Ends an interval: forgets ids without a sample in the last
+    /// [`TALLY_INTERVALS`].
+    fn next_interval(&mut self) {
+        self.interval = self.interval.wrapping_add(1);
+        let now = self.interval;
+        self.spans
+            .retain(|_, (_, last)| now.wrapping_sub(*last) < TALLY_INTERVALS);
+    }
+}
 
 #[cfg(tp_sampler)]
 pub(crate) use linux::{start, Settings};
@@ -150,7 +196,7 @@ mod linux {
             settings,
             counters: counters.clone(),
             pending: Vec::new(),
-            span_samples: HashMap::new(),
+            span_samples: SpanTally::default(),
             base_name_overflows: crate::context::name_overflows(),
             base_label_overflows: (
                 crate::context::value_overflows(),
@@ -193,7 +239,7 @@ mod linux {
         /// been in the buffer, so they are indexed one drain later.
         pending: Vec<SpanIndexRecord>,
         /// CPU samples per span id, for the span index.
-        span_samples: HashMap<u64, u64>,
+        span_samples: SpanTally,
         /// Span-name overflows (process-wide) when this run started.
         base_name_overflows: u64,
         /// Span-label value and label-set overflows before this run.
@@ -218,6 +264,7 @@ mod linux {
                     let now = SystemTime::now();
                     let full = std::mem::replace(&mut builder, self.new_builder(now));
                     self.emit(full, now, &mut symbolizer);
+                    self.span_samples.next_interval();
                     interval_clock = Instant::now();
                 }
             }
@@ -250,12 +297,7 @@ mod linux {
                 // The index counts only what the profile labels.
                 let labels = builder.add(labels, frames, u64::from(weight));
                 if tally && labels.span_id != 0 {
-                    if span_samples.len() >= MAX_TALLIED_SPANS
-                        && !span_samples.contains_key(&labels.span_id)
-                    {
-                        return;
-                    }
-                    *span_samples.entry(labels.span_id).or_insert(0) += u64::from(weight);
+                    span_samples.add(labels.span_id, u64::from(weight));
                 }
             });
             let stats = self.sampler.stats();
@@ -303,10 +345,7 @@ mod linux {
                 return;
             }
             for record in &mut ready {
-                record.cpu_samples = record
-                    .span_id()
-                    .and_then(|id| self.span_samples.remove(&id))
-                    .unwrap_or(0);
+                record.cpu_samples = record.span_id().map_or(0, |id| self.span_samples.take(id));
             }
             let elapsed = self.budget_clock.elapsed().as_secs_f64();
             self.budget_clock = Instant::now();
@@ -373,5 +412,50 @@ mod linux {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_is_kept_while_its_span_gets_samples_and_forgotten_after() {
+        let mut tally = SpanTally::default();
+        tally.add(1, 2);
+        tally.add(2, 1);
+        // Span 1 keeps getting samples for longer than the horizon; span 2
+        // (never closed, or its record dropped) gets none after the first.
+        for _ in 0..TALLY_INTERVALS * 2 {
+            tally.next_interval();
+            tally.add(1, 1);
+        }
+        assert_eq!(tally.take(2), 0, "span 2's tally was forgotten");
+        assert_eq!(tally.take(1), 2 + u64::from(TALLY_INTERVALS) * 2);
+        assert_eq!(tally.take(1), 0, "taking forgets");
+        // Within the horizon a span's samples are all there.
+        tally.add(3, 5);
+        for _ in 0..TALLY_INTERVALS - 1 {
+            tally.next_interval();
+        }
+        assert_eq!(tally.take(3), 5);
+    }
+
+    #[test]
+    fn a_full_tally_takes_no_new_ids_but_counts_known_ones() {
+        let mut tally = SpanTally::default();
+        for id in 1..=MAX_TALLIED_SPANS as u64 {
+            tally.add(id, 1);
+        }
+        tally.add(u64::MAX, 1);
+        tally.add(1, 1);
+        assert_eq!(tally.take(u64::MAX), 0);
+        assert_eq!(tally.take(1), 2);
+        // Room again once stale ids age out.
+        for _ in 0..TALLY_INTERVALS {
+            tally.next_interval();
+        }
+        tally.add(u64::MAX, 1);
+        assert_eq!(tally.take(u64::MAX), 1);
     }
 }

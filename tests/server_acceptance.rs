@@ -17,6 +17,7 @@
 //! before the budget scenario fills the table.
 
 mod common;
+mod cpu_clock;
 
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -34,7 +35,7 @@ const SERIES_BUDGET: usize = 500;
 
 #[inline(never)]
 fn burn(cpu: Duration) -> u64 {
-    black_box(common::spin_for(cpu))
+    black_box(cpu_clock::spin_for(cpu))
 }
 
 /// Starts the profiler against `double` with `configure` applied, runs one

@@ -30,6 +30,7 @@
 //! `cargo test --release --features tls --test tls_upload`
 
 mod common;
+mod cpu_clock;
 
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read};
@@ -51,7 +52,7 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[inline(never)]
 fn hot_tls_work(cpu: Duration) -> u64 {
-    black_box(common::spin_for(cpu))
+    black_box(cpu_clock::spin_for(cpu))
 }
 
 fn stats_line(tag: &str, s: &tracing_pyroscope::Stats) -> String {

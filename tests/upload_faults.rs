@@ -24,6 +24,7 @@
 //!   shutdown bound (plus slack).
 
 mod common;
+mod cpu_clock;
 mod pprof_tool;
 
 use std::hint::black_box;
@@ -31,7 +32,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::pyroscope_double::{Fault, PyroscopeDouble};
-use common::{thread_cpu, wait_until};
+use common::wait_until;
+use cpu_clock::thread_cpu;
 use tracing_subscriber::prelude::*;
 
 /// One profiler per process, and quiet timing: one test at a time.
