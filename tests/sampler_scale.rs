@@ -43,6 +43,10 @@ fn busy(stop: &AtomicBool, salt: u64) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "an unoptimized collector reads debug info too slowly for the run to span its first profiles; scripts/test.sh runs it in release"
+)]
 fn no_sample_is_dropped_with_many_busy_threads_across_the_first_debug_info_load() {
     let threads = env_or("SAMPLER_TEST_THREADS", 24);
     let seconds = env_or("SAMPLER_TEST_SECONDS", 5);
