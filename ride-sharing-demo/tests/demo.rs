@@ -168,7 +168,9 @@ fn demo_report_shows_each_span_with_its_own_profile() {
     let report = out.join("report.html");
     let printed = stdout.lines().last().expect("report path on stdout");
     assert_eq!(Path::new(printed), report.canonicalize().unwrap());
-    assert!(elapsed.as_secs() < 40, "took {elapsed:?}");
+    // A hang guard, not a timing check: the 8 s demo ends by itself (an
+    // unoptimized build on a loaded machine takes about 40 s).
+    assert!(elapsed.as_secs() < 300, "the demo did not end: {elapsed:?}");
     assert!(
         stderr.contains("orders")
             && stderr.contains("profiled spans")
