@@ -185,6 +185,25 @@ struct TimerSigInfo {
     _pad: libc::c_int,
     si_tid: libc::c_int,
     si_overrun: libc::c_int,
+    /// The timer's `sigev_value`: its thread's arena entry
+    /// ([`context::SlotRef`]).
+    si_value: u64,
+}
+
+/// The arena entry of the thread this signal's timer samples, from the
+/// timer's value; "no entry" for a `SIGPROF` that no timer of ours sent.
+/// Read from the siginfo, not from a thread local (see [`context`]).
+fn slot_bits(info: *const libc::siginfo_t) -> u64 {
+    if info.is_null() {
+        return context::SlotRef::NONE_BITS;
+    }
+    // SAFETY: as in `weight`.
+    let info = unsafe { &*(info as *const TimerSigInfo) };
+    if info.si_code == libc::SI_TIMER {
+        info.si_value
+    } else {
+        context::SlotRef::NONE_BITS
+    }
 }
 
 /// How many timer periods this signal stands for. When expirations are
@@ -214,7 +233,13 @@ extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mu
         if let (Some(shared), false) = (SHARED.get(), buffer.is_null()) {
             // SAFETY: a published buffer stays alive until a grace period
             // after it was unpublished, and we are counted in `reclaim`.
-            take_sample(shared, unsafe { &*buffer }, ctx, weight(info));
+            take_sample(
+                shared,
+                unsafe { &*buffer },
+                ctx,
+                weight(info),
+                slot_bits(info),
+            );
         }
     }
     reclaim::exit(parity);
@@ -253,13 +278,19 @@ fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
 }
 
 #[inline]
-fn take_sample(shared: &Shared, buffer: &SampleBuffer, ctx: *mut libc::c_void, weight: u32) {
+fn take_sample(
+    shared: &Shared,
+    buffer: &SampleBuffer,
+    ctx: *mut libc::c_void,
+    weight: u32,
+    slot_bits: u64,
+) {
     // A local of the handler's own frame: the stack left below it is what
     // the handler can use (on the interrupted thread's stack, below the
     // kernel's signal frame).
     let marker = 0u8;
     let here = std::hint::black_box(ptr::addr_of!(marker)) as u64;
-    let labels = context::read_in_signal_handler();
+    let labels = context::read_in_signal_handler(slot_bits);
     let Some(regs) = regs_from(ctx) else { return };
     let Some(mut claim) = buffer.claim() else {
         return; // counted as dropped by `claim`
