@@ -413,15 +413,35 @@ fn own_tid() -> Option<u32> {
     link.file_name()?.to_str()?.parse().ok()
 }
 
-/// How this thread reaches its labels.
-#[derive(Clone, Copy)]
-enum Mine {
-    /// Not looked up yet.
-    Fresh,
-    /// Its entry, the owner word it holds it with, and its index.
-    Entry(&'static Entry, u64, u32),
-    /// No entry: labels in [`FALLBACK`], not seen by samples.
-    Without,
+/// How this thread reaches its labels. Separate cells, so that the hot
+/// path loads two words and copies nothing.
+struct Mine {
+    /// Its entry: `None` before the first lookup, and without one.
+    entry: Cell<Option<&'static Entry>>,
+    /// The owner word it holds the entry with.
+    owner: Cell<u64>,
+    /// The entry's index.
+    index: Cell<u32>,
+    /// No entry to be had: labels in [`FALLBACK`], not seen by samples.
+    without: Cell<bool>,
+}
+
+impl Mine {
+    /// Its entry as a reference, if it has one.
+    fn slot(&self) -> Option<(&'static Entry, SlotRef, u32)> {
+        let owner = self.owner.get();
+        let slot = SlotRef {
+            index: self.index.get(),
+            generation: (owner >> 32) as u32,
+        };
+        Some((self.entry.get()?, slot, owner as u32))
+    }
+
+    /// From now on, labels live in [`FALLBACK`].
+    fn give_up(&self) {
+        self.entry.set(None);
+        self.without.set(true);
+    }
 }
 
 /// Returns this thread's entry at thread exit.
@@ -429,24 +449,28 @@ struct Lease;
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Ok(mine) = MINE.try_with(|m| m.replace(Mine::Without)) else {
-            return;
-        };
-        if let Mine::Entry(e, owner, index) = mine {
-            // Destructors that run later still see the labels.
-            let _ = FALLBACK.try_with(|f| f.set(e.read_own()));
-            let slot = SlotRef {
-                index,
-                generation: (owner >> 32) as u32,
-            };
-            release_slot(slot, owner as u32);
-        }
+        let _ = MINE.try_with(|m| {
+            let held = m.slot();
+            m.give_up();
+            if let Some((e, slot, tid)) = held {
+                // Destructors that run later still see the labels.
+                let _ = FALLBACK.try_with(|f| f.set(e.read_own()));
+                release_slot(slot, tid);
+            }
+        });
     }
 }
 
 thread_local! {
     // const-initialised, no destructor: plain TLS, always accessible.
-    static MINE: Cell<Mine> = const { Cell::new(Mine::Fresh) };
+    static MINE: Mine = const {
+        Mine {
+            entry: Cell::new(None),
+            owner: Cell::new(0),
+            index: Cell::new(0),
+            without: Cell::new(false),
+        }
+    };
     static FALLBACK: Cell<SpanLabels> = const { Cell::new(SpanLabels::NONE) };
     // Registered (with its destructor) at the first registration.
     static LEASE: Lease = const { Lease };
@@ -455,11 +479,15 @@ thread_local! {
 /// This thread's entry, registering on first use.
 #[inline(always)]
 fn own_entry() -> Option<&'static Entry> {
-    match MINE.try_with(Cell::get).unwrap_or(Mine::Without) {
-        Mine::Entry(e, owner, _) if e.owner.load(Ordering::Relaxed) == owner => Some(e),
-        Mine::Without => None,
-        mine => register(mine),
-    }
+    MINE.try_with(|m| {
+        match m.entry.get() {
+            Some(e) if e.owner.load(Ordering::Relaxed) == m.owner.get() => return Some(e),
+            None if m.without.get() => return None,
+            _ => {}
+        }
+        register(m)
+    })
+    .unwrap_or(None)
 }
 
 /// The slow path: find or claim this thread's entry. Also taken when the
@@ -467,21 +495,23 @@ fn own_entry() -> Option<&'static Entry> {
 /// manager released it): the labels it held are carried over.
 #[cold]
 #[inline(never)]
-fn register(was: Mine) -> Option<&'static Entry> {
-    let carried = match was {
-        Mine::Entry(e, owner, _) => Some(e.read_released(owner).unwrap_or_default()),
-        _ => None,
-    };
+fn register(mine: &Mine) -> Option<&'static Entry> {
+    let carried = mine
+        .entry
+        .get()
+        .map(|e| e.read_released(mine.owner.get()).unwrap_or_default());
     // Arm the guard that returns the entry at exit; none once this thread's
     // thread-local destructors run.
-    let slot = LEASE
+    let claimed = LEASE
         .try_with(|_| ())
         .ok()
         .and_then(|()| own_tid())
-        .and_then(|tid| Some((tid, slot_for_tid(tid)?)));
-    let found = slot.and_then(|(tid, slot)| Some((tid, slot, entry(slot.index)?)));
-    let Some((tid, slot, e)) = found else {
-        let _ = MINE.try_with(|m| m.set(Mine::Without));
+        .and_then(|tid| {
+            let slot = slot_for_tid(tid)?;
+            Some((tid, slot, entry(slot.index)?))
+        });
+    let Some((tid, slot, e)) = claimed else {
+        mine.give_up();
         if let Some(labels) = carried {
             let _ = FALLBACK.try_with(|f| f.set(labels));
         }
@@ -490,23 +520,17 @@ fn register(was: Mine) -> Option<&'static Entry> {
     if let Some(labels) = carried {
         e.write(labels);
     }
-    let owner = owner_word(slot.generation, tid);
-    let _ = MINE.try_with(|m| m.set(Mine::Entry(e, owner, slot.index)));
+    mine.owner.set(owner_word(slot.generation, tid));
+    mine.index.set(slot.index);
+    mine.entry.set(Some(e));
     Some(e)
 }
 
-/// This thread's entry, for the sampler's tests and a manager that wants
-/// to read this thread's labels from elsewhere.
+/// This thread's entry, for the tests.
 #[cfg(test)]
 pub(crate) fn own_slot() -> Option<SlotRef> {
     own_entry()?;
-    match MINE.with(Cell::get) {
-        Mine::Entry(_, owner, index) => Some(SlotRef {
-            index,
-            generation: (owner >> 32) as u32,
-        }),
-        _ => None,
-    }
+    MINE.with(|m| m.slot().map(|(_, slot, _)| slot))
 }
 
 /// Sets this thread's labels and returns the previous ones.
