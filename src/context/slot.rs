@@ -26,7 +26,7 @@
 //!   writer on its own thread.
 //! - **Registration** (once per thread, slow path): [`slot_for_tid`] finds or
 //!   claims the entry of a kernel thread id under a lock. The thread itself
-//!   calls it on its first [`replace`]/[`current`] (reading its tid from
+//!   calls it on its first [`replace`] (reading its tid from
 //!   `/proc/thread-self`), and the sampler's manager calls it when it arms
 //!   the thread's CPU timer, so both agree on one entry. The timer's
 //!   `sigev_value` carries the entry's [`SlotRef`] (index and generation),
@@ -543,12 +543,18 @@ pub(super) fn replace(labels: SpanLabels) -> SpanLabels {
 }
 
 /// This thread's labels.
+///
+/// Does not register a thread that has none yet: its labels are none (in
+/// [`FALLBACK`]), so reading them allocates nothing.
 #[inline]
 pub(super) fn current() -> SpanLabels {
-    match own_entry() {
-        Some(e) => e.read_own(),
-        None => FALLBACK.try_with(Cell::get).unwrap_or_default(),
-    }
+    let fallback = || FALLBACK.try_with(Cell::get).unwrap_or_default();
+    MINE.try_with(|m| match m.entry.get() {
+        Some(e) if e.owner.load(Ordering::Relaxed) == m.owner.get() => e.read_own(),
+        Some(_) => register(m).map_or_else(fallback, Entry::read_own),
+        None => fallback(),
+    })
+    .unwrap_or_default()
 }
 
 /// Marks this thread's entry as one of the profiler's threads.
