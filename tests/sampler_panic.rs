@@ -15,7 +15,6 @@ mod pprof_tool;
 
 use cpu_clock::thread_cpu_nanos;
 use std::hint::black_box;
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use tracing::Instrument;

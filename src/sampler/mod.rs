@@ -13,8 +13,9 @@
 //!   handler, such as `epoll_wait`, `poll`, `select`, `nanosleep` and calls
 //!   with a timeout, can still return `EINTR`, as under any signal-based
 //!   profiler, and callers must retry as std and mio do) and `SA_SIGINFO`;
-//!   it saves and restores `errno`. It reads the thread span slot
-//!   ([`crate::context`]), unwinds the interrupted stack ([`unwind`]) and
+//!   it saves and restores `errno`. It reads the thread's labels from the
+//!   entry its timer names ([`crate::context`]), unwinds the interrupted
+//!   stack ([`unwind`]) and
 //!   writes into a preallocated lock-free buffer ([`buffer`]). It allocates
 //!   nothing and takes no lock, so it cannot deadlock a thread interrupted
 //!   inside `malloc` or the dynamic loader; its only system call is one
@@ -70,6 +71,18 @@
 //!   unwind tables, so unloading a library can never fault a handler; the
 //!   loader's generation is checked on every scan and the unwinder rebuilt
 //!   when it moves (see [`unwind`]).
+//! - **Inside a shared library** (a `cdylib`, a Python or Node extension,
+//!   anything loaded with `dlopen`): the handler touches no thread local,
+//!   since there one is reached through `__tls_get_addr`, which may call
+//!   `malloc` or take the loader's lock on a thread's first access (a host
+//!   thread that never called the crate). Each thread's labels live in an
+//!   entry of the context's never-freed arena; the timer's `sigev_value`
+//!   carries the entry's index and generation, which the handler reads
+//!   from `si_value` and checks (a stale one reads as no labels). The
+//!   manager finds or claims the entry when it arms a thread's timer,
+//!   creates the timer again if the entry stopped being the thread's, and
+//!   releases entries of threads that exited
+//!   (`tests/sampler_cdylib.rs`).
 //! - **Limits**: threads living less than one scan period may go
 //!   unsampled.
 
