@@ -19,11 +19,13 @@
 //!   an atomic load (`OnceLock::get`).
 //! - **Writers**: only the owning thread writes its entry ([`replace`]). It
 //!   finds it through a `const` thread local on first use (normal code may
-//!   use TLS), fills the inactive copy and bumps the counter: no lock, no
-//!   allocation, no system call. A `fence(Release)` before the copy is
-//!   written makes the counter a sequence lock for readers on other threads
-//!   (free on x86-64); signal fences order it for a handler interrupting the
-//!   writer on its own thread.
+//!   use TLS), checks that the entry is still its own (a fork or a release
+//!   by the manager changes its owner word), fills the inactive copy and
+//!   bumps the counter: no lock, no allocation, no system call. A
+//!   `fence(Release)` before the copy is written makes the counter a
+//!   sequence lock for readers on other threads (free on x86-64); signal
+//!   fences order it for a handler interrupting the writer on its own
+//!   thread.
 //! - **Registration** (once per thread, slow path): [`slot_for_tid`] finds or
 //!   claims the entry of a kernel thread id under a lock. The thread itself
 //!   calls it on its first [`replace`] (reading its tid from
@@ -40,10 +42,12 @@
 //! - **Readers**: [`read_slot`], from the signal handler or any thread,
 //!   checks the generation and reads the active copy between two loads of
 //!   the counter (retrying a few times if a write raced it).
-//! - **fork**: a child's first registration (its pid differs) frees every
-//!   entry, since only the forking thread survived; that thread notices its
-//!   entry changed owner and registers again under its new tid, carrying
-//!   its labels over.
+//! - **fork**: the first registry operation in a forked child (its pid
+//!   differs) frees every entry, since only the forking thread survived;
+//!   that thread notices its entry changed owner and registers again under
+//!   its new tid, carrying its labels over. Like every lock in the process,
+//!   the registry's would block a child forked while another thread held
+//!   it (a few instructions of bookkeeping, once per thread).
 //!
 //! Threads that cannot get an entry (arena full, no `/proc`, a thread
 //! already running its thread-local destructors) keep their labels in a
