@@ -5,12 +5,19 @@
 //! moment it takes a sample. That is what makes labels exact, even for async
 //! tasks that hop between worker threads on every poll.
 //!
-//! The slot is a `const`-initialised thread local without a destructor, so on
-//! Linux it is a plain TLS variable: no lazy initialisation, no registration,
-//! nothing a signal handler could trip over. Writes are double-buffered: the
-//! writer fills the inactive copy and then flips a one-byte index, so a
-//! signal arriving in the middle of a write sees either the old or the new
-//! record, never a torn mix of both.
+//! The record does not live in a thread local: in a shared library loaded with `dlopen` (a
+//! Python or Node extension, any `cdylib`), a thread local is reached
+//! through `__tls_get_addr`, which may call `malloc` or take the loader's
+//! lock on a thread's first access, and the handler runs on threads that
+//! never touched the crate. Each thread's record is an entry of a global,
+//! never-freed arena of atomics (`context/slot.rs`): the thread finds it
+//! once (a lock, on its first [`replace`]), the sampler's per-thread timer
+//! tells the handler which entry is its thread's, and the entry is returned
+//! at thread exit. Writes are double-buffered: the writer fills the
+//! inactive copy and then bumps a flip counter, so a signal arriving in the
+//! middle of a write sees either the old or the new record, never a torn
+//! mix of both, and a reader on another thread can check the counter
+//! around its read like a sequence lock.
 //!
 //! Most users never touch this module: [`SpanProfileLayer`] does. It is public
 //! so that code outside `tracing` (and tests) can label work directly:
@@ -33,20 +40,24 @@
 //!
 //! [`SpanProfileLayer`]: crate::SpanProfileLayer
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{compiler_fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::sync::lock;
 
 mod fields;
+mod slot;
 
 pub(crate) use fields::{
     configure_span_labels, merge_fields, set_max_label_values, value_overflows,
 };
 pub use fields::{
     fields_of, with_labels, LabelGuard, LabelSet, DEFAULT_MAX_LABEL_VALUES, OVERFLOW_VALUE,
+};
+#[cfg_attr(not(tp_sampler), allow(unused_imports))]
+pub(crate) use slot::{
+    read_slot, release_exited, release_slot, slot_for_tid, slot_is_current, SlotRef,
 };
 
 /// The sample label keys the crate sets, in the order they are written.
@@ -189,6 +200,26 @@ impl ProfilerThread {
         ProfilerThread::Uploader,
     ];
 
+    /// A nonzero byte for an arena entry's marker (0: not a profiler
+    /// thread).
+    pub(crate) const fn code(self) -> u8 {
+        match self {
+            ProfilerThread::Collector => 1,
+            ProfilerThread::Timers => 2,
+            ProfilerThread::Uploader => 3,
+        }
+    }
+
+    /// The thread a marker byte stands for.
+    pub(crate) const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(ProfilerThread::Collector),
+            2 => Some(ProfilerThread::Timers),
+            3 => Some(ProfilerThread::Uploader),
+            _ => None,
+        }
+    }
+
     /// The root frame of samples taken on this thread. It says what the
     /// thread does and, in parentheses, the thread's name as `top -H`, a
     /// debugger or a log line shows it.
@@ -223,71 +254,38 @@ pub fn trace_id_hex(id: u128) -> String {
     format!("{id:032x}")
 }
 
-struct Slot {
-    /// Which copy is current. Only this thread writes it; the signal handler
-    /// on the same thread reads it. Relaxed atomics plus signal fences order
-    /// it against the copies for a handler on the same thread.
-    active: AtomicU8,
-    copies: [Cell<SpanLabels>; 2],
-}
-
-thread_local! {
-    // const-initialised and without Drop: a plain `#[thread_local]` static on
-    // Linux, safe to read from a signal handler running on the same thread.
-    static SLOT: Slot = const {
-        Slot {
-            active: AtomicU8::new(0),
-            copies: [Cell::new(SpanLabels::NONE), Cell::new(SpanLabels::NONE)],
-        }
-    };
-    // Set once, first thing, by each of the profiler's own threads; as
-    // plain as `SLOT`.
-    static PROFILER_THREAD: Cell<Option<ProfilerThread>> = const { Cell::new(None) };
-}
-
-/// Marks the calling thread as one of the profiler's own: samples taken on
-/// it from now on get its root frame. Call it first thing on the thread.
-pub(crate) fn mark_profiler_thread(thread: ProfilerThread) {
-    PROFILER_THREAD.with(|t| t.set(Some(thread)));
-}
-
 /// Sets this thread's labels and returns the previous ones, to be restored
-/// later with another `replace`. A few nanoseconds; no syscall, no allocation.
+/// later with another `replace`. A few nanoseconds; no syscall, no
+/// allocation, no lock (a thread's first call registers it: see
+/// the [module docs](self)).
 #[inline]
 pub fn replace(labels: SpanLabels) -> SpanLabels {
-    SLOT.with(|slot| {
-        let active = slot.active.load(Ordering::Relaxed) as usize & 1;
-        let previous = slot.copies[active].get();
-        slot.copies[active ^ 1].set(labels);
-        // Signal fence: the inactive copy is fully written before the flip is
-        // visible to a signal handler interrupting this thread.
-        compiler_fence(Ordering::SeqCst);
-        slot.active.store((active ^ 1) as u8, Ordering::Relaxed);
-        compiler_fence(Ordering::SeqCst);
-        previous
-    })
+    slot::replace(labels)
 }
 
 /// This thread's current labels.
 #[inline]
 pub fn current() -> SpanLabels {
-    SLOT.with(|slot| {
-        let active = slot.active.load(Ordering::Relaxed) as usize & 1;
-        compiler_fence(Ordering::SeqCst);
-        slot.copies[active].get()
-    })
+    slot::current()
 }
 
-/// Reads the slot from a signal handler that interrupted this thread, with
-/// [`SpanLabels::thread`] set on the profiler's own threads.
+/// Marks the calling thread as one of the profiler's own: samples taken on
+/// it from now on get its root frame. Call it first thing on the thread.
+pub(crate) fn mark_profiler_thread(thread: ProfilerThread) {
+    slot::mark_profiler_thread(thread);
+}
+
+/// The labels for a sample taken by the `SIGPROF` handler on the thread
+/// whose timer carries `slot_bits` ([`SlotRef::to_bits`]), with
+/// [`SpanLabels::thread`] set on the profiler's own threads; none if the
+/// entry is not that thread's any more.
 ///
-/// Only `Cell` reads of const thread locals: async-signal-safe.
+/// No thread-local access, no lock, no allocation: async-signal-safe even
+/// when the crate lives in a `dlopen`ed library.
 #[inline(always)]
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
-pub(crate) fn read_in_signal_handler() -> SpanLabels {
-    let mut labels = current();
-    labels.thread = PROFILER_THREAD.with(Cell::get);
-    labels
+pub(crate) fn read_in_signal_handler(slot_bits: u64) -> SpanLabels {
+    read_slot(SlotRef::from_bits(slot_bits)).unwrap_or_default()
 }
 
 /// The default cap on distinct label sets a process sends: span names, and
@@ -481,11 +479,17 @@ mod tests {
     #[test]
     fn profiler_threads_are_marked_for_the_signal_handler_only() {
         let labels = SpanLabels::new(5, 0, 0);
+        // What the handler reads on this thread: through the entry its
+        // timer names, no thread local.
+        let in_handler = || {
+            let slot = slot::own_slot().expect("an arena entry");
+            read_in_signal_handler(slot.to_bits())
+        };
         std::thread::spawn(move || {
-            assert_eq!(read_in_signal_handler().thread, None);
+            assert_eq!(in_handler().thread, None);
             mark_profiler_thread(ProfilerThread::Collector);
             let previous = replace(labels);
-            let seen = read_in_signal_handler();
+            let seen = in_handler();
             // The span's labels, plus the thread; the slot itself and the
             // labels written are unchanged.
             assert_eq!((seen.span_id, seen.trace_id, seen.name_id), (5, 0, 0));
@@ -493,19 +497,21 @@ mod tests {
             assert_eq!(current(), labels);
             assert_eq!(current().thread, None);
             replace(previous);
-            assert_eq!(
-                read_in_signal_handler().thread,
-                Some(ProfilerThread::Collector)
-            );
+            assert_eq!(in_handler().thread, Some(ProfilerThread::Collector));
             // Not a label.
             let mut pairs = 0;
-            read_in_signal_handler().for_each_label(|_, _| pairs += 1);
+            in_handler().for_each_label(|_, _| pairs += 1);
             assert_eq!(pairs, 0);
         })
         .join()
         .unwrap();
         // Other threads are not marked.
-        assert_eq!(read_in_signal_handler().thread, None);
+        assert_eq!(in_handler().thread, None);
+        // A timer without an entry (the arena was full) reads no labels.
+        assert_eq!(read_in_signal_handler(SlotRef::NONE_BITS), SpanLabels::NONE);
+        for thread in ProfilerThread::ALL {
+            assert_eq!(ProfilerThread::from_code(thread.code()), Some(thread));
+        }
         // Each frame says it is the profiler's and which thread.
         let names: Vec<&str> = ProfilerThread::ALL.iter().map(|t| t.frame_name()).collect();
         for (name, thread) in

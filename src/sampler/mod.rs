@@ -13,8 +13,9 @@
 //!   handler, such as `epoll_wait`, `poll`, `select`, `nanosleep` and calls
 //!   with a timeout, can still return `EINTR`, as under any signal-based
 //!   profiler, and callers must retry as std and mio do) and `SA_SIGINFO`;
-//!   it saves and restores `errno`. It reads the thread span slot
-//!   ([`crate::context`]), unwinds the interrupted stack ([`unwind`]) and
+//!   it saves and restores `errno`. It reads the thread's labels from the
+//!   entry its timer names ([`crate::context`]), unwinds the interrupted
+//!   stack ([`unwind`]) and
 //!   writes into a preallocated lock-free buffer ([`buffer`]). It allocates
 //!   nothing and takes no lock, so it cannot deadlock a thread interrupted
 //!   inside `malloc` or the dynamic loader; its only system call is one
@@ -70,6 +71,18 @@
 //!   unwind tables, so unloading a library can never fault a handler; the
 //!   loader's generation is checked on every scan and the unwinder rebuilt
 //!   when it moves (see [`unwind`]).
+//! - **Inside a shared library** (a `cdylib`, a Python or Node extension,
+//!   anything loaded with `dlopen`): the handler touches no thread local,
+//!   since there one is reached through `__tls_get_addr`, which may call
+//!   `malloc` or take the loader's lock on a thread's first access (a host
+//!   thread that never called the crate). Each thread's labels live in an
+//!   entry of the context's never-freed arena; the timer's `sigev_value`
+//!   carries the entry's index and generation, which the handler reads
+//!   from `si_value` and checks (a stale one reads as no labels). The
+//!   manager finds or claims the entry when it arms a thread's timer,
+//!   creates the timer again if the entry stopped being the thread's, and
+//!   releases entries of threads that exited
+//!   (`tests/sampler_cdylib.rs`).
 //! - **Limits**: threads living less than one scan period may go
 //!   unsampled.
 
@@ -185,6 +198,25 @@ struct TimerSigInfo {
     _pad: libc::c_int,
     si_tid: libc::c_int,
     si_overrun: libc::c_int,
+    /// The timer's `sigev_value`: its thread's arena entry
+    /// ([`context::SlotRef`]).
+    si_value: u64,
+}
+
+/// The arena entry of the thread this signal's timer samples, from the
+/// timer's value; "no entry" for a `SIGPROF` that no timer of ours sent.
+/// Read from the siginfo, not from a thread local (see [`context`]).
+fn slot_bits(info: *const libc::siginfo_t) -> u64 {
+    if info.is_null() {
+        return context::SlotRef::NONE_BITS;
+    }
+    // SAFETY: as in `weight`.
+    let info = unsafe { &*(info as *const TimerSigInfo) };
+    if info.si_code == libc::SI_TIMER {
+        info.si_value
+    } else {
+        context::SlotRef::NONE_BITS
+    }
 }
 
 /// How many timer periods this signal stands for. When expirations are
@@ -214,7 +246,13 @@ extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mu
         if let (Some(shared), false) = (SHARED.get(), buffer.is_null()) {
             // SAFETY: a published buffer stays alive until a grace period
             // after it was unpublished, and we are counted in `reclaim`.
-            take_sample(shared, unsafe { &*buffer }, ctx, weight(info));
+            take_sample(
+                shared,
+                unsafe { &*buffer },
+                ctx,
+                weight(info),
+                slot_bits(info),
+            );
         }
     }
     reclaim::exit(parity);
@@ -253,13 +291,19 @@ fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
 }
 
 #[inline]
-fn take_sample(shared: &Shared, buffer: &SampleBuffer, ctx: *mut libc::c_void, weight: u32) {
+fn take_sample(
+    shared: &Shared,
+    buffer: &SampleBuffer,
+    ctx: *mut libc::c_void,
+    weight: u32,
+    slot_bits: u64,
+) {
     // A local of the handler's own frame: the stack left below it is what
     // the handler can use (on the interrupted thread's stack, below the
     // kernel's signal frame).
     let marker = 0u8;
     let here = std::hint::black_box(ptr::addr_of!(marker)) as u64;
-    let labels = context::read_in_signal_handler();
+    let labels = context::read_in_signal_handler(slot_bits);
     let Some(regs) = regs_from(ctx) else { return };
     let Some(mut claim) = buffer.claim() else {
         return; // counted as dropped by `claim`

@@ -12,14 +12,26 @@
 //! A thread that lives shorter than one scan period may go unsampled.
 //! Timers of exited threads are deleted on the next scan. A recycled tid is
 //! detected because the old timer reads as disarmed for several scans.
+//!
+//! Each timer's `sigev_value` names its thread's label entry in the
+//! context arena ([`context::SlotRef`]), so the handler finds the thread's
+//! labels without a thread-local access. A timer whose entry stopped being
+//! its thread's (released at thread exit, the tid reused) is created again
+//! with the current entry on the next scan; entries of threads that exited
+//! are released here.
 
 use std::collections::HashMap;
+
+use crate::context::{self, SlotRef};
 
 /// One armed timer.
 struct ThreadTimer {
     id: libc::timer_t,
     /// Consecutive scans that found the timer disarmed.
     idle_scans: u8,
+    /// The thread's label entry the timer's value names (`None`: the
+    /// arena was full).
+    slot: Option<SlotRef>,
 }
 
 /// The manager's timers, keyed by tid.
@@ -84,6 +96,26 @@ impl Timers {
         for tid in gone {
             if let Some(t) = self.timers.remove(&tid) {
                 delete(t.id);
+                if let Some(slot) = t.slot {
+                    context::release_slot(slot, tid as u32);
+                }
+            }
+        }
+        // Timers naming an entry that is no longer their thread's (it
+        // exited and the tid was reused, or it released the entry while
+        // exiting): created again below with the current one.
+        let moved: Vec<libc::pid_t> = self
+            .timers
+            .iter()
+            .filter(|(tid, t)| {
+                t.slot
+                    .is_some_and(|s| !context::slot_is_current(s, **tid as u32))
+            })
+            .map(|(tid, _)| *tid)
+            .collect();
+        for tid in moved {
+            if let Some(t) = self.timers.remove(&tid) {
+                delete(t.id);
             }
         }
         // Recycled tids: a timer whose thread died reads as disarmed.
@@ -103,15 +135,28 @@ impl Timers {
                 delete(t.id);
             }
         }
+        if check_recycled {
+            // Entries of exited threads nobody released (claimed here for
+            // threads that never touched the crate, while no sampler ran).
+            context::release_exited(|tid| alive.binary_search(&(tid as libc::pid_t)).is_ok());
+        }
         alive.retain(|tid| !self.timers.contains_key(tid));
         if !alive.is_empty() {
             before_arming();
         }
         let mut added = false;
         for tid in alive {
-            match self.create(tid) {
+            let slot = context::slot_for_tid(tid as u32);
+            match self.create(tid, slot) {
                 Some(id) => {
-                    self.timers.insert(tid, ThreadTimer { id, idle_scans: 0 });
+                    self.timers.insert(
+                        tid,
+                        ThreadTimer {
+                            id,
+                            idle_scans: 0,
+                            slot,
+                        },
+                    );
                     added = true;
                 }
                 None => self.create_errors += 1,
@@ -120,12 +165,17 @@ impl Timers {
         added
     }
 
-    fn create(&self, tid: libc::pid_t) -> Option<libc::timer_t> {
+    fn create(&self, tid: libc::pid_t, slot: Option<SlotRef>) -> Option<libc::timer_t> {
         // SAFETY: sigevent is plain data; zeroed is a valid initial value.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
         sev.sigev_notify = libc::SIGEV_THREAD_ID;
         sev.sigev_signo = libc::SIGPROF;
         sev.sigev_notify_thread_id = tid;
+        // Handed to the handler in `si_value`: the thread's label entry.
+        let bits = slot.map_or(SlotRef::NONE_BITS, SlotRef::to_bits);
+        sev.sigev_value = libc::sigval {
+            sival_ptr: bits as usize as *mut libc::c_void,
+        };
         let mut id: libc::timer_t = std::ptr::null_mut();
         // SAFETY: valid pointers to initialised sigevent and out-param.
         if unsafe { libc::timer_create(thread_cpu_clock(tid), &mut sev, &mut id) } != 0 {

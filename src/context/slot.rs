@@ -1,0 +1,731 @@
+//! Where each thread's [`SpanLabels`] live: entries of a global arena, so
+//! that a signal handler (and any other thread) can read them without
+//! touching thread-local storage.
+//!
+//! A thread local is not always a plain memory access. In a shared library
+//! loaded with `dlopen` (a Python or Node extension), or in any `cdylib`, it
+//! is reached through `__tls_get_addr`, which on a thread's first access
+//! allocates the library's TLS block with `malloc` and may take the dynamic
+//! loader's lock. A `SIGPROF` handler doing that on a thread that never
+//! touched the library (a host thread interrupted inside `malloc`) can
+//! deadlock it. So the labels live here instead:
+//!
+//! - **The arena**: chunks of [`CHUNK`] entries, allocated by normal code
+//!   on demand and never freed, so an entry, once handed out, stays valid
+//!   memory for the process's lifetime. An entry is atomics only: its owner
+//!   word (`generation << 32 | tid`, tid 0 for a free entry), the
+//!   profiler-thread marker and two copies of the labels with a flip
+//!   counter. Looking one up by index is a bounds-checked array access and
+//!   an atomic load (`OnceLock::get`).
+//! - **Writers**: only the owning thread writes its entry ([`replace`]). It
+//!   finds it through a `const` thread local on first use (normal code may
+//!   use TLS), checks that the entry is still its own (a fork or a release
+//!   by the manager changes its owner word), fills the inactive copy and
+//!   bumps the counter: no lock, no allocation, no system call. A
+//!   `fence(Release)` before the copy is written makes the counter a
+//!   sequence lock for readers on other threads (free on x86-64); signal
+//!   fences order it for a handler interrupting the writer on its own
+//!   thread.
+//! - **Registration** (once per thread, slow path): [`slot_for_tid`] finds or
+//!   claims the entry of a kernel thread id under a lock. The thread itself
+//!   calls it on its first [`replace`] (reading its tid from
+//!   `/proc/thread-self`), and the sampler's manager calls it when it arms
+//!   the thread's CPU timer, so both agree on one entry. The timer's
+//!   `sigev_value` carries the entry's [`SlotRef`] (index and generation),
+//!   which the kernel hands to the handler in `si_value`.
+//! - **Release**: a thread-local guard returns the entry at thread exit
+//!   (owner `(g, tid)` → `(g + 1, 0)`, a compare-and-swap); the manager does
+//!   the same for threads that vanished without it (threads that never
+//!   touched the crate) and, now and then, for entries whose tid no longer
+//!   exists. The generation makes a stale [`SlotRef`] (a reused tid, a
+//!   released entry) read as "no labels", never as another thread's.
+//! - **Readers**: [`read_slot`], from the signal handler or any thread,
+//!   checks the generation and reads the active copy between two loads of
+//!   the counter (retrying a few times if a write raced it).
+//! - **fork**: the first registry operation in a forked child (its pid
+//!   differs) frees every entry, since only the forking thread survived;
+//!   that thread notices its entry changed owner and registers again under
+//!   its new tid, carrying its labels over. Like every lock in the process,
+//!   the registry's would block a child forked while another thread held
+//!   it (a few instructions of bookkeeping, once per thread).
+//!
+//! Threads that cannot get an entry (arena full, no `/proc`, a thread
+//! already running its thread-local destructors) keep their labels in a
+//! plain thread local: [`current`] still works, samples carry no labels.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use super::{ProfilerThread, SpanLabels};
+use crate::sync::lock;
+
+/// Entries per chunk.
+const CHUNK: usize = 256;
+/// Chunks: at most `CHUNK * CHUNKS` threads (131072) hold an entry at once.
+const CHUNKS: usize = 512;
+/// Attempts of a read racing writes before it gives up.
+const READ_ATTEMPTS: usize = 16;
+
+static ARENA: [OnceLock<Box<[Entry]>>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
+
+/// One thread's labels. On its own cache lines: only its thread writes it.
+#[repr(align(64))]
+struct Entry {
+    /// `generation << 32 | tid`; tid 0 when free. The generation grows by
+    /// one at every release.
+    owner: AtomicU64,
+    /// Writes so far; the current copy is `copies[flips & 1]`.
+    flips: AtomicU32,
+    /// [`ProfilerThread::code`] of the owner, 0 for other threads.
+    profiler: AtomicU8,
+    /// Two copies of the labels (see [`pack`]).
+    copies: [[AtomicU64; 4]; 2],
+}
+
+/// An arena entry as one owner period saw it: its index and generation.
+/// What the sampler puts in a timer's `sigev_value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotRef {
+    index: u32,
+    generation: u32,
+}
+
+impl SlotRef {
+    /// "No entry" (the arena was full): reads as no labels.
+    #[cfg_attr(not(tp_sampler), allow(dead_code))]
+    pub(crate) const NONE_BITS: u64 = u64::MAX;
+
+    /// The pointer-sized value a timer carries.
+    #[cfg_attr(not(tp_sampler), allow(dead_code))]
+    pub(crate) fn to_bits(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    /// The reference in a timer's value; [`NONE_BITS`](Self::NONE_BITS) (an
+    /// index past the arena) refers to no entry.
+    pub(crate) fn from_bits(bits: u64) -> SlotRef {
+        SlotRef {
+            index: bits as u32,
+            generation: (bits >> 32) as u32,
+        }
+    }
+}
+
+const fn owner_word(generation: u32, tid: u32) -> u64 {
+    ((generation as u64) << 32) | tid as u64
+}
+
+/// Labels as four words: span id, trace id high and low, name and fields.
+#[inline(always)]
+fn pack(l: &SpanLabels) -> [u64; 4] {
+    [
+        l.span_id,
+        (l.trace_id >> 64) as u64,
+        l.trace_id as u64,
+        (u64::from(l.name_id) << 32) | u64::from(l.fields_id),
+    ]
+}
+
+impl Entry {
+    const fn new() -> Entry {
+        Entry {
+            owner: AtomicU64::new(0),
+            flips: AtomicU32::new(0),
+            profiler: AtomicU8::new(0),
+            copies: [const { [const { AtomicU64::new(0) }; 4] }; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn load(&self, copy: usize) -> SpanLabels {
+        self.load_pausing(copy, || ())
+    }
+
+    /// [`load`](Self::load), calling `pause` after the first word (tests
+    /// stand for a slow reader there).
+    #[inline(always)]
+    fn load_pausing(&self, copy: usize, pause: impl FnOnce()) -> SpanLabels {
+        let w = &self.copies[copy & 1];
+        let a = w[0].load(Ordering::Relaxed);
+        pause();
+        let [b, c, d] = [1, 2, 3].map(|i| w[i].load(Ordering::Relaxed));
+        SpanLabels {
+            span_id: a,
+            trace_id: (u128::from(b) << 64) | u128::from(c),
+            name_id: (d >> 32) as u32,
+            fields_id: d as u32,
+            thread: None,
+        }
+    }
+
+    #[inline(always)]
+    fn store(&self, copy: usize, labels: &SpanLabels) {
+        let w = &self.copies[copy & 1];
+        for (slot, value) in w.iter().zip(pack(labels)) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Installs `labels`, returns the previous ones. Only the owner thread
+    /// (or the registry, before the owner knows the entry) writes.
+    #[inline(always)]
+    fn write(&self, labels: SpanLabels) -> SpanLabels {
+        let flips = self.flips.load(Ordering::Relaxed);
+        let previous = self.load(flips as usize);
+        // Readers on other threads: one that sees any store below also sees
+        // the counter value that made this copy inactive (the store that
+        // ended the previous write), and retries.
+        fence(Ordering::Release);
+        self.store(flips as usize ^ 1, &labels);
+        // Signal fence: the inactive copy is fully written before the flip
+        // is visible to a signal handler interrupting this thread.
+        compiler_fence(Ordering::SeqCst);
+        self.flips.store(flips.wrapping_add(1), Ordering::Release);
+        compiler_fence(Ordering::SeqCst);
+        previous
+    }
+
+    /// The current labels, read by the owner thread.
+    #[inline(always)]
+    fn read_own(&self) -> SpanLabels {
+        let flips = self.flips.load(Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.load(flips as usize)
+    }
+
+    /// The labels an entry held when it was released from `owner` (a fork,
+    /// or the manager took it back), if nobody claimed it since.
+    fn read_released(&self, owner: u64) -> Option<SpanLabels> {
+        let released = owner_word(((owner >> 32) as u32).wrapping_add(1), 0);
+        if self.owner.load(Ordering::Acquire) != released {
+            return None;
+        }
+        let labels = self.load(self.flips.load(Ordering::Acquire) as usize);
+        fence(Ordering::Acquire);
+        (self.owner.load(Ordering::Relaxed) == released).then_some(labels)
+    }
+}
+
+/// The entry at `index`, if its chunk exists. Async-signal-safe: an index
+/// check and an atomic load.
+#[inline(always)]
+fn entry(index: u32) -> Option<&'static Entry> {
+    let index = index as usize;
+    ARENA.get(index / CHUNK)?.get()?.get(index % CHUNK)
+}
+
+/// The labels of the entry `slot` refers to, if it still belongs to the
+/// same owner; with [`SpanLabels::thread`] set on the profiler's own
+/// threads. `None` if the entry was released or reused, or (very rarely,
+/// from another thread) if writes kept racing the read.
+///
+/// Lock-free and allocation-free, no thread-local access: callable from a
+/// signal handler. On the owner's own thread (the `SIGPROF` handler) the
+/// first attempt always succeeds: a handler cannot be interrupted by the
+/// code it interrupted.
+#[inline]
+pub(crate) fn read_slot(slot: SlotRef) -> Option<SpanLabels> {
+    read_slot_pausing(slot, || ())
+}
+
+/// [`read_slot`], calling `pause` in the middle of each attempt's read.
+#[inline(always)]
+fn read_slot_pausing(slot: SlotRef, mut pause: impl FnMut()) -> Option<SpanLabels> {
+    let entry = entry(slot.index)?;
+    for _ in 0..READ_ATTEMPTS {
+        let owner = entry.owner.load(Ordering::Acquire);
+        if (owner >> 32) as u32 != slot.generation || owner as u32 == 0 {
+            return None;
+        }
+        let flips = entry.flips.load(Ordering::Acquire);
+        let mut labels = entry.load_pausing(flips as usize, &mut pause);
+        let profiler = entry.profiler.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if entry.flips.load(Ordering::Relaxed) == flips
+            && entry.owner.load(Ordering::Relaxed) == owner
+        {
+            labels.thread = ProfilerThread::from_code(profiler);
+            return Some(labels);
+        }
+        std::hint::spin_loop();
+    }
+    None
+}
+
+/// `true` while `slot` is the entry of thread `tid` (not released, not
+/// reused).
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn slot_is_current(slot: SlotRef, tid: u32) -> bool {
+    entry(slot.index)
+        .is_some_and(|e| e.owner.load(Ordering::Acquire) == owner_word(slot.generation, tid))
+}
+
+/// Who holds which entry. Locked only off the hot path.
+struct Registry {
+    /// The process the table describes; a forked child starts over.
+    pid: u32,
+    /// Owned entries by tid.
+    by_tid: BTreeMap<u32, u32>,
+    /// Released entries, reused first.
+    free: Vec<u32>,
+    /// Entries ever handed out: indexes below are in allocated chunks.
+    used: u32,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    pid: 0,
+    by_tid: BTreeMap::new(),
+    free: Vec::new(),
+    used: 0,
+});
+
+/// The registry, reset first in a forked child: there only the forking
+/// thread lives, under a new tid, so every entry is free (that thread
+/// re-registers, see [`register`]).
+fn registry() -> MutexGuard<'static, Registry> {
+    let mut reg = lock(&REGISTRY);
+    let pid = std::process::id();
+    if reg.pid != pid {
+        if reg.pid != 0 {
+            reg.by_tid.clear();
+            reg.free.clear();
+            for index in (0..reg.used).rev() {
+                if let Some(e) = entry(index) {
+                    let generation = (e.owner.load(Ordering::Relaxed) >> 32) as u32;
+                    e.owner
+                        .store(owner_word(generation.wrapping_add(1), 0), Ordering::Release);
+                }
+                reg.free.push(index);
+            }
+        }
+        reg.pid = pid;
+    }
+    reg
+}
+
+fn new_chunk() -> Box<[Entry]> {
+    (0..CHUNK).map(|_| Entry::new()).collect()
+}
+
+/// The entry of kernel thread `tid`: the one it holds, or a free one
+/// claimed for it (its labels none). `None` if the arena is full. Takes a
+/// lock and may allocate (a new chunk): never call it from a signal
+/// handler.
+pub(crate) fn slot_for_tid(tid: u32) -> Option<SlotRef> {
+    if tid == 0 {
+        return None;
+    }
+    let mut reg = registry();
+    if let Some(&index) = reg.by_tid.get(&tid) {
+        let owner = entry(index).map_or(0, |e| e.owner.load(Ordering::Acquire));
+        if owner as u32 == tid {
+            return Some(SlotRef {
+                index,
+                generation: (owner >> 32) as u32,
+            });
+        }
+        reg.by_tid.remove(&tid);
+    }
+    let index = match reg.free.pop() {
+        Some(index) => index,
+        None => {
+            let index = reg.used;
+            if index as usize >= CHUNK * CHUNKS {
+                return None;
+            }
+            ARENA[index as usize / CHUNK].get_or_init(new_chunk);
+            reg.used += 1;
+            index
+        }
+    };
+    let e = entry(index)?;
+    let generation = (e.owner.load(Ordering::Relaxed) >> 32) as u32;
+    // The owner is not told yet, so this is the only writer; readers of the
+    // previous owner's generation see it change below.
+    e.write(SpanLabels::NONE);
+    e.profiler.store(0, Ordering::Relaxed);
+    e.owner
+        .store(owner_word(generation, tid), Ordering::Release);
+    reg.by_tid.insert(tid, index);
+    Some(SlotRef { index, generation })
+}
+
+/// Releases `slot` if thread `tid` still holds it under that generation;
+/// `false` if someone else released it first (or it is another's now).
+pub(crate) fn release_slot(slot: SlotRef, tid: u32) -> bool {
+    let mut reg = registry();
+    let Some(e) = entry(slot.index) else {
+        return false;
+    };
+    let released = e
+        .owner
+        .compare_exchange(
+            owner_word(slot.generation, tid),
+            owner_word(slot.generation.wrapping_add(1), 0),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok();
+    if released {
+        if reg.by_tid.get(&tid) == Some(&slot.index) {
+            reg.by_tid.remove(&tid);
+        }
+        reg.free.push(slot.index);
+    }
+    released
+}
+
+/// Releases the entries of threads that no longer exist: those whose tid
+/// `listed` says is not alive and that `/proc/self/task` no longer has
+/// (checked after the entry was claimed, so a thread that registered after
+/// the listing is never taken for dead). Catches what the owners' guards
+/// and the manager's per-timer releases miss. Returns how many.
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn release_exited(listed: impl Fn(u32) -> bool) -> usize {
+    let candidates: Vec<(u32, u32)> = {
+        let reg = registry();
+        reg.by_tid
+            .iter()
+            .filter(|(tid, _)| !listed(**tid))
+            .map(|(&tid, &index)| (tid, index))
+            .collect()
+    };
+    let mut released = 0;
+    for (tid, index) in candidates {
+        let Some(owner) = entry(index).map(|e| e.owner.load(Ordering::Acquire)) else {
+            continue;
+        };
+        if owner as u32 != tid || std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
+            continue;
+        }
+        let slot = SlotRef {
+            index,
+            generation: (owner >> 32) as u32,
+        };
+        if release_slot(slot, tid) {
+            released += 1;
+        }
+    }
+    released
+}
+
+/// This thread's kernel id, from `/proc/thread-self` (`PID/task/TID`).
+fn own_tid() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// How this thread reaches its labels. Separate cells, so that the hot
+/// path loads two words and copies nothing.
+struct Mine {
+    /// Its entry: `None` before the first lookup, and without one.
+    entry: Cell<Option<&'static Entry>>,
+    /// The owner word it holds the entry with.
+    owner: Cell<u64>,
+    /// The entry's index.
+    index: Cell<u32>,
+    /// No entry to be had: labels in [`FALLBACK`], not seen by samples.
+    without: Cell<bool>,
+}
+
+impl Mine {
+    /// Its entry as a reference, if it has one.
+    fn slot(&self) -> Option<(&'static Entry, SlotRef, u32)> {
+        let owner = self.owner.get();
+        let slot = SlotRef {
+            index: self.index.get(),
+            generation: (owner >> 32) as u32,
+        };
+        Some((self.entry.get()?, slot, owner as u32))
+    }
+
+    /// From now on, labels live in [`FALLBACK`].
+    fn give_up(&self) {
+        self.entry.set(None);
+        self.without.set(true);
+    }
+}
+
+/// Returns this thread's entry at thread exit.
+struct Lease;
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = MINE.try_with(|m| {
+            let held = m.slot();
+            m.give_up();
+            if let Some((e, slot, tid)) = held {
+                // Destructors that run later still see the labels.
+                let _ = FALLBACK.try_with(|f| f.set(e.read_own()));
+                release_slot(slot, tid);
+            }
+        });
+    }
+}
+
+thread_local! {
+    // const-initialised, no destructor: plain TLS, always accessible.
+    static MINE: Mine = const {
+        Mine {
+            entry: Cell::new(None),
+            owner: Cell::new(0),
+            index: Cell::new(0),
+            without: Cell::new(false),
+        }
+    };
+    static FALLBACK: Cell<SpanLabels> = const { Cell::new(SpanLabels::NONE) };
+    // Registered (with its destructor) at the first registration.
+    static LEASE: Lease = const { Lease };
+}
+
+/// This thread's entry, registering on first use.
+#[inline(always)]
+fn own_entry() -> Option<&'static Entry> {
+    MINE.try_with(|m| {
+        match m.entry.get() {
+            Some(e) if e.owner.load(Ordering::Relaxed) == m.owner.get() => return Some(e),
+            None if m.without.get() => return None,
+            _ => {}
+        }
+        register(m)
+    })
+    .unwrap_or(None)
+}
+
+/// The slow path: find or claim this thread's entry. Also taken when the
+/// entry changed owner under the thread (a fork reset the arena, or the
+/// manager released it): the labels it held are carried over.
+#[cold]
+#[inline(never)]
+fn register(mine: &Mine) -> Option<&'static Entry> {
+    let carried = mine
+        .entry
+        .get()
+        .map(|e| e.read_released(mine.owner.get()).unwrap_or_default());
+    // Arm the guard that returns the entry at exit; none once this thread's
+    // thread-local destructors run.
+    let claimed = LEASE
+        .try_with(|_| ())
+        .ok()
+        .and_then(|()| own_tid())
+        .and_then(|tid| {
+            let slot = slot_for_tid(tid)?;
+            Some((tid, slot, entry(slot.index)?))
+        });
+    let Some((tid, slot, e)) = claimed else {
+        mine.give_up();
+        if let Some(labels) = carried {
+            let _ = FALLBACK.try_with(|f| f.set(labels));
+        }
+        return None;
+    };
+    if let Some(labels) = carried {
+        e.write(labels);
+    }
+    mine.owner.set(owner_word(slot.generation, tid));
+    mine.index.set(slot.index);
+    mine.entry.set(Some(e));
+    Some(e)
+}
+
+/// This thread's entry, for the tests.
+#[cfg(test)]
+pub(crate) fn own_slot() -> Option<SlotRef> {
+    own_entry()?;
+    MINE.with(|m| m.slot().map(|(_, slot, _)| slot))
+}
+
+/// Sets this thread's labels and returns the previous ones.
+#[inline]
+pub(super) fn replace(labels: SpanLabels) -> SpanLabels {
+    match own_entry() {
+        Some(e) => e.write(labels),
+        None => FALLBACK.try_with(|f| f.replace(labels)).unwrap_or_default(),
+    }
+}
+
+/// This thread's labels.
+///
+/// Does not register a thread that has none yet: its labels are none (in
+/// [`FALLBACK`]), so reading them allocates nothing.
+#[inline]
+pub(super) fn current() -> SpanLabels {
+    let fallback = || FALLBACK.try_with(Cell::get).unwrap_or_default();
+    MINE.try_with(|m| match m.entry.get() {
+        Some(e) if e.owner.load(Ordering::Relaxed) == m.owner.get() => e.read_own(),
+        Some(_) => register(m).map_or_else(fallback, Entry::read_own),
+        None => fallback(),
+    })
+    .unwrap_or_default()
+}
+
+/// Marks this thread's entry as one of the profiler's threads.
+pub(super) fn mark_profiler_thread(thread: ProfilerThread) {
+    if let Some(e) = own_entry() {
+        e.profiler.store(thread.code(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[test]
+    fn slot_refs_round_trip_and_none_refers_to_nothing() {
+        let slot = SlotRef {
+            index: 7,
+            generation: 0xdead_beef,
+        };
+        assert_eq!(SlotRef::from_bits(slot.to_bits()), slot);
+        assert_eq!(read_slot(SlotRef::from_bits(SlotRef::NONE_BITS)), None);
+    }
+
+    #[test]
+    fn the_manager_and_the_thread_agree_on_one_entry_and_exit_releases_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let labels = SpanLabels::new(0x5107, 3, 0);
+        let thread = std::thread::spawn(move || {
+            let tid = own_tid().expect("/proc/thread-self");
+            // "The manager" claims first, from another thread.
+            let claimed = std::thread::scope(|s| s.spawn(|| slot_for_tid(tid)).join())
+                .unwrap()
+                .expect("claim");
+            // The thread's own first write finds the same entry.
+            replace(labels);
+            assert_eq!(own_slot(), Some(claimed));
+            tx.send((tid, claimed)).unwrap();
+            go_rx.recv().unwrap();
+        });
+        let (tid, slot) = rx.recv().unwrap();
+        assert!(slot_is_current(slot, tid));
+        assert_eq!(read_slot(slot).map(|l| l.span_id), Some(0x5107));
+        go_tx.send(()).unwrap();
+        thread.join().unwrap();
+        // Released at exit: the reference reads nothing, and releasing
+        // again (the manager, late) loses the race harmlessly.
+        assert!(!slot_is_current(slot, tid));
+        assert_eq!(read_slot(slot), None);
+        assert!(!release_slot(slot, tid));
+    }
+
+    #[test]
+    fn an_entry_taken_back_from_a_live_thread_is_reclaimed_with_its_labels() {
+        std::thread::spawn(|| {
+            let labels = SpanLabels::new(0xca11, 0, 0);
+            replace(labels);
+            let slot = own_slot().unwrap();
+            let tid = own_tid().unwrap();
+            assert!(release_slot(slot, tid));
+            // The next access notices and registers again.
+            assert_eq!(current(), labels);
+            let again = own_slot().unwrap();
+            assert_ne!(again, slot);
+            assert_eq!(read_slot(again).map(|l| l.span_id), Some(0xca11));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn exited_threads_entries_are_released_by_the_sweep() {
+        // A thread the manager claimed an entry for, which never touched
+        // the crate itself, so no guard returns it.
+        let (tid, slot) = std::thread::spawn(|| {
+            let tid = own_tid().unwrap();
+            (tid, slot_for_tid(tid).unwrap())
+        })
+        .join()
+        .unwrap();
+        // The thread is gone from /proc once joined; "listed" claims every
+        // tid is alive except this one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while slot_is_current(slot, tid) && std::time::Instant::now() < deadline {
+            release_exited(|t| t != tid);
+        }
+        assert!(!slot_is_current(slot, tid));
+        // A live thread's entry is never taken for dead.
+        let own = own_slot().unwrap();
+        let me = own_tid().unwrap();
+        release_exited(|_| false);
+        assert!(slot_is_current(own, me));
+    }
+
+    #[test]
+    fn a_read_overtaken_by_two_writes_is_retried_not_torn() {
+        let a = SpanLabels::new(0x1111, 0x2222 << 64 | 0x3333, 0x44).with_fields(0x55);
+        let b = SpanLabels::new(0x6666, 0x7777 << 64 | 0x8888, 0x99).with_fields(0xaa);
+        std::thread::spawn(move || {
+            replace(a);
+            let slot = own_slot().unwrap();
+            // A slow reader: after the first word of the current copy, the
+            // writer runs twice, so that very copy is rewritten under it.
+            let mut pauses = 0;
+            let read = read_slot_pausing(slot, || {
+                pauses += 1;
+                if pauses == 1 {
+                    replace(b);
+                    replace(b);
+                }
+            });
+            assert_eq!(pauses, 2, "the overtaken attempt was not retried");
+            assert_eq!(read, Some(b));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_reader_on_another_thread_never_sees_a_torn_mix() {
+        // Two label sets that differ in every word.
+        let a =
+            SpanLabels::new(0x1111_1111_1111_1111, 0x2222 << 64 | 0x3333, 0x44).with_fields(0x55);
+        let b =
+            SpanLabels::new(0x6666_6666_6666_6666, 0x7777 << 64 | 0x8888, 0x99).with_fields(0xaa);
+        let done = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                replace(a);
+                tx.send(own_slot().unwrap()).unwrap();
+                let mut writes = 0u64;
+                // Millions of writes, and on until the reader is done.
+                while writes < 2_000_000 || !done.load(Ordering::Relaxed) {
+                    for _ in 0..1000 {
+                        replace(if writes & 1 == 0 { b } else { a });
+                        writes += 1;
+                    }
+                }
+                writes
+            })
+        };
+        let slot = rx.recv().unwrap();
+        let (mut reads, mut seen_a, mut seen_b, mut gave_up) = (0u64, 0u64, 0u64, 0u64);
+        // Millions of reads, and until both sets were seen often (on a
+        // busy machine the writer may wait for a CPU a while).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while reads < 4_000_000
+            || (seen_a.min(seen_b) < 10_000 && std::time::Instant::now() < deadline)
+        {
+            reads += 1;
+            match read_slot(slot) {
+                Some(l) if l == a => seen_a += 1,
+                Some(l) if l == b => seen_b += 1,
+                Some(l) => panic!("torn read after {reads} reads: {l:?}"),
+                None => gave_up += 1,
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let writes = writer.join().unwrap();
+        println!("{writes} writes, {reads} reads: {seen_a} a, {seen_b} b, {gave_up} gave up");
+        assert!(
+            seen_a.min(seen_b) >= 10_000,
+            "the reader saw too few flips to test"
+        );
+    }
+}
