@@ -242,8 +242,11 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     );
     // Read the profiles back. Every thread here is a std thread (the
     // harness's main thread included, through `main`): a stack unwound to
-    // its root passes std's thread entry (`thread_start`) or `main`. One
-    // that does not (cut to the leaf, or stopped midway) is a failed unwind.
+    // its root passes std's thread entry (`thread_start`) or `main`, or,
+    // for a sample in glibc's thread teardown after `thread_start` returned
+    // (freeing the thread's own memory), glibc's `start_thread` or the
+    // kernel's entry `clone3`/`clone`. One that passes none of them (cut to
+    // the leaf, or stopped midway) is a failed unwind.
     let (mut total, mut failed, mut fresh, mut fresh_cut) = (0u64, 0u64, 0u64, 0u64);
     let mut failures = Vec::new();
     for file in pprof_tool::profile_files(&dir) {
@@ -252,7 +255,13 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
             let rooted = tr
                 .frames
                 .iter()
-                .any(|f| f.contains("thread_start") || f == "main" || f.ends_with("::main"));
+                .any(|f| {
+                    f.contains("thread_start")
+                        || f.contains("start_thread")
+                        || f.contains("clone")
+                        || f == "main"
+                        || f.ends_with("::main")
+                });
             let in_fresh_code = tr.labels.get("span_id").is_some_and(|id| {
                 u64::from_str_radix(id, 16).is_ok_and(|id| id & !0xffff == FRESH_CODE)
             });
