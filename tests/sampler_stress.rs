@@ -257,8 +257,10 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
                 .iter()
                 .any(|f| {
                     f.contains("thread_start")
-                        || f.contains("start_thread")
-                        || f.contains("clone")
+                        || matches!(
+                            f.as_str(),
+                            "start_thread" | "clone3" | "__clone3" | "clone" | "__clone"
+                        )
                         || f == "main"
                         || f.ends_with("::main")
                 });
