@@ -252,18 +252,15 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     for file in pprof_tool::profile_files(&dir) {
         for tr in pprof_tool::traces(&file) {
             total += tr.count;
-            let rooted = tr
-                .frames
-                .iter()
-                .any(|f| {
-                    f.contains("thread_start")
-                        || matches!(
-                            f.as_str(),
-                            "start_thread" | "clone3" | "__clone3" | "clone" | "__clone"
-                        )
-                        || f == "main"
-                        || f.ends_with("::main")
-                });
+            let rooted = tr.frames.iter().any(|f| {
+                f.contains("thread_start")
+                    || matches!(
+                        f.as_str(),
+                        "start_thread" | "clone3" | "__clone3" | "clone" | "__clone"
+                    )
+                    || f == "main"
+                    || f.ends_with("::main")
+            });
             let in_fresh_code = tr.labels.get("span_id").is_some_and(|id| {
                 u64::from_str_radix(id, 16).is_ok_and(|id| id & !0xffff == FRESH_CODE)
             });

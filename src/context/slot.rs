@@ -156,7 +156,6 @@ impl Entry {
             trace_id: (u128::from(b) << 64) | u128::from(c),
             name_id: (d >> 32) as u32,
             fields_id: d as u32,
-            thread: None,
         }
     }
 
@@ -246,7 +245,9 @@ fn read_slot_pausing(slot: SlotRef, mut pause: impl FnMut()) -> Option<SpanLabel
         if entry.flips.load(Ordering::Relaxed) == flips
             && entry.owner.load(Ordering::Relaxed) == owner
         {
-            labels.thread = ProfilerThread::from_code(profiler);
+            if let Some(thread) = ProfilerThread::from_code(profiler) {
+                labels = labels.on_profiler_thread(thread);
+            }
             return Some(labels);
         }
         std::hint::spin_loop();

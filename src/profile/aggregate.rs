@@ -69,7 +69,7 @@ impl ProfileBuilder {
             return labels;
         }
         let labels = self.cap_span_id(labels, count);
-        let depth = MAX_STACK_DEPTH - usize::from(labels.thread.is_some());
+        let depth = MAX_STACK_DEPTH - usize::from(labels.profiler_thread().is_some());
         let stack = &frames[..frames.len().min(depth)];
         let id = match self.stack_ids.get(stack) {
             Some(&id) => id,

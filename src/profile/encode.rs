@@ -396,7 +396,7 @@ impl Chunk {
             .iter()
             .map(|(addr, is_return, r)| self.location(*addr, *is_return, r))
             .collect();
-        if let Some(thread) = labels.thread {
+        if let Some(thread) = labels.profiler_thread() {
             location_id.push(self.root_location(thread)); // leaf first: root last
         }
         let label = self.labels(labels);

@@ -256,19 +256,10 @@ mod encoding {
     fn samples_of_profiler_threads_end_in_a_root_frame_naming_the_thread() {
         let name_id = context::intern_name("GET /car");
         let span = SpanLabels::new(0x77, 0, name_id);
-        let collector = SpanLabels {
-            thread: Some(ProfilerThread::Collector),
-            ..SpanLabels::NONE
-        };
-        let timers = SpanLabels {
-            thread: Some(ProfilerThread::Timers),
-            ..SpanLabels::NONE
-        };
+        let collector = SpanLabels::NONE.on_profiler_thread(ProfilerThread::Collector);
+        let timers = SpanLabels::NONE.on_profiler_thread(ProfilerThread::Timers);
         // A span entered on a profiler thread (a custom sink's code, say).
-        let collector_in_span = SpanLabels {
-            thread: Some(ProfilerThread::Collector),
-            ..span
-        };
+        let collector_in_span = span.on_profiler_thread(ProfilerThread::Collector);
         let stack = real_stack();
         let mut b = ProfileBuilder::new(at(100), PERIOD, usize::MAX);
         b.add(SpanLabels::NONE, &stack, 1);
