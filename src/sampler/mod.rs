@@ -3,8 +3,13 @@
 //! - **Timers** ([`timers`]): one POSIX timer per thread on that thread's own
 //!   CPU-time clock, delivering `SIGPROF` to that thread, so every busy
 //!   thread is sampled at the configured rate of its own CPU time. A manager
-//!   thread picks up new threads every [`SCAN_PERIOD`] (less often in
-//!   processes with hundreds of threads, see `scan_period`). There is no
+//!   thread picks up new threads every [`SCAN_PERIOD`] while the process
+//!   uses CPU (less often in processes with hundreds of threads, see
+//!   `scan_period`); while it is idle the manager backs off to one cheap
+//!   look a second and lists the threads only when their count changes
+//!   ([`activity`]). Each thread's first expiry falls at a random point of
+//!   its first period, so a thread is sampled in proportion to its CPU
+//!   time even when it uses less than a period. There is no
 //!   process-wide `setitimer` fallback: per-thread timers exist on every
 //!   Linux since 2.6.12, and if `timer_create` fails for a thread that thread
 //!   is counted (and retried on the next scan) rather than sampled wrongly.
@@ -85,6 +90,7 @@ use std::time::Duration;
 use crate::context::{self, SpanLabels};
 use crate::{Error, ErrorKind};
 
+mod activity;
 mod buffer;
 mod queue;
 mod reclaim;
@@ -98,6 +104,9 @@ use unwind::{MapsSnapshot, NativeCache, Plan, Regs, UnwindState};
 
 /// How often the manager looks for new and exited threads.
 pub(crate) const SCAN_PERIOD: Duration = Duration::from_millis(20);
+/// How often, at most, the manager looks for timers whose thread died and
+/// whose tid was reused.
+const RECYCLED_CHECK_PERIOD: Duration = Duration::from_millis(500);
 /// The scan period for a process with `threads` threads: [`SCAN_PERIOD`]
 /// up to 64 threads, then growing with the thread count, at most 1 s.
 fn scan_period(threads: usize) -> Duration {
@@ -665,9 +674,10 @@ fn manage(
             unsafe { (*p).loader_generation }
         }
     };
-    let mut scans: u64 = 0;
     let mut period = SCAN_PERIOD;
     let mut stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
+    let mut activity = activity::Activity::new();
+    let mut recycled_checked = std::time::Instant::now();
     // Set once another SIGPROF handler replaced ours: nothing left to do
     // but wait for `stop`.
     let mut displaced = false;
@@ -695,9 +705,8 @@ fn manage(
             displaced = true;
             continue;
         }
-        scans += 1;
         // Code loaded or unloaded (dlopen, dlclose)? Rebuild the unwinder.
-        // Checked every scan: one allocation-free dl_iterate_phdr step.
+        // Checked every wake: one allocation-free dl_iterate_phdr step.
         if unwind::loader_generation() != loader_generation {
             let state = unwind::build_unwinder(&mut tables);
             loader_generation = state.loader_generation;
@@ -706,40 +715,76 @@ fn manage(
                 publish_maps(maps, &mut retired);
             }
         }
-        // New threads (read before their timers are armed, so their stacks
-        // are known by their first sample), or samples whose stack lay
-        // outside the snapshot: read the maps again.
+        // Listing the threads costs in proportion to their number: do it
+        // only when the thread count moved, when the process used CPU (a
+        // new thread may be running: it is armed within one period), or
+        // when a sample's stack lay outside the maps snapshot. An idle
+        // process costs one wake and three system calls per
+        // `IDLE_SCAN_PERIOD`.
+        let look = activity.look();
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        let mut refreshed = false;
-        timers.scan(scans.is_multiple_of(25), || {
-            if let Some(maps) = MapsSnapshot::read() {
-                publish_maps(maps, &mut retired);
+        if look.busy || look.threads_changed || stale != stale_maps {
+            // New threads (read before their timers are armed, so their
+            // stacks are known by their first sample), or samples whose
+            // stack lay outside the snapshot: read the maps again.
+            // Recycled tids are looked for at most every
+            // `RECYCLED_CHECK_PERIOD` (one `timer_gettime` per thread).
+            let check_recycled = recycled_checked.elapsed() >= RECYCLED_CHECK_PERIOD;
+            if check_recycled {
+                recycled_checked = std::time::Instant::now();
             }
-            refreshed = true;
-        });
-        if !refreshed && stale != stale_maps {
-            if let Some(maps) = MapsSnapshot::read() {
-                publish_maps(maps, &mut retired);
+            let mut refreshed = false;
+            timers.scan(check_recycled, || {
+                if let Some(maps) = MapsSnapshot::read() {
+                    publish_maps(maps, &mut retired);
+                }
+                refreshed = true;
+            });
+            if !refreshed && stale != stale_maps {
+                if let Some(maps) = MapsSnapshot::read() {
+                    publish_maps(maps, &mut retired);
+                }
             }
+            stale_maps = stale;
+            activity.scanned(&look);
+            counters
+                .threads
+                .store(timers.len() as u64, Ordering::Relaxed);
+            counters
+                .timer_errors
+                .store(timers.create_errors, Ordering::Relaxed);
         }
-        stale_maps = stale;
-        counters
-            .threads
-            .store(timers.len() as u64, Ordering::Relaxed);
-        // Listing threads costs in proportion to their number: scan less
-        // often in processes with many threads (up to once a second).
-        period = scan_period(timers.len());
-        counters
-            .timer_errors
-            .store(timers.create_errors, Ordering::Relaxed);
+        // Busy: scan again soon (less often in processes with many
+        // threads, up to once a second). Idle: back off.
+        period = if look.busy || look.threads_changed {
+            scan_period(timers.len())
+        } else {
+            activity::back_off(period)
+        };
         retired.collect();
         counters
             .retired
             .store(retired.len() as u64, Ordering::Relaxed);
         counters.reclaimed.store(retired.freed(), Ordering::Relaxed);
+        activity.mark();
     }
     timers.clear();
     shut_down(&mut retired, buffer);
+}
+
+/// Returns the heap's free memory to the system where the allocator keeps
+/// it (glibc: `malloc_trim(0)`, which also releases free pages inside its
+/// arenas). The collector calls it after dropping the debug info it read
+/// to symbolize an interval: tens of MB freed at once, which glibc would
+/// otherwise keep mapped for good. A no-op on other C libraries.
+pub(crate) fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes glibc's arena locks like any malloc call
+    // and only unmaps or advises away free pages; it is called from an
+    // ordinary thread (the collector), never from a signal handler.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Moves samples from the signal buffer to the heap queue whenever the
