@@ -218,6 +218,7 @@ mod linux {
             let mut interval_clock = Instant::now();
             let mut builder = self.new_builder(SystemTime::now());
             let interval = self.settings.upload_interval;
+            let mut backoff = DRAIN_PERIOD;
             let mut wait = DRAIN_PERIOD;
             while !stop.wait(wait) {
                 let samples = self.drain(&mut builder);
@@ -231,7 +232,7 @@ mod linux {
                 // Nothing came in: back off (samples wait in the sampler's
                 // queue meanwhile, closed spans in theirs), never past the
                 // interval's end.
-                wait = if samples > 0 || !self.pending.is_empty() {
+                backoff = if samples > 0 || !self.pending.is_empty() {
                     DRAIN_PERIOD
                 } else {
                     let cap = if self.index {
@@ -239,9 +240,9 @@ mod linux {
                     } else {
                         interval
                     };
-                    (wait * 2).min(cap)
+                    (backoff * 2).min(cap)
                 };
-                wait = wait
+                wait = backoff
                     .min(interval.saturating_sub(interval_clock.elapsed()))
                     .max(Duration::from_millis(1));
             }

@@ -455,6 +455,9 @@ pub(crate) struct Sampler {
     fork_generation: u64,
     stop: StopSignal,
     manager: Option<JoinHandle<()>>,
+    /// The manager sleeps until the process uses CPU time: stopping it
+    /// takes some.
+    manager_asleep_on_cpu: Arc<AtomicBool>,
     drainer: Option<JoinHandle<()>>,
     counters: Arc<RunCounters>,
     buffer: Arc<SampleBuffer>,
@@ -546,8 +549,10 @@ impl Sampler {
             .store(timers.len() as u64, Ordering::Relaxed);
         // The manager gets `retired` only once spawned: keep a way back.
         let retired = Arc::new(Mutex::new(Some(retired)));
+        let asleep_on_cpu = Arc::new(AtomicBool::new(false));
         let manager = {
             let stop = stop.clone();
+            let asleep_on_cpu = asleep_on_cpu.clone();
             let counters = counters.clone();
             let buffer = buffer.clone();
             let retired = retired.clone();
@@ -557,7 +562,7 @@ impl Sampler {
                     // Its samples get a root frame naming it (context.rs).
                     context::mark_profiler_thread(context::ProfilerThread::Timers);
                     let retired = crate::sync::lock(&retired).take().unwrap_or_default();
-                    manage(timers, tables, retired, stop, counters, buffer)
+                    manage(timers, tables, retired, stop, counters, buffer, asleep_on_cpu)
                 })
         };
         let manager = match manager {
@@ -577,6 +582,7 @@ impl Sampler {
             fork_generation: FORK_GENERATION.load(Ordering::SeqCst),
             stop,
             manager: Some(manager),
+            manager_asleep_on_cpu: asleep_on_cpu,
             drainer: Some(drainer),
             counters,
             buffer,
@@ -637,6 +643,17 @@ impl Sampler {
             return;
         }
         self.stop.stop();
+        // A manager asleep until the process uses CPU time wakes when it
+        // has: use that much (at most `IDLE_WAKE_CPU` and a scheduler tick).
+        while !manager.is_finished() {
+            if self.manager_asleep_on_cpu.load(Ordering::SeqCst) {
+                activity::burn_until(|| {
+                    manager.is_finished() || !self.manager_asleep_on_cpu.load(Ordering::SeqCst)
+                });
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let _ = manager.join();
         self.buffer.stop_sleeping();
         if let Some(drainer) = self.drainer.take() {
@@ -664,6 +681,7 @@ fn manage(
     stop: StopSignal,
     counters: Arc<RunCounters>,
     buffer: Arc<SampleBuffer>,
+    asleep_on_cpu: Arc<AtomicBool>,
 ) {
     let mut loader_generation = {
         let p = UNWIND.load(Ordering::SeqCst);
@@ -676,33 +694,33 @@ fn manage(
     };
     let mut period = SCAN_PERIOD;
     let mut stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
-    let mut activity = activity::Activity::new();
+    let mut activity = activity::Activity::new(buffer.taken.load(Ordering::Relaxed));
     let mut recycled_checked = std::time::Instant::now();
     // Set once another SIGPROF handler replaced ours: nothing left to do
     // but wait for `stop`.
     let mut displaced = false;
+    // Idle for long enough: sleep until the process uses CPU (see
+    // `activity`), unless the kernel refuses such sleeps.
+    let mut cpu_sleep = false;
+    let mut cpu_sleep_refused = false;
     loop {
-        if stop.wait(period) {
+        let mut woke_on_cpu = false;
+        if cpu_sleep {
+            asleep_on_cpu.store(true, Ordering::SeqCst);
+            if !stop.is_stopped() {
+                woke_on_cpu = activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
+                cpu_sleep_refused = !woke_on_cpu;
+            }
+            asleep_on_cpu.store(false, Ordering::SeqCst);
+            if stop.is_stopped() {
+                break;
+            }
+        } else if stop.wait(period) {
             break;
         }
+        cpu_sleep = false;
         if displaced {
             period = Duration::from_secs(1);
-            continue;
-        }
-        // Someone installed another SIGPROF handler over ours (another
-        // profiler, a crash reporter): our timers would now feed it. Stop
-        // them, say so once, and leave that handler alone.
-        if let Some(foreign) = foreign_handler() {
-            timers.clear();
-            ACTIVE.store(false, Ordering::SeqCst);
-            counters.threads.store(0, Ordering::Relaxed);
-            counters.handler_conflicts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                target: "tracing_pyroscope",
-                handler = %describe_handler(foreign),
-                "another SIGPROF handler replaced tracing-pyroscope's (another profiler?); CPU sampling stopped"
-            );
-            displaced = true;
             continue;
         }
         // Code loaded or unloaded (dlopen, dlclose)? Rebuild the unwinder.
@@ -719,11 +737,30 @@ fn manage(
         // only when the thread count moved, when the process used CPU (a
         // new thread may be running: it is armed within one period), or
         // when a sample's stack lay outside the maps snapshot. An idle
-        // process costs one wake and three system calls per
+        // process costs one wake and one to three more system calls per
         // `IDLE_SCAN_PERIOD`.
-        let look = activity.look();
+        let mut look = activity.look(buffer.taken.load(Ordering::Relaxed));
+        look.busy |= woke_on_cpu;
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        if look.busy || look.threads_changed || stale != stale_maps {
+        let worked = look.busy || look.threads_changed || stale != stale_maps;
+        if worked {
+            // Someone installed another SIGPROF handler over ours (another
+            // profiler, a crash reporter): our timers would now feed it. Stop
+            // them, say so once, and leave that handler alone. Checked when
+            // there is work: a process that uses no CPU fires no timers.
+            if let Some(foreign) = foreign_handler() {
+                timers.clear();
+                ACTIVE.store(false, Ordering::SeqCst);
+                counters.threads.store(0, Ordering::Relaxed);
+                counters.handler_conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "tracing_pyroscope",
+                    handler = %describe_handler(foreign),
+                    "another SIGPROF handler replaced tracing-pyroscope's (another profiler?); CPU sampling stopped"
+                );
+                displaced = true;
+                continue;
+            }
             // New threads (read before their timers are armed, so their
             // stacks are known by their first sample), or samples whose
             // stack lay outside the snapshot: read the maps again.
@@ -759,14 +796,15 @@ fn manage(
         period = if look.busy || look.threads_changed {
             scan_period(timers.len())
         } else {
-            activity::back_off(period)
+            let next = activity::back_off(period);
+            cpu_sleep = next == period && !cpu_sleep_refused;
+            next
         };
         retired.collect();
         counters
             .retired
             .store(retired.len() as u64, Ordering::Relaxed);
         counters.reclaimed.store(retired.freed(), Ordering::Relaxed);
-        activity.mark();
     }
     timers.clear();
     shut_down(&mut retired, buffer);
