@@ -15,20 +15,25 @@
 //!   so it is read only when no sample came in, and every
 //!   `threads / 32` looks (at most 16) in processes with many threads.
 //!
-//! The manager combines them (see `manage`): it scans when the thread
-//! count changed, when the process used CPU, or when a sample hit a stack
-//! outside the maps snapshot; otherwise it backs off its period, up to
-//! [`IDLE_SCAN_PERIOD`], and then sleeps until the process has used
-//! [`IDLE_WAKE_CPU`] ([`sleep_until_cpu_used`]): an idle process wakes it
-//! not at all. A new thread that runs wakes it within that much CPU time
-//! plus a scheduler tick; one that only sleeps needs no timer. Stopping a
-//! manager asleep on CPU time takes that much CPU ([`burn_until`]).
+//! The manager combines them (see `manage`): it lists the threads when
+//! their count changed, when a sample hit a stack outside the maps
+//! snapshot, and, while the process uses CPU, every half second (recycled
+//! tids, a thread that replaced one that exited in the same period). It
+//! looks every scan period while samples come in; after [`IDLE_LOOKS`]
+//! idle looks it sleeps until the process has used [`IDLE_WAKE_CPU`]
+//! ([`sleep_until_cpu_used`]): an idle process does not wake it at all, and
+//! a new thread that runs wakes it within that much CPU time plus a
+//! scheduler tick (one that only sleeps needs no timer yet). Stopping a
+//! manager asleep on CPU time takes that much CPU ([`burn_until`]). Where
+//! the kernel refuses such sleeps it backs off instead, up to
+//! [`IDLE_SCAN_PERIOD`].
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-/// The longest the manager sleeps while the process is idle.
+/// The longest the manager sleeps while the process is idle, where the
+/// kernel refuses sleeps on the process CPU clock.
 pub(crate) const IDLE_SCAN_PERIOD: Duration = Duration::from_secs(1);
 
 /// The share of one core the process's other threads must use over a
@@ -138,6 +143,10 @@ fn process_cpu_nanos() -> u64 {
 fn thread_cpu_nanos() -> u64 {
     cpu_nanos(libc::CLOCK_THREAD_CPUTIME_ID)
 }
+
+/// Consecutive idle looks (at the busy period) before the manager sleeps
+/// until the process uses CPU.
+pub(crate) const IDLE_LOOKS: u32 = 3;
 
 /// Process CPU time the process uses before an idle manager wakes.
 pub(crate) const IDLE_WAKE_CPU: Duration = Duration::from_millis(1);

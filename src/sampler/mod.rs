@@ -5,8 +5,9 @@
 //!   thread is sampled at the configured rate of its own CPU time. A manager
 //!   thread picks up new threads every [`SCAN_PERIOD`] while the process
 //!   uses CPU (less often in processes with hundreds of threads, see
-//!   `scan_period`); while it is idle the manager backs off to one cheap
-//!   look a second and lists the threads only when their count changes
+//!   `scan_period`) and lists the threads only when their count changes
+//!   (and twice a second); while the process is idle the manager sleeps
+//!   until it uses CPU time, so an idle process costs no wakes
 //!   ([`activity`]). Each thread's first expiry falls at a random point of
 //!   its first period, so a thread is sampled in proportion to its CPU
 //!   time even when it uses less than a period. There is no
@@ -562,7 +563,15 @@ impl Sampler {
                     // Its samples get a root frame naming it (context.rs).
                     context::mark_profiler_thread(context::ProfilerThread::Timers);
                     let retired = crate::sync::lock(&retired).take().unwrap_or_default();
-                    manage(timers, tables, retired, stop, counters, buffer, asleep_on_cpu)
+                    manage(
+                        timers,
+                        tables,
+                        retired,
+                        stop,
+                        counters,
+                        buffer,
+                        asleep_on_cpu,
+                    )
                 })
         };
         let manager = match manager {
@@ -703,13 +712,12 @@ fn manage(
     // `activity`), unless the kernel refuses such sleeps.
     let mut cpu_sleep = false;
     let mut cpu_sleep_refused = false;
+    let mut idle_looks = 0u32;
     loop {
-        let mut woke_on_cpu = false;
         if cpu_sleep {
             asleep_on_cpu.store(true, Ordering::SeqCst);
             if !stop.is_stopped() {
-                woke_on_cpu = activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
-                cpu_sleep_refused = !woke_on_cpu;
+                cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
             }
             asleep_on_cpu.store(false, Ordering::SeqCst);
             if stop.is_stopped() {
@@ -734,16 +742,17 @@ fn manage(
             }
         }
         // Listing the threads costs in proportion to their number: do it
-        // only when the thread count moved, when the process used CPU (a
-        // new thread may be running: it is armed within one period), or
-        // when a sample's stack lay outside the maps snapshot. An idle
-        // process costs one wake and one to three more system calls per
-        // `IDLE_SCAN_PERIOD`.
-        let mut look = activity.look(buffer.taken.load(Ordering::Relaxed));
-        look.busy |= woke_on_cpu;
+        // only when the thread count moved (a new thread: it is armed
+        // within one period), when a sample's stack lay outside the maps
+        // snapshot, or, while the process uses CPU, every
+        // `RECYCLED_CHECK_PERIOD` (a thread that replaced one that exited
+        // within the same period leaves the count unchanged; recycled tids).
+        // A look costs one or a few system calls (see `activity`).
+        let look = activity.look(buffer.taken.load(Ordering::Relaxed));
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        let worked = look.busy || look.threads_changed || stale != stale_maps;
-        if worked {
+        let stale_moved = stale != stale_maps;
+        let recycled_due = look.busy && recycled_checked.elapsed() >= RECYCLED_CHECK_PERIOD;
+        if look.threads_changed || stale_moved || recycled_due {
             // Someone installed another SIGPROF handler over ours (another
             // profiler, a crash reporter): our timers would now feed it. Stop
             // them, say so once, and leave that handler alone. Checked when
@@ -777,7 +786,7 @@ fn manage(
                 }
                 refreshed = true;
             });
-            if !refreshed && stale != stale_maps {
+            if !refreshed && stale_moved {
                 if let Some(maps) = MapsSnapshot::read() {
                     publish_maps(maps, &mut retired);
                 }
@@ -791,15 +800,19 @@ fn manage(
                 .timer_errors
                 .store(timers.create_errors, Ordering::Relaxed);
         }
-        // Busy: scan again soon (less often in processes with many
-        // threads, up to once a second). Idle: back off.
-        period = if look.busy || look.threads_changed {
-            scan_period(timers.len())
+        // Busy: look again soon (less often in processes with many
+        // threads, up to once a second). Idle for `IDLE_LOOKS` looks: sleep
+        // until the process uses CPU (no wakes while it stays idle), or,
+        // where the kernel refuses that, back off up to once a second.
+        if look.busy || look.threads_changed || stale_moved {
+            idle_looks = 0;
+            period = scan_period(timers.len());
+        } else if cpu_sleep_refused {
+            period = activity::back_off(period);
         } else {
-            let next = activity::back_off(period);
-            cpu_sleep = next == period && !cpu_sleep_refused;
-            next
-        };
+            idle_looks = idle_looks.saturating_add(1);
+            cpu_sleep = idle_looks >= activity::IDLE_LOOKS;
+        }
         retired.collect();
         counters
             .retired
