@@ -380,8 +380,10 @@ mod linux {
             // The debug info is read again only for addresses not seen
             // before: most intervals need none, and it would otherwise stay
             // in memory (tens of MB for a large binary) for good.
-            symbolizer.release_debug_info();
-            crate::sampler::release_free_heap();
+            // Freed debug info is tens of MB of heap that glibc would keep.
+            if symbolizer.release_debug_info() {
+                crate::sampler::release_free_heap();
+            }
             for profile in profiles {
                 Counters::bump(&self.counters.profiles);
                 tracing::debug!(
