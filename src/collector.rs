@@ -258,6 +258,10 @@ mod linux {
             self.drain(&mut builder);
             self.index_spans(true);
             self.emit(builder, SystemTime::now(), &mut symbolizer);
+            // A later profiler in this process reads it again if needed.
+            if symbolizer.release_debug_info() {
+                crate::sampler::release_free_heap();
+            }
             for sink in std::mem::take(&mut self.sinks) {
                 sink.shutdown(deadline);
             }
@@ -373,15 +377,16 @@ mod linux {
 
         fn emit(&mut self, builder: ProfileBuilder, end: SystemTime, symbolizer: &mut Symbolizer) {
             self.id_overflows += builder.span_id_overflows();
-            if builder.is_empty() {
-                return;
-            }
-            let profiles = builder.finish(end, symbolizer);
+            let profiles = if builder.is_empty() {
+                Vec::new()
+            } else {
+                builder.finish(end, symbolizer)
+            };
             // The debug info is read again only for addresses not seen
-            // before: most intervals need none, and it would otherwise stay
-            // in memory (tens of MB for a large binary) for good.
-            // Freed debug info is tens of MB of heap that glibc would keep.
-            if symbolizer.release_debug_info() {
+            // before: it is let go once an interval needed none (it would
+            // otherwise stay in memory, tens of MB for a large binary, for
+            // good), with the freed heap, which glibc would keep.
+            if symbolizer.end_interval() {
                 crate::sampler::release_free_heap();
             }
             for profile in profiles {
