@@ -69,7 +69,10 @@ pub(crate) struct Look {
 impl Activity {
     pub(crate) fn new(taken: u64) -> Activity {
         let task_dir = File::open("/proc/self/task").ok();
-        let mut activity = Activity {
+        // The thread count is unknown until the first scan: threads
+        // started between the sampler's own scan and this thread's start
+        // must not count as seen.
+        Activity {
             task_dir,
             threads: None,
             taken,
@@ -77,9 +80,7 @@ impl Activity {
             cpu_mark: process_cpu_nanos(),
             own_mark: thread_cpu_nanos(),
             wall_mark: Instant::now(),
-        };
-        activity.threads = activity.thread_count();
-        activity
+        }
     }
 
     /// The number of threads in the process, from one `fstat`.
@@ -293,6 +294,22 @@ mod tests {
         let (ok, used) = sleeper.join().expect("join");
         assert!(ok, "clock_nanosleep refused");
         assert!(used >= 5_000_000, "woke after {used} ns of process CPU");
+    }
+
+    #[test]
+    fn the_first_look_asks_for_a_scan_and_later_ones_only_on_a_change() {
+        let mut activity = Activity::new(0);
+        let first = activity.look(0);
+        assert!(first.threads_changed, "threads started before the manager");
+        activity.scanned(&first);
+        // Other tests may start or end threads meanwhile: only a look that
+        // sees the scanned count must report no change.
+        let again = activity.look(0);
+        if again.threads == first.threads {
+            assert!(!again.threads_changed);
+        } else {
+            assert!(again.threads_changed);
+        }
     }
 
     #[test]
