@@ -233,7 +233,7 @@ mod stub {
         }
 
         /// Nothing is loaded here.
-        pub(crate) fn end_interval(&mut self) -> bool {
+        pub(crate) fn end_interval(&mut self, _keep_while_needed: bool) -> bool {
             false
         }
     }
@@ -324,15 +324,15 @@ mod linux {
         }
 
         /// Called after each interval is symbolized: releases the debug
-        /// info ([`release_debug_info`](Symbolizer::release_debug_info))
-        /// once an interval needed none, and keeps it while every interval
-        /// brings addresses never seen before. The collector's own samples
-        /// while it reads debug info are such addresses: releasing after
-        /// every interval made each interval read it all again (for a
-        /// 1 s interval, some 2% of a core). Returns `true` if some was
-        /// released.
-        pub(crate) fn end_interval(&mut self) -> bool {
-            if std::mem::take(&mut self.looked_up) {
+        /// info ([`release_debug_info`](Symbolizer::release_debug_info)),
+        /// unless `keep_while_needed` and this interval needed it: then it
+        /// is kept until an interval needs none. The collector's own
+        /// samples while it reads debug info are addresses never seen
+        /// before, so releasing after every short interval made each one
+        /// read it all again (for 1 s intervals, some 2% of a core).
+        /// Returns `true` if some was released.
+        pub(crate) fn end_interval(&mut self, keep_while_needed: bool) -> bool {
+            if std::mem::take(&mut self.looked_up) && keep_while_needed {
                 return false;
             }
             self.release_debug_info()
