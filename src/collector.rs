@@ -97,10 +97,6 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(100);
 /// keeps a span index (closed spans wait in a bounded queue); without one
 /// it sleeps until the interval's end.
 const IDLE_DRAIN_PERIOD: Duration = Duration::from_secs(1);
-/// Upload intervals shorter than this keep the symbolizer's debug info
-/// while consecutive intervals need it (CPU over memory); longer ones (the
-/// default 10 s) release it after every interval (memory over CPU).
-const KEEP_DEBUG_INFO_BELOW: Duration = Duration::from_secs(10);
 /// Most span ids whose CPU samples are tallied for the span index.
 const MAX_TALLIED_SPANS: usize = 100_000;
 /// Closed root spans without CPU samples indexed per second: a bounded
@@ -262,10 +258,6 @@ mod linux {
             self.drain(&mut builder);
             self.index_spans(true);
             self.emit(builder, SystemTime::now(), &mut symbolizer);
-            // A later profiler in this process reads it again if needed.
-            if symbolizer.release_debug_info() {
-                crate::sampler::release_free_heap();
-            }
             for sink in std::mem::take(&mut self.sinks) {
                 sink.shutdown(deadline);
             }
@@ -387,13 +379,10 @@ mod linux {
                 builder.finish(end, symbolizer)
             };
             // The debug info is read again only for addresses not seen
-            // before. It is let go after each interval (it would otherwise
-            // stay in memory, tens of MB for a large binary), with the freed
-            // heap, which glibc would keep; with intervals shorter than
-            // `KEEP_DEBUG_INFO_BELOW` only once an interval needed none, so
-            // that it is not read again every few seconds.
-            let keep = self.settings.upload_interval < KEEP_DEBUG_INFO_BELOW;
-            if symbolizer.end_interval(keep) {
+            // before: it is let go after each interval (it would otherwise
+            // stay in memory, tens of MB for a large binary), with the
+            // freed heap, which glibc would keep.
+            if symbolizer.release_debug_info() {
                 crate::sampler::release_free_heap();
             }
             for profile in profiles {

@@ -231,11 +231,6 @@ mod stub {
         pub(crate) fn release_debug_info(&mut self) -> bool {
             false
         }
-
-        /// Nothing is loaded here.
-        pub(crate) fn end_interval(&mut self, _keep_while_needed: bool) -> bool {
-            false
-        }
     }
 }
 
@@ -288,9 +283,6 @@ mod linux {
         last_maps_read: Option<Instant>,
         cache: HashMap<u64, Arc<Resolved>>,
         names: HashSet<Arc<str>>,
-        /// Debug info was read for an address since the last
-        /// [`end_interval`](Symbolizer::end_interval).
-        looked_up: bool,
     }
 
     impl fmt::Debug for Symbolizer {
@@ -319,23 +311,7 @@ mod linux {
                 last_maps_read: None,
                 cache: HashMap::new(),
                 names: HashSet::new(),
-                looked_up: false,
             }
-        }
-
-        /// Called after each interval is symbolized: releases the debug
-        /// info ([`release_debug_info`](Symbolizer::release_debug_info)),
-        /// unless `keep_while_needed` and this interval needed it: then it
-        /// is kept until an interval needs none. The collector's own
-        /// samples while it reads debug info are addresses never seen
-        /// before, so releasing after every short interval made each one
-        /// read it all again (for 1 s intervals, some 2% of a core).
-        /// Returns `true` if some was released.
-        pub(crate) fn end_interval(&mut self, keep_while_needed: bool) -> bool {
-            if std::mem::take(&mut self.looked_up) && keep_while_needed {
-                return false;
-            }
-            self.release_debug_info()
         }
 
         /// The frames at `probe`, an address of this process. Pass
@@ -514,7 +490,6 @@ mod linux {
                 file.lookups = 0;
             }
             file.lookups += 1;
-            self.looked_up = true;
             // Raw strings first, interned afterwards (the loader borrows self).
             let mut raw: Vec<(Option<String>, Option<String>, u32)> = Vec::new();
             let mut symbol: Option<String> = None;
