@@ -1,9 +1,11 @@
 //! The collector: the background thread that turns samples into profiles.
 //!
-//! One thread, `pyroscope-collect`, loops every [`DRAIN_PERIOD`]: it drains
-//! the sampler's buffer into the interval's [`ProfileBuilder`], and at the
-//! end of each upload interval symbolizes, encodes and hands the profiles to
-//! every [`Sink`]. Closed profiled root spans arrive from the layer through
+//! One thread, `pyroscope-collect`, loops every [`DRAIN_PERIOD`] while
+//! samples come in (backing off, doubling, while none do: at idle it wakes
+//! once per interval, or once per [`IDLE_DRAIN_PERIOD`] when a sink keeps a
+//! span index): it drains the sampler's buffer into the interval's
+//! [`ProfileBuilder`], and at the end of each upload interval symbolizes,
+//! encodes and hands the profiles to every [`Sink`]. Closed profiled root spans arrive from the layer through
 //! a bounded queue; when a sink keeps a span index the collector tallies
 //! CPU samples per span and passes the finished records on: every span that
 //! got samples, and of the others only a bounded sample
@@ -89,8 +91,12 @@ impl Drop for ProfilerGuard {
     }
 }
 
-/// How often the collector drains the sample buffer.
+/// How often the collector drains the sample buffer while samples come in.
 const DRAIN_PERIOD: Duration = Duration::from_millis(100);
+/// The longest the collector sleeps while nothing comes in, when a sink
+/// keeps a span index (closed spans wait in a bounded queue); without one
+/// it sleeps until the interval's end.
+const IDLE_DRAIN_PERIOD: Duration = Duration::from_secs(1);
 /// Most span ids whose CPU samples are tallied for the span index.
 const MAX_TALLIED_SPANS: usize = 100_000;
 /// Intervals a span's tally is kept after its last sample while its index
@@ -257,16 +263,35 @@ mod linux {
             let mut symbolizer = lock(&SYMBOLIZER).take().unwrap_or_default();
             let mut interval_clock = Instant::now();
             let mut builder = self.new_builder(SystemTime::now());
-            while !stop.wait(DRAIN_PERIOD) {
-                self.drain(&mut builder);
+            let interval = self.settings.upload_interval;
+            let mut backoff = DRAIN_PERIOD;
+            let mut wait = DRAIN_PERIOD;
+            while !stop.wait(wait) {
+                let samples = self.drain(&mut builder);
                 self.index_spans(false);
-                if interval_clock.elapsed() >= self.settings.upload_interval {
+                if interval_clock.elapsed() >= interval {
                     let now = SystemTime::now();
                     let full = std::mem::replace(&mut builder, self.new_builder(now));
                     self.emit(full, now, &mut symbolizer);
                     self.span_samples.next_interval();
                     interval_clock = Instant::now();
                 }
+                // Nothing came in: back off (samples wait in the sampler's
+                // queue meanwhile, closed spans in theirs), never past the
+                // interval's end.
+                backoff = if samples > 0 || !self.pending.is_empty() {
+                    DRAIN_PERIOD
+                } else {
+                    let cap = if self.index {
+                        IDLE_DRAIN_PERIOD
+                    } else {
+                        interval
+                    };
+                    (backoff * 2).min(cap)
+                };
+                wait = backoff
+                    .min(interval.saturating_sub(interval_clock.elapsed()))
+                    .max(Duration::from_millis(1));
             }
             // Shutdown: stop timers, take the last samples, flush everything.
             // A sink may overrun its deadline by a little while its thread
@@ -290,10 +315,11 @@ mod linux {
             ProfileBuilder::new(start, self.period_nanos as i64, self.settings.max_span_ids)
         }
 
-        fn drain(&mut self, builder: &mut ProfileBuilder) {
+        /// Returns the number of samples taken.
+        fn drain(&mut self, builder: &mut ProfileBuilder) -> usize {
             let span_samples = &mut self.span_samples;
             let tally = self.index;
-            self.sampler.drain(|labels, frames, weight| {
+            let samples = self.sampler.drain(|labels, frames, weight| {
                 // The index counts only what the profile labels.
                 let labels = builder.add(labels, frames, u64::from(weight));
                 if tally && labels.span_id != 0 {
@@ -325,6 +351,7 @@ mod linux {
                 crate::context::label_set_overflows().saturating_sub(sets),
             );
             Counters::set(&c.degraded_samples, stats.unwind_busy + stats.timer_errors);
+            samples
         }
 
         /// Hands closed root spans to the sinks that keep an index, one
@@ -385,14 +412,18 @@ mod linux {
 
         fn emit(&mut self, builder: ProfileBuilder, end: SystemTime, symbolizer: &mut Symbolizer) {
             self.id_overflows += builder.span_id_overflows();
-            if builder.is_empty() {
-                return;
-            }
-            let profiles = builder.finish(end, symbolizer);
+            let profiles = if builder.is_empty() {
+                Vec::new()
+            } else {
+                builder.finish(end, symbolizer)
+            };
             // The debug info is read again only for addresses not seen
-            // before: most intervals need none, and it would otherwise stay
-            // in memory (tens of MB for a large binary) for good.
-            symbolizer.release_debug_info();
+            // before: it is let go after each interval (it would otherwise
+            // stay in memory, tens of MB for a large binary), with the
+            // freed heap, which glibc would keep.
+            if symbolizer.release_debug_info() {
+                crate::sampler::release_free_heap();
+            }
             for profile in profiles {
                 Counters::bump(&self.counters.profiles);
                 tracing::debug!(

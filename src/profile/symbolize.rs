@@ -228,7 +228,9 @@ mod stub {
         }
 
         /// Nothing is loaded here.
-        pub(crate) fn release_debug_info(&mut self) {}
+        pub(crate) fn release_debug_info(&mut self) -> bool {
+            false
+        }
     }
 }
 
@@ -340,13 +342,17 @@ mod linux {
         /// Drops the debug info read so far (parsed DWARF, symbol tables
         /// and the objects' file mappings), keeping the resolved addresses:
         /// between intervals the process does not carry the debug info, and
-        /// it is read again only for an address not seen before.
-        pub(crate) fn release_debug_info(&mut self) {
+        /// it is read again only for an address not seen before. Returns
+        /// `true` if some was in memory.
+        pub(crate) fn release_debug_info(&mut self) -> bool {
+            let mut released = false;
             for object in &mut self.objects {
                 if let Some(Some(_)) = object.loader {
                     object.loader = None;
+                    released = true;
                 }
             }
+            released
         }
 
         /// Objects whose debug info is in memory.

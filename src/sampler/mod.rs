@@ -3,8 +3,14 @@
 //! - **Timers** ([`timers`]): one POSIX timer per thread on that thread's own
 //!   CPU-time clock, delivering `SIGPROF` to that thread, so every busy
 //!   thread is sampled at the configured rate of its own CPU time. A manager
-//!   thread picks up new threads every [`SCAN_PERIOD`] (less often in
-//!   processes with hundreds of threads, see `scan_period`). There is no
+//!   thread picks up new threads every [`SCAN_PERIOD`] while the process
+//!   uses CPU (less often in processes with hundreds of threads, see
+//!   `scan_period`) and lists the threads only when their count changes
+//!   (and twice a second); while the process is idle the manager sleeps
+//!   until it uses CPU time, so an idle process costs no wakes
+//!   ([`activity`]). Each thread's first expiry falls at a random point of
+//!   its first period, so a thread is sampled in proportion to its CPU
+//!   time even when it uses less than a period. There is no
 //!   process-wide `setitimer` fallback: per-thread timers exist on every
 //!   Linux since 2.6.12, and if `timer_create` fails for a thread that thread
 //!   is counted (and retried on the next scan) rather than sampled wrongly.
@@ -98,6 +104,7 @@ use std::time::Duration;
 use crate::context::{self, SpanLabels};
 use crate::{Error, ErrorKind};
 
+mod activity;
 mod buffer;
 mod queue;
 mod reclaim;
@@ -111,6 +118,9 @@ use unwind::{MapsSnapshot, NativeCache, Plan, Regs, UnwindState};
 
 /// How often the manager looks for new and exited threads.
 pub(crate) const SCAN_PERIOD: Duration = Duration::from_millis(20);
+/// How often, at most, the manager looks for timers whose thread died and
+/// whose tid was reused.
+const RECYCLED_CHECK_PERIOD: Duration = Duration::from_millis(500);
 /// The scan period for a process with `threads` threads: [`SCAN_PERIOD`]
 /// up to 64 threads, then growing with the thread count, at most 1 s.
 fn scan_period(threads: usize) -> Duration {
@@ -490,6 +500,9 @@ pub(crate) struct Sampler {
     fork_generation: u64,
     stop: StopSignal,
     manager: Option<JoinHandle<()>>,
+    /// The manager sleeps until the process uses CPU time: stopping it
+    /// takes some.
+    manager_asleep_on_cpu: Arc<AtomicBool>,
     drainer: Option<JoinHandle<()>>,
     counters: Arc<RunCounters>,
     buffer: Arc<SampleBuffer>,
@@ -581,8 +594,10 @@ impl Sampler {
             .store(timers.len() as u64, Ordering::Relaxed);
         // The manager gets `retired` only once spawned: keep a way back.
         let retired = Arc::new(Mutex::new(Some(retired)));
+        let asleep_on_cpu = Arc::new(AtomicBool::new(false));
         let manager = {
             let stop = stop.clone();
+            let asleep_on_cpu = asleep_on_cpu.clone();
             let counters = counters.clone();
             let buffer = buffer.clone();
             let retired = retired.clone();
@@ -592,7 +607,15 @@ impl Sampler {
                     // Its samples get a root frame naming it (context.rs).
                     context::mark_profiler_thread(context::ProfilerThread::Timers);
                     let retired = crate::sync::lock(&retired).take().unwrap_or_default();
-                    manage(timers, tables, retired, stop, counters, buffer)
+                    manage(
+                        timers,
+                        tables,
+                        retired,
+                        stop,
+                        counters,
+                        buffer,
+                        asleep_on_cpu,
+                    )
                 })
         };
         let manager = match manager {
@@ -612,6 +635,7 @@ impl Sampler {
             fork_generation: FORK_GENERATION.load(Ordering::SeqCst),
             stop,
             manager: Some(manager),
+            manager_asleep_on_cpu: asleep_on_cpu,
             drainer: Some(drainer),
             counters,
             buffer,
@@ -672,6 +696,17 @@ impl Sampler {
             return;
         }
         self.stop.stop();
+        // A manager asleep until the process uses CPU time wakes when it
+        // has: use that much (at most `IDLE_WAKE_CPU` and a scheduler tick).
+        while !manager.is_finished() {
+            if self.manager_asleep_on_cpu.load(Ordering::SeqCst) {
+                activity::burn_until(|| {
+                    manager.is_finished() || !self.manager_asleep_on_cpu.load(Ordering::SeqCst)
+                });
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let _ = manager.join();
         self.buffer.stop_sleeping();
         if let Some(drainer) = self.drainer.take() {
@@ -699,6 +734,7 @@ fn manage(
     stop: StopSignal,
     counters: Arc<RunCounters>,
     buffer: Arc<SampleBuffer>,
+    asleep_on_cpu: Arc<AtomicBool>,
 ) {
     let mut loader_generation = {
         let p = UNWIND.load(Ordering::SeqCst);
@@ -709,39 +745,38 @@ fn manage(
             unsafe { (*p).loader_generation }
         }
     };
-    let mut scans: u64 = 0;
     let mut period = SCAN_PERIOD;
     let mut stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
+    let mut activity = activity::Activity::new(buffer.taken.load(Ordering::Relaxed));
+    let mut recycled_checked = std::time::Instant::now();
     // Set once another SIGPROF handler replaced ours: nothing left to do
     // but wait for `stop`.
     let mut displaced = false;
+    // Idle for long enough: sleep until the process uses CPU (see
+    // `activity`), unless the kernel refuses such sleeps.
+    let mut cpu_sleep = false;
+    let mut cpu_sleep_refused = false;
+    let mut idle_looks = 0u32;
     loop {
-        if stop.wait(period) {
+        if cpu_sleep {
+            asleep_on_cpu.store(true, Ordering::SeqCst);
+            if !stop.is_stopped() {
+                cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
+            }
+            asleep_on_cpu.store(false, Ordering::SeqCst);
+            if stop.is_stopped() {
+                break;
+            }
+        } else if stop.wait(period) {
             break;
         }
+        cpu_sleep = false;
         if displaced {
             period = Duration::from_secs(1);
             continue;
         }
-        // Someone installed another SIGPROF handler over ours (another
-        // profiler, a crash reporter): our timers would now feed it. Stop
-        // them, say so once, and leave that handler alone.
-        if let Some(foreign) = foreign_handler() {
-            timers.clear();
-            ACTIVE.store(false, Ordering::SeqCst);
-            counters.threads.store(0, Ordering::Relaxed);
-            counters.handler_conflicts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                target: "tracing_pyroscope",
-                handler = %describe_handler(foreign),
-                "another SIGPROF handler replaced tracing-pyroscope's (another profiler?); CPU sampling stopped"
-            );
-            displaced = true;
-            continue;
-        }
-        scans += 1;
         // Code loaded or unloaded (dlopen, dlclose)? Rebuild the unwinder.
-        // Checked every scan: one allocation-free dl_iterate_phdr step.
+        // Checked every wake: one allocation-free dl_iterate_phdr step.
         if unwind::loader_generation() != loader_generation {
             let state = unwind::build_unwinder(&mut tables);
             loader_generation = state.loader_generation;
@@ -750,32 +785,78 @@ fn manage(
                 publish_maps(maps, &mut retired);
             }
         }
-        // New threads (read before their timers are armed, so their stacks
-        // are known by their first sample), or samples whose stack lay
-        // outside the snapshot: read the maps again.
+        // Listing the threads costs in proportion to their number: do it
+        // only when the thread count moved (a new thread: it is armed
+        // within one period), when a sample's stack lay outside the maps
+        // snapshot, or, while the process uses CPU, every
+        // `RECYCLED_CHECK_PERIOD` (a thread that replaced one that exited
+        // within the same period leaves the count unchanged; recycled tids).
+        // A look costs one or a few system calls (see `activity`).
+        let look = activity.look(buffer.taken.load(Ordering::Relaxed));
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        let mut refreshed = false;
-        timers.scan(scans.is_multiple_of(25), || {
-            if let Some(maps) = MapsSnapshot::read() {
-                publish_maps(maps, &mut retired);
+        let stale_moved = stale != stale_maps;
+        let recycled_due = look.busy && recycled_checked.elapsed() >= RECYCLED_CHECK_PERIOD;
+        if look.threads_changed || stale_moved || recycled_due {
+            // Someone installed another SIGPROF handler over ours (another
+            // profiler, a crash reporter): our timers would now feed it. Stop
+            // them, say so once, and leave that handler alone. Checked when
+            // there is work: a process that uses no CPU fires no timers.
+            if let Some(foreign) = foreign_handler() {
+                timers.clear();
+                ACTIVE.store(false, Ordering::SeqCst);
+                counters.threads.store(0, Ordering::Relaxed);
+                counters.handler_conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "tracing_pyroscope",
+                    handler = %describe_handler(foreign),
+                    "another SIGPROF handler replaced tracing-pyroscope's (another profiler?); CPU sampling stopped"
+                );
+                displaced = true;
+                continue;
             }
-            refreshed = true;
-        });
-        if !refreshed && stale != stale_maps {
-            if let Some(maps) = MapsSnapshot::read() {
-                publish_maps(maps, &mut retired);
+            // New threads (read before their timers are armed, so their
+            // stacks are known by their first sample), or samples whose
+            // stack lay outside the snapshot: read the maps again.
+            // Recycled tids are looked for at most every
+            // `RECYCLED_CHECK_PERIOD` (one `timer_gettime` per thread).
+            let check_recycled = recycled_checked.elapsed() >= RECYCLED_CHECK_PERIOD;
+            if check_recycled {
+                recycled_checked = std::time::Instant::now();
             }
+            let mut refreshed = false;
+            timers.scan(check_recycled, || {
+                if let Some(maps) = MapsSnapshot::read() {
+                    publish_maps(maps, &mut retired);
+                }
+                refreshed = true;
+            });
+            if !refreshed && stale_moved {
+                if let Some(maps) = MapsSnapshot::read() {
+                    publish_maps(maps, &mut retired);
+                }
+            }
+            stale_maps = stale;
+            activity.scanned(&look);
+            counters
+                .threads
+                .store(timers.len() as u64, Ordering::Relaxed);
+            counters
+                .timer_errors
+                .store(timers.create_errors, Ordering::Relaxed);
         }
-        stale_maps = stale;
-        counters
-            .threads
-            .store(timers.len() as u64, Ordering::Relaxed);
-        // Listing threads costs in proportion to their number: scan less
-        // often in processes with many threads (up to once a second).
-        period = scan_period(timers.len());
-        counters
-            .timer_errors
-            .store(timers.create_errors, Ordering::Relaxed);
+        // Busy: look again soon (less often in processes with many
+        // threads, up to once a second). Idle for `IDLE_LOOKS` looks: sleep
+        // until the process uses CPU (no wakes while it stays idle), or,
+        // where the kernel refuses that, back off up to once a second.
+        if look.busy || look.threads_changed || stale_moved {
+            idle_looks = 0;
+            period = scan_period(timers.len());
+        } else if cpu_sleep_refused {
+            period = activity::back_off(period);
+        } else {
+            idle_looks = idle_looks.saturating_add(1);
+            cpu_sleep = idle_looks >= activity::IDLE_LOOKS;
+        }
         retired.collect();
         counters
             .retired
@@ -784,6 +865,21 @@ fn manage(
     }
     timers.clear();
     shut_down(&mut retired, buffer);
+}
+
+/// Returns the heap's free memory to the system where the allocator keeps
+/// it (glibc: `malloc_trim(0)`, which also releases free pages inside its
+/// arenas). The collector calls it after dropping the debug info it read
+/// to symbolize an interval: tens of MB freed at once, which glibc would
+/// otherwise keep mapped for good. A no-op on other C libraries.
+pub(crate) fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes glibc's arena locks like any malloc call
+    // and only unmaps or advises away free pages; it is called from an
+    // ordinary thread (the collector), never from a signal handler.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Moves samples from the signal buffer to the heap queue whenever the

@@ -183,7 +183,7 @@ impl Timers {
         }
         let spec = libc::itimerspec {
             it_interval: timespec(self.period_nanos),
-            it_value: timespec(self.period_nanos),
+            it_value: timespec(first_expiry(tid, self.period_nanos)),
         };
         // SAFETY: `id` was just created by timer_create.
         if unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) } != 0 {
@@ -207,6 +207,25 @@ impl Drop for Timers {
     }
 }
 
+/// When a new timer first fires, in CPU nanoseconds of its thread: a
+/// uniformly random point in (0, period]. A thread's first period then
+/// yields a sample with probability (CPU used / period), so the expected
+/// sample count is exact for every thread, even one that runs less than a
+/// period after it was armed; a fixed first expiry of one period would
+/// never sample such a thread. A splitmix64 of the tid and the clock, not
+/// for anything but spreading expiries.
+fn first_expiry(tid: libc::pid_t, period_nanos: u64) -> u64 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = clock ^ (tid as u64).rotate_left(32);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    1 + z % period_nanos.max(1)
+}
+
 fn armed(id: libc::timer_t) -> bool {
     // SAFETY: itimerspec is plain data.
     let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
@@ -219,5 +238,23 @@ fn delete(id: libc::timer_t) {
     // SAFETY: `id` is a timer we created and have not deleted yet.
     unsafe {
         libc::timer_delete(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_expiries_spread_over_the_whole_period() {
+        let period = 10_000_000;
+        let mut quarters = [0u32; 4];
+        for tid in 1..=4000 {
+            let first = first_expiry(tid, period);
+            assert!((1..=period).contains(&first), "{first}");
+            quarters[((first - 1) * 4 / period) as usize] += 1;
+        }
+        // 1000 expected in each quarter; 800 is more than 12 sigma away.
+        assert!(quarters.iter().all(|&q| q > 800), "{quarters:?}");
     }
 }
