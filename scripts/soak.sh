@@ -17,12 +17,13 @@
 # --slow      how long a slow answer takes (default 5s)
 # --settle    warm-up: growth is measured against the RSS at its end
 #             (default 60s)
-# --window    each side of the growth figure is the median of the
-#             per-second RSS readings in a window this long: the last
-#             --window seconds of --settle, and of the run (default 10s).
-#             The median, because the profiler's RSS moves within each
-#             upload interval (debug info read to symbolize, released
-#             after), and a single reading lands anywhere in that cycle.
+# --window    each side of the growth figure is the lowest per-second
+#             RSS reading in a window this long: the last --window seconds
+#             of --settle, and of the run (default 10s). The lowest, because
+#             the profiler's RSS moves within each upload interval (debug
+#             info read to symbolize, then released with the heap it used),
+#             and the level it comes back to is what a leak raises; the
+#             highest readings are printed too (max_pct).
 # --max-growth  fail (exit 1) if any process's RSS, or its anonymous part,
 #             grew by more than PCT percent after --settle (default: report
 #             only)
@@ -43,7 +44,8 @@
 #   SOAK_GROWTH <name> base_kb=<kB> last_kb=<kB> last_pct=<p>
 #       anon_base_kb=<kB> anon_last_kb=<kB> anon_pct=<p>
 #       base_max_kb=<kB> max_kb=<kB> max_pct=<p>
-#     (base, last: window medians at the end of --settle and of the run;
+#     (base, last: the lowest readings of a window at the end of --settle
+#     and of the run;
 #     anon_*: the same for anonymous RSS, the heap; max_pct: the highest
 #     reading after --settle against the highest before)
 #   SOAK_END crashes=<n> demo_exit=<code> growth_pct=<p> anon_growth_pct=<p>
@@ -162,7 +164,7 @@ while kill -0 "$demo_pid" 2>/dev/null; do
     last_read=$now
     for pid in $(printf '%s\n' "${!names[@]}" | sort -n); do
       [ -n "${gone[$pid]:-}" ] && continue
-      read -r kb anon < <(rss_kb "$pid")
+      kb="" anon=""; read -r kb anon < <(rss_kb "$pid") || true
       [ -z "${kb:-}" ] && continue
       series[${names[$pid]}]+=" $now:$kb"
       anon_series[${names[$pid]}]+=" $now:$anon"
@@ -174,7 +176,7 @@ while kill -0 "$demo_pid" 2>/dev/null; do
     rss_line=""
     for pid in $(printf '%s\n' "${!names[@]}" | sort -n); do
       [ -n "${gone[$pid]:-}" ] && continue
-      read -r kb anon < <(rss_kb "$pid")
+      kb="" anon=""; read -r kb anon < <(rss_kb "$pid") || true
       [ -z "${kb:-}" ] && continue
       name=${names[$pid]}
       rss_line+="${rss_line:+,}$name:$kb"
@@ -195,13 +197,13 @@ wait "$server_pid" 2>/dev/null || true
 server_pid=""
 
 # Growth after --settle. RSS moves within each upload interval (debug
-# info read to symbolize, then released), so each side is the median of a
-# window of per-second readings: the last --window seconds up to --settle
-# (base) against the last --window seconds of the run (end). max_pct
-# compares the highest readings after --settle with the highest before.
-median() { sort -n | awk '{v[NR] = $1} END { if (NR) print v[int((NR + 1) / 2)] }'; }
-window_median() { # series from to
-  tr ' ' '\n' <<<"$1" | awk -F: -v a="$2" -v b="$3" 'NF == 2 && $1 > a && $1 <= b { print $2 }' | median
+# info read to symbolize, then released), so each side is the lowest of the
+# per-second readings in a window: the last --window seconds up to
+# --settle (base) against the last --window seconds of the run (last).
+# max_pct compares the highest readings after --settle with the highest
+# before.
+window_min() { # series from to
+  tr ' ' '\n' <<<"$1" | awk -F: -v a="$2" -v b="$3" 'NF == 2 && $1 > a && $1 <= b && (m == "" || $2 < m) { m = $2 } END { print m }'
 }
 window_max() {
   tr ' ' '\n' <<<"$1" | awk -F: -v a="$2" -v b="$3" 'NF == 2 && $1 > a && $1 <= b && $2 > m { m = $2 } END { print m }'
@@ -211,10 +213,10 @@ for name in $(printf '%s\n' "${!series[@]}" | sort); do
   # The series as printed: one reading per --every.
   echo "SOAK_RSS $name$(tr ' ' '\n' <<<"${series[$name]}" | awk -F: -v e="$every_s" 'NF == 2 && $1 % e == 0 { printf " %s", $2 }')"
   last_t=$(tr ' ' '\n' <<<"${series[$name]}" | awk -F: 'NF == 2 { t = $1 } END { print t }')
-  base=$(window_median "${series[$name]}" $((settle_s - window_s)) "$settle_s")
-  last=$(window_median "${series[$name]}" $((last_t - window_s)) "$last_t")
-  anon_base=$(window_median "${anon_series[$name]}" $((settle_s - window_s)) "$settle_s")
-  anon_last=$(window_median "${anon_series[$name]}" $((last_t - window_s)) "$last_t")
+  base=$(window_min "${series[$name]}" $((settle_s - window_s)) "$settle_s")
+  last=$(window_min "${series[$name]}" $((last_t - window_s)) "$last_t")
+  anon_base=$(window_min "${anon_series[$name]}" $((settle_s - window_s)) "$settle_s")
+  anon_last=$(window_min "${anon_series[$name]}" $((last_t - window_s)) "$last_t")
   base_max=$(window_max "${series[$name]}" 0 "$settle_s")
   max=$(window_max "${series[$name]}" "$settle_s" "$last_t")
   if [ -z "$base" ] || [ -z "$last" ] || [ "$last_t" -le "$settle_s" ]; then
