@@ -294,6 +294,13 @@ pub fn replace(labels: SpanLabels) -> SpanLabels {
     slot::replace(labels)
 }
 
+/// Sets this thread's labels back to ones a [`replace`] returned, without
+/// reading the current ones: the layer's exit.
+#[inline]
+pub(crate) fn restore(labels: SpanLabels) {
+    slot::restore(labels);
+}
+
 /// This thread's current labels.
 #[inline]
 pub fn current() -> SpanLabels {

@@ -173,6 +173,14 @@ impl Entry {
     fn write(&self, labels: SpanLabels) -> SpanLabels {
         let flips = self.flips.load(Ordering::Relaxed);
         let previous = self.load(flips as usize);
+        self.install(flips, labels);
+        previous
+    }
+
+    /// Installs `labels` as the copy after `flips`. Only the owner thread
+    /// (or the registry, before the owner knows the entry) writes.
+    #[inline(always)]
+    fn install(&self, flips: u32, labels: SpanLabels) {
         // Readers on other threads: one that sees any store below also sees
         // the counter value that made this copy inactive (the store that
         // ended the previous write), and retries.
@@ -183,7 +191,6 @@ impl Entry {
         compiler_fence(Ordering::SeqCst);
         self.flips.store(flips.wrapping_add(1), Ordering::Release);
         compiler_fence(Ordering::SeqCst);
-        previous
     }
 
     /// The current labels, read by the owner thread.
@@ -539,11 +546,23 @@ pub(crate) fn own_slot() -> Option<SlotRef> {
 }
 
 /// Sets this thread's labels and returns the previous ones.
-#[inline]
+#[inline(always)]
 pub(super) fn replace(labels: SpanLabels) -> SpanLabels {
     match own_entry() {
         Some(e) => e.write(labels),
         None => FALLBACK.try_with(|f| f.replace(labels)).unwrap_or_default(),
+    }
+}
+
+/// Sets this thread's labels (what [`replace`] does, without reading the
+/// previous ones: an exit restoring what its enter saved).
+#[inline(always)]
+pub(super) fn restore(labels: SpanLabels) {
+    match own_entry() {
+        Some(e) => e.install(e.flips.load(Ordering::Relaxed), labels),
+        None => {
+            let _ = FALLBACK.try_with(|f| f.set(labels));
+        }
     }
 }
 

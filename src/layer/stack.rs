@@ -159,7 +159,7 @@ pub(super) fn remember(layer: usize, span: u64, epoch: u64, labels: SpanLabels) 
 }
 
 /// Enters with cached labels if this thread has them; `false` if not.
-#[inline]
+#[inline(always)]
 pub(super) fn enter_cached(layer: usize, span: u64) -> bool {
     STACK
         .try_with(|stack| {
@@ -195,7 +195,7 @@ fn push(stack: &Stack, span: u64, labels: SpanLabels) {
 }
 
 /// Undoes the topmost enter of `span` on this thread.
-#[inline]
+#[inline(always)]
 pub(super) fn exit(span: u64) {
     let _ = STACK.try_with(|stack| {
         let len = stack.len.get();
@@ -203,7 +203,7 @@ pub(super) fn exit(span: u64) {
             let top = stack.entries[len - 1].get();
             if top.span == span {
                 // The common case: the most recent enter.
-                context::replace(top.saved);
+                context::restore(top.saved);
                 stack.len.set(len - 1);
                 return;
             }
