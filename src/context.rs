@@ -57,7 +57,8 @@ pub use fields::{
 };
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
-    read_slot, release_exited, release_slot, slot_for_tid, slot_is_current, SlotRef,
+    claims as slot_claims, read_slot, release_exited, release_slot, slot_for_tid, slot_is_current,
+    SlotRef,
 };
 
 /// The sample label keys the crate sets, in the order they are written.

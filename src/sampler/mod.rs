@@ -748,6 +748,7 @@ fn manage(
     let mut period = SCAN_PERIOD;
     let mut stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
     let mut activity = activity::Activity::new(buffer.taken.load(Ordering::Relaxed));
+    let mut listed_claims = context::slot_claims();
     let mut recycled_checked = std::time::Instant::now();
     // Set once another SIGPROF handler replaced ours: nothing left to do
     // but wait for `stop`.
@@ -790,13 +791,17 @@ fn manage(
         // within one period), when a sample's stack lay outside the maps
         // snapshot, or, while the process uses CPU, every
         // `RECYCLED_CHECK_PERIOD` (a thread that replaced one that exited
-        // within the same period leaves the count unchanged; recycled tids).
+        // within the same period leaves the count unchanged; recycled tids),
+        // or when a thread registered with the label arena.
         // A look costs one or a few system calls (see `activity`).
         let look = activity.look(buffer.taken.load(Ordering::Relaxed));
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
         let stale_moved = stale != stale_maps;
         let recycled_due = look.busy && recycled_checked.elapsed() >= RECYCLED_CHECK_PERIOD;
-        if look.threads_changed || stale_moved || recycled_due {
+        // A thread that registered with the label arena (its first span
+        // enter) since the last listing: new, even if the count did not move.
+        let claims = context::slot_claims();
+        if look.threads_changed || stale_moved || recycled_due || claims != listed_claims {
             // Someone installed another SIGPROF handler over ours (another
             // profiler, a crash reporter): our timers would now feed it. Stop
             // them, say so once, and leave that handler alone. Checked when
@@ -836,6 +841,8 @@ fn manage(
                 }
             }
             stale_maps = stale;
+            // Entries the scan claimed itself count as seen.
+            listed_claims = context::slot_claims();
             activity.scanned(&look);
             counters
                 .threads
