@@ -21,7 +21,7 @@ mod cpu_clock;
 
 use std::hint::black_box;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::pyroscope_double::PyroscopeDouble;
 use common::wait_until;
@@ -61,19 +61,24 @@ fn run(
             black_box(burn(cpu_per_span));
         }
     });
-    // Every profile encoded so far gets an answer (accepted, rejected or
-    // dropped) before the guard is dropped.
-    let settled = |s: &tracing_pyroscope::Stats| {
+    Ok(settle_and_stop(guard, dispatch))
+}
+
+/// Waits (up to 30 s) until every profile encoded so far got an answer
+/// (accepted, rejected or dropped), then stops the profiler; returns its
+/// stats from just before the stop.
+fn settle_and_stop(
+    guard: tracing_pyroscope::ProfilerGuard,
+    dispatch: tracing::Dispatch,
+) -> tracing_pyroscope::Stats {
+    wait_until(Duration::from_secs(30), || {
+        let s = guard.stats();
         s.profiles > 0 && s.uploads + s.dropped_profiles >= s.profiles
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !settled(&guard.stats()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     drop(dispatch);
     let stats = guard.stats();
     drop(guard);
-    Ok(stats)
+    stats
 }
 
 /// Why not every request the double got was accepted (or none came), if so.
@@ -147,16 +152,7 @@ fn span_labels_reach_the_server_within_the_series_budget() {
             }
         }
     });
-    let settled = |s: &tracing_pyroscope::Stats| {
-        s.profiles > 0 && s.uploads + s.dropped_profiles >= s.profiles
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !settled(&guard.stats()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(dispatch);
-    let stats = guard.stats();
-    drop(guard);
+    let stats = settle_and_stop(guard, dispatch);
     let series = double.series_count();
     eprintln!(
         "span labels: {series} series ({} label sets); {stats:?}",
