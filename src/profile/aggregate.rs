@@ -149,9 +149,16 @@ impl ProfileBuilder {
         let mut resolved: Vec<(u64, bool, Arc<Resolved>)> = Vec::new();
         for ((stack_id, labels), count) in entries {
             resolved.clear();
+            let own = labels.profiler_thread().is_some();
             for (i, &addr) in stacks[stack_id].iter().enumerate() {
                 let is_return = i > 0;
-                let r = symbolizer.resolve(lookup_address(addr, is_return));
+                let probe = lookup_address(addr, is_return);
+                let r = if own {
+                    // The profiler's own samples never make it read debug info.
+                    symbolizer.resolve_from_symbols(probe)
+                } else {
+                    symbolizer.resolve(probe)
+                };
                 resolved.push((addr, is_return, r));
             }
             if chunk.profile.sample.len() >= MAX_SAMPLES_PER_PROFILE {

@@ -227,6 +227,11 @@ mod stub {
             })
         }
 
+        /// `0x<probe>`, as [`resolve`](Self::resolve).
+        pub(crate) fn resolve_from_symbols(&mut self, probe: u64) -> Arc<Resolved> {
+            self.resolve(probe)
+        }
+
         /// Nothing is loaded here.
         pub(crate) fn release_debug_info(&mut self) -> bool {
             false
@@ -272,6 +277,105 @@ mod linux {
         /// Addresses resolved through the current loader.
         lookups: u32,
         elf: Option<ElfInfo>,
+        /// The function symbols, read on first need for an address from a
+        /// profiler thread (see [`Symbolizer::resolve_from_symbols`]);
+        /// `Some(None)` if there are none.
+        symbols: Option<Option<SymbolTable>>,
+    }
+
+    /// An object's function symbols (`.symtab`, else `.dynsym`): the
+    /// names of the profiler's own frames, without reading debug info.
+    #[derive(Default)]
+    struct SymbolTable {
+        /// `(svma, size, start, end)`, sorted by `svma`; the name is
+        /// `names[start..end]`, mangled.
+        entries: Vec<(u64, u64, u32, u32)>,
+        names: Vec<u8>,
+    }
+
+    impl SymbolTable {
+        /// Reads the function symbols of the ELF file at `path`: its section
+        /// headers and one symbol table with its strings, each in one read,
+        /// not the whole file.
+        fn read(path: &str) -> Option<SymbolTable> {
+            let file = File::open(path).ok()?;
+            let data = ReadCache::new(file);
+            let mut table = match FileKind::parse(&data).ok()? {
+                FileKind::Elf32 => Self::read_elf::<FileHeader32<Endianness>>(&data)?,
+                FileKind::Elf64 => Self::read_elf::<FileHeader64<Endianness>>(&data)?,
+                _ => return None,
+            };
+            table
+                .entries
+                .sort_unstable_by_key(|e| (e.0, std::cmp::Reverse(e.1)));
+            table.entries.dedup_by_key(|e| e.0);
+            table.entries.shrink_to_fit();
+            table.names.shrink_to_fit();
+            (!table.entries.is_empty()).then_some(table)
+        }
+
+        fn read_elf<Elf: FileHeader<Endian = Endianness>>(
+            data: &ReadCache<File>,
+        ) -> Option<SymbolTable> {
+            use object::elf::{SHN_UNDEF, SHT_DYNSYM, SHT_SYMTAB, STT_FUNC, STT_GNU_IFUNC};
+            use object::read::elf::{SectionHeader, Sym};
+            let header = Elf::parse(data).ok()?;
+            let endian = header.endian().ok()?;
+            let sections = header.sections(endian, data).ok()?;
+            let mut table = SymbolTable::default();
+            // `.symtab` has every function; a stripped object has `.dynsym`.
+            for kind in [SHT_SYMTAB, SHT_DYNSYM] {
+                let Some(section) = sections.iter().find(|s| s.sh_type(endian) == kind) else {
+                    continue;
+                };
+                let Ok(symbols) = section.data_as_array::<Elf::Sym, _>(endian, data) else {
+                    continue;
+                };
+                let strings = sections
+                    .section(object::SectionIndex(section.sh_link(endian) as usize))
+                    .and_then(|s| s.data(endian, data))
+                    .unwrap_or(&[]);
+                for sym in symbols {
+                    let function = matches!(sym.st_type(), STT_FUNC | STT_GNU_IFUNC);
+                    if !function || sym.st_shndx(endian) == SHN_UNDEF {
+                        continue;
+                    }
+                    let Some(tail) = strings.get(sym.st_name(endian) as usize..) else {
+                        continue;
+                    };
+                    let name = tail.split(|&b| b == 0).next().unwrap_or(&[]);
+                    if name.is_empty() {
+                        continue;
+                    }
+                    let start = u32::try_from(table.names.len()).ok()?;
+                    table.names.extend_from_slice(name);
+                    let end = u32::try_from(table.names.len()).ok()?;
+                    table.entries.push((
+                        sym.st_value(endian).into(),
+                        sym.st_size(endian).into(),
+                        start,
+                        end,
+                    ));
+                }
+                if !table.entries.is_empty() {
+                    break;
+                }
+            }
+            Some(table)
+        }
+
+        /// The mangled name of the function that contains `svma`.
+        fn find(&self, svma: u64) -> Option<&str> {
+            let i = self
+                .entries
+                .partition_point(|e| e.0 <= svma)
+                .checked_sub(1)?;
+            let (start, size, from, to) = self.entries[i];
+            if size != 0 && svma - start >= size {
+                return None;
+            }
+            std::str::from_utf8(self.names.get(from as usize..to as usize)?).ok()
+        }
     }
 
     /// Maps addresses of this process to frames. See the module docs.
@@ -282,6 +386,9 @@ mod linux {
         object_index: HashMap<Arc<str>, usize>,
         last_maps_read: Option<Instant>,
         cache: HashMap<u64, Arc<Resolved>>,
+        /// Addresses resolved from the symbol table alone
+        /// ([`Symbolizer::resolve_from_symbols`]).
+        symbol_cache: HashMap<u64, Arc<Resolved>>,
         names: HashSet<Arc<str>>,
     }
 
@@ -310,6 +417,7 @@ mod linux {
                 object_index: HashMap::new(),
                 last_maps_read: None,
                 cache: HashMap::new(),
+                symbol_cache: HashMap::new(),
                 names: HashSet::new(),
             }
         }
@@ -333,9 +441,66 @@ mod linux {
             let resolved = Arc::new(self.resolve_in(range, probe));
             if self.cache.len() >= CACHE_LIMIT {
                 self.cache.clear();
+                self.symbol_cache.clear();
                 self.names.clear();
             }
             self.cache.insert(probe, resolved.clone());
+            resolved
+        }
+
+        /// The frame at `probe` for a sample of the profiler's own threads:
+        /// what [`resolve`](Self::resolve) already knows, else the
+        /// function's name from the object's symbol table (no inlined
+        /// frames, no line), so that symbolizing the profiler's own
+        /// samples never reads debug info. Without this, its leaf addresses
+        /// are new in every interval (it runs different code each time
+        /// its samples land) and each interval would read the binary's debug
+        /// info again, which costs more than the rest of its work.
+        pub(crate) fn resolve_from_symbols(&mut self, probe: u64) -> Arc<Resolved> {
+            if let Some(hit) = self.cache.get(&probe) {
+                return hit.clone();
+            }
+            if let Some(hit) = self.symbol_cache.get(&probe) {
+                return hit.clone();
+            }
+            let Some(range) = self.find_range(probe) else {
+                return Arc::new(Resolved {
+                    frames: vec![hex_frame(probe, Arc::from(""))],
+                    mapping: None,
+                });
+            };
+            let mapping = self.ranges[range].mapping.clone();
+            let svma = probe.wrapping_sub(self.ranges[range].bias);
+            let frame = match self.ranges[range].object {
+                Some(object) => {
+                    let file = &mut self.objects[object];
+                    let table = file
+                        .symbols
+                        .get_or_insert_with(|| SymbolTable::read(&file.path));
+                    let name = table
+                        .as_ref()
+                        .and_then(|t| t.find(svma))
+                        .map(|s| addr2line::demangle_auto(Cow::Borrowed(s), None).into_owned());
+                    let path = file.path.clone();
+                    match name.as_deref().map(frame_name) {
+                        Some(n) if !n.is_empty() => SymbolFrame {
+                            name: self.intern(n),
+                            file: path,
+                            line: 0,
+                        },
+                        _ => unknown_frame(&path, svma),
+                    }
+                }
+                None => unknown_frame(&mapping.path, svma),
+            };
+            let resolved = Arc::new(Resolved {
+                frames: vec![frame],
+                mapping: Some(mapping),
+            });
+            if self.symbol_cache.len() >= CACHE_LIMIT {
+                self.symbol_cache.clear();
+            }
+            self.symbol_cache.insert(probe, resolved.clone());
             resolved
         }
 
@@ -347,6 +512,8 @@ mod linux {
         pub(crate) fn release_debug_info(&mut self) -> bool {
             let mut released = false;
             for object in &mut self.objects {
+                // Small (a few bytes per function): not worth a trim alone.
+                object.symbols = None;
                 if let Some(Some(_)) = object.loader {
                     object.loader = None;
                     released = true;
@@ -442,6 +609,7 @@ mod linux {
             if changed {
                 // An unloaded library's addresses may now belong to another.
                 self.cache.clear();
+                self.symbol_cache.clear();
                 self.ranges = ranges;
             }
         }
@@ -457,6 +625,7 @@ mod linux {
                 loader: None,
                 lookups: 0,
                 elf,
+                symbols: None,
             });
             self.object_index.insert(path.clone(), i);
             i
@@ -797,6 +966,42 @@ mod tests {
         assert_eq!(lookup_address(addr + 1, true), addr);
         assert_eq!(lookup_address(addr, false), addr);
         assert_eq!(lookup_address(0, true), 0);
+    }
+
+    #[test]
+    fn the_profilers_own_frames_come_from_the_symbol_table_without_debug_info() {
+        assert_ne!(symbolizer_target_function(5), 0);
+        let addr = symbolizer_target_function as *const () as usize as u64;
+        let mut sym = Symbolizer::new();
+        let light = sym.resolve_from_symbols(addr + 8);
+        assert_eq!(
+            sym.loaded_objects(),
+            0,
+            "debug info read for the profiler's frame"
+        );
+        assert_eq!(light.frames.len(), 1, "{:?}", light.frames);
+        let f = &light.frames[0];
+        assert_eq!(
+            &*f.name,
+            "tracing_pyroscope::profile::symbolize::tests::symbolizer_target_function"
+        );
+        assert_eq!(f.line, 0);
+        let exe = std::env::current_exe().expect("current exe");
+        assert_eq!(&*f.file, exe.to_str().expect("utf-8 path"));
+        // Cached apart from the full results, which it does not pre-empt.
+        assert!(Arc::ptr_eq(&sym.resolve_from_symbols(addr + 8), &light));
+        assert_eq!(sym.cached(), 0);
+        // Once an application sample resolved the address with debug info,
+        // the profiler's frames get the same, fuller result.
+        let full = sym.resolve(addr + 8);
+        assert!(full.frames.iter().all(|f| f.line > 0), "{:?}", full.frames);
+        assert!(Arc::ptr_eq(&sym.resolve_from_symbols(addr + 8), &full));
+        // A shared library's function resolves from its dynamic symbols.
+        let getpid = libc::getpid as *const () as usize as u64;
+        sym.release_debug_info();
+        let r = sym.resolve_from_symbols(getpid);
+        assert_eq!(sym.loaded_objects(), 0);
+        assert!(r.frames[0].name.contains("getpid"), "{:?}", r.frames);
     }
 
     #[test]

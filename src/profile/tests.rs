@@ -253,6 +253,32 @@ mod encoding {
     }
 
     #[test]
+    fn the_profilers_own_samples_are_named_without_reading_debug_info() {
+        let stack = real_stack();
+        let collector = SpanLabels::NONE.on_profiler_thread(ProfilerThread::Collector);
+        let mut b = ProfileBuilder::new(at(100), PERIOD, usize::MAX);
+        b.add(collector, &stack, 3);
+        let mut sym = Symbolizer::new();
+        let out = b.finish(at(110), &mut sym);
+        assert_eq!(
+            sym.loaded_objects(),
+            0,
+            "debug info read for the profiler's own samples"
+        );
+        let p = decode_gzipped(&out[0].gzipped).expect("decodes");
+        let names = stack_names(&p, &p.sample[0]);
+        assert!(
+            names[0].ends_with("leaf_function_for_profile_test"),
+            "named from the symbol table: {names:?}"
+        );
+        // An application sample at the same addresses reads debug info.
+        let mut b = ProfileBuilder::new(at(110), PERIOD, usize::MAX);
+        b.add(SpanLabels::NONE, &stack, 3);
+        b.finish(at(120), &mut sym);
+        assert_eq!(sym.loaded_objects(), 1);
+    }
+
+    #[test]
     fn samples_of_profiler_threads_end_in_a_root_frame_naming_the_thread() {
         let name_id = context::intern_name("GET /car");
         let span = SpanLabels::new(0x77, 0, name_id);
