@@ -28,9 +28,10 @@ pub(crate) fn demo(args: &Args) -> Result<(), BoxError> {
         upload.map(|u| format!(", uploading to {u}")).unwrap_or_default(),
         if removed > 0 { format!(" (cleared {removed} files of an earlier run)") } else { String::new() },
     );
-    let servers = fleet.spawn_regions(Profiling::On)?;
+    let profiling = profiling_from_env();
+    let servers = fleet.spawn_regions(profiling)?;
     fleet.wait_ready(&servers, &interrupted)?;
-    let load = fleet.spawn_load(&servers, duration, Pace::Rate(args.rate), Profiling::On)?;
+    let load = fleet.spawn_load(&servers, duration, Pace::Rate(args.rate), profiling)?;
     let all: Vec<usize> = servers.iter().copied().chain([load]).collect();
     let progress = ProgressLine {
         servers: &servers,
@@ -83,6 +84,18 @@ pub(crate) fn demo(args: &Args) -> Result<(), BoxError> {
     let path = std::fs::canonicalize(&summary.path).unwrap_or(summary.path);
     println!("{}", path.display());
     Ok(())
+}
+
+/// Profiling on, unless the user turned it off with
+/// `PYROSCOPE_PROFILING_ENABLED` (e.g. to soak the demo without it).
+fn profiling_from_env() -> Profiling {
+    let off = std::env::var("PYROSCOPE_PROFILING_ENABLED")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no"));
+    if off {
+        Profiling::Off
+    } else {
+        Profiling::On
+    }
 }
 
 /// The progress line: what the fleet's processes have counted so far.
