@@ -227,6 +227,11 @@ mod stub {
             })
         }
 
+        /// Nothing to read here.
+        pub(crate) fn prefetch(&mut self, _probes: &[u64]) -> bool {
+            false
+        }
+
         /// `0x<probe>`, as [`resolve`](Self::resolve).
         pub(crate) fn resolve_from_symbols(&mut self, probe: u64) -> Arc<Resolved> {
             self.resolve(probe)
@@ -389,6 +394,9 @@ mod linux {
         /// Addresses resolved from the symbol table alone
         /// ([`Symbolizer::resolve_from_symbols`]).
         symbol_cache: HashMap<u64, Arc<Resolved>>,
+        /// Debug info was read by [`Symbolizer::prefetch`] since the last
+        /// [`Symbolizer::release_debug_info`].
+        read_since_release: bool,
         names: HashSet<Arc<str>>,
     }
 
@@ -418,6 +426,7 @@ mod linux {
                 last_maps_read: None,
                 cache: HashMap::new(),
                 symbol_cache: HashMap::new(),
+                read_since_release: false,
                 names: HashSet::new(),
             }
         }
@@ -446,6 +455,73 @@ mod linux {
             }
             self.cache.insert(probe, resolved.clone());
             resolved
+        }
+
+        /// Resolves every address of `probes` not yet cached, reading the
+        /// debug info on a short-lived thread of its own, and caches the
+        /// results; [`resolve`](Self::resolve) then finds them. Returns
+        /// whether debug info was read.
+        ///
+        /// Why a thread: glibc gives each thread its own heap arena and a
+        /// new thread takes over the arena of one that exited. The parsed
+        /// debug info (tens of MB in many small blocks) is then allocated,
+        /// and wholly freed, in an arena where nothing long-lived sits
+        /// between its blocks, so `malloc_trim` returns all of it. Parsed
+        /// on the collector itself, the cache entries made in between
+        /// pinned its pages, and the heap the process came back to after
+        /// each interval kept growing.
+        pub(crate) fn prefetch(&mut self, probes: &[u64]) -> bool {
+            let mut work: Vec<(usize, u64, u64, usize)> = Vec::new();
+            for &probe in probes {
+                if self.cache.contains_key(&probe) {
+                    continue;
+                }
+                let Some(range) = self.find_range(probe) else {
+                    continue;
+                };
+                let Some(object) = self.ranges[range].object else {
+                    continue;
+                };
+                let svma = probe.wrapping_sub(self.ranges[range].bias);
+                work.push((object, svma, probe, range));
+            }
+            if work.is_empty() {
+                return false;
+            }
+            // By object and address: a renewed loader (LOADER_LOOKUPS)
+            // mostly starts at a new compilation unit.
+            work.sort_unstable();
+            work.dedup_by_key(|w| w.2);
+            let paths: Vec<Arc<str>> = self.objects.iter().map(|o| o.path.clone()).collect();
+            let jobs: Vec<(usize, u64)> = work.iter().map(|w| (w.0, w.1)).collect();
+            let lookup = || lookup_all(&paths, &jobs);
+            let raws = std::thread::scope(|scope| {
+                let spawned = std::thread::Builder::new()
+                    .name("pyroscope-symbols".into())
+                    .spawn_scoped(scope, || {
+                        crate::context::mark_profiler_thread(
+                            crate::context::ProfilerThread::Collector,
+                        );
+                        lookup()
+                    });
+                match spawned {
+                    Ok(handle) => handle.join().ok(),
+                    Err(_) => None,
+                }
+            });
+            // No thread (or it failed): read it here, as `resolve` would.
+            let raws = raws.unwrap_or_else(lookup);
+            for ((object, svma, probe, range), raw) in work.into_iter().zip(raws) {
+                let mapping = self.ranges[range].mapping.clone();
+                let resolved = Arc::new(self.build_resolved(object, mapping, svma, raw));
+                if self.cache.len() >= CACHE_LIMIT {
+                    self.cache.clear();
+                    self.names.clear();
+                }
+                self.cache.insert(probe, resolved);
+            }
+            self.read_since_release = true;
+            true
         }
 
         /// The frame at `probe` for a sample of the profiler's own threads:
@@ -510,7 +586,7 @@ mod linux {
         /// it is read again only for an address not seen before. Returns
         /// `true` if some was in memory.
         pub(crate) fn release_debug_info(&mut self) -> bool {
-            let mut released = false;
+            let mut released = std::mem::take(&mut self.read_since_release);
             for object in &mut self.objects {
                 // Small (a few bytes per function): not worth a trim alone.
                 object.symbols = None;
@@ -659,36 +735,26 @@ mod linux {
                 file.lookups = 0;
             }
             file.lookups += 1;
-            // Raw strings first, interned afterwards (the loader borrows self).
-            let mut raw: Vec<(Option<String>, Option<String>, u32)> = Vec::new();
-            let mut symbol: Option<String> = None;
-            if let Some(Some(loader)) = &self.objects[object].loader {
-                if let Ok(mut frames) = loader.find_frames(svma) {
-                    while let Ok(Some(frame)) = frames.next() {
-                        let name = frame
-                            .function
-                            .as_ref()
-                            .and_then(|f| f.demangle().ok())
-                            .map(Cow::into_owned);
-                        let (file, line) = match &frame.location {
-                            Some(loc) => (loc.file.map(str::to_owned), loc.line.unwrap_or(0)),
-                            None => (None, 0),
-                        };
-                        raw.push((name, file, line));
-                    }
-                }
-                // With `debug = "line-tables-only"` DWARF has bare names
-                // (`run`, no path): the symbol table's is better for the
-                // outermost frame, which owns the symbol.
-                let bare = |name: &Option<String>| name.as_deref().is_none_or(|n| !is_qualified(n));
-                if raw.last().is_none_or(|(name, _, _)| bare(name))
-                    || raw.iter().any(|(name, _, _)| name.is_none())
-                {
-                    symbol = loader
-                        .find_symbol(svma)
-                        .map(|s| addr2line::demangle_auto(Cow::Borrowed(s), None).into_owned());
-                }
-            }
+            let raw = match &self.objects[object].loader {
+                Some(Some(loader)) => lookup_raw(loader, svma),
+                _ => RawFrames::default(),
+            };
+            self.build_resolved(object, mapping, svma, raw)
+        }
+
+        /// Interns what [`lookup_raw`] found at `svma` of `object` into a
+        /// [`Resolved`] (fallbacks included).
+        fn build_resolved(
+            &mut self,
+            object: usize,
+            mapping: Arc<ObjectMapping>,
+            svma: u64,
+            raw: RawFrames,
+        ) -> Resolved {
+            let RawFrames {
+                frames: raw,
+                symbol,
+            } = raw;
             let object_path = self.objects[object].path.clone();
             let mut frames = Vec::with_capacity(raw.len().max(1));
             let outermost = raw.len().saturating_sub(1);
@@ -729,6 +795,78 @@ mod linux {
                 frames,
                 mapping: Some(mapping),
             }
+        }
+    }
+
+    /// What `addr2line` says about one address, before interning: the
+    /// frames innermost first (name, file, line), and the symbol table's
+    /// name when DWARF's is missing or bare.
+    #[derive(Default)]
+    struct RawFrames {
+        frames: Vec<(Option<String>, Option<String>, u32)>,
+        symbol: Option<String>,
+    }
+
+    /// [`lookup_raw`] for each `(object, svma)` of `jobs` (sorted by
+    /// object), with one loader per object renewed every
+    /// [`LOADER_LOOKUPS`] addresses; every loader is dropped before it
+    /// returns.
+    fn lookup_all(paths: &[Arc<str>], jobs: &[(usize, u64)]) -> Vec<RawFrames> {
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut current: Option<(usize, Option<addr2line::Loader>, u32)> = None;
+        for &(object, svma) in jobs {
+            let renew = match &current {
+                Some((o, _, lookups)) => *o != object || *lookups >= LOADER_LOOKUPS,
+                None => true,
+            };
+            if renew {
+                drop(current.take()); // the old loader goes before the new one is read
+                let path = paths.get(object).map(|p| &**p).unwrap_or("");
+                current = Some((object, addr2line::Loader::new(path).ok(), 0));
+            }
+            let raw = match &mut current {
+                Some((_, Some(loader), lookups)) => {
+                    *lookups += 1;
+                    lookup_raw(loader, svma)
+                }
+                _ => RawFrames::default(),
+            };
+            out.push(raw);
+        }
+        out
+    }
+
+    fn lookup_raw(loader: &addr2line::Loader, svma: u64) -> RawFrames {
+        let mut raw: Vec<(Option<String>, Option<String>, u32)> = Vec::new();
+        let mut symbol: Option<String> = None;
+        if let Ok(mut frames) = loader.find_frames(svma) {
+            while let Ok(Some(frame)) = frames.next() {
+                let name = frame
+                    .function
+                    .as_ref()
+                    .and_then(|f| f.demangle().ok())
+                    .map(Cow::into_owned);
+                let (file, line) = match &frame.location {
+                    Some(loc) => (loc.file.map(str::to_owned), loc.line.unwrap_or(0)),
+                    None => (None, 0),
+                };
+                raw.push((name, file, line));
+            }
+        }
+        // With `debug = "line-tables-only"` DWARF has bare names
+        // (`run`, no path): the symbol table's is better for the
+        // outermost frame, which owns the symbol.
+        let bare = |name: &Option<String>| name.as_deref().is_none_or(|n| !is_qualified(n));
+        if raw.last().is_none_or(|(name, _, _)| bare(name))
+            || raw.iter().any(|(name, _, _)| name.is_none())
+        {
+            symbol = loader
+                .find_symbol(svma)
+                .map(|s| addr2line::demangle_auto(Cow::Borrowed(s), None).into_owned());
+        }
+        RawFrames {
+            frames: raw,
+            symbol,
         }
     }
 
@@ -966,6 +1104,28 @@ mod tests {
         assert_eq!(lookup_address(addr + 1, true), addr);
         assert_eq!(lookup_address(addr, false), addr);
         assert_eq!(lookup_address(0, true), 0);
+    }
+
+    #[test]
+    fn prefetch_reads_debug_info_on_its_own_thread_and_caches_the_results() {
+        assert_ne!(symbolizer_target_function(7), 0);
+        let addr = symbolizer_target_function as *const () as usize as u64;
+        let getpid = libc::getpid as *const () as usize as u64;
+        let probes = [addr, addr + 8, getpid];
+        let mut sym = Symbolizer::new();
+        assert!(sym.prefetch(&probes));
+        // Nothing stays loaded here, and every address is cached.
+        assert_eq!(sym.loaded_objects(), 0);
+        assert_eq!(sym.cached(), 3);
+        assert!(sym.release_debug_info(), "the read is reported for a trim");
+        assert!(!sym.release_debug_info());
+        assert!(!sym.prefetch(&probes), "cached: nothing to read");
+        // The same frames as a lookup on this thread.
+        let mut fresh = Symbolizer::new();
+        for probe in probes {
+            assert_eq!(sym.resolve(probe).frames, fresh.resolve(probe).frames);
+        }
+        assert_eq!(sym.loaded_objects(), 0, "resolve after prefetch read nothing");
     }
 
     #[test]
