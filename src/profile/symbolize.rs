@@ -262,6 +262,10 @@ mod linux {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    /// Addresses of the profiler's own samples kept before that cache is
+    /// cleared (each holds a pointer to its function's shared result).
+    const SYMBOL_CACHE_LIMIT: usize = 16 * 1024;
+
     /// How often `/proc/self/maps` may be re-read for unknown addresses.
     const MAPS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -290,18 +294,24 @@ mod linux {
 
     /// An object's function symbols (`.symtab`, else `.dynsym`): the
     /// names of the profiler's own frames, without reading debug info.
+    /// Compact, so it is kept for good (16 bytes a function); the names
+    /// stay in the file and are read when a function is first named.
     #[derive(Default)]
     struct SymbolTable {
-        /// `(svma, size, start, end)`, sorted by `svma`; the name is
-        /// `names[start..end]`, mangled.
-        entries: Vec<(u64, u64, u32, u32)>,
-        names: Vec<u8>,
+        /// `(svma, size, name offset in the string table)`, sorted by
+        /// `svma`.
+        entries: Vec<(u64, u32, u32)>,
+        /// File offset and size of the string table.
+        strings: (u64, u64),
     }
+
+    /// Longest symbol name read from a string table.
+    const MAX_SYMBOL_NAME: usize = 16 * 1024;
 
     impl SymbolTable {
         /// Reads the function symbols of the ELF file at `path`: its section
-        /// headers and one symbol table with its strings, each in one read,
-        /// not the whole file.
+        /// headers and one symbol table, not the whole file (nor its
+        /// strings).
         fn read(path: &str) -> Option<SymbolTable> {
             let file = File::open(path).ok()?;
             let data = ReadCache::new(file);
@@ -315,7 +325,6 @@ mod linux {
                 .sort_unstable_by_key(|e| (e.0, std::cmp::Reverse(e.1)));
             table.entries.dedup_by_key(|e| e.0);
             table.entries.shrink_to_fit();
-            table.names.shrink_to_fit();
             (!table.entries.is_empty()).then_some(table)
         }
 
@@ -336,30 +345,25 @@ mod linux {
                 let Ok(symbols) = section.data_as_array::<Elf::Sym, _>(endian, data) else {
                     continue;
                 };
-                let strings = sections
-                    .section(object::SectionIndex(section.sh_link(endian) as usize))
-                    .and_then(|s| s.data(endian, data))
-                    .unwrap_or(&[]);
+                let Ok(strings) =
+                    sections.section(object::SectionIndex(section.sh_link(endian) as usize))
+                else {
+                    continue;
+                };
+                table.strings = (
+                    strings.sh_offset(endian).into(),
+                    strings.sh_size(endian).into(),
+                );
                 for sym in symbols {
                     let function = matches!(sym.st_type(), STT_FUNC | STT_GNU_IFUNC);
-                    if !function || sym.st_shndx(endian) == SHN_UNDEF {
+                    if !function || sym.st_shndx(endian) == SHN_UNDEF || sym.st_name(endian) == 0 {
                         continue;
                     }
-                    let Some(tail) = strings.get(sym.st_name(endian) as usize..) else {
-                        continue;
-                    };
-                    let name = tail.split(|&b| b == 0).next().unwrap_or(&[]);
-                    if name.is_empty() {
-                        continue;
-                    }
-                    let start = u32::try_from(table.names.len()).ok()?;
-                    table.names.extend_from_slice(name);
-                    let end = u32::try_from(table.names.len()).ok()?;
+                    let size: u64 = sym.st_size(endian).into();
                     table.entries.push((
                         sym.st_value(endian).into(),
-                        sym.st_size(endian).into(),
-                        start,
-                        end,
+                        u32::try_from(size).unwrap_or(u32::MAX),
+                        sym.st_name(endian),
                     ));
                 }
                 if !table.entries.is_empty() {
@@ -369,17 +373,34 @@ mod linux {
             Some(table)
         }
 
-        /// The mangled name of the function that contains `svma`.
-        fn find(&self, svma: u64) -> Option<&str> {
+        /// The start of the function that contains `svma`, and its name's
+        /// offset in the string table.
+        fn find(&self, svma: u64) -> Option<(u64, u32)> {
             let i = self
                 .entries
                 .partition_point(|e| e.0 <= svma)
                 .checked_sub(1)?;
-            let (start, size, from, to) = self.entries[i];
-            if size != 0 && svma - start >= size {
+            let (start, size, name) = self.entries[i];
+            if size != 0 && svma - start >= u64::from(size) {
                 return None;
             }
-            std::str::from_utf8(self.names.get(from as usize..to as usize)?).ok()
+            Some((start, name))
+        }
+
+        /// The mangled name at `offset` of the string table, read from the
+        /// file at `path`.
+        fn name(&self, path: &str, offset: u32) -> Option<String> {
+            use std::os::unix::fs::FileExt;
+            let (at, size) = self.strings;
+            let len = size
+                .checked_sub(u64::from(offset))?
+                .min(MAX_SYMBOL_NAME as u64);
+            let mut buf = vec![0u8; usize::try_from(len).ok()?];
+            let file = File::open(path).ok()?;
+            let n = file.read_at(&mut buf, at + u64::from(offset)).ok()?;
+            let bytes = buf.get(..n)?;
+            let end = bytes.iter().position(|&b| b == 0)?;
+            String::from_utf8(bytes[..end].to_vec()).ok()
         }
     }
 
@@ -394,6 +415,9 @@ mod linux {
         /// Addresses resolved from the symbol table alone
         /// ([`Symbolizer::resolve_from_symbols`]).
         symbol_cache: HashMap<u64, Arc<Resolved>>,
+        /// Their results, one per function: `(mapping start, function
+        /// start)`.
+        symbol_functions: HashMap<(u64, u64), Arc<Resolved>>,
         /// Debug info was read by [`Symbolizer::prefetch`] since the last
         /// [`Symbolizer::release_debug_info`].
         read_since_release: bool,
@@ -426,6 +450,7 @@ mod linux {
                 last_maps_read: None,
                 cache: HashMap::new(),
                 symbol_cache: HashMap::new(),
+                symbol_functions: HashMap::new(),
                 read_since_release: false,
                 names: HashSet::new(),
             }
@@ -547,33 +572,54 @@ mod linux {
             };
             let mapping = self.ranges[range].mapping.clone();
             let svma = probe.wrapping_sub(self.ranges[range].bias);
-            let frame = match self.ranges[range].object {
-                Some(object) => {
-                    let file = &mut self.objects[object];
-                    let table = file
-                        .symbols
-                        .get_or_insert_with(|| SymbolTable::read(&file.path));
-                    let name = table
-                        .as_ref()
-                        .and_then(|t| t.find(svma))
-                        .map(|s| addr2line::demangle_auto(Cow::Borrowed(s), None).into_owned());
-                    let path = file.path.clone();
-                    match name.as_deref().map(frame_name) {
-                        Some(n) if !n.is_empty() => SymbolFrame {
-                            name: self.intern(n),
-                            file: path,
-                            line: 0,
-                        },
-                        _ => unknown_frame(&path, svma),
+            let found = self.ranges[range].object.and_then(|object| {
+                let file = &mut self.objects[object];
+                let table = file
+                    .symbols
+                    .get_or_insert_with(|| SymbolTable::read(&file.path));
+                let (start, name) = table.as_ref()?.find(svma)?;
+                Some((object, start, name))
+            });
+            let resolved = match found {
+                // One result per function, shared by its addresses.
+                Some((object, start, name)) => {
+                    let key = (mapping.start, start);
+                    match self.symbol_functions.get(&key) {
+                        Some(hit) => hit.clone(),
+                        None => {
+                            let file = &self.objects[object];
+                            let path = file.path.clone();
+                            let name = file
+                                .symbols
+                                .as_ref()
+                                .and_then(Option::as_ref)
+                                .and_then(|t| t.name(&path, name))
+                                .map(|s| {
+                                    addr2line::demangle_auto(Cow::Borrowed(&s), None).into_owned()
+                                });
+                            let frame = match name.as_deref().map(frame_name) {
+                                Some(n) if !n.is_empty() => SymbolFrame {
+                                    name: self.intern(n),
+                                    file: path,
+                                    line: 0,
+                                },
+                                _ => unknown_frame(&path, start),
+                            };
+                            let resolved = Arc::new(Resolved {
+                                frames: vec![frame],
+                                mapping: Some(mapping),
+                            });
+                            self.symbol_functions.insert(key, resolved.clone());
+                            resolved
+                        }
                     }
                 }
-                None => unknown_frame(&mapping.path, svma),
+                None => Arc::new(Resolved {
+                    frames: vec![unknown_frame(&mapping.path, svma)],
+                    mapping: Some(mapping),
+                }),
             };
-            let resolved = Arc::new(Resolved {
-                frames: vec![frame],
-                mapping: Some(mapping),
-            });
-            if self.symbol_cache.len() >= CACHE_LIMIT {
+            if self.symbol_cache.len() >= SYMBOL_CACHE_LIMIT {
                 self.symbol_cache.clear();
             }
             self.symbol_cache.insert(probe, resolved.clone());
@@ -588,8 +634,6 @@ mod linux {
         pub(crate) fn release_debug_info(&mut self) -> bool {
             let mut released = std::mem::take(&mut self.read_since_release);
             for object in &mut self.objects {
-                // Small (a few bytes per function): not worth a trim alone.
-                object.symbols = None;
                 if let Some(Some(_)) = object.loader {
                     object.loader = None;
                     released = true;
@@ -686,6 +730,7 @@ mod linux {
                 // An unloaded library's addresses may now belong to another.
                 self.cache.clear();
                 self.symbol_cache.clear();
+                self.symbol_functions.clear();
                 self.ranges = ranges;
             }
         }
@@ -1125,7 +1170,11 @@ mod tests {
         for probe in probes {
             assert_eq!(sym.resolve(probe).frames, fresh.resolve(probe).frames);
         }
-        assert_eq!(sym.loaded_objects(), 0, "resolve after prefetch read nothing");
+        assert_eq!(
+            sym.loaded_objects(),
+            0,
+            "resolve after prefetch read nothing"
+        );
     }
 
     #[test]

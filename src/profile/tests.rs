@@ -275,10 +275,20 @@ mod encoding {
         let mut b = ProfileBuilder::new(at(110), PERIOD, usize::MAX);
         b.add(SpanLabels::NONE, &stack, 3);
         let out = b.finish(at(120), &mut sym);
-        assert!(sym.release_debug_info(), "no debug info read for an application sample");
+        assert!(
+            sym.release_debug_info(),
+            "no debug info read for an application sample"
+        );
         let p = decode_gzipped(&out[0].gzipped).expect("decodes");
-        let lines: Vec<i64> = p.location.iter().flat_map(|l| l.line.iter().map(|l| l.line)).collect();
-        assert!(lines.iter().all(|&l| l > 0), "lines from debug info: {lines:?}");
+        let lines: Vec<i64> = p
+            .location
+            .iter()
+            .flat_map(|l| l.line.iter().map(|l| l.line))
+            .collect();
+        assert!(
+            lines.iter().all(|&l| l > 0),
+            "lines from debug info: {lines:?}"
+        );
     }
 
     #[test]
