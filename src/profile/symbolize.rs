@@ -30,6 +30,12 @@
 //! The maps are re-read (at most once per second) when an address falls
 //! outside every known object, which picks up `dlopen`ed libraries.
 //!
+//! The collector resolves an interval's new application addresses at once
+//! ([`Symbolizer::prefetch`]), reading the debug info on a short-lived
+//! thread and dropping it before returning, and names the profiler's own
+//! frames from the symbol table only ([`Symbolizer::resolve_from_symbols`]),
+//! so that its own work never makes it read debug info.
+//!
 //! Elsewhere than Linux the symbolizer is a stub that only names addresses in
 //! hex.
 
