@@ -14,8 +14,10 @@
 //!   the samples in the profiles whose stack holds the work function
 //!   against the work threads' CPU time × rate; the handler's cost per
 //!   sample is the work threads' extra CPU time (on − off) per sample; the
-//!   profiler's own threads (`pyroscope-*`) are timed from their
-//!   `/proc/self/task/*/schedstat`. The threads exist before the profiler
+//!   profiler's own threads are timed as the process's CPU time less the
+//!   work threads' and the main thread's (so that a profiler thread that
+//!   already exited, its short-lived symbolizing thread, counts too). The
+//!   threads exist before the profiler
 //!   starts (a thread pool); `--late` spawns them under profiling instead.
 //! - `spans`: one thread opens and closes distinct root spans at a given
 //!   rate per minute for `--seconds`, each doing a little work, in local
@@ -64,28 +66,6 @@ fn thread_cpu() -> Duration {
 
 fn process_cpu() -> Duration {
     clock(libc::CLOCK_PROCESS_CPUTIME_ID)
-}
-
-/// CPU time of this process's threads whose name starts with `pyroscope-`,
-/// from `/proc/self/task/*/schedstat` (nanoseconds on the CPU).
-fn profiler_threads_cpu() -> Duration {
-    let mut total = 0u64;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("pyroscope-") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Duration::from_nanos(total)
 }
 
 fn max_rss_kib() -> u64 {
@@ -272,6 +252,7 @@ struct Run {
 fn run_work(units: u64, threads: usize, depth: usize, profiled: bool, late: bool) -> Run {
     let dir = tempdir("work");
     let mut guard = None;
+    let (process_before, main_before) = (process_cpu(), thread_cpu());
     let (work_cpu, wall) = work(units, threads, depth, late, || {
         if profiled {
             guard = Some(
@@ -284,7 +265,10 @@ fn run_work(units: u64, threads: usize, depth: usize, profiled: bool, late: bool
             );
         }
     });
-    let profiler_cpu = profiler_threads_cpu().as_secs_f64();
+    // Everything but the work threads and this one: the profiler's threads,
+    // those that exited (its short-lived symbolizing thread) included.
+    let others = (process_cpu() - process_before).saturating_sub(thread_cpu() - main_before);
+    let profiler_cpu = others.saturating_sub(work_cpu).as_secs_f64();
     drop(guard);
     let (hit, samples, deepest) = count_samples(&dir, "scale_work_unit");
     let _ = std::fs::remove_dir_all(&dir);
@@ -539,7 +523,10 @@ fn spans_child(args: &[String]) {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        profiler_cpu = profiler_threads_cpu();
+        // Every thread but this one is the profiler's (its short-lived
+        // symbolizing thread included, which the kernel adds to the
+        // process's time when it exits).
+        profiler_cpu = process_cpu().saturating_sub(thread_cpu());
     });
     let rss_end = rss_kib();
     let (anon_end, file_end) = rss_parts_kib();
