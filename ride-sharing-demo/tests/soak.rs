@@ -62,7 +62,7 @@ fn sixty_second_soak_survives_every_fault() {
 }
 
 #[test]
-#[ignore = "not yet within its bound: the heap the profiled processes return to after each interval (RSS floor) still grows (10-minute soak: +13-20% RSS, +22-36% heap after minute 1; without profiling +1.3-2.8%); it follows the reads of debug info (glibc arenas: 0.2-1.4% with MALLOC_ARENA_MAX=1), see README Soak"]
+#[ignore = "not yet within its bound: the heap the profiled processes return to after each interval (RSS floor) still grows (10-minute soak: +13-20% RSS, +22-36% heap after minute 1; without profiling +1.3-2.8%); not the address cache, not removed by MALLOC_ARENA_MAX=1; see README Soak"]
 fn sixty_second_soak_keeps_rss_flat() {
     let (stdout, stderr) = soak();
     check_survival(&stdout, &stderr);
