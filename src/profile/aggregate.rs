@@ -143,23 +143,6 @@ impl ProfileBuilder {
         let mut entries: Vec<((usize, SpanLabels), u64)> = self.counts.into_iter().collect();
         entries.sort_unstable_by_key(|&((stack, labels), _)| (stack, labels));
 
-        // The application's new addresses, all at once, so that the debug
-        // info is read in one go on a thread of its own (see `prefetch`).
-        let mut probes: Vec<u64> = entries
-            .iter()
-            .filter(|((_, labels), _)| labels.profiler_thread().is_none())
-            .flat_map(|&((stack, _), _)| {
-                stacks[stack]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &addr)| lookup_address(addr, i > 0))
-            })
-            .collect();
-        probes.sort_unstable();
-        probes.dedup();
-        symbolizer.prefetch(&probes);
-        drop(probes);
-
         let header = Header::new(self.start, end, self.period_nanos);
         let mut out = Vec::new();
         let mut chunk = Chunk::new(&header);

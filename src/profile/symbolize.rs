@@ -30,11 +30,9 @@
 //! The maps are re-read (at most once per second) when an address falls
 //! outside every known object, which picks up `dlopen`ed libraries.
 //!
-//! The collector resolves an interval's new application addresses at once
-//! ([`Symbolizer::prefetch`]), reading the debug info on a short-lived
-//! thread and dropping it before returning, and names the profiler's own
-//! frames from the symbol table only ([`Symbolizer::resolve_from_symbols`]),
-//! so that its own work never makes it read debug info.
+//! The profiler's own frames are named from the symbol table only
+//! ([`Symbolizer::resolve_from_symbols`]), so that its own work never makes
+//! it read debug info.
 //!
 //! Elsewhere than Linux the symbolizer is a stub that only names addresses in
 //! hex.
@@ -233,11 +231,6 @@ mod stub {
             })
         }
 
-        /// Nothing to read here.
-        pub(crate) fn prefetch(&mut self, _probes: &[u64]) -> bool {
-            false
-        }
-
         /// `0x<probe>`, as [`resolve`](Self::resolve).
         pub(crate) fn resolve_from_symbols(&mut self, probe: u64) -> Arc<Resolved> {
             self.resolve(probe)
@@ -424,9 +417,6 @@ mod linux {
         /// Their results, one per function: `(mapping start, function
         /// start)`.
         symbol_functions: HashMap<(u64, u64), Arc<Resolved>>,
-        /// Debug info was read by [`Symbolizer::prefetch`] since the last
-        /// [`Symbolizer::release_debug_info`].
-        read_since_release: bool,
         names: HashSet<Arc<str>>,
     }
 
@@ -457,7 +447,6 @@ mod linux {
                 cache: HashMap::new(),
                 symbol_cache: HashMap::new(),
                 symbol_functions: HashMap::new(),
-                read_since_release: false,
                 names: HashSet::new(),
             }
         }
@@ -486,73 +475,6 @@ mod linux {
             }
             self.cache.insert(probe, resolved.clone());
             resolved
-        }
-
-        /// Resolves every address of `probes` not yet cached, reading the
-        /// debug info on a short-lived thread of its own, and caches the
-        /// results; [`resolve`](Self::resolve) then finds them. Returns
-        /// whether debug info was read.
-        ///
-        /// Why a thread: glibc gives each thread its own heap arena and a
-        /// new thread takes over the arena of one that exited. The parsed
-        /// debug info (tens of MB in many small blocks) is then allocated,
-        /// and wholly freed, in an arena where nothing long-lived sits
-        /// between its blocks, so `malloc_trim` returns all of it. Parsed
-        /// on the collector itself, the cache entries made in between
-        /// pinned its pages, and the heap the process came back to after
-        /// each interval kept growing.
-        pub(crate) fn prefetch(&mut self, probes: &[u64]) -> bool {
-            let mut work: Vec<(usize, u64, u64, usize)> = Vec::new();
-            for &probe in probes {
-                if self.cache.contains_key(&probe) {
-                    continue;
-                }
-                let Some(range) = self.find_range(probe) else {
-                    continue;
-                };
-                let Some(object) = self.ranges[range].object else {
-                    continue;
-                };
-                let svma = probe.wrapping_sub(self.ranges[range].bias);
-                work.push((object, svma, probe, range));
-            }
-            if work.is_empty() {
-                return false;
-            }
-            // By object and address: a renewed loader (LOADER_LOOKUPS)
-            // mostly starts at a new compilation unit.
-            work.sort_unstable();
-            work.dedup_by_key(|w| w.2);
-            let paths: Vec<Arc<str>> = self.objects.iter().map(|o| o.path.clone()).collect();
-            let jobs: Vec<(usize, u64)> = work.iter().map(|w| (w.0, w.1)).collect();
-            let lookup = || lookup_all(&paths, &jobs);
-            let raws = std::thread::scope(|scope| {
-                let spawned = std::thread::Builder::new()
-                    .name("pyroscope-symbols".into())
-                    .spawn_scoped(scope, || {
-                        crate::context::mark_profiler_thread(
-                            crate::context::ProfilerThread::Collector,
-                        );
-                        lookup()
-                    });
-                match spawned {
-                    Ok(handle) => handle.join().ok(),
-                    Err(_) => None,
-                }
-            });
-            // No thread (or it failed): read it here, as `resolve` would.
-            let raws = raws.unwrap_or_else(lookup);
-            for ((object, svma, probe, range), raw) in work.into_iter().zip(raws) {
-                let mapping = self.ranges[range].mapping.clone();
-                let resolved = Arc::new(self.build_resolved(object, mapping, svma, raw));
-                if self.cache.len() >= CACHE_LIMIT {
-                    self.cache.clear();
-                    self.names.clear();
-                }
-                self.cache.insert(probe, resolved);
-            }
-            self.read_since_release = true;
-            true
         }
 
         /// The frame at `probe` for a sample of the profiler's own threads:
@@ -638,7 +560,7 @@ mod linux {
         /// it is read again only for an address not seen before. Returns
         /// `true` if some was in memory.
         pub(crate) fn release_debug_info(&mut self) -> bool {
-            let mut released = std::mem::take(&mut self.read_since_release);
+            let mut released = false;
             for object in &mut self.objects {
                 if let Some(Some(_)) = object.loader {
                     object.loader = None;
@@ -856,35 +778,6 @@ mod linux {
     struct RawFrames {
         frames: Vec<(Option<String>, Option<String>, u32)>,
         symbol: Option<String>,
-    }
-
-    /// [`lookup_raw`] for each `(object, svma)` of `jobs` (sorted by
-    /// object), with one loader per object renewed every
-    /// [`LOADER_LOOKUPS`] addresses; every loader is dropped before it
-    /// returns.
-    fn lookup_all(paths: &[Arc<str>], jobs: &[(usize, u64)]) -> Vec<RawFrames> {
-        let mut out = Vec::with_capacity(jobs.len());
-        let mut current: Option<(usize, Option<addr2line::Loader>, u32)> = None;
-        for &(object, svma) in jobs {
-            let renew = match &current {
-                Some((o, _, lookups)) => *o != object || *lookups >= LOADER_LOOKUPS,
-                None => true,
-            };
-            if renew {
-                drop(current.take()); // the old loader goes before the new one is read
-                let path = paths.get(object).map(|p| &**p).unwrap_or("");
-                current = Some((object, addr2line::Loader::new(path).ok(), 0));
-            }
-            let raw = match &mut current {
-                Some((_, Some(loader), lookups)) => {
-                    *lookups += 1;
-                    lookup_raw(loader, svma)
-                }
-                _ => RawFrames::default(),
-            };
-            out.push(raw);
-        }
-        out
     }
 
     fn lookup_raw(loader: &addr2line::Loader, svma: u64) -> RawFrames {
@@ -1155,32 +1048,6 @@ mod tests {
         assert_eq!(lookup_address(addr + 1, true), addr);
         assert_eq!(lookup_address(addr, false), addr);
         assert_eq!(lookup_address(0, true), 0);
-    }
-
-    #[test]
-    fn prefetch_reads_debug_info_on_its_own_thread_and_caches_the_results() {
-        assert_ne!(symbolizer_target_function(7), 0);
-        let addr = symbolizer_target_function as *const () as usize as u64;
-        let getpid = libc::getpid as *const () as usize as u64;
-        let probes = [addr, addr + 8, getpid];
-        let mut sym = Symbolizer::new();
-        assert!(sym.prefetch(&probes));
-        // Nothing stays loaded here, and every address is cached.
-        assert_eq!(sym.loaded_objects(), 0);
-        assert_eq!(sym.cached(), 3);
-        assert!(sym.release_debug_info(), "the read is reported for a trim");
-        assert!(!sym.release_debug_info());
-        assert!(!sym.prefetch(&probes), "cached: nothing to read");
-        // The same frames as a lookup on this thread.
-        let mut fresh = Symbolizer::new();
-        for probe in probes {
-            assert_eq!(sym.resolve(probe).frames, fresh.resolve(probe).frames);
-        }
-        assert_eq!(
-            sym.loaded_objects(),
-            0,
-            "resolve after prefetch read nothing"
-        );
     }
 
     #[test]
