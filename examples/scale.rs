@@ -16,7 +16,7 @@
 //!   sample is the work threads' extra CPU time (on − off) per sample; the
 //!   profiler's own threads are timed as the process's CPU time less the
 //!   work threads' and the main thread's (so that a profiler thread that
-//!   already exited, its short-lived symbolizing thread, counts too). The
+//!   already exited counts too). The
 //!   threads exist before the profiler
 //!   starts (a thread pool); `--late` spawns them under profiling instead.
 //! - `spans`: one thread opens and closes distinct root spans at a given
@@ -266,7 +266,7 @@ fn run_work(units: u64, threads: usize, depth: usize, profiled: bool, late: bool
         }
     });
     // Everything but the work threads and this one: the profiler's threads,
-    // those that exited (its short-lived symbolizing thread) included.
+    // those that exited included.
     let others = (process_cpu() - process_before).saturating_sub(thread_cpu() - main_before);
     let profiler_cpu = others.saturating_sub(work_cpu).as_secs_f64();
     drop(guard);
@@ -523,9 +523,8 @@ fn spans_child(args: &[String]) {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Every thread but this one is the profiler's (its short-lived
-        // symbolizing thread included, which the kernel adds to the
-        // process's time when it exits).
+        // Every thread but this one is the profiler's (one that exited
+        // included: the kernel adds its time to the process's).
         profiler_cpu = process_cpu().saturating_sub(thread_cpu());
     });
     let rss_end = rss_kib();
