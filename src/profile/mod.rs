@@ -28,6 +28,8 @@
 use std::time::SystemTime;
 
 mod aggregate;
+#[cfg(tp_sampler)]
+mod dwarf;
 mod encode;
 #[cfg(test)]
 mod proptests;

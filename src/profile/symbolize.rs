@@ -43,24 +43,6 @@ use std::sync::Arc;
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
 pub(crate) const CACHE_LIMIT: usize = 100_000;
 
-/// Addresses an object's `addr2line` loader resolves before it is dropped
-/// (and made anew on the next miss). The loader parses a compilation unit's
-/// line table on first use and keeps it, so a long-running process grows
-/// towards the whole binary's debug info as rarer code gets sampled (the
-/// soak saw some 10 MB in 10 minutes). Resolved addresses stay cached, so
-/// a fresh loader parses only what new addresses need; this bounds the
-/// growth to what this many new addresses touch, at the cost of re-reading
-/// the unit headers (tens of ms) once per this many new addresses.
-#[cfg_attr(
-    not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(tracing_pyroscope_unsupported)
-    )),
-    allow(dead_code)
-)]
-pub(crate) const LOADER_LOOKUPS: u32 = 64;
-
 /// One source-level frame at an address. An address has several when code
 /// was inlined: innermost first, the function that really owns the machine
 /// code last (pprof's `Location.line` order).
@@ -245,9 +227,9 @@ mod stub {
 
 #[cfg(tp_sampler)]
 mod linux {
+    use super::super::dwarf::{DebugInfo, Unsupported};
     use super::{
         frame_name, hex_frame, is_qualified, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT,
-        LOADER_LOOKUPS,
     };
     use object::elf::{
         FileHeader32, FileHeader64, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PF_X, PT_LOAD, PT_NOTE,
@@ -280,10 +262,13 @@ mod linux {
     /// One object file on disk, opened lazily.
     struct ObjectFile {
         path: Arc<str>,
-        /// `None` until first needed; `Some(None)` if it cannot be loaded.
+        /// Its DWARF, read a piece at a time (`dwarf.rs`); `None` until
+        /// first needed.
+        dwarf: Option<Result<DebugInfo, Unsupported>>,
+        /// For DWARF that `dwarf.rs` does not read (compressed, no
+        /// `.debug_aranges`): `None` until first needed; `Some(None)` if it
+        /// cannot be loaded.
         loader: Option<Option<addr2line::Loader>>,
-        /// Addresses resolved through the current loader.
-        lookups: u32,
         elf: Option<ElfInfo>,
         /// The function symbols, read on first need for an address from a
         /// profiler thread (see [`Symbolizer::resolve_from_symbols`]);
@@ -566,6 +551,9 @@ mod linux {
                     object.loader = None;
                     released = true;
                 }
+                if let Some(Ok(dwarf)) = &mut object.dwarf {
+                    released |= dwarf.release();
+                }
             }
             released
         }
@@ -575,7 +563,10 @@ mod linux {
         pub(crate) fn loaded_objects(&self) -> usize {
             self.objects
                 .iter()
-                .filter(|o| matches!(o.loader, Some(Some(_))))
+                .filter(|o| {
+                    matches!(o.loader, Some(Some(_)))
+                        || matches!(&o.dwarf, Some(Ok(d)) if d.holds())
+                })
                 .count()
         }
 
@@ -583,12 +574,6 @@ mod linux {
         #[cfg(test)]
         pub(crate) fn cached(&self) -> usize {
             self.cache.len()
-        }
-
-        /// The most addresses any current loader has resolved.
-        #[cfg(test)]
-        pub(crate) fn max_loader_lookups(&self) -> u32 {
-            self.objects.iter().map(|o| o.lookups).max().unwrap_or(0)
         }
 
         fn find_range(&mut self, addr: u64) -> Option<usize> {
@@ -671,8 +656,8 @@ mod linux {
             let i = self.objects.len();
             self.objects.push(ObjectFile {
                 path: path.clone(),
+                dwarf: None,
                 loader: None,
-                lookups: 0,
                 elf,
                 symbols: None,
             });
@@ -699,20 +684,47 @@ mod linux {
                 };
             };
             let file = &mut self.objects[object];
-            if file.lookups >= LOADER_LOOKUPS {
-                // See LOADER_LOOKUPS: let go of the parsed units.
-                file.loader = None;
-            }
-            if file.loader.is_none() {
-                file.loader = Some(addr2line::Loader::new(&*file.path).ok());
-                file.lookups = 0;
-            }
-            file.lookups += 1;
-            let raw = match &self.objects[object].loader {
-                Some(Some(loader)) => lookup_raw(loader, svma),
-                _ => RawFrames::default(),
+            let dwarf = file
+                .dwarf
+                .get_or_insert_with(|| DebugInfo::open(&file.path));
+            let frames = match dwarf {
+                Ok(dwarf) => dwarf.find_frames(svma),
+                Err(Unsupported::NoDwarf) => Vec::new(),
+                Err(Unsupported::Other) => {
+                    let loader = file
+                        .loader
+                        .get_or_insert_with(|| addr2line::Loader::new(&*file.path).ok());
+                    match loader {
+                        Some(loader) => loader_frames(loader, svma),
+                        None => Vec::new(),
+                    }
+                }
             };
-            self.build_resolved(object, mapping, svma, raw)
+            // With `debug = "line-tables-only"` DWARF has bare names
+            // (`run`, no path): the symbol table's is better for the
+            // outermost frame, which owns the symbol.
+            let bare = |name: &Option<String>| name.as_deref().is_none_or(|n| !is_qualified(n));
+            let symbol = if frames.last().is_none_or(|(name, _, _)| bare(name))
+                || frames.iter().any(|(name, _, _)| name.is_none())
+            {
+                self.symbol_name(object, svma)
+            } else {
+                None
+            };
+            self.build_resolved(object, mapping, svma, RawFrames { frames, symbol })
+        }
+
+        /// The demangled symbol-table name of the function at `svma` of
+        /// `object`.
+        fn symbol_name(&mut self, object: usize, svma: u64) -> Option<String> {
+            let file = &mut self.objects[object];
+            let table = file
+                .symbols
+                .get_or_insert_with(|| SymbolTable::read(&file.path))
+                .as_ref()?;
+            let (_, name) = table.find(svma)?;
+            let name = table.name(&file.path, name)?;
+            Some(addr2line::demangle_auto(Cow::Borrowed(&name), None).into_owned())
         }
 
         /// Interns what [`lookup_raw`] found at `svma` of `object` into a
@@ -780,9 +792,12 @@ mod linux {
         symbol: Option<String>,
     }
 
-    fn lookup_raw(loader: &addr2line::Loader, svma: u64) -> RawFrames {
-        let mut raw: Vec<(Option<String>, Option<String>, u32)> = Vec::new();
-        let mut symbol: Option<String> = None;
+    /// The frames `addr2line::Loader` finds at `svma`, innermost first.
+    fn loader_frames(
+        loader: &addr2line::Loader,
+        svma: u64,
+    ) -> Vec<(Option<String>, Option<String>, u32)> {
+        let mut raw = Vec::new();
         if let Ok(mut frames) = loader.find_frames(svma) {
             while let Ok(Some(frame)) = frames.next() {
                 let name = frame
@@ -797,21 +812,7 @@ mod linux {
                 raw.push((name, file, line));
             }
         }
-        // With `debug = "line-tables-only"` DWARF has bare names
-        // (`run`, no path): the symbol table's is better for the
-        // outermost frame, which owns the symbol.
-        let bare = |name: &Option<String>| name.as_deref().is_none_or(|n| !is_qualified(n));
-        if raw.last().is_none_or(|(name, _, _)| bare(name))
-            || raw.iter().any(|(name, _, _)| name.is_none())
-        {
-            symbol = loader
-                .find_symbol(svma)
-                .map(|s| addr2line::demangle_auto(Cow::Borrowed(s), None).into_owned());
-        }
-        RawFrames {
-            frames: raw,
-            symbol,
-        }
+        raw
     }
 
     /// `<basename>+0x<svma>`, file = the object's path.
@@ -1202,31 +1203,6 @@ mod tests {
         let r = sym.resolve(8);
         assert_eq!(&*r.frames[0].name, "0x8");
         assert!(r.mapping.is_none());
-    }
-
-    #[test]
-    fn renews_the_loader_and_resolves_the_same() {
-        assert_ne!(symbolizer_target_function(3), 0);
-        let base = symbolizer_target_function as *const () as usize as u64;
-        // Distinct addresses, each a miss: two loader renewals and more.
-        let misses: Vec<u64> = (0..u64::from(LOADER_LOOKUPS) * 2 + 5)
-            .map(|i| base + i)
-            .collect();
-        let mut renewed = Symbolizer::new();
-        for &addr in &misses {
-            assert!(!renewed.resolve(addr).frames.is_empty());
-            assert!(renewed.max_loader_lookups() <= LOADER_LOOKUPS);
-        }
-        assert_eq!(renewed.cached(), misses.len());
-        // Symbolizers that never renewed their loader agree on each.
-        for &addr in misses.iter().step_by(9) {
-            let mut fresh = Symbolizer::new();
-            assert_eq!(renewed.resolve(addr).frames, fresh.resolve(addr).frames);
-        }
-        assert_eq!(
-            &*outermost(&renewed.resolve(base)).name,
-            "tracing_pyroscope::profile::symbolize::tests::symbolizer_target_function"
-        );
     }
 
     #[test]

@@ -1,0 +1,709 @@
+//! DWARF read from the object file a few pages at a time, one compilation
+//! unit at a time.
+//!
+//! `addr2line::Loader` maps the whole file and, before its first answer,
+//! walks every compilation unit: it parses each unit's abbreviations and
+//! line-program header and keeps them, and it reads the whole symbol table.
+//! For a 34 MB release binary that is some 14 MiB of heap plus 27 MiB of
+//! file pages resident while an interval is symbolized, whatever the
+//! interval's addresses were.
+//!
+//! [`DebugInfo`] needs far less:
+//! - a unit index built once from `.debug_aranges` (address range → unit
+//!   offset; 16 bytes a range), kept for good;
+//! - for an address, an `addr2line::Context` over that one unit: its
+//!   `.debug_info` bytes only, so `addr2line` parses nothing else;
+//! - every section read through [`FileReader`], which reads the file with
+//!   `pread` in [`CHUNK`]-byte pieces on first touch and keeps them in a
+//!   [`ChunkStore`]: only the bytes a lookup touches are ever in memory, and
+//!   nothing is mapped.
+//!
+//! The unit contexts and the chunks are dropped by
+//! [`DebugInfo::release`] (after every interval) and whenever the chunks
+//! pass [`CHUNK_BYTES_LIMIT`], so memory stays bounded whatever the
+//! binary's size. Objects whose debug sections are compressed, or that have
+//! no `.debug_aranges`, are not handled here (`DebugInfo::open` returns
+//! `None`) and the symbolizer falls back to `addr2line::Loader`.
+
+use addr2line::gimli::{self, Reader, ReaderOffsetId, RunTimeEndian};
+use object::read::elf::{FileHeader, SectionHeader};
+use object::{Endianness, FileKind, ReadCache};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Bytes read from the file at a time.
+pub(crate) const CHUNK: u64 = 4096;
+
+/// Chunk bytes kept before the units and chunks read so far are dropped.
+pub(crate) const CHUNK_BYTES_LIMIT: usize = 8 << 20;
+
+/// Unit contexts kept at once (the oldest is dropped past it).
+const UNIT_CONTEXTS: usize = 32;
+
+/// Longest slice a reader hands out whole (a name, a path); longer ones
+/// are an error rather than an allocation of that size.
+const MAX_SLICE: u64 = 1 << 20;
+
+/// The file's bytes read so far, by chunk index.
+struct ChunkStore {
+    file: File,
+    chunks: Mutex<HashMap<u64, Arc<[u8]>>>,
+    bytes: AtomicUsize,
+}
+
+impl ChunkStore {
+    fn new(file: File) -> Arc<Self> {
+        Arc::new(ChunkStore {
+            file,
+            chunks: Mutex::new(HashMap::new()),
+            bytes: AtomicUsize::new(0),
+        })
+    }
+
+    /// Chunk `index`, read from the file on first use. Shorter than
+    /// [`CHUNK`] at the end of the file; `None` if it cannot be read.
+    fn chunk(&self, index: u64) -> Option<Arc<[u8]>> {
+        let mut chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = chunks.get(&index) {
+            return Some(hit.clone());
+        }
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self
+                .file
+                .read_at(&mut buf[filled..], index * CHUNK + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        buf.truncate(filled);
+        let chunk: Arc<[u8]> = Arc::from(buf);
+        self.bytes.fetch_add(chunk.len(), Ordering::Relaxed);
+        chunks.insert(index, chunk.clone());
+        Some(chunk)
+    }
+}
+
+/// A `gimli::Reader` over a byte range of the file, read through a
+/// [`ChunkStore`]. Offsets are file offsets, so [`ReaderOffsetId`]s of
+/// different sections never collide.
+#[derive(Clone)]
+pub(crate) struct FileReader {
+    store: Arc<ChunkStore>,
+    pos: u64,
+    end: u64,
+    endian: RunTimeEndian,
+    /// The chunk read last, so that byte-at-a-time parsing does not go
+    /// through the store's lock.
+    current: Option<(u64, Arc<[u8]>)>,
+}
+
+impl fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileReader")
+            .field("pos", &self.pos)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl FileReader {
+    fn new(store: Arc<ChunkStore>, pos: u64, len: u64, endian: RunTimeEndian) -> Self {
+        FileReader {
+            store,
+            pos,
+            end: pos.saturating_add(len),
+            endian,
+            current: None,
+        }
+    }
+
+    fn eof(&self) -> gimli::Error {
+        gimli::Error::UnexpectedEof(ReaderOffsetId(self.pos))
+    }
+
+    fn remaining(&self) -> u64 {
+        self.end - self.pos
+    }
+
+    /// Copies the file's bytes at `at` into `out`, through `current`.
+    fn copy_at(
+        store: &ChunkStore,
+        current: &mut Option<(u64, Arc<[u8]>)>,
+        at: u64,
+        out: &mut [u8],
+    ) -> bool {
+        let mut done = 0usize;
+        while done < out.len() {
+            let here = at + done as u64;
+            let index = here / CHUNK;
+            let chunk = match current {
+                Some((i, chunk)) if *i == index => chunk,
+                _ => match store.chunk(index) {
+                    Some(chunk) => &current.insert((index, chunk)).1,
+                    None => return false,
+                },
+            };
+            let within = (here % CHUNK) as usize;
+            let Some(available) = chunk.get(within..) else {
+                return false;
+            };
+            if available.is_empty() {
+                return false;
+            }
+            let n = available.len().min(out.len() - done);
+            out[done..done + n].copy_from_slice(&available[..n]);
+            done += n;
+        }
+        true
+    }
+
+    fn bytes(&self) -> gimli::Result<Vec<u8>> {
+        let len = self.remaining();
+        if len > MAX_SLICE {
+            return Err(self.eof());
+        }
+        let mut out = vec![0u8; len as usize];
+        let mut current = self.current.clone();
+        if Self::copy_at(&self.store, &mut current, self.pos, &mut out) {
+            Ok(out)
+        } else {
+            Err(self.eof())
+        }
+    }
+}
+
+impl Reader for FileReader {
+    type Endian = RunTimeEndian;
+    type Offset = usize;
+
+    fn endian(&self) -> RunTimeEndian {
+        self.endian
+    }
+
+    fn len(&self) -> usize {
+        self.remaining() as usize
+    }
+
+    fn empty(&mut self) {
+        self.end = self.pos;
+    }
+
+    fn truncate(&mut self, len: usize) -> gimli::Result<()> {
+        if len as u64 > self.remaining() {
+            return Err(self.eof());
+        }
+        self.end = self.pos + len as u64;
+        Ok(())
+    }
+
+    fn offset_from(&self, base: &Self) -> usize {
+        self.pos.wrapping_sub(base.pos) as usize
+    }
+
+    fn offset_id(&self) -> ReaderOffsetId {
+        ReaderOffsetId(self.pos)
+    }
+
+    fn lookup_offset_id(&self, id: ReaderOffsetId) -> Option<usize> {
+        (id.0 >= self.pos && id.0 <= self.end).then(|| (id.0 - self.pos) as usize)
+    }
+
+    fn find(&self, byte: u8) -> gimli::Result<usize> {
+        let mut current = self.current.clone();
+        let mut at = self.pos;
+        while at < self.end {
+            let index = at / CHUNK;
+            let chunk = match &current {
+                Some((i, chunk)) if *i == index => chunk.clone(),
+                _ => {
+                    let chunk = self.store.chunk(index).ok_or_else(|| self.eof())?;
+                    current = Some((index, chunk.clone()));
+                    chunk
+                }
+            };
+            let within = (at % CHUNK) as usize;
+            let stop = ((self.end - index * CHUNK).min(CHUNK) as usize).min(chunk.len());
+            let Some(piece) = chunk.get(within..stop) else {
+                return Err(self.eof());
+            };
+            if piece.is_empty() {
+                return Err(self.eof());
+            }
+            if let Some(i) = piece.iter().position(|&b| b == byte) {
+                return Ok((at + i as u64 - self.pos) as usize);
+            }
+            at += piece.len() as u64;
+        }
+        Err(self.eof())
+    }
+
+    fn skip(&mut self, len: usize) -> gimli::Result<()> {
+        if len as u64 > self.remaining() {
+            return Err(self.eof());
+        }
+        self.pos += len as u64;
+        Ok(())
+    }
+
+    fn split(&mut self, len: usize) -> gimli::Result<Self> {
+        if len as u64 > self.remaining() {
+            return Err(self.eof());
+        }
+        let mut head = self.clone();
+        head.end = self.pos + len as u64;
+        self.pos += len as u64;
+        Ok(head)
+    }
+
+    fn to_slice(&self) -> gimli::Result<Cow<'_, [u8]>> {
+        self.bytes().map(Cow::Owned)
+    }
+
+    fn to_string(&self) -> gimli::Result<Cow<'_, str>> {
+        String::from_utf8(self.bytes()?)
+            .map(Cow::Owned)
+            .map_err(|_| gimli::Error::BadUtf8)
+    }
+
+    fn to_string_lossy(&self) -> gimli::Result<Cow<'_, str>> {
+        let bytes = self.bytes()?;
+        Ok(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    fn read_slice(&mut self, buf: &mut [u8]) -> gimli::Result<()> {
+        if buf.len() as u64 > self.remaining() {
+            return Err(self.eof());
+        }
+        if !Self::copy_at(&self.store, &mut self.current, self.pos, buf) {
+            return Err(self.eof());
+        }
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// A DWARF section's place in the file.
+#[derive(Clone, Copy, Debug)]
+struct Section {
+    offset: u64,
+    size: u64,
+}
+
+/// Why [`DebugInfo::open`] did not take an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unsupported {
+    /// No DWARF at all (or not an ELF file we can read): the symbol table
+    /// is all there is.
+    NoDwarf,
+    /// DWARF this module does not read (compressed sections, no
+    /// `.debug_aranges`): `addr2line::Loader` can.
+    Other,
+}
+
+/// One unit's `addr2line` context.
+type UnitContext = addr2line::Context<FileReader>;
+
+/// An object's DWARF, read a piece at a time. See the module docs.
+pub(crate) struct DebugInfo {
+    path: Arc<str>,
+    endian: RunTimeEndian,
+    sections: Vec<(&'static str, Section)>,
+    /// `(start, length, unit offset in .debug_info)`, sorted by start.
+    units: Vec<(u64, u32, u32)>,
+    store: Option<Arc<ChunkStore>>,
+    /// Contexts of units looked into since the last release, oldest
+    /// first.
+    contexts: Vec<(u32, Option<UnitContext>)>,
+}
+
+impl fmt::Debug for DebugInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DebugInfo")
+            .field("path", &self.path)
+            .field("unit_ranges", &self.units.len())
+            .field("contexts", &self.contexts.len())
+            .finish()
+    }
+}
+
+/// The DWARF sections a lookup may read, by `gimli::SectionId::name`.
+const SECTIONS: [&str; 11] = [
+    ".debug_abbrev",
+    ".debug_addr",
+    ".debug_aranges",
+    ".debug_info",
+    ".debug_line",
+    ".debug_line_str",
+    ".debug_ranges",
+    ".debug_rnglists",
+    ".debug_str",
+    ".debug_str_offsets",
+    ".debug_loclists",
+];
+
+impl DebugInfo {
+    /// The debug info of the ELF file at `path`. Reads the section headers
+    /// and the address ranges, nothing else.
+    pub(crate) fn open(path: &Arc<str>) -> Result<DebugInfo, Unsupported> {
+        let file = File::open(&**path).map_err(|_| Unsupported::NoDwarf)?;
+        let data = ReadCache::new(file);
+        let parsed = match FileKind::parse(&data) {
+            Ok(FileKind::Elf32) => read_sections::<object::elf::FileHeader32<Endianness>>(&data),
+            Ok(FileKind::Elf64) => read_sections::<object::elf::FileHeader64<Endianness>>(&data),
+            _ => return Err(Unsupported::NoDwarf),
+        };
+        let (endian, sections) = parsed.ok_or(Unsupported::Other)?;
+        if !sections.iter().any(|(n, _)| *n == ".debug_info") {
+            return Err(Unsupported::NoDwarf);
+        }
+        let file = data.into_inner();
+        let mut info = DebugInfo {
+            path: path.clone(),
+            endian,
+            sections,
+            units: Vec::new(),
+            store: None,
+            contexts: Vec::new(),
+        };
+        info.units = info.read_unit_index(&file).ok_or(Unsupported::Other)?;
+        Ok(info)
+    }
+
+    fn section(&self, name: &str) -> Option<Section> {
+        self.sections
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, section)| section)
+    }
+
+    /// `.debug_aranges`, as `(start, length, unit offset)` sorted by start.
+    fn read_unit_index(&self, file: &File) -> Option<Vec<(u64, u32, u32)>> {
+        let aranges = self.section(".debug_aranges")?;
+        self.section(".debug_info")?;
+        let mut buf = vec![0u8; usize::try_from(aranges.size).ok()?];
+        file.read_exact_at(&mut buf, aranges.offset).ok()?;
+        let section = gimli::DebugAranges::new(&buf, self.endian);
+        let mut units = Vec::new();
+        let mut headers = section.headers();
+        while let Ok(Some(header)) = headers.next() {
+            let Ok(unit) = u32::try_from(header.debug_info_offset().0) else {
+                continue;
+            };
+            let mut entries = header.entries();
+            loop {
+                match entries.next() {
+                    Ok(Some(entry)) => {
+                        if entry.length() == 0 {
+                            continue;
+                        }
+                        let length = u32::try_from(entry.length()).unwrap_or(u32::MAX);
+                        units.push((entry.address(), length, unit));
+                    }
+                    Ok(None) => break,
+                    // An entry that overflows: skip the rest of this set.
+                    Err(_) => break,
+                }
+            }
+        }
+        units.sort_unstable_by_key(|u| u.0);
+        units.shrink_to_fit();
+        (!units.is_empty()).then_some(units)
+    }
+
+    /// Unit offset of the unit whose ranges contain `svma`.
+    fn unit_for(&self, svma: u64) -> Option<u32> {
+        let i = self.units.partition_point(|u| u.0 <= svma).checked_sub(1)?;
+        let (start, length, unit) = self.units[i];
+        (svma - start < u64::from(length)).then_some(unit)
+    }
+
+    /// The frames `addr2line` finds at `svma`, innermost first, as
+    /// `(function name, file, line)`; empty if no unit covers it.
+    pub(crate) fn find_frames(&mut self, svma: u64) -> Vec<(Option<String>, Option<String>, u32)> {
+        let Some(unit) = self.unit_for(svma) else {
+            return Vec::new();
+        };
+        let frames = match self.context(unit) {
+            Some(context) => collect_frames(context, svma),
+            None => Vec::new(),
+        };
+        let over = self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.bytes.load(Ordering::Relaxed) > CHUNK_BYTES_LIMIT);
+        if over {
+            self.release();
+        }
+        frames
+    }
+
+    /// Drops the unit contexts and the chunks read; keeps the unit index.
+    /// Returns `true` if anything was held.
+    pub(crate) fn release(&mut self) -> bool {
+        let held = self.store.is_some() || !self.contexts.is_empty();
+        self.contexts = Vec::new();
+        self.store = None;
+        held
+    }
+
+    /// `true` while unit contexts or chunks are held.
+    #[cfg(test)]
+    pub(crate) fn holds(&self) -> bool {
+        self.store.is_some() || !self.contexts.is_empty()
+    }
+
+    /// Bytes of the file held right now.
+    #[cfg(test)]
+    pub(crate) fn bytes_held(&self) -> usize {
+        self.store
+            .as_ref()
+            .map_or(0, |s| s.bytes.load(Ordering::Relaxed))
+    }
+
+    /// The context of the unit at `unit`, made on first need.
+    fn context(&mut self, unit: u32) -> Option<&UnitContext> {
+        if let Some(i) = self.contexts.iter().position(|(u, _)| *u == unit) {
+            return self.contexts[i].1.as_ref();
+        }
+        if self.contexts.len() >= UNIT_CONTEXTS {
+            self.contexts.remove(0);
+        }
+        let context = self.make_context(unit);
+        self.contexts.push((unit, context));
+        self.contexts.last().and_then(|(_, c)| c.as_ref())
+    }
+
+    fn make_context(&mut self, unit: u32) -> Option<UnitContext> {
+        if self.store.is_none() {
+            self.store = Some(ChunkStore::new(File::open(&*self.path).ok()?));
+        }
+        let store = self.store.clone()?;
+        let info = self.section(".debug_info")?;
+        // The unit's length: its initial length field plus what it says.
+        let mut header = FileReader::new(
+            store.clone(),
+            info.offset + u64::from(unit),
+            info.size.checked_sub(u64::from(unit))?,
+            self.endian,
+        );
+        let (length, format) = header.read_initial_length().ok()?;
+        let unit_size = length as u64 + u64::from(format.initial_length_size());
+        let endian = self.endian;
+        let sections = &self.sections;
+        let dwarf = gimli::Dwarf::load(|id| -> gimli::Result<FileReader> {
+            let name = id.name();
+            let (offset, size) = match name {
+                ".debug_info" => (info.offset + u64::from(unit), unit_size),
+                // The unit's ranges come from its own DIE; the index found it.
+                ".debug_aranges" => (0, 0),
+                _ => sections
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or((0, 0), |&(_, s)| (s.offset, s.size)),
+            };
+            Ok(FileReader::new(store.clone(), offset, size, endian))
+        })
+        .ok()?;
+        addr2line::Context::from_dwarf(dwarf).ok()
+    }
+}
+
+/// The frames at `svma` in `context`, innermost first.
+fn collect_frames(context: &UnitContext, svma: u64) -> Vec<(Option<String>, Option<String>, u32)> {
+    let mut raw = Vec::new();
+    if let Ok(mut frames) = context.find_frames(svma).skip_all_loads() {
+        while let Ok(Some(frame)) = frames.next() {
+            let name = frame
+                .function
+                .as_ref()
+                .and_then(|f| f.demangle().ok())
+                .map(Cow::into_owned);
+            let (file, line) = match &frame.location {
+                Some(loc) => (loc.file.map(str::to_owned), loc.line.unwrap_or(0)),
+                None => (None, 0),
+            };
+            raw.push((name, file, line));
+        }
+    }
+    raw
+}
+
+/// The file's endianness and its uncompressed DWARF sections; `None` if a
+/// DWARF section is compressed (the caller falls back to
+/// `addr2line::Loader`, which can inflate it).
+fn read_sections<Elf: FileHeader<Endian = Endianness>>(
+    data: &ReadCache<File>,
+) -> Option<(RunTimeEndian, Vec<(&'static str, Section)>)> {
+    use object::elf::{SHF_COMPRESSED, SHT_NOBITS};
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let mut found = Vec::new();
+    for section in sections.iter() {
+        let Ok(name) = sections.section_name(endian, section) else {
+            continue;
+        };
+        if name.starts_with(b".zdebug") {
+            return None;
+        }
+        let Some(&known) = SECTIONS.iter().find(|n| n.as_bytes() == name) else {
+            continue;
+        };
+        if section.sh_type(endian) == SHT_NOBITS {
+            continue;
+        }
+        let flags: u64 = section.sh_flags(endian).into();
+        if flags & u64::from(SHF_COMPRESSED) != 0 {
+            return None;
+        }
+        found.push((
+            known,
+            Section {
+                offset: section.sh_offset(endian).into(),
+                size: section.sh_size(endian).into(),
+            },
+        ));
+    }
+    let endian = if endian == Endianness::Big {
+        RunTimeEndian::Big
+    } else {
+        RunTimeEndian::Little
+    };
+    Some((endian, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{Object, ObjectSymbol, SymbolKind};
+
+    /// `(start, size)` of up to `limit` functions of this test binary,
+    /// spread evenly over its symbol table.
+    fn functions(path: &str, limit: usize) -> Vec<(u64, u64)> {
+        let data = std::fs::read(path).expect("read the test binary");
+        let file = object::File::parse(&*data).expect("parse the test binary");
+        let mut all: Vec<(u64, u64)> = file
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .map(|s| (s.address(), s.size()))
+            .collect();
+        all.sort_unstable();
+        all.dedup_by_key(|f| f.0);
+        let step = (all.len() / limit).max(1);
+        all.into_iter().step_by(step).take(limit).collect()
+    }
+
+    fn loader_frames(
+        loader: &addr2line::Loader,
+        svma: u64,
+    ) -> Vec<(Option<String>, Option<String>, u32)> {
+        let mut raw = Vec::new();
+        if let Ok(mut frames) = loader.find_frames(svma) {
+            while let Ok(Some(frame)) = frames.next() {
+                let name = frame
+                    .function
+                    .as_ref()
+                    .and_then(|f| f.demangle().ok())
+                    .map(Cow::into_owned);
+                let (file, line) = match &frame.location {
+                    Some(loc) => (loc.file.map(str::to_owned), loc.line.unwrap_or(0)),
+                    None => (None, 0),
+                };
+                raw.push((name, file, line));
+            }
+        }
+        raw
+    }
+
+    fn exe() -> Arc<str> {
+        let exe = std::env::current_exe().expect("current exe");
+        Arc::from(exe.to_str().expect("utf-8 path"))
+    }
+
+    #[test]
+    fn reads_the_same_frames_as_addr2lines_loader_holding_a_fraction_of_the_debug_info() {
+        let path = exe();
+        let mut info = DebugInfo::open(&path).expect("this test binary has DWARF and aranges");
+        let loader = addr2line::Loader::new(&*path).expect("addr2line loader");
+        let debug_bytes: u64 = info.sections.iter().map(|(_, s)| s.size).sum();
+        let probes: Vec<u64> = functions(&path, 400)
+            .into_iter()
+            .flat_map(|(start, size)| [start, start + size / 2, start + size - 1])
+            .collect();
+        assert!(probes.len() >= 600, "{} probes", probes.len());
+        let (mut named, mut inlined, mut max_held) = (0, 0, 0);
+        for &svma in &probes {
+            let ours = info.find_frames(svma);
+            assert_eq!(ours, loader_frames(&loader, svma), "at {svma:#x}");
+            named += usize::from(ours.first().is_some_and(|f| f.0.is_some()));
+            inlined += usize::from(ours.len() >= 2);
+            max_held = max_held.max(info.bytes_held());
+            assert!(info.bytes_held() <= CHUNK_BYTES_LIMIT + CHUNK as usize * 64);
+        }
+        // Not a vacuous agreement: most probes have names, some inlining.
+        assert!(
+            named * 10 >= probes.len() * 9,
+            "{named} of {}",
+            probes.len()
+        );
+        assert!(inlined > 0);
+        // One address reads a small part of the debug info.
+        info.release();
+        assert!(!info.holds());
+        let first = probes[probes.len() / 2];
+        assert!(!info.find_frames(first).is_empty());
+        let one = info.bytes_held() as u64;
+        assert!(
+            one * 8 < debug_bytes,
+            "{one} of {debug_bytes} bytes for one address"
+        );
+        eprintln!(
+            "{} probes, {named} named, {inlined} with inlined frames; {one} bytes held for one \
+             address, at most {max_held} for all, of {debug_bytes} bytes of DWARF",
+            probes.len()
+        );
+    }
+
+    #[test]
+    fn compressed_debug_sections_are_left_to_addr2lines_loader() {
+        let dir = std::env::temp_dir().join(format!("tp-dwarf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let out = dir.join("compressed");
+        let status = std::process::Command::new("objcopy")
+            .arg("--compress-debug-sections=zlib")
+            .arg(&*exe())
+            .arg(&out)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            other => panic!("objcopy (binutils) is needed for this test: {other:?}"),
+        }
+        let path: Arc<str> = Arc::from(out.to_str().expect("utf-8 path"));
+        assert_eq!(DebugInfo::open(&path).err(), Some(Unsupported::Other));
+        let _ = std::fs::remove_dir_all(&dir);
+        // And a file without DWARF says so.
+        let libc = std::fs::read_to_string("/proc/self/maps")
+            .expect("maps")
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5).map(str::to_owned))
+            .find(|p| p.contains("libc.so"));
+        if let Some(libc) = libc {
+            let libc: Arc<str> = Arc::from(libc);
+            let opened = DebugInfo::open(&libc);
+            assert!(
+                matches!(opened, Ok(_) | Err(Unsupported::NoDwarf)),
+                "{opened:?}"
+            );
+        }
+    }
+}
