@@ -18,12 +18,14 @@
 //!   [`ChunkStore`]: only the bytes a lookup touches are ever in memory, and
 //!   nothing is mapped.
 //!
-//! The unit contexts and the chunks are dropped by
-//! [`DebugInfo::release`] (after every interval) and whenever the chunks
-//! pass [`CHUNK_BYTES_LIMIT`], so memory stays bounded whatever the
-//! binary's size. Objects whose debug sections are compressed, or that have
-//! no `.debug_aranges`, are not handled here (`DebugInfo::open` returns
-//! `None`) and the symbolizer falls back to `addr2line::Loader`.
+//! The chunks are a cache of at most [`CHUNK_BYTES_LIMIT`] bytes, and at
+//! most [`UNIT_CONTEXTS`] unit contexts are kept; both are dropped by
+//! [`DebugInfo::release`] (after every interval). So memory stays bounded
+//! whatever the binary's size. Without `.debug_aranges` the index is built
+//! by reading each unit's ranges from its first entry, once, through the
+//! same bounded cache. Objects whose debug sections are compressed are not
+//! handled here ([`Unsupported::Other`]) and the symbolizer falls back to
+//! `addr2line::Loader`, which inflates them.
 
 use addr2line::gimli::{self, Reader, ReaderOffsetId, RunTimeEndian};
 use object::read::elf::{FileHeader, SectionHeader};
@@ -39,11 +41,12 @@ use std::sync::{Arc, Mutex};
 /// Bytes read from the file at a time.
 pub(crate) const CHUNK: u64 = 4096;
 
-/// Chunk bytes kept before the units and chunks read so far are dropped.
+/// Chunk bytes kept: past it, the chunks read so far are dropped (and
+/// read again when needed).
 pub(crate) const CHUNK_BYTES_LIMIT: usize = 8 << 20;
 
 /// Unit contexts kept at once (the oldest is dropped past it).
-const UNIT_CONTEXTS: usize = 32;
+pub(crate) const UNIT_CONTEXTS: usize = 32;
 
 /// Longest slice a reader hands out whole (a name, a path); longer ones
 /// are an error rather than an allocation of that size.
@@ -87,6 +90,12 @@ impl ChunkStore {
         }
         buf.truncate(filled);
         let chunk: Arc<[u8]> = Arc::from(buf);
+        if self.bytes.load(Ordering::Relaxed) + chunk.len() > CHUNK_BYTES_LIMIT {
+            // A cache: what is dropped is read again if needed (readers
+            // keep the chunk they are in).
+            chunks.clear();
+            self.bytes.store(0, Ordering::Relaxed);
+        }
         self.bytes.fetch_add(chunk.len(), Ordering::Relaxed);
         chunks.insert(index, chunk.clone());
         Some(chunk)
@@ -305,8 +314,8 @@ pub(crate) enum Unsupported {
     /// No DWARF at all (or not an ELF file we can read): the symbol table
     /// is all there is.
     NoDwarf,
-    /// DWARF this module does not read (compressed sections, no
-    /// `.debug_aranges`): `addr2line::Loader` can.
+    /// DWARF this module does not read (compressed sections) or an ELF
+    /// file it could not parse: `addr2line::Loader` may.
     Other,
 }
 
@@ -386,10 +395,72 @@ impl DebugInfo {
             .map(|&(_, section)| section)
     }
 
-    /// `.debug_aranges`, as `(start, length, unit offset)` sorted by start.
+    /// The unit index, `(start, length, unit offset)` sorted by start:
+    /// from `.debug_aranges`, else from the units themselves.
     fn read_unit_index(&self, file: &File) -> Option<Vec<(u64, u32, u32)>> {
-        let aranges = self.section(".debug_aranges")?;
-        self.section(".debug_info")?;
+        let mut units = match self.section(".debug_aranges") {
+            Some(aranges) => self.read_aranges(file, aranges)?,
+            None => self.scan_units(file.try_clone().ok()?)?,
+        };
+        units.sort_unstable_by_key(|u| u.0);
+        units.shrink_to_fit();
+        (!units.is_empty()).then_some(units)
+    }
+
+    /// Every unit's address ranges, read from its first entry
+    /// (`DW_AT_low_pc`/`DW_AT_high_pc` or `DW_AT_ranges`), one unit at a
+    /// time through a bounded chunk cache.
+    fn scan_units(&self, file: File) -> Option<Vec<(u64, u32, u32)>> {
+        let store = ChunkStore::new(file);
+        let dwarf = self.load(&store, None)?;
+        let mut units = Vec::new();
+        let mut headers = dwarf.units();
+        while let Ok(Some(header)) = headers.next() {
+            let Some(offset) = header
+                .debug_info_offset()
+                .and_then(|o| u32::try_from(o.0).ok())
+            else {
+                continue;
+            };
+            let Ok(unit) = dwarf.unit(header) else {
+                continue;
+            };
+            let Ok(mut ranges) = dwarf.unit_ranges(&unit) else {
+                continue;
+            };
+            while let Ok(Some(range)) = ranges.next() {
+                if range.end > range.begin {
+                    let length = u32::try_from(range.end - range.begin).unwrap_or(u32::MAX);
+                    units.push((range.begin, length, offset));
+                }
+            }
+        }
+        Some(units)
+    }
+
+    /// The sections as readers through `store`; `.debug_info` only the
+    /// unit at `unit` (with its size) if given, and no `.debug_aranges`
+    /// (the unit's ranges come from its own first entry).
+    fn load(
+        &self,
+        store: &Arc<ChunkStore>,
+        unit: Option<(u32, u64)>,
+    ) -> Option<gimli::Dwarf<FileReader>> {
+        let info = self.section(".debug_info")?;
+        gimli::Dwarf::load(|id| -> gimli::Result<FileReader> {
+            let name = id.name();
+            let (offset, size) = match (name, unit) {
+                (".debug_info", Some((unit, size))) => (info.offset + u64::from(unit), size),
+                (".debug_aranges", _) => (0, 0),
+                _ => self.section(name).map_or((0, 0), |s| (s.offset, s.size)),
+            };
+            Ok(FileReader::new(store.clone(), offset, size, self.endian))
+        })
+        .ok()
+    }
+
+    /// `.debug_aranges` as `(start, length, unit offset)`.
+    fn read_aranges(&self, file: &File, aranges: Section) -> Option<Vec<(u64, u32, u32)>> {
         let mut buf = vec![0u8; usize::try_from(aranges.size).ok()?];
         file.read_exact_at(&mut buf, aranges.offset).ok()?;
         let section = gimli::DebugAranges::new(&buf, self.endian);
@@ -415,9 +486,7 @@ impl DebugInfo {
                 }
             }
         }
-        units.sort_unstable_by_key(|u| u.0);
-        units.shrink_to_fit();
-        (!units.is_empty()).then_some(units)
+        Some(units)
     }
 
     /// Unit offset of the unit whose ranges contain `svma`.
@@ -433,18 +502,10 @@ impl DebugInfo {
         let Some(unit) = self.unit_for(svma) else {
             return Vec::new();
         };
-        let frames = match self.context(unit) {
+        match self.context(unit) {
             Some(context) => collect_frames(context, svma),
             None => Vec::new(),
-        };
-        let over = self
-            .store
-            .as_ref()
-            .is_some_and(|s| s.bytes.load(Ordering::Relaxed) > CHUNK_BYTES_LIMIT);
-        if over {
-            self.release();
         }
-        frames
     }
 
     /// Drops the unit contexts and the chunks read; keeps the unit index.
@@ -498,22 +559,7 @@ impl DebugInfo {
         );
         let (length, format) = header.read_initial_length().ok()?;
         let unit_size = length as u64 + u64::from(format.initial_length_size());
-        let endian = self.endian;
-        let sections = &self.sections;
-        let dwarf = gimli::Dwarf::load(|id| -> gimli::Result<FileReader> {
-            let name = id.name();
-            let (offset, size) = match name {
-                ".debug_info" => (info.offset + u64::from(unit), unit_size),
-                // The unit's ranges come from its own DIE; the index found it.
-                ".debug_aranges" => (0, 0),
-                _ => sections
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map_or((0, 0), |&(_, s)| (s.offset, s.size)),
-            };
-            Ok(FileReader::new(store.clone(), offset, size, endian))
-        })
-        .ok()?;
+        let dwarf = self.load(&store, Some((unit, unit_size)))?;
         addr2line::Context::from_dwarf(dwarf).ok()
     }
 }
@@ -648,7 +694,7 @@ mod tests {
             named += usize::from(ours.first().is_some_and(|f| f.0.is_some()));
             inlined += usize::from(ours.len() >= 2);
             max_held = max_held.max(info.bytes_held());
-            assert!(info.bytes_held() <= CHUNK_BYTES_LIMIT + CHUNK as usize * 64);
+            assert!(info.bytes_held() <= CHUNK_BYTES_LIMIT);
         }
         // Not a vacuous agreement: most probes have names, some inlining.
         assert!(
@@ -674,13 +720,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn compressed_debug_sections_are_left_to_addr2lines_loader() {
-        let dir = std::env::temp_dir().join(format!("tp-dwarf-{}", std::process::id()));
+    /// A copy of this test binary made by `objcopy <option>`, in a
+    /// directory of its own (removed by the caller).
+    fn objcopy(option: &str, name: &str) -> (std::path::PathBuf, Arc<str>) {
+        let dir = std::env::temp_dir().join(format!("tp-dwarf-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let out = dir.join("compressed");
+        let out = dir.join(name);
         let status = std::process::Command::new("objcopy")
-            .arg("--compress-debug-sections=zlib")
+            .arg(option)
             .arg(&*exe())
             .arg(&out)
             .status();
@@ -689,6 +736,35 @@ mod tests {
             other => panic!("objcopy (binutils) is needed for this test: {other:?}"),
         }
         let path: Arc<str> = Arc::from(out.to_str().expect("utf-8 path"));
+        (dir, path)
+    }
+
+    #[test]
+    fn without_aranges_the_index_comes_from_the_units_and_the_frames_are_the_same() {
+        let (dir, path) = objcopy("--remove-section=.debug_aranges", "no-aranges");
+        let mut info = DebugInfo::open(&path).expect("DWARF without aranges");
+        assert!(info.section(".debug_aranges").is_none());
+        let loader = addr2line::Loader::new(&*path).expect("addr2line loader");
+        let mut named = 0;
+        let probes = functions(&path, 200);
+        for &(start, size) in &probes {
+            let svma = start + size / 2;
+            let ours = info.find_frames(svma);
+            assert_eq!(ours, loader_frames(&loader, svma), "at {svma:#x}");
+            named += usize::from(ours.first().is_some_and(|f| f.0.is_some()));
+            assert!(info.bytes_held() <= CHUNK_BYTES_LIMIT);
+        }
+        assert!(
+            named * 10 >= probes.len() * 9,
+            "{named} of {}",
+            probes.len()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn compressed_debug_sections_are_left_to_addr2lines_loader() {
+        let (dir, path) = objcopy("--compress-debug-sections=zlib", "compressed");
         assert_eq!(DebugInfo::open(&path).err(), Some(Unsupported::Other));
         let _ = std::fs::remove_dir_all(&dir);
         // And a file without DWARF says so.

@@ -5,7 +5,10 @@
 //! (executable or shared library) that contains an address, converts the
 //! runtime address (AVMA) to the object's own address (SVMA) with the ELF
 //! program headers, and asks `addr2line` for the frames at that address,
-//! inlined frames included (innermost first).
+//! inlined frames included (innermost first). The DWARF is read a few pages
+//! at a time, one compilation unit at a time (`dwarf.rs`), so symbolizing
+//! holds a small part of the debug info, never the whole; objects with
+//! compressed DWARF go through `addr2line::Loader`.
 //!
 //! Names, best first, from whatever debug info the build has (README's
 //! "Symbols" says which `Cargo.toml` settings give which):
@@ -539,8 +542,9 @@ mod linux {
             resolved
         }
 
-        /// Drops the debug info read so far (parsed DWARF, symbol tables
-        /// and the objects' file mappings), keeping the resolved addresses:
+        /// Drops the debug info read so far (the units' parsed DWARF and
+        /// the file's pages read; the compact symbol tables stay), keeping
+        /// the resolved addresses:
         /// between intervals the process does not carry the debug info, and
         /// it is read again only for an address not seen before. Returns
         /// `true` if some was in memory.
