@@ -114,7 +114,18 @@ pub(crate) struct FileReader {
     /// The chunk read last, so that byte-at-a-time parsing does not go
     /// through the store's lock.
     current: Option<(u64, Arc<[u8]>)>,
+    /// Bytes shown instead of the file's (see [`Overlay`]).
+    overlay: Option<Arc<Overlay>>,
 }
+
+/// Unit headers shown in place of the file's, sorted by file position:
+/// each makes a run of units a lookup does not need look like one DWARF 5
+/// type unit, which `addr2line` skips without parsing (see
+/// [`DebugInfo::make_context`]).
+type Overlay = Vec<(u64, [u8; TYPE_UNIT_HEADER])>;
+
+/// Size of a 32-bit DWARF 5 type unit header.
+const TYPE_UNIT_HEADER: usize = 24;
 
 impl fmt::Debug for FileReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,6 +144,7 @@ impl FileReader {
             end: pos.saturating_add(len),
             endian,
             current: None,
+            overlay: None,
         }
     }
 
@@ -144,8 +156,39 @@ impl FileReader {
         self.end - self.pos
     }
 
-    /// Copies the file's bytes at `at` into `out`, through `current`.
+    /// Copies the bytes at `at` into `out`: the file's, through `current`,
+    /// and the overlay's where it has some.
     fn copy_at(
+        store: &ChunkStore,
+        current: &mut Option<(u64, Arc<[u8]>)>,
+        overlay: Option<&Overlay>,
+        at: u64,
+        out: &mut [u8],
+    ) -> bool {
+        if !Self::copy_from_file(store, current, at, out) {
+            return false;
+        }
+        if let Some(overlay) = overlay {
+            let end = at + out.len() as u64;
+            // Patches that start before `end`, from the last one back while
+            // they still reach into `[at, end)`.
+            let upto = overlay.partition_point(|(p, _)| *p < end);
+            for (p, bytes) in overlay[..upto].iter().rev() {
+                let p_end = p + TYPE_UNIT_HEADER as u64;
+                if p_end <= at {
+                    break;
+                }
+                let from = at.max(*p);
+                let to = end.min(p_end);
+                out[(from - at) as usize..(to - at) as usize]
+                    .copy_from_slice(&bytes[(from - p) as usize..(to - p) as usize]);
+            }
+        }
+        true
+    }
+
+    /// Copies the file's bytes at `at` into `out`, through `current`.
+    fn copy_from_file(
         store: &ChunkStore,
         current: &mut Option<(u64, Arc<[u8]>)>,
         at: u64,
@@ -183,7 +226,13 @@ impl FileReader {
         }
         let mut out = vec![0u8; len as usize];
         let mut current = self.current.clone();
-        if Self::copy_at(&self.store, &mut current, self.pos, &mut out) {
+        if Self::copy_at(
+            &self.store,
+            &mut current,
+            self.overlay.as_deref(),
+            self.pos,
+            &mut out,
+        ) {
             Ok(out)
         } else {
             Err(self.eof())
@@ -229,29 +278,24 @@ impl Reader for FileReader {
 
     fn find(&self, byte: u8) -> gimli::Result<usize> {
         let mut current = self.current.clone();
+        let mut buf = [0u8; 256];
         let mut at = self.pos;
         while at < self.end {
-            let index = at / CHUNK;
-            let chunk = match &current {
-                Some((i, chunk)) if *i == index => chunk.clone(),
-                _ => {
-                    let chunk = self.store.chunk(index).ok_or_else(|| self.eof())?;
-                    current = Some((index, chunk.clone()));
-                    chunk
-                }
-            };
-            let within = (at % CHUNK) as usize;
-            let stop = ((self.end - index * CHUNK).min(CHUNK) as usize).min(chunk.len());
-            let Some(piece) = chunk.get(within..stop) else {
-                return Err(self.eof());
-            };
-            if piece.is_empty() {
+            let n = ((self.end - at) as usize).min(buf.len());
+            let piece = &mut buf[..n];
+            if !Self::copy_at(
+                &self.store,
+                &mut current,
+                self.overlay.as_deref(),
+                at,
+                piece,
+            ) {
                 return Err(self.eof());
             }
             if let Some(i) = piece.iter().position(|&b| b == byte) {
-                return Ok((at + i as u64 - self.pos) as usize);
+                return Ok((at - self.pos) as usize + i);
             }
-            at += piece.len() as u64;
+            at += n as u64;
         }
         Err(self.eof())
     }
@@ -293,7 +337,13 @@ impl Reader for FileReader {
         if buf.len() as u64 > self.remaining() {
             return Err(self.eof());
         }
-        if !Self::copy_at(&self.store, &mut self.current, self.pos, buf) {
+        if !Self::copy_at(
+            &self.store,
+            &mut self.current,
+            self.overlay.as_deref(),
+            self.pos,
+            buf,
+        ) {
             return Err(self.eof());
         }
         self.pos += buf.len() as u64;
@@ -329,6 +379,9 @@ pub(crate) struct DebugInfo {
     sections: Vec<(&'static str, Section)>,
     /// `(start, length, unit offset in .debug_info)`, sorted by start.
     units: Vec<(u64, u32, u32)>,
+    /// Offset of every unit in `.debug_info`, sorted; read on first need
+    /// (4 bytes a unit), kept for good.
+    unit_starts: Option<Vec<u32>>,
     store: Option<Arc<ChunkStore>>,
     /// Contexts of units looked into since the last release, oldest
     /// first.
@@ -381,6 +434,7 @@ impl DebugInfo {
             endian,
             sections,
             units: Vec::new(),
+            unit_starts: None,
             store: None,
             contexts: Vec::new(),
         };
@@ -544,24 +598,192 @@ impl DebugInfo {
         self.contexts.last().and_then(|(_, c)| c.as_ref())
     }
 
+    /// A context that parses the unit at `unit` and the units it refers
+    /// to (`DW_FORM_ref_addr`: with link-time optimization, inlined
+    /// functions' names are often in another unit), and no other.
+    ///
+    /// `addr2line` parses every unit of the `.debug_info` it is given, so
+    /// it is given the whole section (unit offsets must stay what the
+    /// references say) with every run of units it does not need made to
+    /// look like one DWARF 5 type unit: a 24-byte header laid over the
+    /// run's first bytes ([`Overlay`]). `addr2line` skips type units
+    /// without reading further. A reference from a referred-to unit into
+    /// a third one is not followed: that frame's name comes out missing
+    /// and the symbolizer names the function from the symbol table.
     fn make_context(&mut self, unit: u32) -> Option<UnitContext> {
         if self.store.is_none() {
             self.store = Some(ChunkStore::new(File::open(&*self.path).ok()?));
         }
         let store = self.store.clone()?;
         let info = self.section(".debug_info")?;
-        // The unit's length: its initial length field plus what it says.
-        let mut header = FileReader::new(
-            store.clone(),
-            info.offset + u64::from(unit),
-            info.size.checked_sub(u64::from(unit))?,
-            self.endian,
-        );
-        let (length, format) = header.read_initial_length().ok()?;
-        let unit_size = length as u64 + u64::from(format.initial_length_size());
-        let dwarf = self.load(&store, Some((unit, unit_size)))?;
+        let plain = self.load(&store, None)?;
+        let starts = match self.unit_starts.take() {
+            Some(starts) => starts,
+            None => unit_starts(&store.file, info, self.endian)?,
+        };
+        let mut needed = vec![unit];
+        for target in references(&plain, unit) {
+            let i = starts.partition_point(|&s| u64::from(s) <= target);
+            if let Some(&owner) = i.checked_sub(1).and_then(|i| starts.get(i)) {
+                needed.push(owner);
+            }
+        }
+        needed.sort_unstable();
+        needed.dedup();
+        let overlay = self.overlay(&starts, &needed, info.size);
+        self.unit_starts = Some(starts);
+        let mut dwarf = plain;
+        dwarf.debug_info = gimli::DebugInfo::from(FileReader {
+            overlay: Some(Arc::new(overlay?)),
+            ..FileReader::new(store, info.offset, info.size, self.endian)
+        });
         addr2line::Context::from_dwarf(dwarf).ok()
     }
+
+    /// Type-unit headers over every run of units not in `needed` (sorted),
+    /// at file positions. A run too short for a header is left as it is
+    /// (and parsed).
+    fn overlay(&self, starts: &[u32], needed: &[u32], size: u64) -> Option<Overlay> {
+        let info = self.section(".debug_info")?;
+        let mut overlay = Vec::new();
+        let mut run_start: Option<u64> = None;
+        let close = |from: u64, to: u64, overlay: &mut Overlay| {
+            if to - from >= TYPE_UNIT_HEADER as u64 {
+                if let Some(header) = type_unit_header(to - from, self.endian) {
+                    overlay.push((info.offset + from, header));
+                }
+            }
+        };
+        for &start in starts {
+            let start = u64::from(start);
+            let is_needed = needed.binary_search(&(start as u32)).is_ok();
+            match (is_needed, run_start) {
+                (true, Some(from)) => {
+                    close(from, start, &mut overlay);
+                    run_start = None;
+                }
+                (false, None) => run_start = Some(start),
+                _ => {}
+            }
+        }
+        if let Some(from) = run_start {
+            close(from, size, &mut overlay);
+        }
+        Some(overlay)
+    }
+}
+
+/// A 32-bit DWARF 5 type unit header for a unit of `total` bytes, its
+/// length field included; `None` if that does not fit 32-bit DWARF.
+fn type_unit_header(total: u64, endian: RunTimeEndian) -> Option<[u8; TYPE_UNIT_HEADER]> {
+    let length = u32::try_from(total.checked_sub(4)?).ok()?;
+    if length >= 0xffff_fff0 {
+        return None;
+    }
+    let mut header = [0u8; TYPE_UNIT_HEADER];
+    let big = endian == RunTimeEndian::Big;
+    let put32 = |v: u32| {
+        if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let put16 = |v: u16| {
+        if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    header[0..4].copy_from_slice(&put32(length));
+    header[4..6].copy_from_slice(&put16(5)); // version
+    header[6] = gimli::DW_UT_type.0;
+    header[7] = 8; // address size
+                   // abbreviation offset 0 (never read), type signature 0, and the type
+                   // DIE's offset: just past the header.
+    header[20..24].copy_from_slice(&put32(TYPE_UNIT_HEADER as u32));
+    Some(header)
+}
+
+/// Offsets of the units in `.debug_info` (at `info` in `file`), from
+/// their length fields: one small `pread` a unit, nothing kept but the
+/// offsets.
+fn unit_starts(file: &File, info: Section, endian: RunTimeEndian) -> Option<Vec<u32>> {
+    let read32 = |at: u64| -> Option<u32> {
+        let mut b = [0u8; 4];
+        file.read_exact_at(&mut b, info.offset + at).ok()?;
+        Some(if endian == RunTimeEndian::Big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let mut starts = Vec::new();
+    let mut at = 0u64;
+    while at + 4 <= info.size {
+        let length = read32(at)?;
+        let next = match length {
+            // 64-bit DWARF: an 8-byte length follows.
+            0xffff_ffff => {
+                let mut b = [0u8; 8];
+                file.read_exact_at(&mut b, info.offset + at + 4).ok()?;
+                let length = if endian == RunTimeEndian::Big {
+                    u64::from_be_bytes(b)
+                } else {
+                    u64::from_le_bytes(b)
+                };
+                at.checked_add(12)?.checked_add(length)?
+            }
+            0xffff_fff0.. => return None,
+            _ => at + 4 + u64::from(length),
+        };
+        starts.push(u32::try_from(at).ok()?);
+        at = next;
+    }
+    starts.shrink_to_fit();
+    Some(starts)
+}
+
+/// The `.debug_info` offsets that entries of the unit at `unit` refer to
+/// with `DW_FORM_ref_addr`, outside the unit itself.
+fn references(dwarf: &gimli::Dwarf<FileReader>, unit: u32) -> Vec<u64> {
+    let mut targets = Vec::new();
+    let Ok(header) = dwarf
+        .debug_info
+        .header_from_offset(gimli::DebugInfoOffset(unit as usize))
+    else {
+        return targets;
+    };
+    let end = u64::from(unit) + header.length_including_self() as u64;
+    let Ok(unit_data) = dwarf.unit(header) else {
+        return targets;
+    };
+    let Ok(mut entries) = unit_data.entries_raw(None) else {
+        return targets;
+    };
+    while !entries.is_empty() {
+        let Ok(abbrev) = entries.read_abbreviation() else {
+            break;
+        };
+        let Some(abbrev) = abbrev else {
+            continue;
+        };
+        for spec in abbrev.attributes() {
+            let Ok(attr) = entries.read_attribute(*spec) else {
+                return targets;
+            };
+            if let gimli::AttributeValue::DebugInfoRef(target) = attr.value() {
+                let target = target.0 as u64;
+                if target < u64::from(unit) || target >= end {
+                    targets.push(target);
+                }
+            }
+        }
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    targets
 }
 
 /// The frames at `svma` in `context`, innermost first.
