@@ -11,8 +11,13 @@
 //! [`DebugInfo`] needs far less:
 //! - a unit index built once from `.debug_aranges` (address range → unit
 //!   offset; 16 bytes a range), kept for good;
-//! - for an address, an `addr2line::Context` over that one unit: its
-//!   `.debug_info` bytes only, so `addr2line` parses nothing else;
+//! - the offsets of the units in `.debug_info` (4 bytes a unit), read once;
+//! - for an address, an `addr2line::Context` that parses the unit that
+//!   holds it and the units that unit refers to (`DW_FORM_ref_addr`:
+//!   ThinLTO, on by default in release builds, leaves inlined functions'
+//!   names in other units), and no other: every other run of units is
+//!   shown to `addr2line` as one type unit, which it skips
+//!   ([`DebugInfo::make_context`]);
 //! - every section read through [`FileReader`], which reads the file with
 //!   `pread` in [`CHUNK`]-byte pieces on first touch and keeps them in a
 //!   [`ChunkStore`]: only the bytes a lookup touches are ever in memory, and
