@@ -28,9 +28,11 @@
 //! [`DebugInfo::release`] (after every interval). So memory stays bounded
 //! whatever the binary's size. Without `.debug_aranges` the index is built
 //! by reading each unit's ranges from its first entry, once, through the
-//! same bounded cache. Objects whose debug sections are compressed are not
-//! handled here ([`Unsupported::Other`]) and the symbolizer falls back to
-//! `addr2line::Loader`, which inflates them.
+//! same bounded cache. Objects whose debug sections are compressed, or
+//! whose DWARF is split off into `.dwo`/`.dwp` files (`split-debuginfo`),
+//! are not handled here ([`Unsupported::Other`]) and the symbolizer falls
+//! back to `addr2line::Loader`, which inflates the first and finds the
+//! second.
 
 use addr2line::gimli::{self, Reader, ReaderOffsetId, RunTimeEndian};
 use object::read::elf::{FileHeader, SectionHeader};
@@ -369,8 +371,8 @@ pub(crate) enum Unsupported {
     /// No DWARF at all (or not an ELF file we can read): the symbol table
     /// is all there is.
     NoDwarf,
-    /// DWARF this module does not read (compressed sections) or an ELF
-    /// file it could not parse: `addr2line::Loader` may.
+    /// DWARF this module does not read (compressed sections, split DWARF)
+    /// or an ELF file it could not parse: `addr2line::Loader` may.
     Other,
 }
 
@@ -443,8 +445,29 @@ impl DebugInfo {
             store: None,
             contexts: Vec::new(),
         };
+        if info.is_split(&file) {
+            return Err(Unsupported::Other);
+        }
         info.units = info.read_unit_index(&file).ok_or(Unsupported::Other)?;
         Ok(info)
+    }
+
+    /// `true` if the first unit is a skeleton whose entries live in a
+    /// `.dwo` or `.dwp` file (`split-debuginfo`): `addr2line::Loader`
+    /// finds and reads those, this module does not.
+    fn is_split(&self, file: &File) -> bool {
+        let Ok(file) = file.try_clone() else {
+            return false;
+        };
+        let store = ChunkStore::new(file);
+        let Some(dwarf) = self.load(&store, None) else {
+            return false;
+        };
+        let mut headers = dwarf.units();
+        match headers.next() {
+            Ok(Some(header)) => dwarf.unit(header).is_ok_and(|u| u.dwo_id.is_some()),
+            _ => false,
+        }
     }
 
     fn section(&self, name: &str) -> Option<Section> {
@@ -986,6 +1009,39 @@ mod tests {
             "{named} of {}",
             probes.len()
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn split_dwarf_is_left_to_addr2lines_loader() {
+        let dir = std::env::temp_dir().join(format!("tp-dwarf-{}-split", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(
+            dir.join("split.rs"),
+            "#[inline(never)] fn work(x: u64) -> u64 { x * 3 }\n\
+             fn main() { println!(\"{}\", work(std::env::args().count() as u64)); }\n",
+        )
+        .expect("write the program");
+        let build = |split: &str, out: &str| -> Arc<str> {
+            let status = std::process::Command::new("rustc")
+                .current_dir(&dir)
+                .args(["-g", "-C", &format!("split-debuginfo={split}"), "-o", out])
+                .arg("split.rs")
+                .status()
+                .expect("rustc (the toolchain that runs this test)");
+            assert!(
+                status.success(),
+                "rustc -C split-debuginfo={split}: {status}"
+            );
+            Arc::from(dir.join(out).to_str().expect("utf-8 path"))
+        };
+        let packed = build("packed", "packed");
+        assert!(dir.join("packed.dwp").exists(), "rustc wrote no .dwp");
+        assert_eq!(DebugInfo::open(&packed).err(), Some(Unsupported::Other));
+        // The same program with its DWARF in the binary is read here.
+        let whole = build("off", "whole");
+        let opened = DebugInfo::open(&whole);
+        assert!(opened.is_ok(), "{:?}", opened.err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
