@@ -49,7 +49,7 @@ pub(crate) const CACHE_LIMIT: usize = 100_000;
 /// One source-level frame at an address. An address has several when code
 /// was inlined: innermost first, the function that really owns the machine
 /// code last (pprof's `Location.line` order).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SymbolFrame {
     /// Demangled function name, never empty.
     pub(crate) name: Arc<str>,
@@ -61,7 +61,7 @@ pub(crate) struct SymbolFrame {
 }
 
 /// An executable mapping of a loaded object (pprof `Mapping`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ObjectMapping {
     /// Path of the object, or a pseudo name such as `[vdso]`.
     pub(crate) path: Arc<str>,
@@ -76,7 +76,7 @@ pub(crate) struct ObjectMapping {
 }
 
 /// Everything known about one address.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Resolved {
     /// Never empty; innermost (inlined) frame first.
     pub(crate) frames: Vec<SymbolFrame>,
@@ -399,6 +399,10 @@ mod linux {
         object_index: HashMap<Arc<str>, usize>,
         last_maps_read: Option<Instant>,
         cache: HashMap<u64, Arc<Resolved>>,
+        /// The cache's results, one per distinct content: addresses with
+        /// the same frames (the many sampled instructions of one source
+        /// line, say) share one, so a new address costs a map entry.
+        shared: HashSet<Arc<Resolved>>,
         /// Addresses resolved from the symbol table alone
         /// ([`Symbolizer::resolve_from_symbols`]).
         symbol_cache: HashMap<u64, Arc<Resolved>>,
@@ -433,6 +437,7 @@ mod linux {
                 object_index: HashMap::new(),
                 last_maps_read: None,
                 cache: HashMap::new(),
+                shared: HashSet::new(),
                 symbol_cache: HashMap::new(),
                 symbol_functions: HashMap::new(),
                 names: HashSet::new(),
@@ -455,12 +460,21 @@ mod linux {
                     });
                 }
             };
-            let resolved = Arc::new(self.resolve_in(range, probe));
+            let resolved = self.resolve_in(range, probe);
             if self.cache.len() >= CACHE_LIMIT {
                 self.cache.clear();
+                self.shared.clear();
                 self.symbol_cache.clear();
                 self.names.clear();
             }
+            let resolved = match self.shared.get(&resolved) {
+                Some(hit) => hit.clone(),
+                None => {
+                    let resolved = Arc::new(resolved);
+                    self.shared.insert(resolved.clone());
+                    resolved
+                }
+            };
             self.cache.insert(probe, resolved.clone());
             resolved
         }
@@ -646,6 +660,7 @@ mod linux {
             if changed {
                 // An unloaded library's addresses may now belong to another.
                 self.cache.clear();
+                self.shared.clear();
                 self.symbol_cache.clear();
                 self.symbol_functions.clear();
                 self.ranges = ranges;
@@ -1048,6 +1063,15 @@ mod tests {
         assert_eq!(sym.cached(), 2);
         // Cached: the same Arc comes back.
         assert!(Arc::ptr_eq(&sym.resolve(addr), &r));
+        // Addresses with the same frames (instructions of one line) share
+        // one result.
+        let twin = (1..64u64)
+            .map(|off| addr + off)
+            .filter(|&a| a != addr + 8)
+            .map(|a| sym.resolve(a))
+            .find(|other| **other == *inside)
+            .expect("another instruction with the same frames");
+        assert!(Arc::ptr_eq(&twin, &inside));
 
         // A return address just after the function's start is looked up at -1.
         assert_eq!(lookup_address(addr + 1, true), addr);
