@@ -580,7 +580,7 @@ impl DebugInfo {
 
     /// The frames `addr2line` finds at `svma`, innermost first, as
     /// `(function name, file, line)`; empty if no unit covers it.
-    pub(crate) fn find_frames(&mut self, svma: u64) -> Vec<(Option<String>, Option<String>, u32)> {
+    pub(crate) fn find_frames(&mut self, svma: u64) -> Vec<RawFrame> {
         let Some(unit) = self.unit_for(svma) else {
             return Vec::new();
         };
@@ -814,10 +814,22 @@ fn references(dwarf: &gimli::Dwarf<FileReader>, unit: u32) -> Vec<u64> {
     targets
 }
 
+/// One frame as the symbolizer takes it: demangled function name, file,
+/// line (0 when unknown).
+pub(crate) type RawFrame = (Option<String>, Option<String>, u32);
+
 /// The frames at `svma` in `context`, innermost first.
-fn collect_frames(context: &UnitContext, svma: u64) -> Vec<(Option<String>, Option<String>, u32)> {
+fn collect_frames(context: &UnitContext, svma: u64) -> Vec<RawFrame> {
+    raw_frames(context.find_frames(svma).skip_all_loads())
+}
+
+/// The frames an `addr2line` lookup found, innermost first; none if it
+/// failed.
+pub(crate) fn raw_frames<R: gimli::Reader>(
+    found: Result<addr2line::FrameIter<'_, R>, gimli::Error>,
+) -> Vec<RawFrame> {
     let mut raw = Vec::new();
-    if let Ok(mut frames) = context.find_frames(svma).skip_all_loads() {
+    if let Ok(mut frames) = found {
         while let Ok(Some(frame)) = frames.next() {
             let name = frame
                 .function
@@ -899,26 +911,8 @@ mod tests {
         all.into_iter().step_by(step).take(limit).collect()
     }
 
-    fn loader_frames(
-        loader: &addr2line::Loader,
-        svma: u64,
-    ) -> Vec<(Option<String>, Option<String>, u32)> {
-        let mut raw = Vec::new();
-        if let Ok(mut frames) = loader.find_frames(svma) {
-            while let Ok(Some(frame)) = frames.next() {
-                let name = frame
-                    .function
-                    .as_ref()
-                    .and_then(|f| f.demangle().ok())
-                    .map(Cow::into_owned);
-                let (file, line) = match &frame.location {
-                    Some(loc) => (loc.file.map(str::to_owned), loc.line.unwrap_or(0)),
-                    None => (None, 0),
-                };
-                raw.push((name, file, line));
-            }
-        }
-        raw
+    fn loader_frames(loader: &addr2line::Loader, svma: u64) -> Vec<RawFrame> {
+        raw_frames(loader.find_frames(svma).map_err(|_| gimli::Error::Io))
     }
 
     fn exe() -> Arc<str> {

@@ -230,10 +230,11 @@ mod stub {
 
 #[cfg(tp_sampler)]
 mod linux {
-    use super::super::dwarf::{DebugInfo, Unsupported};
+    use super::super::dwarf::{raw_frames, DebugInfo, RawFrame, Unsupported};
     use super::{
         frame_name, hex_frame, is_qualified, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT,
     };
+    use addr2line::gimli;
     use object::elf::{
         FileHeader32, FileHeader64, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PF_X, PT_LOAD, PT_NOTE,
     };
@@ -807,31 +808,13 @@ mod linux {
     /// name when DWARF's is missing or bare.
     #[derive(Default)]
     struct RawFrames {
-        frames: Vec<(Option<String>, Option<String>, u32)>,
+        frames: Vec<RawFrame>,
         symbol: Option<String>,
     }
 
     /// The frames `addr2line::Loader` finds at `svma`, innermost first.
-    fn loader_frames(
-        loader: &addr2line::Loader,
-        svma: u64,
-    ) -> Vec<(Option<String>, Option<String>, u32)> {
-        let mut raw = Vec::new();
-        if let Ok(mut frames) = loader.find_frames(svma) {
-            while let Ok(Some(frame)) = frames.next() {
-                let name = frame
-                    .function
-                    .as_ref()
-                    .and_then(|f| f.demangle().ok())
-                    .map(Cow::into_owned);
-                let (file, line) = match &frame.location {
-                    Some(loc) => (loc.file.map(str::to_owned), loc.line.unwrap_or(0)),
-                    None => (None, 0),
-                };
-                raw.push((name, file, line));
-            }
-        }
-        raw
+    fn loader_frames(loader: &addr2line::Loader, svma: u64) -> Vec<RawFrame> {
+        raw_frames(loader.find_frames(svma).map_err(|_| gimli::Error::Io))
     }
 
     /// `<basename>+0x<svma>`, file = the object's path.
