@@ -242,41 +242,61 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     );
     // Read the profiles back. Every thread here is a std thread (the
     // harness's main thread included, through `main`): a stack unwound to
-    // its root passes std's thread entry (`thread_start`) or `main`, or,
-    // for a sample in glibc's thread teardown after `thread_start` returned
-    // (freeing the thread's own memory), glibc's `start_thread` or the
-    // kernel's entry `clone3`/`clone`. One that passes none of them (cut to
-    // the leaf, or stopped midway) is a failed unwind.
+    // its root passes std's thread entry (`thread_start`) or `main`.
+    // A sample in glibc's thread teardown after `thread_start` returned
+    // (TLS destructors run by `__call_tls_dtors`, freeing the thread's own
+    // memory) passes neither: it is rooted when its outermost frame is one
+    // that stacks through `thread_start` end in (glibc's `clone3`, which
+    // without libc's symbols has no name, only `libc.so.6+0x…`). One that
+    // is neither (cut to the leaf, or stopped midway) is a failed unwind.
+    let traces: Vec<_> = pprof_tool::profile_files(&dir)
+        .iter()
+        .flat_map(|file| pprof_tool::traces(file))
+        .collect();
+    let through_entry = |frames: &[String]| {
+        frames.iter().any(|f| {
+            f.contains("thread_start")
+                || matches!(
+                    f.as_str(),
+                    "start_thread" | "clone3" | "__clone3" | "clone" | "__clone"
+                )
+                || f == "main"
+                || f.ends_with("::main")
+        })
+    };
+    let thread_roots: std::collections::HashSet<&String> = traces
+        .iter()
+        .filter(|tr| tr.frames.iter().any(|f| f.contains("thread_start")))
+        .filter_map(|tr| tr.frames.last())
+        // The profiler's own threads end in a frame naming the thread,
+        // added whatever the unwind: not a root to judge by.
+        .filter(|f| !f.starts_with("tracing-pyroscope: "))
+        .collect();
     let (mut total, mut failed, mut fresh, mut fresh_cut) = (0u64, 0u64, 0u64, 0u64);
-    let mut failures = Vec::new();
-    for file in pprof_tool::profile_files(&dir) {
-        for tr in pprof_tool::traces(&file) {
-            total += tr.count;
-            let rooted = tr.frames.iter().any(|f| {
-                f.contains("thread_start")
-                    || matches!(
-                        f.as_str(),
-                        "start_thread" | "clone3" | "__clone3" | "clone" | "__clone"
-                    )
-                    || f == "main"
-                    || f.ends_with("::main")
-            });
-            let in_fresh_code = tr.labels.get("span_id").is_some_and(|id| {
-                u64::from_str_radix(id, 16).is_ok_and(|id| id & !0xffff == FRESH_CODE)
-            });
-            if in_fresh_code {
-                fresh += tr.count;
-                fresh_cut += if rooted { 0 } else { tr.count };
-            } else if !rooted {
-                failed += tr.count;
-                if failures.len() < 5 {
-                    failures.push(tr.frames.clone());
-                }
+    let (mut teardown, mut failures) = (0u64, Vec::new());
+    for tr in &traces {
+        total += tr.count;
+        let at_root = tr.frames.last().is_some_and(|f| thread_roots.contains(f));
+        let rooted = through_entry(&tr.frames) || at_root;
+        if rooted && !through_entry(&tr.frames) {
+            teardown += tr.count;
+        }
+        let in_fresh_code = tr.labels.get("span_id").is_some_and(|id| {
+            u64::from_str_radix(id, 16).is_ok_and(|id| id & !0xffff == FRESH_CODE)
+        });
+        if in_fresh_code {
+            fresh += tr.count;
+            fresh_cut += if rooted { 0 } else { tr.count };
+        } else if !rooted {
+            failed += tr.count;
+            if failures.len() < 5 {
+                failures.push(tr.frames.clone());
             }
         }
     }
     println!(
-        "profiles hold {total} timer periods; {failed} in stacks not unwound to their root ({:.3}%): {failures:#?}; \
+        "profiles hold {total} timer periods ({teardown} in thread teardown, rooted at {thread_roots:?}); \
+         {failed} in stacks not unwound to their root ({:.3}%): {failures:#?}; \
          around dlopen/dlclose: {fresh_cut} of {fresh} cut (code loaded since the last scan)",
         failed as f64 * 100.0 / total.max(1) as f64
     );
