@@ -146,6 +146,21 @@ impl ProfileBuilder {
         let header = Header::new(self.start, end, self.period_nanos);
         let mut out = Vec::new();
         let mut chunk = Chunk::new(&header);
+        // New addresses are symbolized in address order first (see
+        // `Symbolizer::prefetch`); the profiler's own samples never read
+        // debug info.
+        symbolizer.prefetch(
+            entries
+                .iter()
+                .filter(|((_, labels), _)| labels.profiler_thread().is_none())
+                .flat_map(|&((stack_id, _), _)| {
+                    let stack: &[u64] = &stacks[stack_id];
+                    stack
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &addr)| lookup_address(addr, i > 0))
+                }),
+        );
         let mut resolved: Vec<(u64, bool, Arc<Resolved>)> = Vec::new();
         for ((stack_id, labels), count) in entries {
             resolved.clear();

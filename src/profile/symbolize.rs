@@ -221,6 +221,9 @@ mod stub {
             self.resolve(probe)
         }
 
+        /// Nothing to read here.
+        pub(crate) fn prefetch(&mut self, _probes: impl IntoIterator<Item = u64>) {}
+
         /// Nothing is loaded here.
         pub(crate) fn release_debug_info(&mut self) -> bool {
             false
@@ -478,6 +481,26 @@ mod linux {
             };
             self.cache.insert(probe, resolved.clone());
             resolved
+        }
+
+        /// Resolves every address of `probes` not cached yet, in address
+        /// order, so that [`resolve`](Self::resolve) then finds them all
+        /// cached. In address order each compilation unit's debug info is
+        /// read once, while its addresses are looked up, and can be let go
+        /// before the next unit's: the few unit contexts kept
+        /// ([`UNIT_CONTEXTS`](super::super::dwarf::UNIT_CONTEXTS)) are
+        /// enough, and the heap used to symbolize an interval stays that of
+        /// a few units, not of every unit its new addresses fall in.
+        pub(crate) fn prefetch(&mut self, probes: impl IntoIterator<Item = u64>) {
+            let mut todo: Vec<u64> = probes
+                .into_iter()
+                .filter(|probe| !self.cache.contains_key(probe))
+                .collect();
+            todo.sort_unstable();
+            todo.dedup();
+            for probe in todo {
+                self.resolve(probe);
+            }
         }
 
         /// The frame at `probe` for a sample of the profiler's own threads:

@@ -25,7 +25,7 @@
 //!   writes into a preallocated lock-free buffer ([`buffer`]). It allocates
 //!   nothing and takes no lock, so it cannot deadlock a thread interrupted
 //!   inside `malloc` or the dynamic loader; its only system call is one
-//!   `FUTEX_WAKE` when a quarter of the buffer waits and the drain thread
+//!   `FUTEX_WAKE` when a sixteenth of the buffer waits and the drain thread
 //!   sleeps. Samples that find every slot taken are counted as dropped.
 //! - **Draining** ([`queue`]): a drain thread that does nothing else moves
 //!   samples from the signal buffer to a bounded, aggregating heap queue
@@ -37,8 +37,9 @@
 //!   each): 1024 slots on 2 CPUs at 1000 Hz, at most 65536. The drain
 //!   thread moves about 600,000 samples a second on one core (30-frame
 //!   stacks), far above any signal rate, so the ceiling is set by how soon
-//!   it is scheduled after a wake: a quarter of the buffer's time span
-//!   (125 ms at the full rate) leaves three quarters as margin.
+//!   it is scheduled after a wake: the wake comes at a sixteenth of the
+//!   buffer's time span (31 ms at the full rate), which leaves the other
+//!   fifteen sixteenths (470 ms) as margin.
 //! - **Lifetime**: one sampler per process ([`ErrorKind::AlreadyRunning`]).
 //!   Starting while another `SIGPROF` handler is installed fails with
 //!   [`ErrorKind::SignalInUse`]; we never replace someone else's handler.

@@ -4,7 +4,7 @@
 //! The signal buffer is small and fixed; the collector sometimes does slow
 //! work (a first debug-info load, a big encode, a gzip) during which it
 //! cannot drain. So a drain thread that does nothing else moves samples from
-//! the signal buffer into this queue whenever a quarter of the buffer is
+//! the signal buffer into this queue whenever a sixteenth of the buffer is
 //! waiting, and the collector takes the whole queue in O(1) under a lock
 //! that nothing slow ever holds.
 //!
