@@ -149,10 +149,13 @@ impl ProfileBuilder {
         // New addresses are symbolized in address order first (see
         // `Symbolizer::prefetch`); the profiler's own samples never read
         // debug info.
+        // Each stack once, however many label sets it was sampled with.
+        let mut seen = vec![false; stacks.len()];
         symbolizer.prefetch(
             entries
                 .iter()
                 .filter(|((_, labels), _)| labels.profiler_thread().is_none())
+                .filter(|&&((stack_id, _), _)| !std::mem::replace(&mut seen[stack_id], true))
                 .flat_map(|&((stack_id, _), _)| {
                     let stack: &[u64] = &stacks[stack_id];
                     stack
