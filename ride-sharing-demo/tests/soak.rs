@@ -20,7 +20,8 @@
 //!   raises. The raw growths, RSS and anonymous, are printed too. The two
 //!   runs are separate processes on a shared machine, and the demo's own
 //!   growth varies by about ±0.5 MB between runs (some 3 % of a profiled
-//!   process), so a pair over the bound is measured again, up to 3 pairs;
+//!   process), so a pair over the bound is measured again, up to 5 pairs
+//!   (a leak over the bound shows in every pair, the demo's noise in some);
 //! - the fault server went through every fault and answered requests in
 //!   each, so the profiler really ran into all of them.
 //!
@@ -100,7 +101,7 @@ fn sixty_second_soak_the_profiler_keeps_rss_flat() {
     // demo's own growth alone varies by ±0.5 MB from run to run, about 3 %
     // of a profiled process. So a pair that misses the bound is measured
     // again, up to ATTEMPTS pairs; every attempt must survive every fault.
-    const ATTEMPTS: usize = 3;
+    const ATTEMPTS: usize = 5;
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut misses = Vec::new();
     for attempt in 1..=ATTEMPTS {
