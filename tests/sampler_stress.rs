@@ -276,9 +276,9 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     let (mut teardown, mut failures) = (0u64, Vec::new());
     for tr in &traces {
         total += tr.count;
-        let at_root = tr.frames.last().is_some_and(|f| thread_roots.contains(f));
-        let rooted = through_entry(&tr.frames) || at_root;
-        if rooted && !through_entry(&tr.frames) {
+        let entry = through_entry(&tr.frames);
+        let rooted = entry || tr.frames.last().is_some_and(|f| thread_roots.contains(f));
+        if rooted && !entry {
             teardown += tr.count;
         }
         let in_fresh_code = tr.labels.get("span_id").is_some_and(|id| {
