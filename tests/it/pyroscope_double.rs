@@ -4,7 +4,7 @@
 //! the server rejects it, next to a good one that must pass; the request
 //! pyroscope-rs 2.1.5 really sent must still be accepted.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

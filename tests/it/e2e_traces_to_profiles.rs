@@ -29,9 +29,9 @@
 //! Figures are printed; run with
 //! `cargo test --release --test e2e_traces_to_profiles -- --nocapture`.
 
-mod common;
-mod cpu_clock;
-mod pprof_tool;
+use crate::common;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use cpu_clock::thread_cpu_nanos;
 use std::collections::BTreeMap;
@@ -350,7 +350,7 @@ impl Drop for OtlpReceiver {
 fn run_app(double: &PyroscopeDouble, otlp: &OtlpReceiver) -> String {
     let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
     cmd.args([
-        "app_child",
+        "e2e_traces_to_profiles::app_child",
         "--exact",
         "--ignored",
         "--nocapture",
@@ -434,6 +434,7 @@ fn value_in(fg: &FlameGraph, function: &str) -> i64 {
 
 #[test]
 fn traces_to_profiles() {
+    isolated!();
     let double = PyroscopeDouble::start();
     let otlp = OtlpReceiver::start();
     let out = run_app(&double, &otlp);

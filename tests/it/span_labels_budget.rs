@@ -6,7 +6,7 @@
 //! The name and label tables are process-wide, hence a test binary of its
 //! own.
 
-mod pprof_tool;
+use crate::pprof_tool;
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -32,6 +32,7 @@ fn burn(d: Duration) -> u64 {
 
 #[test]
 fn label_sets_stay_within_the_budget() {
+    isolated!();
     const NAMES: usize = 10;
     const VALUES: usize = 40;
     const MAX_VALUES: usize = 20;

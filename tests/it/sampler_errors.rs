@@ -29,6 +29,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn starting_twice_is_an_error_and_restart_after_stop_works() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempdir("twice");
     let (_layer, guard) = builder(&dir).build().expect("first start");
@@ -45,6 +46,7 @@ fn starting_twice_is_an_error_and_restart_after_stop_works() {
 
 #[test]
 fn a_foreign_sigprof_handler_is_never_replaced() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempdir("foreign");
     // Only a handler we did not install counts as foreign; make sure ours is
@@ -65,6 +67,7 @@ fn a_foreign_sigprof_handler_is_never_replaced() {
 
 #[test]
 fn dropping_the_guard_in_a_forked_child_returns() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempdir("fork");
     let (_layer, guard) = builder(&dir).build().expect("start");
@@ -136,6 +139,7 @@ fn wait_until(timeout: Duration, mut what: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn a_sigprof_handler_installed_later_stops_sampling_and_is_reported_once() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let log = Log::default();
     let writer = log.clone();

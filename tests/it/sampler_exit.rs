@@ -4,8 +4,8 @@
 //! - samples taken while threads run their thread-local destructors (TLS
 //!   teardown) are harmless and unwound like any other.
 
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -74,12 +74,13 @@ fn child_exits_with_a_live_guard() {
 
 #[test]
 fn exit_with_a_live_guard_ends_the_process_normally() {
+    isolated!();
     let dir = tempdir("child");
     let output = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--ignored",
             "--exact",
-            "child_exits_with_a_live_guard",
+            "sampler_exit::child_exits_with_a_live_guard",
             "--nocapture",
         ])
         .env(CHILD, &dir)
@@ -118,6 +119,7 @@ thread_local! {
 
 #[test]
 fn samples_during_thread_local_teardown_are_harmless() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempdir("tls");
     let _ = std::fs::remove_dir_all(&dir);

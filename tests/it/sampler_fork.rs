@@ -5,7 +5,7 @@
 //!
 //! Children report through their exit status.
 
-mod cpu_clock;
+use crate::cpu_clock;
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -107,6 +107,7 @@ fn fork_and_wait(child: impl FnOnce() -> i32) -> i32 {
 
 #[test]
 fn a_forked_child_profiles_itself_and_the_parent_keeps_sampling() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let parent_dir = tempdir("parent");
     let child_dir = tempdir("child");
@@ -170,6 +171,7 @@ fn a_forked_child_profiles_itself_and_the_parent_keeps_sampling() {
 
 #[test]
 fn a_child_that_never_touches_the_profiler_is_unharmed() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempdir("bystander");
     let (_layer, guard) = start(&dir).expect("start the parent's profiler");

@@ -12,6 +12,7 @@ const SUPPORTED: bool = cfg!(tp_sampler);
 
 #[test]
 fn the_guard_tells_whether_profiling_runs_on_this_platform() {
+    isolated!();
     let dir =
         std::env::temp_dir().join(format!("tracing-pyroscope-platform-{}", std::process::id()));
     let (layer, guard) = tracing_pyroscope::Builder::new("platform-test")

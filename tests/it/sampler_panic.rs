@@ -10,8 +10,8 @@
 //! Checked on the slot itself (`context::current()`) and through a real
 //! profile read back with Google's pprof tool.
 
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use cpu_clock::thread_cpu_nanos;
 use std::hint::black_box;
@@ -69,6 +69,7 @@ fn samples(dir: &std::path::Path, function: &str) -> (u64, u64) {
 
 #[test]
 fn panics_through_entered_spans_leave_no_stale_label() {
+    isolated!();
     let dir = std::env::temp_dir().join(format!("tracing-pyroscope-panic-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (layer, guard) = tracing_pyroscope::Builder::new("panic-test")

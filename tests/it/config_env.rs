@@ -74,6 +74,7 @@ fn bad(var: &str, value: &str, expected: &str) {
 
 #[test]
 fn nothing_set_is_ok() {
+    isolated!();
     assert_eq!(from_env_with(&[]), None);
     // Empty counts as unset.
     let empty: Vec<(&str, &str)> = VARS.iter().map(|v| (*v, "")).collect();
@@ -82,6 +83,7 @@ fn nothing_set_is_ok() {
 
 #[test]
 fn valid_values_are_accepted() {
+    isolated!();
     assert_eq!(
         from_env_with(&[
             ("PYROSCOPE_APPLICATION_NAME", "ride-sharing-app"),
@@ -102,6 +104,7 @@ fn valid_values_are_accepted() {
 
 #[test]
 fn server_address() {
+    isolated!();
     let var = "PYROSCOPE_SERVER_ADDRESS";
     bad(var, "localhost:4040", "http://");
     bad(var, "ftp://localhost:4040", "http://");
@@ -127,6 +130,7 @@ fn server_address() {
 
 #[test]
 fn profiles_dir() {
+    isolated!();
     let file = std::env::temp_dir().join(format!("config-env-file-{}", std::process::id()));
     std::fs::write(&file, b"not a directory").unwrap();
     let below = file.join("profiles");
@@ -142,6 +146,7 @@ fn profiles_dir() {
 
 #[test]
 fn profiling_enabled() {
+    isolated!();
     bad("PYROSCOPE_PROFILING_ENABLED", "maybe", "true or false");
     bad("PYROSCOPE_PROFILING_ENABLED", "2", "true or false");
     // `false` turns everything off; the other variables are not checked.
@@ -156,6 +161,7 @@ fn profiling_enabled() {
 
 #[test]
 fn application_name() {
+    isolated!();
     bad(
         "PYROSCOPE_APPLICATION_NAME",
         "ride\nsharing",
@@ -179,6 +185,7 @@ fn application_name() {
 
 #[test]
 fn basic_auth_never_shows_the_password() {
+    isolated!();
     let msg = from_env_with(&[("PYROSCOPE_BASIC_AUTH_PASSWORD", "glc_topsecret")]).unwrap();
     assert!(msg.contains("PYROSCOPE_BASIC_AUTH_PASSWORD"), "{msg}");
     assert!(
@@ -213,6 +220,7 @@ fn basic_auth_never_shows_the_password() {
 
 #[test]
 fn tenant_id() {
+    isolated!();
     bad("PYROSCOPE_TENANT_ID", "a/b", "tenant id");
     bad("PYROSCOPE_TENANT_ID", "..", "not \".\" or \"..\"");
     bad("PYROSCOPE_TENANT_ID", &"t".repeat(151), "at most 150");
@@ -220,6 +228,7 @@ fn tenant_id() {
 
 #[test]
 fn labels() {
+    isolated!();
     let var = "PYROSCOPE_LABELS";
     bad(var, "region", "name=value");
     bad(var, "region=eu,env", "item \"env\" has no '='");
@@ -249,6 +258,7 @@ fn labels() {
 
 #[test]
 fn sample_rate() {
+    isolated!();
     for v in ["0", "1001", "-5", "fast", "100Hz"] {
         bad("PYROSCOPE_SAMPLE_RATE", v, "an integer from 1 to 1000");
     }
@@ -256,6 +266,7 @@ fn sample_rate() {
 
 #[test]
 fn upload_interval() {
+    isolated!();
     for v in ["10", "ten seconds", "1.5s", "1d", "-1s"] {
         bad("PYROSCOPE_UPLOAD_INTERVAL", v, "10s, 500ms, 1m");
     }
@@ -275,11 +286,13 @@ fn upload_interval() {
 
 #[test]
 fn span_scope() {
+    isolated!();
     bad("PYROSCOPE_SPAN_SCOPE", "leaf", "one of root, all, none");
 }
 
 #[test]
 fn span_name_and_trace_id_labels() {
+    isolated!();
     bad("PYROSCOPE_SPAN_NAME_LABEL", "on-ish", "true or false");
     bad("PYROSCOPE_TRACE_ID_LABEL", "sometimes", "true or false");
     // Each adds a series label: the static-label budget shrinks.
@@ -297,6 +310,7 @@ fn span_name_and_trace_id_labels() {
 
 #[test]
 fn span_labels() {
+    isolated!();
     let var = "PYROSCOPE_SPAN_LABELS";
     assert_eq!(
         from_env_with(&[
@@ -323,6 +337,7 @@ fn span_labels() {
 
 #[test]
 fn builder_reports_the_same_rules() {
+    isolated!();
     let e = tracing_pyroscope::Builder::new("app")
         .basic_auth("u", "glc_topsecret")
         .label("bad name", "x")

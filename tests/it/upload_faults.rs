@@ -23,9 +23,9 @@
 //! - dropping the guard with the fault still on returns within the 5 s
 //!   shutdown bound (plus slack).
 
-mod common;
-mod cpu_clock;
-mod pprof_tool;
+use crate::common;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -377,6 +377,7 @@ fn check_with_pprof(double: &PyroscopeDouble) {
     ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
 )]
 fn server_down() {
+    isolated!();
     run_fault(Fault::Down, Expect::Failing);
 }
 
@@ -386,6 +387,7 @@ fn server_down() {
     ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
 )]
 fn server_refusing_connections() {
+    isolated!();
     run_fault(Fault::Refuse, Expect::Failing);
 }
 
@@ -395,6 +397,7 @@ fn server_refusing_connections() {
     ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
 )]
 fn server_answering_in_5s() {
+    isolated!();
     run_fault(Fault::Delay(Duration::from_secs(5)), Expect::Slow);
 }
 
@@ -404,6 +407,7 @@ fn server_answering_in_5s() {
     ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
 )]
 fn server_500() {
+    isolated!();
     run_fault(Fault::Status(500), Expect::Failing);
 }
 
@@ -413,6 +417,7 @@ fn server_500() {
     ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
 )]
 fn server_429_with_retry_after() {
+    isolated!();
     run_fault(
         Fault::TooManyRequests {
             retry_after_secs: 1,
@@ -427,6 +432,7 @@ fn server_429_with_retry_after() {
     ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
 )]
 fn server_413() {
+    isolated!();
     run_fault(Fault::Status(413), Expect::FailingNoRetry);
 }
 
@@ -436,5 +442,6 @@ fn server_413() {
     ignore = "timing and memory bounds are for optimized code (unoptimized, the signal handler's unwinding costs a unit 40 % more CPU and the symbolizer parses full debug info); scripts/test.sh runs these in release"
 )]
 fn server_400() {
+    isolated!();
     run_fault(Fault::Status(400), Expect::FailingNoRetry);
 }

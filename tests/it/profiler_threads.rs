@@ -4,8 +4,8 @@
 //! says which thread it is, and no sample of the program's own threads
 //! does. The frame is not a label: the samples carry no label for it.
 
-mod common;
-mod cpu_clock;
+use crate::common;
+use crate::cpu_clock;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -55,6 +55,7 @@ fn stacks(dir: &Path) -> Vec<(Vec<String>, i64, Vec<String>)> {
 
 #[test]
 fn samples_on_profiler_threads_start_with_a_frame_naming_the_thread() {
+    isolated!();
     let dir =
         std::env::temp_dir().join(format!("tracing-pyroscope-threads-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,8 +7,8 @@
 //! scenarios run in one test, in order: scope `none`, a long name, then
 //! thousands of dynamic names that fill the table.
 
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -57,6 +57,7 @@ fn span_names(dir: &std::path::Path) -> (BTreeSet<Option<String>>, u64) {
 
 #[test]
 fn names_reach_the_server_within_its_limits() {
+    isolated!();
     scope_none_labels_samples_with_the_span_name_only();
     long_names_are_truncated_with_a_mark();
     // Two names are in the table now.

@@ -10,8 +10,8 @@
 //! One profiler runs at a time in a process, so the scenarios run in one
 //! test, in order.
 
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -65,6 +65,7 @@ fn index_lines(dir: &Path) -> Vec<(String, u64)> {
 
 #[test]
 fn memory_and_disk_stay_bounded_at_any_span_rate() {
+    isolated!();
     the_index_keeps_sampled_spans_and_a_counted_sample_of_the_rest();
     span_ids_past_the_cap_lose_only_the_id();
     the_directory_never_passes_its_size_limit();

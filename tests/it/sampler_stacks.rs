@@ -3,8 +3,8 @@
 //! the ordinary release build (no frame pointers, DWARF CFI unwinding) and
 //! with `-C force-frame-pointers=yes`.
 
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use cpu_clock::thread_cpu_nanos;
 use std::hint::black_box;
@@ -40,6 +40,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn known_call_chain_is_unwound_in_order() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join(format!("tracing-pyroscope-stacks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -140,6 +141,7 @@ fn at_the_bottom(nanos: u64) -> u64 {
 
 #[test]
 fn a_thread_nearly_out_of_stack_is_sampled_without_overflowing_it() {
+    isolated!();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join(format!(
         "tracing-pyroscope-low-stack-{}",

@@ -10,8 +10,8 @@
 //! first debug-info load and several encodes); `SAMPLER_TEST_THREADS` and
 //! `SAMPLER_TEST_SECONDS` change it.
 
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +48,7 @@ fn busy(stop: &AtomicBool, salt: u64) -> u64 {
     ignore = "an unoptimized collector reads debug info too slowly for the run to span its first profiles; scripts/test.sh runs it in release"
 )]
 fn no_sample_is_dropped_with_many_busy_threads_across_the_first_debug_info_load() {
+    isolated!();
     let threads = env_or("SAMPLER_TEST_THREADS", 24);
     let seconds = env_or("SAMPLER_TEST_SECONDS", 5);
     let dir = std::env::temp_dir().join(format!("tracing-pyroscope-scale-{}", std::process::id()));

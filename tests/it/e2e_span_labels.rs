@@ -11,9 +11,8 @@
 //!
 //! One profiler runs at a time in a process, so the tests take turns.
 
-#[macro_use]
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -145,6 +144,7 @@ fn hex(id: u64) -> String {
 
 #[test]
 fn concurrent_tokio_roots_each_carry_their_own_value_and_id() {
+    isolated!();
     const BURSTS: usize = 40;
     const BURST_NANOS: u64 = 3_000_000;
     let ids: Mutex<HashMap<usize, u64>> = Mutex::new(HashMap::new());
@@ -223,6 +223,7 @@ fn concurrent_tokio_roots_each_carry_their_own_value_and_id() {
 
 #[test]
 fn the_nearest_span_wins() {
+    isolated!();
     let mut root_id = 0;
     let traces = profile("nested", || {
         let root = tracing::info_span!("order", vehicle = "car", region = "eu");
@@ -249,6 +250,7 @@ fn the_nearest_span_wins() {
 
 #[test]
 fn span_record_after_creation() {
+    isolated!();
     let mut ids = (0, 0);
     let traces = profile("record", || {
         // Recorded before the first enter.
@@ -289,6 +291,7 @@ fn span_record_after_creation() {
 
 #[test]
 fn a_child_field_labels_its_samples_under_root_scope() {
+    isolated!();
     let mut root_id = 0;
     let traces = profile("child", || {
         let root = tracing::info_span!("request");

@@ -7,7 +7,7 @@
 //! something else). And the profiler must not keep unloaded libraries
 //! mapped.
 
-mod dl_fixture;
+use crate::dl_fixture;
 
 use dl_fixture::{build_fixtures, load_run_unload};
 use std::path::Path;
@@ -33,6 +33,7 @@ fn fixtures_loaded(dir: &Path) -> Vec<String> {
 
 #[test]
 fn libraries_unloaded_and_reloaded_over_each_other_while_sampling() {
+    isolated!();
     // Watchdog: a hang fails the test instead of hanging CI.
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(120));

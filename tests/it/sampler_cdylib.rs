@@ -10,7 +10,7 @@
 //! each thread's first sample (the library's TLS block), and could deadlock
 //! against the `malloc` it interrupted.
 
-mod pprof_tool;
+use crate::pprof_tool;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,6 +74,7 @@ fn field(line: &str, key: &str) -> u64 {
 
 #[test]
 fn the_handler_never_allocates_on_threads_of_a_host_that_loaded_the_crate() {
+    isolated!();
     let dir = std::env::temp_dir().join(format!("tracing-pyroscope-cdylib-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -6,9 +6,8 @@
 //! carry the span id of the root that ran it, which must equal the exported
 //! OTel span's `pyroscope.profile.id`.
 
-#[macro_use]
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use cpu_clock::BURN_CPU_NANOS;
 use std::collections::HashMap;
@@ -54,6 +53,7 @@ burners!(
 
 #[test]
 fn every_burst_carries_its_root_span_id() {
+    isolated!();
     assert_eq!(BURNERS.len(), TASKS);
     let dir = std::env::temp_dir().join(format!(
         "tracing-pyroscope-e2e-tokio-{}",

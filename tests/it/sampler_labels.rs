@@ -2,8 +2,8 @@
 //! the sample is taken, and samples threads in proportion to their own CPU
 //! time. Checked end to end: public API → pprof files → Google's pprof tool.
 
-mod cpu_clock;
-mod pprof_tool;
+use crate::cpu_clock;
+use crate::pprof_tool;
 
 use cpu_clock::thread_cpu_nanos;
 use std::collections::HashMap;
@@ -84,6 +84,7 @@ fn all_traces(dir: &Path) -> Vec<pprof_tool::Trace> {
 
 #[test]
 fn labels_are_exact_at_sample_time() {
+    isolated!();
     let _one = ONE_PROFILER.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempdir("labels");
     let rate = 1000;
@@ -172,6 +173,7 @@ fn labels_are_exact_at_sample_time() {
 
 #[test]
 fn busy_threads_are_sampled_in_proportion_to_their_cpu_time() {
+    isolated!();
     let _one = ONE_PROFILER.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempdir("threads");
     let rate = 100;

@@ -16,8 +16,8 @@
 //! the scenarios run in one test, in order: the long name must be interned
 //! before the budget scenario fills the table.
 
-mod common;
-mod cpu_clock;
+use crate::common;
+use crate::cpu_clock;
 
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -113,6 +113,7 @@ fn assert_all_accepted(double: &PyroscopeDouble, what: &str) {
 
 #[test]
 fn every_upload_is_one_the_server_keeps() {
+    isolated!();
     static_labels_colliding_after_sanitization();
     span_name_longer_than_a_label_value();
     span_labels_reach_the_server_within_the_series_budget();

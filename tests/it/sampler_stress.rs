@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing_pyroscope::context::{self, SpanLabels};
 
-mod dl_fixture;
-mod pprof_tool;
+use crate::dl_fixture;
+use crate::pprof_tool;
 
 /// Span id prefix of work running in just-loaded libraries: until the next
 /// scan rebuilds the unwinder, its stacks may be cut (see sampler::unwind).
@@ -30,6 +30,7 @@ fn errno() -> i32 {
     ignore = "needs a release build: unoptimized, the collector drains too rarely for the sample count; scripts/test.sh runs it in release"
 )]
 fn stress_malloc_thread_churn_and_blocking_syscalls() {
+    isolated!();
     // Watchdog: a deadlock fails the test instead of hanging CI.
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(120));

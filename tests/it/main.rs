@@ -1,0 +1,51 @@
+//! The integration tests, as one test binary (one link of tokio, axum and
+//! OpenTelemetry instead of one per file). Each former test file is a module.
+//!
+//! Most tests touch process-wide state: the profiler (one per process, a
+//! SIGPROF handler, timers), a global subscriber, environment variables, or
+//! `fork`. Each such test starts with [`isolated!`]: it runs again, alone, in
+//! a child process of this binary, and the test passes only if the child
+//! does (see `isolate.rs`). Tests that only use their own values (the
+//! Pyroscope double's rules, the report from synthetic profiles) run in this
+//! process.
+//!
+//! Separate binaries remain for what cannot share one: `layer_alloc` (its
+//! own counting `#[global_allocator]`), `sampler_main_thread` (no harness: it
+//! runs on the process's main thread) and `tls_upload` (feature `tls`).
+
+#[macro_use]
+mod isolate;
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../cpu_clock/mod.rs"]
+#[macro_use]
+mod cpu_clock;
+#[path = "../dl_fixture/mod.rs"]
+mod dl_fixture;
+#[path = "../pprof_tool/mod.rs"]
+mod pprof_tool;
+
+mod config_env;
+mod e2e_span_labels;
+mod e2e_tokio_labels;
+mod e2e_traces_to_profiles;
+mod local_limits;
+mod profiler_threads;
+mod pyroscope_double;
+mod report;
+mod sampler_cdylib;
+mod sampler_dlclose;
+mod sampler_errors;
+mod sampler_exit;
+mod sampler_fork;
+mod sampler_labels;
+mod sampler_panic;
+mod sampler_platform;
+mod sampler_scale;
+mod sampler_stacks;
+mod sampler_stress;
+mod series_budget;
+mod server_acceptance;
+mod span_labels_budget;
+mod upload_faults;
