@@ -30,11 +30,11 @@ cargo test --release --features tls --test tls_upload
 
 # Where the sampler cannot run, the crate builds and is inert: forced here.
 RUSTFLAGS="--cfg tracing_pyroscope_unsupported" CARGO_TARGET_DIR=target/unsupported \
-  cargo test --release --test config_env --test sampler_platform
+  cargo test --release --test it -- config_env:: sampler_platform::
 
 # Stacks must also be right when the code has frame pointers.
 RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=target/frame-pointers \
-  cargo test --release --test sampler_stacks
+  cargo test --release --test it -- sampler_stacks::
 
 # The demo's report, as a person sees it, in headless Chromium.
 report_dir="$(mktemp -d)"

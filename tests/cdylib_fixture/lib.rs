@@ -1,5 +1,5 @@
 //! A `cdylib` that starts and stops tracing-pyroscope's profiler through two
-//! C functions, for `tests/sampler_cdylib.rs`: the host (a C program) loads
+//! C functions, for `tests/it/sampler_cdylib.rs`: the host (a C program) loads
 //! it with `dlopen`, so the crate's thread locals are reached through
 //! `__tls_get_addr` as in a Python or Node extension.
 
