@@ -22,8 +22,8 @@
 //!
 //! An interval without samples produces no profile.
 //!
-//! [`proto`] holds the pprof message types; it is public so that tools and
-//! tests can read what the crate writes.
+//! [`proto`] holds the pprof message types the encoder writes and the
+//! report reads back.
 
 use std::time::SystemTime;
 
