@@ -4,14 +4,15 @@
 //! samples come in (backing off, doubling, while none do: at idle it wakes
 //! once per interval, or once per [`IDLE_DRAIN_PERIOD`] when a sink keeps a
 //! span index): it drains the sampler's buffer into the interval's
-//! [`ProfileBuilder`], and at the end of each upload interval symbolizes,
-//! encodes and hands the profiles to every [`Sink`]. Closed profiled root spans arrive from the layer through
-//! a bounded queue; when a sink keeps a span index the collector tallies
-//! CPU samples per span and passes the finished records on: every span that
-//! got samples, and of the others only a bounded sample
+//! [`ProfileBuilder`](crate::profile::ProfileBuilder), and at the end of
+//! each upload interval symbolizes, encodes and hands the profiles to every
+//! [`Sink`]. Closed profiled root spans arrive from the layer through a
+//! bounded queue; when a sink keeps a span index the collector tallies CPU
+//! samples per span and passes the finished records on: every span that got
+//! samples, and of the others only a bounded sample
 //! ([`UNSAMPLED_SPANS_PER_SEC`], the rest counted in
-//! `Stats::spans_unindexed`), so that the index grows with the CPU profiled,
-//! not with the span rate.
+//! `Stats::spans_unindexed`), so that the index grows with the CPU
+//! profiled, not with the span rate.
 //!
 //! [`ProfilerGuard`] owns the thread: dropping it stops the timers, takes
 //! the last samples, flushes the partial interval and shuts the sinks down
