@@ -15,6 +15,7 @@
 //! no server tries to symbolize it (Pyroscope gives a location without a
 //! mapping a stub mapping that is not).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
+use super::names::readable;
 use super::proto;
 use super::symbolize::Resolved;
 use super::EncodedProfile;
@@ -121,6 +123,7 @@ pub(super) struct Chunk {
     /// Sum of sample counts.
     total: u64,
     strings: HashMap<Arc<str>, i64>,
+    /// (full name, file) string ids → function id.
     functions: HashMap<(i64, i64), u64>,
     locations: HashMap<LocationKey, u64>,
     mappings: HashMap<u64, u64>,
@@ -243,24 +246,41 @@ impl Chunk {
         id
     }
 
-    fn function(&mut self, name: &Arc<str>, file: &Arc<str>) -> u64 {
-        let name = self.string_arc(name);
+    /// The function whose full name (a symbolized frame's) is `full`.
+    ///
+    /// Its `name` is the [`readable`] form, which Pyroscope, Grafana and
+    /// Google's pprof tool show; its `system_name` is the full name, or
+    /// empty when the two are the same. They must never be equal: Google's
+    /// pprof tool takes a function whose `name` equals its `system_name`
+    /// (or has no `name`) for one not yet demangled, and "simplifies" it
+    /// C++-style, removing everything between `<` and `>` and `(` and `)`,
+    /// which would turn `<std::sys::thread::unix::Thread>::new::thread_start`
+    /// into `::new::thread_start`. A `name` different from the
+    /// `system_name` it leaves as it is; `pprof -symbolize=demangle=full`
+    /// shows the `system_name` instead, so the full names stay one flag
+    /// away.
+    fn function(&mut self, full: &Arc<str>, file: &Arc<str>) -> u64 {
+        let full_id = self.string_arc(full);
         let file = self.string_arc(file);
-        if let Some(&id) = self.functions.get(&(name, file)) {
+        if let Some(&id) = self.functions.get(&(full_id, file)) {
             return id;
         }
+        let (name, system_name) = match readable(full) {
+            Cow::Owned(shown) if *shown != **full => (self.string(&shown), full_id),
+            _ => (full_id, 0),
+        };
         let id = self.profile.function.len() as u64 + 1;
         let function = proto::Function {
             id,
             name,
-            system_name: name,
+            system_name,
             filename: file,
             start_line: 0,
         };
         self.size += field_len(function.encoded_len());
         self.profile.function.push(function);
-        self.functions.insert((name, file), id);
-        self.new_functions.push((name, file));
+        self.functions.insert((full_id, file), id);
+        self.new_functions.push((full_id, file));
         id
     }
 

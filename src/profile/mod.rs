@@ -31,6 +31,7 @@ mod aggregate;
 #[cfg(tp_sampler)]
 mod dwarf;
 mod encode;
+mod names;
 #[cfg(test)]
 mod proptests;
 pub mod proto;
