@@ -110,7 +110,11 @@ pub(crate) fn frame_name(name: &str) -> &str {
 /// not balance, or when the result would not read as a path (empty,
 /// starting or ending with `::`, or with `::::` in it).
 pub(crate) fn readable(full: &str) -> Cow<'_, str> {
-    if !full.contains('<') || ["operator<", "operator>", "operator-"].iter().any(|o| full.contains(o)) {
+    if !full.contains('<')
+        || ["operator<", "operator>", "operator-"]
+            .iter()
+            .any(|o| full.contains(o))
+    {
         return Cow::Borrowed(full);
     }
     let mut out = String::with_capacity(full.len());
