@@ -264,7 +264,7 @@ fn demo_report_shows_each_span_with_its_own_profile() {
 
     // Frames read like the code: on the hot path of `GET /car` spans (every
     // frame with at least a tenth of the span's samples) each frame has its
-    // path, e.g. `tokio::runtime::task::harness::Harness<T,S>::poll`, not
+    // path, e.g. `tokio::runtime::task::harness::Harness::poll`, not
     // `poll`. Only objects without symbols (libc's thread start) are named
     // by offset, and the compiler's own symbols have no path.
     let mut hot_frames = 0;
