@@ -28,7 +28,7 @@ use fields::{FieldState, FieldValues};
 use resolve::{OtelName, SpanData};
 
 mod fields;
-#[cfg(test)]
+#[cfg(all(test, feature = "otel"))]
 mod otel_tests;
 mod resolve;
 mod stack;
@@ -36,7 +36,15 @@ mod stack;
 mod tests;
 
 /// The OpenTelemetry attribute linking a span to its profile.
+#[cfg(feature = "otel")]
 pub(crate) const PROFILE_ID_ATTRIBUTE: &str = "pyroscope.profile.id";
+
+/// A span's OpenTelemetry context (feature `otel`).
+#[cfg(feature = "otel")]
+type OtelContext = opentelemetry::Context;
+/// Without the `otel` feature a span never has one.
+#[cfg(not(feature = "otel"))]
+type OtelContext = std::convert::Infallible;
 
 /// The field `tracing-opentelemetry` uses to override a span's name.
 const OTEL_NAME_FIELD: &str = "otel.name";
@@ -276,12 +284,19 @@ impl SpanProfileLayer {
 
     /// The OpenTelemetry context of a span (this starts the OTel span if it
     /// was not started yet). `None` without an OpenTelemetry layer.
-    fn otel_context(&self, id: &Id) -> Option<opentelemetry::Context> {
+    #[cfg(feature = "otel")]
+    fn otel_context(&self, id: &Id) -> Option<OtelContext> {
         let dispatch = match self.dispatch.get().and_then(WeakDispatch::upgrade) {
             Some(dispatch) => dispatch,
             None => tracing::dispatcher::get_default(Dispatch::clone),
         };
         tracing_opentelemetry::get_otel_context(id, &dispatch)
+    }
+
+    /// Without the `otel` feature: never an OpenTelemetry context.
+    #[cfg(not(feature = "otel"))]
+    fn otel_context(&self, _id: &Id) -> Option<OtelContext> {
+        None
     }
 }
 

@@ -22,8 +22,8 @@
 //!
 //! An interval without samples produces no profile.
 //!
-//! [`proto`] holds the pprof message types; it is public so that tools and
-//! tests can read what the crate writes.
+//! [`proto`] holds the pprof message types, for the crate alone (the
+//! report reads profiles with them); tests decode with their own.
 
 use std::time::SystemTime;
 
@@ -33,7 +33,7 @@ mod dwarf;
 mod encode;
 #[cfg(test)]
 mod proptests;
-pub mod proto;
+pub(crate) mod proto;
 mod symbolize;
 #[cfg(test)]
 mod tests;
