@@ -18,9 +18,9 @@ use crate::config::{self, Config, SpanScope, BUILDER_NAMES};
 use crate::error::{Error, ErrorKind};
 use crate::export::dir::DirLimits;
 use crate::export::span_index::SpanIndexQueue;
+use crate::export::{DirSink, Sink};
 #[cfg(feature = "upload")]
 use crate::export::{UploadSettings, Uploader};
-use crate::export::{DirSink, Sink};
 use crate::layer::{LayerConfig, SpanProfileLayer};
 use crate::secret::Secret;
 use crate::stats::Counters;

@@ -37,10 +37,10 @@ use crate::sync::lock;
 mod fields;
 mod slot;
 
+pub use fields::with_labels;
 pub(crate) use fields::{
     configure_span_labels, merge_fields, set_max_label_values, value_overflows,
 };
-pub use fields::with_labels;
 pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{

@@ -27,12 +27,12 @@
 //!
 //! ```compile_fail
 //! // The sampler's slot cannot be written from outside the crate.
-//! tracing_pyroscope::context::replace(Default::default());
+//! use tracing_pyroscope::context::replace;
 //! ```
 //!
 //! ```compile_fail
 //! // The pprof message types are not part of the API.
-//! let _ = tracing_pyroscope::profile::proto::Profile::default();
+//! use tracing_pyroscope::profile::proto;
 //! ```
 //!
 //! # Features

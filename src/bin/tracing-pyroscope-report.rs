@@ -79,7 +79,10 @@ mod tests {
     #[test]
     fn out_defaults_to_none_and_dir_is_required() {
         let m = command().try_get_matches_from(["x", "profiles"]).unwrap();
-        assert_eq!(m.get_one::<PathBuf>("dir"), Some(&PathBuf::from("profiles")));
+        assert_eq!(
+            m.get_one::<PathBuf>("dir"),
+            Some(&PathBuf::from("profiles"))
+        );
         assert!(m.get_one::<PathBuf>("out").is_none());
         assert!(command().try_get_matches_from(["x"]).is_err());
     }
