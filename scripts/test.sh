@@ -25,7 +25,7 @@ cargo clippy --release --no-default-features -- -D warnings
 # The report command (feature `cli`).
 cargo clippy --release --features cli --bin tracing-pyroscope-report -- -D warnings
 # Docs, private items included, without a broken link or a warning.
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items
+RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --document-private-items
 # The crate as published: packs and builds from its own files alone.
 cargo package --locked -p tracing-pyroscope
 cargo test --workspace --release

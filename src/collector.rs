@@ -4,7 +4,7 @@
 //! samples come in (backing off, doubling, while none do: at idle it wakes
 //! once per interval, or once per [`IDLE_DRAIN_PERIOD`] when a sink keeps a
 //! span index): it drains the sampler's buffer into the interval's
-//! [`ProfileBuilder`], and at the end of each upload interval symbolizes,
+//! [`ProfileBuilder`](crate::profile::ProfileBuilder), and at the end of each upload interval symbolizes,
 //! encodes and hands the profiles to every [`Sink`]. Closed profiled root spans arrive from the layer through
 //! a bounded queue; when a sink keeps a span index the collector tallies
 //! CPU samples per span and passes the finished records on: every span that

@@ -1,7 +1,7 @@
 //! Configuration as plain data: [`Config`], its parsing from the
 //! environment (`env.rs`) and its checks (`validate.rs`).
 //!
-//! Both the environment and [`Builder`](crate::Builder) end in the same
+//! Both the environment and [`Builder`] end in the same
 //! validation, so a value that is wrong in code is wrong in the environment
 //! too, and every bad value is an [`Error`](crate::Error) of kind
 //! [`Config`](crate::ErrorKind::Config) that names the variable (or builder

@@ -21,8 +21,6 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::config::SpanScope;
-#[cfg(doc)]
-use crate::context::SpanLabels;
 use crate::export::span_index::{SpanIndexQueue, SpanIndexRecord};
 use fields::{FieldState, FieldValues};
 use resolve::{OtelName, SpanData};
@@ -65,9 +63,8 @@ pub(crate) struct LayerConfig {
 /// The layer to add to a `tracing_subscriber::Registry`: puts the running
 /// span's id into the thread slot, so CPU samples carry it.
 ///
-/// On every span enter it writes the span's labels ([`SpanLabels`]:
-/// `span_id`, `trace_id`, `span_name`) into this thread's slot
-/// ([`crate::context`]), where the sampler's signal handler reads them at the
+/// On every span enter it writes the span's labels (`span_id`, `trace_id`,
+/// `span_name`) into this thread's slot, where the sampler's signal handler reads them at the
 /// moment it takes a sample. On exit it puts back exactly what was there
 /// before. On a profiled span's first enter it also sets the OpenTelemetry
 /// attribute `pyroscope.profile.id` to the same 16-hex id, so Grafana's

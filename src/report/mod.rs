@@ -17,7 +17,7 @@
 //!   span's id, like Grafana's embedded flame graph. Each graph lives in its
 //!   own `<iframe srcdoc>` so the graphs' scripts and element ids cannot clash,
 //!   and it is created only when opened. To keep the page small, only the
-//!   [`MAX_SPAN_FLAME_GRAPHS`] heaviest spans get one (the page says so).
+//!   200 heaviest spans get one (the page says so).
 //! - **A flame graph per service**, from all of that service's samples.
 //! - **A flame graph per span-label value** (`vehicle=car`, `vehicle=bike`,
 //!   …), for each span field listed in `PYROSCOPE_SPAN_LABELS`.
