@@ -336,9 +336,6 @@ impl Builder {
         if let Some(message) = self.env_error {
             return Err(Error::new(ErrorKind::Config, message));
         }
-        if !self.config.enabled {
-            return start(self.config);
-        }
         start(self.config.validate()?)
     }
 }

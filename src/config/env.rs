@@ -16,11 +16,7 @@ use std::time::Duration;
 /// variable's value. Empty values count as unset.
 #[cfg(test)]
 pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
-    let config = parse(lookup)?;
-    if !config.enabled {
-        return Ok(config);
-    }
-    config.validate()
+    parse(lookup)?.validate()
 }
 
 /// The environment's settings over the defaults, parsed but not yet
