@@ -3,8 +3,9 @@
 //! collector, and hand back the layer and the guard.
 //!
 //! Everything is wired here and nowhere else, as console-subscriber's
-//! `Builder` does: each sink, the sampler and the collector get their own
-//! settings, never the crate's [`Config`]. The modules still share the
+//! `Builder` does: each sink, the sampler, the collector and the layer get
+//! their own settings, never the crate's [`Config`] (the layer takes only
+//! the [`SpanScope`] type from `config`). The modules still share the
 //! crate's common types (the thread slot in `context`, `profile`, `stats`,
 //! `error`; see the module map in `lib.rs`). Profiling is on exactly when
 //! at least one sink is configured.
@@ -341,7 +342,8 @@ impl Builder {
 }
 
 /// Reads the environment and starts profiling. With nothing configured it
-/// returns an inert layer and a no-op guard.
+/// returns an inert layer and a no-op guard. To change some settings in
+/// code on top of the environment, use [`Builder::from_env`].
 ///
 /// # Settings
 ///
