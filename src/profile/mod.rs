@@ -25,8 +25,8 @@
 //!
 //! An interval without samples produces no profile.
 //!
-//! [`proto`] holds the pprof message types the encoder writes and the
-//! report reads back.
+//! [`proto`] holds the pprof message types, for the crate alone (the
+//! report reads profiles with them); tests decode with their own.
 
 use std::time::SystemTime;
 
@@ -37,7 +37,7 @@ mod encode;
 mod names;
 #[cfg(test)]
 mod proptests;
-pub mod proto;
+pub(crate) mod proto;
 mod symbolize;
 #[cfg(test)]
 mod tests;

@@ -687,7 +687,7 @@ mod linux {
             Some(addr2line::demangle_auto(Cow::Borrowed(&name), None).into_owned())
         }
 
-        /// Interns what [`lookup_raw`] found at `svma` of `object` into a
+        /// Interns what the raw lookup found at `svma` of `object` into a
         /// [`Resolved`] (fallbacks included).
         fn build_resolved(
             &mut self,
