@@ -11,12 +11,16 @@
 //! symbolization happen inside the measured window), in alternating order. It prints the median wall
 //! time of the work, the process CPU time (which includes the profiler's own
 //! threads), and the process CPU time including the profiler's start and its
-//! final flush (dropping the guard), with their ratios.
+//! final flush (dropping the guard), with their ratios. Both runs create and
+//! enter the same spans under a `tracing_subscriber::Registry`; the profiled
+//! run adds the profiling layer.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tracing_pyroscope::context::{self, SpanLabels};
+use tracing::Dispatch;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::Registry;
 
 fn process_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -37,26 +41,38 @@ fn work_unit(seed: u64) -> u64 {
     x
 }
 
-/// The fixed workload: `units` units, switching span labels every 16 units
-/// as a traced service would.
-fn workload(units: u64, threads: u64) {
+/// The fixed workload: `units` units, a new root span every 16 units as a
+/// traced service would, under `dispatch`.
+fn workload(units: u64, threads: u64, dispatch: &Dispatch) {
     let per_thread = units / threads;
     std::thread::scope(|s| {
-        for t in 0..threads {
+        for _ in 0..threads {
             s.spawn(move || {
-                let name = context::intern_name("overhead");
-                let mut acc = 0u64;
-                for i in 0..per_thread {
-                    if i % 16 == 0 {
-                        context::replace(SpanLabels::new(0x1000 + t * 1_000_000 + i / 16, 0, name));
+                tracing::dispatcher::with_default(dispatch, || {
+                    let mut acc = 0u64;
+                    let mut span = None;
+                    for i in 0..per_thread {
+                        if i % 16 == 0 {
+                            // Exit the previous span first: each is a root.
+                            drop(span.take());
+                            span = Some(tracing::info_span!("overhead").entered());
+                        }
+                        acc ^= work_unit(i);
                     }
-                    acc ^= work_unit(i);
-                }
-                context::replace(SpanLabels::NONE);
-                black_box(acc);
+                    drop(span);
+                    black_box(acc);
+                });
             });
         }
     });
+}
+
+/// The subscriber of a run: the Registry, with the profiling layer if any.
+fn dispatch(layer: Option<tracing_pyroscope::SpanProfileLayer>) -> Dispatch {
+    match layer {
+        Some(layer) => Dispatch::new(Registry::default().with(layer)),
+        None => Dispatch::new(Registry::default()),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -75,7 +91,7 @@ fn main() {
 
     // Calibrate the number of units for the requested duration.
     let t = Instant::now();
-    workload(2000 * threads, threads);
+    workload(2000 * threads, threads, &dispatch(None));
     let per_unit = t.elapsed().as_secs_f64() / (2000 * threads) as f64;
     let units = ((seconds / per_unit) as u64).max(threads) * threads.min(2) / threads.min(2);
 
@@ -86,8 +102,8 @@ fn main() {
         .profiles_dir(&dir)
         .build()
         .expect("start profiler");
-    workload(2000 * threads, threads);
-    drop((layer, guard));
+    workload(2000 * threads, threads, &dispatch(Some(layer)));
+    drop(guard);
     let cold_ms = (process_cpu() - c).as_secs_f64() * 1e3;
 
     let (mut wall_off, mut wall_on, mut cpu_off, mut cpu_on) = (vec![], vec![], vec![], vec![]);
@@ -104,13 +120,16 @@ fn main() {
                     .build()
                     .expect("start profiler")
             });
+            let (layer, guard) = guard.map_or((None, None), |(l, g)| (Some(l), Some(g)));
+            let dispatch = dispatch(layer);
             let (c0, t0) = (process_cpu(), Instant::now());
-            workload(units, threads);
+            workload(units, threads, &dispatch);
             let (wall, cpu) = (
                 t0.elapsed().as_secs_f64(),
                 (process_cpu() - c0).as_secs_f64(),
             );
-            if let Some((_layer, guard)) = guard {
+            drop(dispatch);
+            if let Some(guard) = guard {
                 samples += guard.stats().samples;
                 drop(guard);
                 cpu_on_all.push((process_cpu() - c_start).as_secs_f64());

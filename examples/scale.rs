@@ -40,7 +40,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tracing_pyroscope::profile::proto;
+// The pprof messages of the tests, not the crate's (which are private).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/pprof.rs"]
+mod proto;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Sampling rate (Hz), `--rate` for `threads` and `depth`.

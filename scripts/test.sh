@@ -19,6 +19,13 @@ cargo fmt --all -- --check
 dups="$(cargo tree -d -e normal,dev,build --workspace --locked | grep -E '^[a-z]' || true)"
 if [ -n "$dups" ]; then echo "duplicate crate versions:"; echo "$dups"; exit 1; fi
 cargo clippy --workspace --all-targets --release -- -D warnings
+# Local files only: no uploader, no OpenTelemetry, no report.
+cargo build --release --no-default-features
+cargo clippy --release --no-default-features -- -D warnings
+# The report command (feature `cli`).
+cargo clippy --release --features cli --bin tracing-pyroscope-report -- -D warnings
+# Docs, private items included, without a broken link or a warning.
+RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --document-private-items
 # The crate as published: packs and builds from its own files alone.
 cargo package --locked -p tracing-pyroscope
 cargo test --workspace --release

@@ -3,8 +3,11 @@
 //! collector, and hand back the layer and the guard.
 //!
 //! Everything is wired here and nowhere else, as console-subscriber's
-//! `Builder` does: the modules below know nothing of the configuration or
-//! of each other beyond what they are given. Profiling is on exactly when
+//! `Builder` does: each sink, the sampler, the collector and the layer get
+//! their own settings, never the crate's [`Config`] (the layer takes only
+//! the [`SpanScope`] type from `config`). The modules still share the
+//! crate's common types (the thread slot in `context`, `profile`, `stats`,
+//! `error`; see the module map in `lib.rs`). Profiling is on exactly when
 //! at least one sink is configured.
 
 use std::path::PathBuf;
@@ -12,11 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::collector::ProfilerGuard;
-use crate::config::{self, Config, SpanScope};
+use crate::config::{self, Config, SpanScope, BUILDER_NAMES};
 use crate::error::{Error, ErrorKind};
 use crate::export::dir::DirLimits;
 use crate::export::span_index::SpanIndexQueue;
-use crate::export::{DirSink, Sink, UploadSettings, Uploader};
+use crate::export::{DirSink, Sink};
+#[cfg(feature = "upload")]
+use crate::export::{UploadSettings, Uploader};
 use crate::layer::{LayerConfig, SpanProfileLayer};
 use crate::secret::Secret;
 use crate::stats::Counters;
@@ -43,6 +48,17 @@ use crate::stats::Counters;
 /// # Ok::<(), tracing_pyroscope::Error>(())
 /// ```
 ///
+/// [`Builder::from_env`] starts from the environment instead, and code then
+/// overrides what it must:
+///
+/// ```no_run
+/// let (layer, guard) = tracing_pyroscope::Builder::from_env()
+///     .span_labels(["vehicle"])
+///     .build()?;
+/// # drop((layer, guard));
+/// # Ok::<(), tracing_pyroscope::Error>(())
+/// ```
+///
 /// A bad value is reported by `build`, never by the setter:
 ///
 /// ```
@@ -56,27 +72,92 @@ use crate::stats::Counters;
 #[derive(Debug, Clone)]
 pub struct Builder {
     pub(crate) config: Config,
+    /// An environment variable [`Builder::from_env`] could not parse:
+    /// reported by `build`.
+    env_error: Option<String>,
 }
 
 impl Builder {
+    /// Default of [`sample_rate`](Builder::sample_rate), in Hz.
+    pub const DEFAULT_SAMPLE_RATE: u32 = 100;
+    /// Default of [`upload_interval`](Builder::upload_interval).
+    pub const DEFAULT_UPLOAD_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default of [`shutdown_timeout`](Builder::shutdown_timeout).
+    pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default of [`span_scope`](Builder::span_scope).
+    pub const DEFAULT_SPAN_SCOPE: SpanScope = SpanScope::Root;
+    /// Default of [`span_name_label`](Builder::span_name_label).
+    pub const DEFAULT_SPAN_NAME_LABEL: bool = true;
+    /// Default of [`trace_id_label`](Builder::trace_id_label).
+    pub const DEFAULT_TRACE_ID_LABEL: bool = false;
+    /// Default of [`max_span_names`](Builder::max_span_names).
+    pub const DEFAULT_MAX_SPAN_NAMES: usize = crate::context::DEFAULT_MAX_NAMES;
+    /// Default of [`max_span_label_values`](Builder::max_span_label_values).
+    pub const DEFAULT_MAX_SPAN_LABEL_VALUES: usize = crate::context::DEFAULT_MAX_LABEL_VALUES;
+    /// Default of [`max_span_ids`](Builder::max_span_ids).
+    pub const DEFAULT_MAX_SPAN_IDS: usize = config::DEFAULT_MAX_SPAN_IDS;
+    /// Default of [`profiles_dir_max_size`](Builder::profiles_dir_max_size),
+    /// in bytes (512 MiB).
+    pub const DEFAULT_PROFILES_DIR_MAX_SIZE: u64 = config::DEFAULT_PROFILES_DIR_MAX_SIZE;
+    /// Default of [`profiles_dir_max_age`](Builder::profiles_dir_max_age)
+    /// (24 h).
+    pub const DEFAULT_PROFILES_DIR_MAX_AGE: Duration = config::DEFAULT_PROFILES_DIR_MAX_AGE;
+
     /// A builder for the service `application_name` (Pyroscope's
-    /// `service_name`; make it equal to OTel's `service.name`).
+    /// `service_name`; make it equal to OTel's `service.name`), with every
+    /// other setting at its default.
     pub fn new(application_name: impl Into<String>) -> Self {
         Builder {
             config: Config::new(application_name),
+            env_error: None,
+        }
+    }
+
+    /// A builder holding what the environment sets (the variables of
+    /// [`from_env`]), which code can then override; like
+    /// console-subscriber's `with_default_env`. `Builder::from_env().build()`
+    /// is [`from_env`]. A variable that cannot be parsed is reported by
+    /// [`build`](Builder::build); an error in a value a setter replaced
+    /// names the setter.
+    ///
+    /// ```
+    /// // Whatever PYROSCOPE_SAMPLE_RATE says, this process samples at 250 Hz.
+    /// let builder = tracing_pyroscope::Builder::from_env().sample_rate(250);
+    /// # drop(builder);
+    /// ```
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`Builder::from_env`] over `lookup` instead of the process
+    /// environment.
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        match config::parse_env(lookup) {
+            Ok(config) => Builder {
+                config,
+                env_error: None,
+            },
+            Err(e) => Builder {
+                config: Config::new(String::new()),
+                env_error: Some(e.to_string()),
+            },
         }
     }
 
     /// Upload to the Pyroscope server at `address`
-    /// (`http(s)://host[:port][/path]`; `https` needs the `tls` feature).
+    /// (`http(s)://host[:port][/path]`; `https` needs the `tls` feature,
+    /// and uploading at all the default `upload` feature). Default: none.
     pub fn server_address(mut self, address: impl Into<String>) -> Self {
         self.config.server_address = Some(address.into());
+        self.config.names.server_address = BUILDER_NAMES.server_address;
         self
     }
 
-    /// Write every profile (and the local span index) into `dir`.
+    /// Write every profile (and the local span index) into `dir`. Default:
+    /// none.
     pub fn profiles_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.profiles_dir = Some(dir.into());
+        self.config.names.profiles_dir = BUILDER_NAMES.profiles_dir;
         self
     }
 
@@ -85,12 +166,15 @@ impl Builder {
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.config.basic_auth_user = Some(user.into());
         self.config.basic_auth_password = Some(Secret(password.into()));
+        self.config.names.basic_auth_user = BUILDER_NAMES.basic_auth_user;
+        self.config.names.basic_auth_password = BUILDER_NAMES.basic_auth_password;
         self
     }
 
     /// Send `X-Scope-OrgID: tenant` with every upload.
     pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
         self.config.tenant_id = Some(tenant.into());
+        self.config.names.tenant_id = BUILDER_NAMES.tenant_id;
         self
     }
 
@@ -112,34 +196,42 @@ impl Builder {
         self
     }
 
-    /// Samples per CPU-second per thread (Hz), 1 to 1000. Default 100.
+    /// Samples per CPU-second per thread (Hz), 1 to 1000. Default
+    /// [`DEFAULT_SAMPLE_RATE`](Builder::DEFAULT_SAMPLE_RATE) (100).
     pub fn sample_rate(mut self, hz: u32) -> Self {
         self.config.sample_rate = hz;
+        self.config.names.sample_rate = BUILDER_NAMES.sample_rate;
         self
     }
 
     /// How often a profile is cut and sent, 100 ms to 10 min (the server
     /// rejects profiles older than its 1 h ingestion window, and an upload
-    /// may be retried). Default 10 s.
+    /// may be retried). Default
+    /// [`DEFAULT_UPLOAD_INTERVAL`](Builder::DEFAULT_UPLOAD_INTERVAL) (10 s).
     pub fn upload_interval(mut self, interval: Duration) -> Self {
         self.config.upload_interval = interval;
+        self.config.names.upload_interval = BUILDER_NAMES.upload_interval;
         self
     }
 
     /// The most that dropping the guard may take to flush the last profile,
-    /// even if the server is down or hangs (at most 5 min). Default 5 s.
+    /// even if the server is down or hangs (at most 5 min). Default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`](Builder::DEFAULT_SHUTDOWN_TIMEOUT) (5 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.config.shutdown_timeout = timeout;
         self
     }
 
-    /// Which spans get their own `span_id`. Default [`SpanScope::Root`].
+    /// Which spans get their own `span_id`. Default
+    /// [`DEFAULT_SPAN_SCOPE`](Builder::DEFAULT_SPAN_SCOPE)
+    /// ([`SpanScope::Root`]).
     pub fn span_scope(mut self, scope: SpanScope) -> Self {
         self.config.span_scope = scope;
         self
     }
 
-    /// Add the `span_name` label (a series label on the server). Default on.
+    /// Add the `span_name` label (a series label on the server). Default
+    /// [`DEFAULT_SPAN_NAME_LABEL`](Builder::DEFAULT_SPAN_NAME_LABEL) (on).
     pub fn span_name_label(mut self, on: bool) -> Self {
         self.config.span_name_label = on;
         self
@@ -147,7 +239,8 @@ impl Builder {
 
     /// The most distinct `span_name` values this process sends, 1 to 500.
     /// Each is a series on the server; later names become `other` and are
-    /// counted in [`Stats::span_name_overflows`](crate::Stats). Default 200.
+    /// counted in [`Stats::span_name_overflows`](crate::Stats). Default
+    /// [`DEFAULT_MAX_SPAN_NAMES`](Builder::DEFAULT_MAX_SPAN_NAMES) (200).
     ///
     /// With [`span_labels`](Builder::span_labels) this is the budget of
     /// label sets: span names and combinations of a name with span-label
@@ -156,6 +249,7 @@ impl Builder {
     /// [`Stats::label_set_overflows`](crate::Stats)).
     pub fn max_span_names(mut self, max: usize) -> Self {
         self.config.max_span_names = max;
+        self.config.names.max_span_names = BUILDER_NAMES.max_span_names;
         self
     }
 
@@ -184,36 +278,48 @@ impl Builder {
 
     /// The most distinct values of each span label, 1 to 500; later values
     /// are sent as `other` and counted in
-    /// [`Stats::span_label_overflows`](crate::Stats). Default 50.
+    /// [`Stats::span_label_overflows`](crate::Stats). Default
+    /// [`DEFAULT_MAX_SPAN_LABEL_VALUES`](Builder::DEFAULT_MAX_SPAN_LABEL_VALUES)
+    /// (50).
     pub fn max_span_label_values(mut self, max: usize) -> Self {
         self.config.max_span_label_values = max;
+        self.config.names.max_span_label_values = BUILDER_NAMES.max_span_label_values;
         self
     }
 
     /// The most distinct `span_id` values one profile interval keeps, 1 to
     /// 1,000,000. Past it, samples keep their stacks and `span_name` but lose
     /// `span_id` (and `trace_id`), counted in
-    /// [`Stats::span_id_overflows`](crate::Stats). Default 10,000.
+    /// [`Stats::span_id_overflows`](crate::Stats). Default
+    /// [`DEFAULT_MAX_SPAN_IDS`](Builder::DEFAULT_MAX_SPAN_IDS) (10,000).
     pub fn max_span_ids(mut self, max: usize) -> Self {
         self.config.max_span_ids = max;
+        self.config.names.max_span_ids = BUILDER_NAMES.max_span_ids;
         self
     }
 
     /// The most bytes the profiles directory may hold (at least 64 KiB): the
-    /// oldest files are deleted to stay below it. Default 512 MiB.
+    /// oldest files are deleted to stay below it. Default
+    /// [`DEFAULT_PROFILES_DIR_MAX_SIZE`](Builder::DEFAULT_PROFILES_DIR_MAX_SIZE)
+    /// (512 MiB).
     pub fn profiles_dir_max_size(mut self, bytes: u64) -> Self {
         self.config.profiles_dir_max_size = bytes;
+        self.config.names.profiles_dir_max_size = BUILDER_NAMES.profiles_dir_max_size;
         self
     }
 
     /// Files in the profiles directory older than this are deleted (at
-    /// least 1 s). Default 24 h.
+    /// least 1 s). Default
+    /// [`DEFAULT_PROFILES_DIR_MAX_AGE`](Builder::DEFAULT_PROFILES_DIR_MAX_AGE)
+    /// (24 h).
     pub fn profiles_dir_max_age(mut self, age: Duration) -> Self {
         self.config.profiles_dir_max_age = age;
+        self.config.names.profiles_dir_max_age = BUILDER_NAMES.profiles_dir_max_age;
         self
     }
 
-    /// Add the `trace_id` label. Default off.
+    /// Add the `trace_id` label. Default
+    /// [`DEFAULT_TRACE_ID_LABEL`](Builder::DEFAULT_TRACE_ID_LABEL) (off).
     pub fn trace_id_label(mut self, on: bool) -> Self {
         self.config.trace_id_label = on;
         self
@@ -228,18 +334,22 @@ impl Builder {
     /// Checks the settings, starts the profiler (if configured) and returns
     /// the layer and guard.
     pub fn build(self) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
+        if let Some(message) = self.env_error {
+            return Err(Error::new(ErrorKind::Config, message));
+        }
         start(self.config.validate()?)
     }
 }
 
 /// Reads the environment and starts profiling. With nothing configured it
-/// returns an inert layer and a no-op guard.
+/// returns an inert layer and a no-op guard. To change some settings in
+/// code on top of the environment, use [`Builder::from_env`].
 ///
 /// # Settings
 ///
 #[doc = include_str!("../docs/environment.md")]
 pub fn from_env() -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
-    start(config::from_lookup(|name| std::env::var(name).ok())?)
+    Builder::from_env().build()
 }
 
 /// Queue of closed root spans waiting for the collector.
@@ -279,6 +389,7 @@ fn sinks(config: &Config, counters: &Arc<Counters>) -> Result<Vec<Box<dyn Sink>>
             })?;
         sinks.push(Box::new(sink));
     }
+    #[cfg(feature = "upload")]
     if let Some(server_address) = &config.server_address {
         let settings = UploadSettings {
             server_address: server_address.clone(),

@@ -4,14 +4,15 @@
 //! samples come in (backing off, doubling, while none do: at idle it wakes
 //! once per interval, or once per [`IDLE_DRAIN_PERIOD`] when a sink keeps a
 //! span index): it drains the sampler's buffer into the interval's
-//! [`ProfileBuilder`], and at the end of each upload interval symbolizes,
-//! encodes and hands the profiles to every [`Sink`]. Closed profiled root spans arrive from the layer through
-//! a bounded queue; when a sink keeps a span index the collector tallies
-//! CPU samples per span and passes the finished records on: every span that
-//! got samples, and of the others only a bounded sample
+//! [`ProfileBuilder`](crate::profile::ProfileBuilder), and at the end of
+//! each upload interval symbolizes, encodes and hands the profiles to every
+//! [`Sink`]. Closed profiled root spans arrive from the layer through a
+//! bounded queue; when a sink keeps a span index the collector tallies CPU
+//! samples per span and passes the finished records on: every span that got
+//! samples, and of the others only a bounded sample
 //! ([`UNSAMPLED_SPANS_PER_SEC`], the rest counted in
-//! `Stats::spans_unindexed`), so that the index grows with the CPU profiled,
-//! not with the span rate.
+//! `Stats::spans_unindexed`), so that the index grows with the CPU
+//! profiled, not with the span rate.
 //!
 //! [`ProfilerGuard`] owns the thread: dropping it stops the timers, takes
 //! the last samples, flushes the partial interval and shuts the sinks down
@@ -154,6 +155,66 @@ impl SpanTally {
     }
 }
 
+/// Upload intervals with samples of the application's threads, none of
+/// them in a span, after which [`SpanlessWatch`] warns.
+const SPANLESS_INTERVALS: u32 = 3;
+
+/// The warning [`SpanlessWatch`] asks for.
+const SPANLESS_WARNING: &str = "tracing-pyroscope: CPU samples in the first upload intervals, but none of them inside a span, so profiles carry no span labels. Likely causes: a global filter (such as RUST_LOG=info or an EnvFilter on the whole registry) set above the level of the spans, which hides them from every layer: tower-http's TraceLayer makes its request spans at DEBUG (filter the fmt layer alone, per layer, instead); or no code on the busy threads is instrumented (#[instrument], info_span!)";
+
+/// Says once, and only when nothing does, that profiling found no span.
+///
+/// A global filter above the spans' level (`RUST_LOG=info` hides
+/// tower-http's DEBUG request spans) or code without spans gives profiles
+/// without span labels, and nothing else would say so. The watch counts
+/// upload intervals whose application samples (the profiler's own threads
+/// left out) include none in a span; after [`SPANLESS_INTERVALS`] of them
+/// it asks for the warning, once. A sample in a span, or a closed span's
+/// index record, ends the watch for good. It runs on the collector thread,
+/// over drained samples: the signal handler and the layer do nothing for
+/// it.
+#[derive(Debug, Default)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+struct SpanlessWatch {
+    /// Application samples in the current interval.
+    samples: u64,
+    /// Intervals ended with samples, none in a span.
+    spanless: u32,
+    /// A span was seen, or the warning was given: nothing more to say.
+    done: bool,
+}
+
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+impl SpanlessWatch {
+    /// One drained sample with the labels the signal handler read.
+    fn sample(&mut self, labels: &crate::context::SpanLabels) {
+        if self.done || labels.profiler_thread().is_some() {
+            return;
+        }
+        if labels.span_id != 0 || labels.name_id != 0 {
+            self.span_seen();
+        } else {
+            self.samples += 1;
+        }
+    }
+
+    /// A span exists (a sample in one, or a closed span's record).
+    fn span_seen(&mut self) {
+        self.done = true;
+    }
+
+    /// Ends an upload interval; `true` exactly once, when the warning is due.
+    fn end_interval(&mut self) -> bool {
+        let samples = std::mem::take(&mut self.samples);
+        if self.done || samples == 0 {
+            return false;
+        }
+        self.spanless += 1;
+        self.done = self.spanless >= SPANLESS_INTERVALS;
+        self.done
+    }
+}
+
 #[cfg(tp_sampler)]
 pub(crate) use linux::{start, Settings};
 
@@ -211,6 +272,7 @@ mod linux {
             id_overflows: 0,
             unsampled_budget: UNSAMPLED_SPANS_BURST,
             budget_clock: Instant::now(),
+            spanless: SpanlessWatch::default(),
         };
         let stop = StopSignal::new();
         let handle = {
@@ -255,6 +317,8 @@ mod linux {
         /// Unsampled spans that may still be indexed (a token bucket).
         unsampled_budget: f64,
         budget_clock: Instant,
+        /// Whether any span was ever seen, for the one no-span warning.
+        spanless: SpanlessWatch,
     }
 
     impl Collector {
@@ -274,6 +338,13 @@ mod linux {
                     let full = std::mem::replace(&mut builder, self.new_builder(now));
                     self.emit(full, now, &mut symbolizer);
                     self.span_samples.next_interval();
+                    if self.spanless.end_interval() {
+                        tracing::warn!(
+                            target: "tracing_pyroscope",
+                            intervals = SPANLESS_INTERVALS,
+                            "{SPANLESS_WARNING}"
+                        );
+                    }
                     interval_clock = Instant::now();
                 }
                 // Nothing came in: back off (samples wait in the sampler's
@@ -318,8 +389,10 @@ mod linux {
         /// Returns the number of samples taken.
         fn drain(&mut self, builder: &mut ProfileBuilder) -> usize {
             let span_samples = &mut self.span_samples;
+            let spanless = &mut self.spanless;
             let tally = self.index;
             let samples = self.sampler.drain(|labels, frames, weight| {
+                spanless.sample(&labels);
                 // The index counts only what the profile labels.
                 let labels = builder.add(labels, frames, u64::from(weight));
                 if tally && labels.span_id != 0 {
@@ -363,6 +436,9 @@ mod linux {
             }
             let mut ready = std::mem::take(&mut self.pending);
             let fresh: Vec<SpanIndexRecord> = self.settings.records.try_iter().collect();
+            if !fresh.is_empty() {
+                self.spanless.span_seen();
+            }
             if all {
                 ready.extend(fresh);
             } else {
@@ -452,6 +528,59 @@ mod linux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::{ProfilerThread, SpanLabels};
+
+    /// Ends `n` intervals of `watch`, each with `samples` samples of
+    /// `labels`; the number of warnings asked for.
+    fn intervals(watch: &mut SpanlessWatch, n: u32, samples: u32, labels: SpanLabels) -> usize {
+        (0..n)
+            .filter(|_| {
+                for _ in 0..samples {
+                    watch.sample(&labels);
+                }
+                watch.end_interval()
+            })
+            .count()
+    }
+
+    #[test]
+    fn no_span_in_the_first_intervals_asks_for_one_warning() {
+        let mut watch = SpanlessWatch::default();
+        // Intervals without samples do not count.
+        assert_eq!(intervals(&mut watch, 10, 0, SpanLabels::NONE), 0);
+        assert_eq!(
+            intervals(&mut watch, SPANLESS_INTERVALS - 1, 5, SpanLabels::NONE),
+            0
+        );
+        // The next one does, once; later ones never again.
+        assert_eq!(intervals(&mut watch, 1, 5, SpanLabels::NONE), 1);
+        assert_eq!(intervals(&mut watch, 20, 5, SpanLabels::NONE), 0);
+    }
+
+    #[test]
+    fn a_span_or_a_span_record_silences_the_watch_for_good() {
+        let in_span = SpanLabels::new(7, 0, 3);
+        let mut watch = SpanlessWatch::default();
+        assert_eq!(intervals(&mut watch, 1, 5, SpanLabels::NONE), 0);
+        // One sample in a span among many outside.
+        watch.sample(&in_span);
+        assert_eq!(intervals(&mut watch, 20, 5, SpanLabels::NONE), 0);
+        // A span name without an id (past the id cap) is a span too.
+        let mut watch = SpanlessWatch::default();
+        watch.sample(&SpanLabels::new(0, 0, 3));
+        assert_eq!(intervals(&mut watch, 20, 5, SpanLabels::NONE), 0);
+        // So is a closed span's record, without a sample.
+        let mut watch = SpanlessWatch::default();
+        watch.span_seen();
+        assert_eq!(intervals(&mut watch, 20, 5, SpanLabels::NONE), 0);
+    }
+
+    #[test]
+    fn the_profilers_own_samples_are_not_the_applications() {
+        let own = SpanLabels::NONE.on_profiler_thread(ProfilerThread::Collector);
+        let mut watch = SpanlessWatch::default();
+        assert_eq!(intervals(&mut watch, 20, 5, own), 0);
+    }
 
     #[test]
     fn a_tally_is_kept_while_its_span_gets_samples_and_forgotten_after() {

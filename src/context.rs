@@ -1,9 +1,12 @@
-//! The thread span slot: which span is running on this thread, right now.
+//! Labels for code that runs outside spans: [`with_labels`], the one
+//! public item here (Pyroscope's `tag_wrapper`).
 //!
-//! Every thread has one [`SpanLabels`] record. The tracing layer writes it on
-//! span enter and exit; the sampler's `SIGPROF` handler reads it at the very
-//! moment it takes a sample. That is what makes labels exact, even for async
-//! tasks that hop between worker threads on every poll.
+//! Inside the crate, this is the thread span slot: which span is running
+//! on this thread, right now. Every thread has one `SpanLabels` record.
+//! The tracing layer ([`SpanProfileLayer`]) writes it on span enter and
+//! exit; the sampler's `SIGPROF` handler reads it at the very moment it
+//! takes a sample. That is what makes labels exact, even for async tasks
+//! that hop between worker threads on every poll.
 //!
 //! The record does not live in a thread local: in a shared library loaded with `dlopen` (a
 //! Python or Node extension, any `cdylib`), a thread local is reached
@@ -11,7 +14,7 @@
 //! lock on a thread's first access, and the handler runs on threads that
 //! never touched the crate. Each thread's record is an entry of a global,
 //! never-freed arena of atomics (`context/slot.rs`): the thread finds it
-//! once (a lock, on its first [`replace`]), the sampler's per-thread timer
+//! once (a lock, on its first `replace`), the sampler's per-thread timer
 //! tells the handler which entry is its thread's, and the entry is returned
 //! at thread exit. Writes are double-buffered: the writer fills the
 //! inactive copy and then bumps a flip counter, so a signal arriving in the
@@ -19,24 +22,9 @@
 //! mix of both, and a reader on another thread can check the counter
 //! around its read like a sequence lock.
 //!
-//! Most users never touch this module: [`SpanProfileLayer`] does. It is public
-//! so that code outside `tracing` (and tests) can label work directly:
-//!
-//! ```
-//! use tracing_pyroscope::context::{self, SpanLabels};
-//!
-//! let labels = SpanLabels::new(0x0123_4567_89ab_cdef, 0, context::intern_name("GET /car"));
-//! let previous = context::replace(labels);
-//! assert_eq!(context::current(), labels);
-//! // ... work done here is sampled with span_id="0123456789abcdef" ...
-//! context::replace(previous);
-//! assert_eq!(context::current(), previous);
-//! ```
-//!
 //! Labels from span fields (`PYROSCOPE_SPAN_LABELS`) ride in the same
-//! record as one interned label-set id, [`SpanLabels::fields_id`]; for code
-//! outside spans, [`with_labels`] sets them for a block (Pyroscope's
-//! `tag_wrapper`).
+//! record as one interned label-set id, `SpanLabels::fields_id`; for code
+//! outside spans, [`with_labels`] sets them for a block.
 //!
 //! [`SpanProfileLayer`]: crate::SpanProfileLayer
 
@@ -49,12 +37,11 @@ use crate::sync::lock;
 mod fields;
 mod slot;
 
+pub use fields::with_labels;
 pub(crate) use fields::{
     configure_span_labels, merge_fields, set_max_label_values, value_overflows,
 };
-pub use fields::{
-    fields_of, with_labels, LabelGuard, LabelSet, DEFAULT_MAX_LABEL_VALUES, OVERFLOW_VALUE,
-};
+pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
     claims as slot_claims, read_slot, release_exited, release_slot, slot_for_tid, slot_is_current,
@@ -66,17 +53,17 @@ pub(crate) use slot::{
 /// Everything that names a sample label (the profile encoder, the reserved
 /// names that static labels may not use, the local report) takes the names
 /// from here.
-pub mod keys {
+pub(crate) mod keys {
     /// The span id: 16 lowercase hex digits. Pyroscope keeps it per sample
     /// (not as a series label) and Grafana's "Profiles for this span" asks
     /// for it.
-    pub const SPAN_ID: &str = "span_id";
+    pub(crate) const SPAN_ID: &str = "span_id";
     /// The local root's span name (a series label on the server).
-    pub const SPAN_NAME: &str = "span_name";
+    pub(crate) const SPAN_NAME: &str = "span_name";
     /// The trace id: 32 lowercase hex digits.
-    pub const TRACE_ID: &str = "trace_id";
+    pub(crate) const TRACE_ID: &str = "trace_id";
     /// Every key above.
-    pub const ALL: [&str; 3] = [SPAN_ID, SPAN_NAME, TRACE_ID];
+    pub(crate) const ALL: [&str; 3] = [SPAN_ID, SPAN_NAME, TRACE_ID];
 }
 
 /// The labels of the span running on a thread.
@@ -87,16 +74,16 @@ pub mod keys {
 /// is the one way to turn a record into `(key, value)` pairs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
-pub struct SpanLabels {
+pub(crate) struct SpanLabels {
     /// The span id (`span_id` label, 16 lowercase hex digits); 0 for none.
-    pub span_id: u64,
+    pub(crate) span_id: u64,
     /// The trace id (`trace_id` label, 32 lowercase hex digits); 0 for none.
-    pub trace_id: u128,
+    pub(crate) trace_id: u128,
     /// An id from [`intern_name`] (`span_name` label); 0 for none.
-    pub name_id: u32,
+    pub(crate) name_id: u32,
     /// An interned set of labels from span fields (see [`fields_of`]); 0
     /// for none.
-    pub fields_id: u32,
+    pub(crate) fields_id: u32,
 }
 
 /// `fields_id` values from here up are never interned: they mark a sample
@@ -111,7 +98,7 @@ const _: () = assert!(std::mem::size_of::<SpanLabels>() == 32);
 
 impl SpanLabels {
     /// No span: the value of a fresh thread's slot.
-    pub const NONE: SpanLabels = SpanLabels {
+    pub(crate) const NONE: SpanLabels = SpanLabels {
         span_id: 0,
         trace_id: 0,
         name_id: 0,
@@ -119,7 +106,7 @@ impl SpanLabels {
     };
 
     /// Labels for a span.
-    pub const fn new(span_id: u64, trace_id: u128, name_id: u32) -> Self {
+    pub(crate) const fn new(span_id: u64, trace_id: u128, name_id: u32) -> Self {
         SpanLabels {
             span_id,
             trace_id,
@@ -149,16 +136,8 @@ impl SpanLabels {
     }
 
     /// The same labels with the span-field label set `fields_id`.
-    pub const fn with_fields(self, fields_id: u32) -> Self {
+    pub(crate) const fn with_fields(self, fields_id: u32) -> Self {
         SpanLabels { fields_id, ..self }
-    }
-
-    /// `true` if no span is recorded.
-    pub const fn is_none(&self) -> bool {
-        self.span_id == 0
-            && self.trace_id == 0
-            && self.name_id == 0
-            && (self.fields_id == 0 || self.fields_id >= THREAD_MARK)
     }
 
     /// Calls `f(key, value)` for every label present, in the order of
@@ -166,15 +145,7 @@ impl SpanLabels {
     /// formatted as lowercase hex without allocating; a span name and a
     /// label set are looked up in their tables (a lock each), so call this
     /// off the hot path, once per distinct record.
-    ///
-    /// ```
-    /// use tracing_pyroscope::context::{keys, SpanLabels};
-    ///
-    /// let mut seen = Vec::new();
-    /// SpanLabels::new(0xab, 0, 0).for_each_label(|k, v| seen.push(format!("{k}={v}")));
-    /// assert_eq!(seen, [format!("{}=00000000000000ab", keys::SPAN_ID)]);
-    /// ```
-    pub fn for_each_label(&self, mut f: impl FnMut(&'static str, &str)) {
+    pub(crate) fn for_each_label(&self, mut f: impl FnMut(&'static str, &str)) {
         let mut buf = [0u8; 32];
         if self.span_id != 0 {
             f(keys::SPAN_ID, hex(u128::from(self.span_id), 16, &mut buf));
@@ -277,12 +248,12 @@ fn hex(value: u128, digits: usize, buf: &mut [u8; 32]) -> &str {
 }
 
 /// `id` as the 16 lowercase hex digits of a `span_id` label.
-pub fn span_id_hex(id: u64) -> String {
+pub(crate) fn span_id_hex(id: u64) -> String {
     format!("{id:016x}")
 }
 
 /// `id` as the 32 lowercase hex digits of a `trace_id` label.
-pub fn trace_id_hex(id: u128) -> String {
+pub(crate) fn trace_id_hex(id: u128) -> String {
     format!("{id:032x}")
 }
 
@@ -291,7 +262,7 @@ pub fn trace_id_hex(id: u128) -> String {
 /// allocation, no lock (a thread's first call registers it: see
 /// the [module docs](self)).
 #[inline]
-pub fn replace(labels: SpanLabels) -> SpanLabels {
+pub(crate) fn replace(labels: SpanLabels) -> SpanLabels {
     slot::replace(labels)
 }
 
@@ -304,7 +275,7 @@ pub(crate) fn restore(labels: SpanLabels) {
 
 /// This thread's current labels.
 #[inline]
-pub fn current() -> SpanLabels {
+pub(crate) fn current() -> SpanLabels {
     slot::current()
 }
 
@@ -316,7 +287,7 @@ pub(crate) fn mark_profiler_thread(thread: ProfilerThread) {
 
 /// The labels for a sample taken by the `SIGPROF` handler on the thread
 /// whose timer carries `slot_bits` ([`SlotRef::to_bits`]), with
-/// [`SpanLabels::thread`] set on the profiler's own threads; none if the
+/// the mark of [`SpanLabels::profiler_thread`] on the profiler's own threads; none if the
 /// entry is not that thread's any more.
 ///
 /// No thread-local access, no lock, no allocation: async-signal-safe even
@@ -340,14 +311,14 @@ pub(crate) fn read_in_signal_handler(slot_bits: u64) -> SpanLabels {
 /// [`OVERFLOW_NAME`] and samples outside spans), within the crate's budget of
 /// 500 series per process, however many span labels are configured
 /// (`PYROSCOPE_MAX_SPAN_NAMES` changes it).
-pub const DEFAULT_MAX_NAMES: usize = 200;
+pub(crate) const DEFAULT_MAX_NAMES: usize = 200;
 /// The name every span gets once the cap on distinct names is reached.
-pub const OVERFLOW_NAME: &str = "other";
+pub(crate) const OVERFLOW_NAME: &str = "other";
 /// The longest label value the server accepts (bytes); longer span names are
 /// cut on a character boundary and end in [`TRUNCATED_MARK`].
-pub const MAX_VALUE_LEN: usize = 2048;
+pub(crate) const MAX_VALUE_LEN: usize = 2048;
 /// The mark at the end of a truncated name.
-pub const TRUNCATED_MARK: &str = "…";
+pub(crate) const TRUNCATED_MARK: &str = "…";
 
 static MAX_NAMES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_NAMES);
 static NAME_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
@@ -403,7 +374,7 @@ fn names() -> &'static Mutex<Names> {
 
 /// `value` cut to at most [`MAX_VALUE_LEN`] bytes on a character boundary,
 /// ending in [`TRUNCATED_MARK`] when it was cut.
-pub fn truncate_value(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn truncate_value(value: &str) -> std::borrow::Cow<'_, str> {
     if value.len() <= MAX_VALUE_LEN {
         return std::borrow::Cow::Borrowed(value);
     }
@@ -424,7 +395,7 @@ pub fn truncate_value(value: &str) -> std::borrow::Cow<'_, str> {
 /// that every new name maps to [`OVERFLOW_NAME`] and is counted
 /// (`Stats::span_name_overflows`), so memory and the series a process
 /// creates stay bounded.
-pub fn intern_name(name: &str) -> u32 {
+pub(crate) fn intern_name(name: &str) -> u32 {
     let name = truncate_value(name);
     let mut table = lock(names());
     if let Some(&id) = table.ids.get(&*name) {
@@ -477,7 +448,7 @@ pub(crate) fn admit(name_id: u32, fields_id: u32) -> u32 {
 }
 
 /// The name behind an id from [`intern_name`].
-pub fn name_of(id: u32) -> Option<Arc<str>> {
+pub(crate) fn name_of(id: u32) -> Option<Arc<str>> {
     if id == 0 {
         return None;
     }

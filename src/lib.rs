@@ -14,6 +14,38 @@
 //! tracing_subscriber::registry().with(profiling).init();
 //! # Ok::<(), tracing_pyroscope::Error>(())
 //! ```
+//!
+//! # The API
+//!
+//! [`from_env`] (or [`Builder`], [`Builder::from_env`] to start from the
+//! environment and override in code) returns a [`SpanProfileLayer`] and a
+//! [`ProfilerGuard`] (whose [`Stats`] count what happened); every failure is
+//! an [`Error`]. [`context::with_labels`] labels code outside spans, and
+//! [`report::write_report`] turns a profiles directory into an HTML page.
+//! Nothing else is public: the thread slot the sampler reads and the pprof
+//! types stay inside the crate.
+//!
+//! ```compile_fail
+//! // The sampler's slot cannot be written from outside the crate.
+//! use tracing_pyroscope::context::replace;
+//! ```
+//!
+//! ```compile_fail
+//! // The pprof message types are not part of the API.
+//! use tracing_pyroscope::profile::proto;
+//! ```
+//!
+//! # Features
+//!
+//! - `upload` (default): uploads to a Pyroscope server (reqwest). Without
+//!   it the crate writes local pprof files only (`PYROSCOPE_PROFILES_DIR`),
+//!   and a server address is an error that says to enable it.
+//! - `otel` (default): OpenTelemetry ids and `pyroscope.profile.id`
+//!   (tracing-opentelemetry).
+//! - `report` (default): [`report::write_report`] (inferno).
+//! - `tls`: HTTPS uploads (rustls); implies `upload`.
+//! - `cli`: the `tracing-pyroscope-report DIR` command, which writes the
+//!   HTML report of a profiles directory; implies `report`.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -34,7 +66,8 @@ pub mod context;
 mod error;
 mod export;
 mod layer;
-pub mod profile;
+mod profile;
+#[cfg(feature = "report")]
 pub mod report;
 #[cfg(tp_sampler)]
 // The one module allowed `unsafe`: each block says why it is sound.

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// Samples taken by the signal handler.
     pub samples: u64,
-    /// Samples dropped (buffer full, unwinder busy).
+    /// Samples lost before they reached a profile: the signal handler found
+    /// the sample buffer full, or the collector's queue was at its bound.
+    /// (A sample taken while every unwinder cache was busy is kept, cut to
+    /// its leaf frame, and counted in `degraded_samples`.)
     pub dropped_samples: u64,
     /// Profiles encoded.
     pub profiles: u64,

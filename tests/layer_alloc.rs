@@ -12,7 +12,6 @@ use std::cell::Cell;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tracing::Dispatch;
-use tracing_pyroscope::context::{self, SpanLabels};
 use tracing_pyroscope::{SpanProfileLayer, SpanScope};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Registry;
@@ -54,9 +53,10 @@ fn allocs() -> u64 {
 const ROUNDS: u64 = 1_000;
 
 /// Allocations made by `ROUNDS` enter/exit pairs of a warmed-up root span and
-/// of a child span inside it, and the labels seen inside the child. With
-/// `fields`, the root has two span-label fields and the child overrides one.
-fn measure(dispatch: &Dispatch, fields: bool) -> (u64, SpanLabels) {
+/// of a child span inside it. With `fields`, the root has two span-label
+/// fields and the child overrides one. (Which labels the child then
+/// carries is checked by the layer's unit tests, `src/layer/tests.rs`.)
+fn measure(dispatch: &Dispatch, fields: bool) -> u64 {
     tracing::dispatcher::with_default(dispatch, || {
         let (root, child) = if fields {
             let root = tracing::info_span!("alloc-root", vehicle = "car", region = "eu-north");
@@ -72,13 +72,12 @@ fn measure(dispatch: &Dispatch, fields: bool) -> (u64, SpanLabels) {
             root.in_scope(|| child.in_scope(|| {}));
         }
         let before = allocs();
-        let mut seen = SpanLabels::NONE;
         for _ in 0..ROUNDS {
             root.in_scope(|| {
-                child.in_scope(|| seen = context::current());
+                child.in_scope(|| {});
             });
         }
-        (allocs() - before, seen)
+        allocs() - before
     })
 }
 
@@ -108,38 +107,26 @@ fn enter_and_exit_do_not_allocate() {
         .flat_map(|s| [(s, false), (s, true)])
     {
         // Registry alone, and with our layer.
-        let (registry, _) = measure(&Dispatch::new(Registry::default()), fields);
+        let registry = measure(&Dispatch::new(Registry::default()), fields);
         // A real profiler, as users get it; one at a time in a process.
         let (layer, guard) = profiling(scope);
-        let (ours, seen) = measure(
+        let ours = measure(
             &Dispatch::new(Registry::default().with(layer.clone())),
             fields,
         );
         assert_eq!(registry, 0, "the Registry alone allocates");
         assert_eq!(ours, 0, "{scope:?}: our layer allocated on enter/exit");
-        assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
-        // The child's labels carry both fields, one overridden.
-        let set = context::fields_of(seen.fields_id);
-        let pairs: Vec<String> = set
-            .iter()
-            .flat_map(|s| s.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect();
-        if fields {
-            assert_eq!(pairs, ["region=eu-north", "vehicle=bike"], "{scope:?}");
-        } else {
-            assert!(pairs.is_empty(), "{scope:?}: {pairs:?}");
-        }
 
         // With tracing-opentelemetry: ours adds nothing to what it does.
         let provider = otel_provider();
-        let (otel, _) = measure(
+        let otel = measure(
             &Dispatch::new(
                 Registry::default()
                     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("a"))),
             ),
             fields,
         );
-        let (otel_ours, seen) = measure(
+        let otel_ours = measure(
             &Dispatch::new(
                 Registry::default()
                     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("b")))
@@ -147,8 +134,9 @@ fn enter_and_exit_do_not_allocate() {
             ),
             fields,
         );
+        // The layer measured was a live profiler's.
+        assert!(guard.is_active(), "{scope:?}: the layer was active");
         drop(guard);
-        assert_ne!(seen.name_id, 0, "{scope:?}: the layer was active");
         eprintln!(
             "{scope:?} (label fields: {fields}): allocations per {ROUNDS} root+child enter/exit rounds: \
              registry {registry}, +ours {ours}, +otel {otel}, +otel+ours {otel_ours}"

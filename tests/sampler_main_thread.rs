@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use cpu_clock::thread_cpu_nanos;
-use tracing_pyroscope::context::{self, SpanLabels};
+use tracing_pyroscope::context;
 
 /// Recursion depth: with 8 KiB frames, about 1.6 MiB of main stack, far
 /// beyond what the kernel mapped at start.
@@ -51,20 +51,21 @@ fn main() {
         .profiles_dir(&dir)
         .sample_rate(1000)
         .upload_interval(Duration::from_secs(60))
+        .span_labels(["mark"])
         .build()
         .expect("start profiler");
     // Let the profiler's own threads start and be scanned first, so that
     // only the stack's growth can make the maps snapshot stale.
     std::thread::sleep(Duration::from_millis(300));
-    context::replace(SpanLabels::new(0x3a1a, 0, 0));
-    black_box(deep(DEPTH, 1_000_000_000));
-    context::replace(SpanLabels::NONE);
+    context::with_labels(&[("mark", "main")], || {
+        black_box(deep(DEPTH, 1_000_000_000));
+    });
     drop(guard);
 
     let (mut at_bottom, mut deep_and_rooted) = (0u64, 0u64);
     for file in pprof_tool::profile_files(&dir) {
         for tr in pprof_tool::traces(&file) {
-            if tr.labels.get("span_id").map(String::as_str) != Some("0000000000003a1a")
+            if tr.labels.get("mark").map(String::as_str) != Some("main")
                 || !tr.frames.iter().any(|f| f.contains("at_the_bottom"))
             {
                 continue;

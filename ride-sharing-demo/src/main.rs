@@ -24,13 +24,10 @@ mod work;
 fn main() -> ExitCode {
     let args = match args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
-        Err(e) if e.is_empty() => {
-            println!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
-        }
+        // --help (on stdout, exit 0) or a bad argument (stderr, exit 2).
         Err(e) => {
-            eprintln!("ride-sharing-demo: {e}\n\n{}", args::USAGE);
-            return ExitCode::from(2);
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
     if args.check {

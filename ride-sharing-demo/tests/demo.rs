@@ -13,7 +13,12 @@
 //!   label, not a span label;
 //! - frames read like the code: no frame on a `GET /car` span's hot path
 //!   is a bare name without its path (`{closure#0}`, `poll`, `run`), which
-//!   is what the workspace's `debug = "limited"` gives (README, "Symbols").
+//!   is what the workspace's `debug = "limited"` gives (README, "Symbols");
+//! - frame names stay readable in Google's pprof tool, the reference reader
+//!   (Pyroscope and Grafana show the same `name` field): none starts with
+//!   `::`, contains `::::` or ends with `::`, as they did when the pprof
+//!   files held one full name that readers cut every `<...>` out of
+//!   (`::call_once`, `core::iter::range::::next`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -259,7 +264,7 @@ fn demo_report_shows_each_span_with_its_own_profile() {
 
     // Frames read like the code: on the hot path of `GET /car` spans (every
     // frame with at least a tenth of the span's samples) each frame has its
-    // path, e.g. `tokio::runtime::task::harness::Harness<T,S>::poll`, not
+    // path, e.g. `tokio::runtime::task::harness::Harness::poll`, not
     // `poll`. Only objects without symbols (libc's thread start) are named
     // by offset, and the compiler's own symbols have no path.
     let mut hot_frames = 0;
@@ -359,7 +364,92 @@ fn demo_report_shows_each_span_with_its_own_profile() {
         spans.len(),
         with_graph.len()
     );
+    assert_pprof_names_are_readable(&out);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Google's pprof tool: `$PPROF`, else what `scripts/install-pprof.sh`
+/// builds.
+fn pprof() -> PathBuf {
+    if let Some(p) = std::env::var_os("PPROF").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/install-pprof.sh");
+    let out = Command::new("bash").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "install-pprof.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The frame names of `pprof -traces` output: its lines are
+/// `     10ms   NAME`, `             NAME` or `NAME (inline)`, between
+/// `----` separators, after a header and label lines (`key:  value`).
+fn traces_frames(traces: &str) -> Vec<&str> {
+    traces
+        .split("-----------+-------------------------------------------------------")
+        .skip(1)
+        .flat_map(str::lines)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        // Label lines (`span_id:  0123…`); no frame name has a double space.
+        .filter_map(|l| l.rsplit("  ").next())
+        .map(|l| l.trim_start().trim_end_matches(" (inline)"))
+        .collect()
+}
+
+/// Every frame name of the demo's pprof files, as Google's pprof tool
+/// shows them, reads as a path: `<F as core::ops::function::FnOnce>::call_once`,
+/// not `::call_once`.
+fn assert_pprof_names_are_readable(out: &Path) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".pb.gz"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no pprof files in {}", out.display());
+    let mut names = std::collections::BTreeSet::new();
+    for file in &files {
+        let output = Command::new(pprof())
+            .args(["-traces", "-sample_index=samples"])
+            .arg(file)
+            .env("PPROF_BINARY_PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        let traces = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "pprof rejected {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        names.extend(traces_frames(&traces).into_iter().map(str::to_string));
+    }
+    // The reader saw the demo's frames at all.
+    assert!(
+        names.iter().any(|n| n.ends_with(FIND)),
+        "pprof shows no {FIND} in {} files",
+        files.len()
+    );
+    let unreadable: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("::") || n.contains("::::") || n.ends_with("::"))
+        .collect();
+    assert!(
+        unreadable.is_empty(),
+        "{} of {} frame names in pprof's reading of {} files lost their type: {unreadable:#?}",
+        unreadable.len(),
+        names.len(),
+        files.len()
+    );
+    eprintln!(
+        "pprof: {} distinct frame names in {} files, all readable",
+        names.len(),
+        files.len()
+    );
 }
 
 /// A `spans.jsonl` line, as far as this test needs it.

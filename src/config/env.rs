@@ -14,7 +14,14 @@ use std::time::Duration;
 
 /// `from_env` without the process environment: `lookup` returns a
 /// variable's value. Empty values count as unset.
+#[cfg(test)]
 pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+    parse(lookup)?.validate()
+}
+
+/// The environment's settings over the defaults, parsed but not yet
+/// checked (`Builder::from_env`, whose setters may still change them).
+pub(crate) fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
     let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
 
     let mut config = Config::new(String::new());
@@ -133,7 +140,7 @@ pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
         application_name: name_var,
         ..ENV_NAMES
     };
-    config.validate()
+    Ok(config)
 }
 
 /// `PYROSCOPE_APPLICATION_NAME`, else `OTEL_SERVICE_NAME`, else

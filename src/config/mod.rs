@@ -1,7 +1,7 @@
 //! Configuration as plain data: [`Config`], its parsing from the
 //! environment (`env.rs`) and its checks (`validate.rs`).
 //!
-//! Both the environment and [`Builder`](crate::Builder) end in the same
+//! Both the environment and [`Builder`] end in the same
 //! validation, so a value that is wrong in code is wrong in the environment
 //! too, and every bad value is an [`Error`](crate::Error) of kind
 //! [`Config`](crate::ErrorKind::Config) that names the variable (or builder
@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::secret::Secret;
+use crate::Builder;
 
 mod env;
 #[cfg(test)]
@@ -24,7 +25,9 @@ mod proptests;
 mod tests;
 mod validate;
 
+#[cfg(test)]
 pub(crate) use env::from_lookup;
+pub(crate) use env::parse as parse_env;
 use validate::Names;
 pub(crate) use validate::BUILDER_NAMES;
 
@@ -97,12 +100,14 @@ pub(crate) const UPLOAD_INTERVAL_MAX: Duration = Duration::from_secs(600);
 /// series per tenant).
 pub(crate) const MAX_SPAN_NAMES_MAX: usize = 500;
 pub(crate) const SHUTDOWN_TIMEOUT_MAX: Duration = Duration::from_secs(300);
-/// Default and largest cap on distinct span ids per interval. At the
+/// Default cap on distinct span ids per interval
+/// ([`Builder::DEFAULT_MAX_SPAN_IDS`]). At the
 /// default 100 Hz and 10 s interval a busy thread takes 1000 samples per
 /// interval, so the default only bites with many busy threads each switching
 /// spans between samples; it keeps a profile within the server's 16000
 /// samples and the interval's memory bounded at any span rate.
 pub(crate) const DEFAULT_MAX_SPAN_IDS: usize = 10_000;
+/// Largest cap on distinct span ids per interval.
 pub(crate) const MAX_SPAN_IDS_MAX: usize = 1_000_000;
 /// Default size limit of the profiles directory.
 pub(crate) const DEFAULT_PROFILES_DIR_MAX_SIZE: u64 = 512 * 1024 * 1024;
@@ -131,18 +136,18 @@ impl Config {
             basic_auth_password: None,
             tenant_id: None,
             labels: Vec::new(),
-            sample_rate: 100,
-            upload_interval: Duration::from_secs(10),
-            span_scope: SpanScope::Root,
-            span_name_label: true,
-            trace_id_label: false,
-            max_span_names: crate::context::DEFAULT_MAX_NAMES,
+            sample_rate: Builder::DEFAULT_SAMPLE_RATE,
+            upload_interval: Builder::DEFAULT_UPLOAD_INTERVAL,
+            span_scope: Builder::DEFAULT_SPAN_SCOPE,
+            span_name_label: Builder::DEFAULT_SPAN_NAME_LABEL,
+            trace_id_label: Builder::DEFAULT_TRACE_ID_LABEL,
+            max_span_names: Builder::DEFAULT_MAX_SPAN_NAMES,
             span_labels: Vec::new(),
-            max_span_label_values: crate::context::DEFAULT_MAX_LABEL_VALUES,
-            max_span_ids: DEFAULT_MAX_SPAN_IDS,
-            profiles_dir_max_size: DEFAULT_PROFILES_DIR_MAX_SIZE,
-            profiles_dir_max_age: DEFAULT_PROFILES_DIR_MAX_AGE,
-            shutdown_timeout: Duration::from_secs(5),
+            max_span_label_values: Builder::DEFAULT_MAX_SPAN_LABEL_VALUES,
+            max_span_ids: Builder::DEFAULT_MAX_SPAN_IDS,
+            profiles_dir_max_size: Builder::DEFAULT_PROFILES_DIR_MAX_SIZE,
+            profiles_dir_max_age: Builder::DEFAULT_PROFILES_DIR_MAX_AGE,
+            shutdown_timeout: Builder::DEFAULT_SHUTDOWN_TIMEOUT,
             names: BUILDER_NAMES,
         }
     }

@@ -475,3 +475,105 @@ fn span_labels_count_towards_the_series_labels() {
     ]);
     assert!(m.contains("at most 24 span labels"), "{m}");
 }
+
+/// `Builder::from_env` over `vars`.
+fn env_builder(vars: &[(&str, &str)]) -> Builder {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Builder::from_lookup(move |k| map.get(k).cloned())
+}
+
+#[test]
+fn builder_from_env_keeps_the_environment_and_code_overrides_it() {
+    let vars = [
+        ("PYROSCOPE_APPLICATION_NAME", "from-env"),
+        ("PYROSCOPE_SAMPLE_RATE", "250"),
+        ("PYROSCOPE_SPAN_LABELS", "vehicle"),
+    ];
+    let kept = env_builder(&vars).config.validate().unwrap();
+    assert_eq!(kept.application_name, "from-env");
+    assert_eq!(kept.sample_rate, 250);
+    assert_eq!(kept.span_labels, ["vehicle"]);
+
+    let overridden = env_builder(&vars)
+        .sample_rate(300)
+        .span_labels(["region"])
+        .config
+        .validate()
+        .unwrap();
+    assert_eq!(overridden.sample_rate, 300);
+    // Span labels add to the environment's.
+    assert_eq!(overridden.span_labels, ["vehicle", "region"]);
+}
+
+#[test]
+fn builder_from_env_reports_a_bad_variable_at_build() {
+    let err = env_builder(&[("PYROSCOPE_SAMPLE_RATE", "fast")])
+        .sample_rate(50)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("PYROSCOPE_SAMPLE_RATE"), "{err}");
+}
+
+#[test]
+fn an_overridden_value_is_named_by_its_setter() {
+    let err = env_builder(&[("PYROSCOPE_SAMPLE_RATE", "50")])
+        .sample_rate(5000)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("Builder::sample_rate"), "{err}");
+    let err = env_builder(&[("PYROSCOPE_SAMPLE_RATE", "5000")])
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("PYROSCOPE_SAMPLE_RATE"), "{err}");
+}
+
+#[test]
+fn builder_defaults_are_the_public_consts() {
+    let c = Builder::new("a").config;
+    assert_eq!(c.sample_rate, Builder::DEFAULT_SAMPLE_RATE);
+    assert_eq!(c.upload_interval, Builder::DEFAULT_UPLOAD_INTERVAL);
+    assert_eq!(c.shutdown_timeout, Builder::DEFAULT_SHUTDOWN_TIMEOUT);
+    assert_eq!(c.span_scope, Builder::DEFAULT_SPAN_SCOPE);
+    assert_eq!(c.span_name_label, Builder::DEFAULT_SPAN_NAME_LABEL);
+    assert_eq!(c.trace_id_label, Builder::DEFAULT_TRACE_ID_LABEL);
+    assert_eq!(c.max_span_names, Builder::DEFAULT_MAX_SPAN_NAMES);
+    assert_eq!(
+        c.max_span_label_values,
+        Builder::DEFAULT_MAX_SPAN_LABEL_VALUES
+    );
+    assert_eq!(c.max_span_ids, Builder::DEFAULT_MAX_SPAN_IDS);
+    assert_eq!(
+        c.profiles_dir_max_size,
+        Builder::DEFAULT_PROFILES_DIR_MAX_SIZE
+    );
+    assert_eq!(
+        c.profiles_dir_max_age,
+        Builder::DEFAULT_PROFILES_DIR_MAX_AGE
+    );
+    // The environment starts from the same defaults.
+    let e = env(&[]).unwrap();
+    assert_eq!(e.sample_rate, Builder::DEFAULT_SAMPLE_RATE);
+    assert_eq!(e.max_span_ids, Builder::DEFAULT_MAX_SPAN_IDS);
+}
+
+/// Without the `upload` feature a server address is an error that says
+/// which feature to enable (`cargo test --no-default-features`).
+#[cfg(not(feature = "upload"))]
+#[test]
+fn a_server_address_without_the_upload_feature_is_an_error() {
+    for result in [
+        Builder::new("a")
+            .server_address("http://localhost:4040")
+            .config
+            .validate(),
+        env(&[("PYROSCOPE_SERVER_ADDRESS", "http://localhost:4040")]),
+    ] {
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("`upload` feature"), "{err}");
+    }
+}

@@ -224,7 +224,19 @@ fn check_application_name(var: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Without the `upload` feature nothing can be uploaded: a server address
+/// is an error that says which feature to enable.
+#[cfg(not(feature = "upload"))]
+fn parse_server_address(var: &str, address: &str) -> Result<String, Error> {
+    Err(Error::config(
+        var,
+        &redact_url_userinfo(address.trim()),
+        "no server address: this build cannot upload; enable the `upload` feature of tracing-pyroscope (on by default) or write local files with PYROSCOPE_PROFILES_DIR",
+    ))
+}
+
 /// `http(s)://host[:port][/path]`, returned without a trailing `/`.
+#[cfg(feature = "upload")]
 fn parse_server_address(var: &str, address: &str) -> Result<String, Error> {
     const EXPECTED: &str = "an http:// or https:// URL such as http://localhost:4040 (host, optional port and path; no query, fragment or credentials)";
     let trimmed = address.trim();

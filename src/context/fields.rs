@@ -32,9 +32,9 @@ use crate::sync::lock;
 /// span names, see [`DEFAULT_MAX_NAMES`](super::DEFAULT_MAX_NAMES)); this cap
 /// keeps one high-cardinality key (a user id by mistake) from using up that
 /// budget, and bounds the memory of the value tables.
-pub const DEFAULT_MAX_LABEL_VALUES: usize = 50;
+pub(crate) const DEFAULT_MAX_LABEL_VALUES: usize = 50;
 /// The value every new value of a key gets once the key's cap is reached.
-pub const OVERFLOW_VALUE: &str = "other";
+pub(crate) const OVERFLOW_VALUE: &str = "other";
 /// Most interned label sets (memory bound; far above what the series
 /// budget lets through).
 const MAX_SETS: usize = 1 << 16;
@@ -50,7 +50,7 @@ static VALUE_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 static ANY_CONFIGURED: AtomicBool = AtomicBool::new(false);
 
 /// A label set: `(key, value)` pairs sorted by key, each key once.
-pub type LabelSet = Arc<[(&'static str, Arc<str>)]>;
+pub(crate) type LabelSet = Arc<[(&'static str, Arc<str>)]>;
 
 #[derive(Default)]
 struct Table {
@@ -194,13 +194,7 @@ pub(crate) fn merge_fields(parent: u32, own: &[(&'static str, &str)]) -> u32 {
 
 /// The label set behind a [`SpanLabels::fields_id`], sorted by key; `None`
 /// for 0 or an unknown id.
-///
-/// ```
-/// use tracing_pyroscope::context;
-///
-/// assert!(context::fields_of(0).is_none());
-/// ```
-pub fn fields_of(id: u32) -> Option<LabelSet> {
+pub(crate) fn fields_of(id: u32) -> Option<LabelSet> {
     let index = id.checked_sub(1)?;
     lock(table()).sets.get(index as usize).cloned()
 }
@@ -220,8 +214,7 @@ pub fn fields_of(id: u32) -> Option<LabelSet> {
 /// A span entered inside `f` carries its own labels (its fields and its
 /// ancestors'), not these: label work that uses spans with span fields.
 /// This costs two lock acquisitions per call (interning); for a hot loop,
-/// hoist the call out of it. It labels this thread only: do not hold a
-/// [`LabelGuard`] across an `.await` (it is not `Send`).
+/// hoist the call out of it. It labels this thread only.
 ///
 /// ```
 /// use tracing_pyroscope::context;
@@ -240,19 +233,8 @@ pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
 
 /// Sets extra labels on this thread until dropped, then restores exactly
 /// what the thread had: [`with_labels`] as a guard.
-///
-/// ```
-/// use tracing_pyroscope::context::{self, LabelGuard};
-///
-/// let before = context::current();
-/// {
-///     let _labels = LabelGuard::new(&[("vehicle", "bike")]);
-///     // ... work sampled with vehicle="bike" (if listed) ...
-/// }
-/// assert_eq!(context::current(), before);
-/// ```
 #[must_use = "the labels are removed when the guard is dropped"]
-pub struct LabelGuard {
+pub(crate) struct LabelGuard {
     /// What to restore; `None` if nothing was changed.
     previous: Option<SpanLabels>,
     /// Restores this thread's slot: must stay on this thread.
@@ -262,7 +244,7 @@ pub struct LabelGuard {
 impl LabelGuard {
     /// Merges `labels` (those whose key is a configured span label) into
     /// this thread's labels until the guard is dropped.
-    pub fn new(labels: &[(&str, &str)]) -> Self {
+    pub(crate) fn new(labels: &[(&str, &str)]) -> Self {
         let unchanged = LabelGuard {
             previous: None,
             _not_send: PhantomData,

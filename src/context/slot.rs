@@ -223,7 +223,7 @@ fn entry(index: u32) -> Option<&'static Entry> {
 }
 
 /// The labels of the entry `slot` refers to, if it still belongs to the
-/// same owner; with [`SpanLabels::thread`] set on the profiler's own
+/// same owner; with the mark of [`SpanLabels::profiler_thread`] on the profiler's own
 /// threads. `None` if the entry was released or reused, or (very rarely,
 /// from another thread) if writes kept racing the read.
 ///

@@ -1,6 +1,6 @@
 //! Sinks: where encoded profiles go, behind one [`Sink`] trait.
 //!
-//! - [`upload`]: the Pyroscope uploader. A background thread named
+//! - `upload` (feature `upload`): the Pyroscope uploader. A background thread named
 //!   `pyroscope-upload` takes profiles from a bounded queue and pushes each
 //!   one to `{server}/push.v1.PusherService/Push` with retries, backoff and
 //!   a shutdown deadline. Nothing here blocks the collector: a full queue
@@ -26,10 +26,12 @@ use crate::profile::EncodedProfile;
 
 pub(crate) mod dir;
 pub(crate) mod span_index;
+#[cfg(feature = "upload")]
 pub(crate) mod upload;
 
 pub(crate) use dir::DirSink;
 pub(crate) use span_index::SpanIndexRecord;
+#[cfg(feature = "upload")]
 pub(crate) use upload::{UploadSettings, Uploader};
 
 /// Somewhere encoded profiles go.

@@ -98,6 +98,7 @@ impl SpanIndexRecord {
     }
 
     /// Parses one line; `None` if it is not a record with a valid span id.
+    #[cfg_attr(not(feature = "report"), allow(dead_code))]
     pub(crate) fn from_line(line: &[u8]) -> Option<Self> {
         let mut record: SpanIndexRecord = serde_json::from_slice(line).ok()?;
         record.span_id = normalize_hex(&record.span_id, 16)?;

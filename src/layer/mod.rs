@@ -21,14 +21,12 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::config::SpanScope;
-#[cfg(doc)]
-use crate::context::SpanLabels;
 use crate::export::span_index::{SpanIndexQueue, SpanIndexRecord};
 use fields::{FieldState, FieldValues};
 use resolve::{OtelName, SpanData};
 
 mod fields;
-#[cfg(test)]
+#[cfg(all(test, feature = "otel"))]
 mod otel_tests;
 mod resolve;
 mod stack;
@@ -36,7 +34,15 @@ mod stack;
 mod tests;
 
 /// The OpenTelemetry attribute linking a span to its profile.
+#[cfg(feature = "otel")]
 pub(crate) const PROFILE_ID_ATTRIBUTE: &str = "pyroscope.profile.id";
+
+/// A span's OpenTelemetry context (feature `otel`).
+#[cfg(feature = "otel")]
+type OtelContext = opentelemetry::Context;
+/// Without the `otel` feature a span never has one.
+#[cfg(not(feature = "otel"))]
+type OtelContext = std::convert::Infallible;
 
 /// The field `tracing-opentelemetry` uses to override a span's name.
 const OTEL_NAME_FIELD: &str = "otel.name";
@@ -57,9 +63,8 @@ pub(crate) struct LayerConfig {
 /// The layer to add to a `tracing_subscriber::Registry`: puts the running
 /// span's id into the thread slot, so CPU samples carry it.
 ///
-/// On every span enter it writes the span's labels ([`SpanLabels`]:
-/// `span_id`, `trace_id`, `span_name`) into this thread's slot
-/// ([`crate::context`]), where the sampler's signal handler reads them at the
+/// On every span enter it writes the span's labels (`span_id`, `trace_id`,
+/// `span_name`) into this thread's slot, where the sampler's signal handler reads them at the
 /// moment it takes a sample. On exit it puts back exactly what was there
 /// before. On a profiled span's first enter it also sets the OpenTelemetry
 /// attribute `pyroscope.profile.id` to the same 16-hex id, so Grafana's
@@ -276,12 +281,19 @@ impl SpanProfileLayer {
 
     /// The OpenTelemetry context of a span (this starts the OTel span if it
     /// was not started yet). `None` without an OpenTelemetry layer.
-    fn otel_context(&self, id: &Id) -> Option<opentelemetry::Context> {
+    #[cfg(feature = "otel")]
+    fn otel_context(&self, id: &Id) -> Option<OtelContext> {
         let dispatch = match self.dispatch.get().and_then(WeakDispatch::upgrade) {
             Some(dispatch) => dispatch,
             None => tracing::dispatcher::get_default(Dispatch::clone),
         };
         tracing_opentelemetry::get_otel_context(id, &dispatch)
+    }
+
+    /// Without the `otel` feature: never an OpenTelemetry context.
+    #[cfg(not(feature = "otel"))]
+    fn otel_context(&self, _id: &Id) -> Option<OtelContext> {
+        None
     }
 }
 

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry::KeyValue;
 use tracing::field::{Field, Visit};
 use tracing::span::Id;
 use tracing::Subscriber;
@@ -16,9 +14,9 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use super::fields::FieldState;
-use super::{stack, LayerConfig, SpanProfileLayer, OTEL_NAME_FIELD, PROFILE_ID_ATTRIBUTE};
+use super::{stack, LayerConfig, SpanProfileLayer, OTEL_NAME_FIELD};
 use crate::config::SpanScope;
-use crate::context::{self, span_id_hex, SpanLabels};
+use crate::context::{self, SpanLabels};
 
 impl SpanProfileLayer {
     /// Tells apart equal span ids of different subscribers in the
@@ -88,22 +86,8 @@ impl SpanProfileLayer {
             SpanScope::None => None,
             SpanScope::Root | SpanScope::All => self.otel_context(&span.id()),
         };
-        let mut otel_sampled = false;
-        let (otel_span_id, otel_trace_id) = match &otel {
-            Some(cx) => {
-                let sc = cx.span().span_context().clone();
-                if sc.is_valid() {
-                    otel_sampled = sc.is_sampled();
-                    (
-                        u64::from_be_bytes(sc.span_id().to_bytes()),
-                        u128::from_be_bytes(sc.trace_id().to_bytes()),
-                    )
-                } else {
-                    (0, 0)
-                }
-            }
-            None => (0, 0),
-        };
+        let (otel_span_id, otel_trace_id, otel_sampled) =
+            otel.as_ref().map_or((0, 0, false), otel_ids);
         let has_otel = otel_trace_id != 0;
 
         // A local root: no parent, or re-parented into another trace.
@@ -172,10 +156,7 @@ impl SpanProfileLayer {
             Ok(resolved) => {
                 if own_id != 0 && has_otel {
                     if let Some(cx) = &otel {
-                        cx.span().set_attribute(KeyValue::new(
-                            PROFILE_ID_ATTRIBUTE,
-                            span_id_hex(own_id),
-                        ));
+                        set_profile_id(cx, own_id);
                     }
                 }
                 Some(resolved)
@@ -183,6 +164,44 @@ impl SpanProfileLayer {
             Err(other) => other,
         }
     }
+}
+
+/// A span's OpenTelemetry ids: `(span id, trace id, sampled)`, zeros if
+/// its context is not valid.
+#[cfg(feature = "otel")]
+fn otel_ids(cx: &super::OtelContext) -> (u64, u128, bool) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        (
+            u64::from_be_bytes(sc.span_id().to_bytes()),
+            u128::from_be_bytes(sc.trace_id().to_bytes()),
+            sc.is_sampled(),
+        )
+    } else {
+        (0, 0, false)
+    }
+}
+
+/// Without the `otel` feature there is no OpenTelemetry context.
+#[cfg(not(feature = "otel"))]
+fn otel_ids(cx: &super::OtelContext) -> (u64, u128, bool) {
+    match *cx {}
+}
+
+/// Sets `pyroscope.profile.id` on the span's OpenTelemetry span.
+#[cfg(feature = "otel")]
+fn set_profile_id(cx: &super::OtelContext, own_id: u64) {
+    use opentelemetry::trace::TraceContextExt as _;
+    cx.span().set_attribute(opentelemetry::KeyValue::new(
+        super::PROFILE_ID_ATTRIBUTE,
+        context::span_id_hex(own_id),
+    ));
+}
+
+#[cfg(not(feature = "otel"))]
+fn set_profile_id(cx: &super::OtelContext, _own_id: u64) {
+    match *cx {}
 }
 
 /// Our per-span data, in the span's extensions.

@@ -15,6 +15,7 @@
 //! no server tries to symbolize it (Pyroscope gives a location without a
 //! mapping a stub mapping that is not).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
+use super::names::readable;
 use super::proto;
 use super::symbolize::Resolved;
 use super::EncodedProfile;
@@ -121,6 +123,7 @@ pub(super) struct Chunk {
     /// Sum of sample counts.
     total: u64,
     strings: HashMap<Arc<str>, i64>,
+    /// (full name, file) string ids → function id.
     functions: HashMap<(i64, i64), u64>,
     locations: HashMap<LocationKey, u64>,
     mappings: HashMap<u64, u64>,
@@ -243,24 +246,41 @@ impl Chunk {
         id
     }
 
-    fn function(&mut self, name: &Arc<str>, file: &Arc<str>) -> u64 {
-        let name = self.string_arc(name);
+    /// The function whose full name (a symbolized frame's) is `full`.
+    ///
+    /// Its `name` is the [`readable`] form, which Pyroscope, Grafana and
+    /// Google's pprof tool show; its `system_name` is the full name, or
+    /// empty when the two are the same. They must never be equal: Google's
+    /// pprof tool takes a function whose `name` equals its `system_name`
+    /// (or has no `name`) for one not yet demangled, and "simplifies" it
+    /// C++-style, removing everything between `<` and `>` and `(` and `)`,
+    /// which would turn `<std::sys::thread::unix::Thread>::new::thread_start`
+    /// into `::new::thread_start`. A `name` different from the
+    /// `system_name` it leaves as it is; `pprof -symbolize=demangle=full`
+    /// shows the `system_name` instead, so the full names stay one flag
+    /// away.
+    fn function(&mut self, full: &Arc<str>, file: &Arc<str>) -> u64 {
+        let full_id = self.string_arc(full);
         let file = self.string_arc(file);
-        if let Some(&id) = self.functions.get(&(name, file)) {
+        if let Some(&id) = self.functions.get(&(full_id, file)) {
             return id;
         }
+        let (name, system_name) = match readable(full) {
+            Cow::Owned(shown) if *shown != **full => (self.string(&shown), full_id),
+            _ => (full_id, 0),
+        };
         let id = self.profile.function.len() as u64 + 1;
         let function = proto::Function {
             id,
             name,
-            system_name: name,
+            system_name,
             filename: file,
             start_line: 0,
         };
         self.size += field_len(function.encoded_len());
         self.profile.function.push(function);
-        self.functions.insert((name, file), id);
-        self.new_functions.push((name, file));
+        self.functions.insert((full_id, file), id);
+        self.new_functions.push((full_id, file));
         id
     }
 
@@ -442,5 +462,159 @@ fn string_label(key: i64, value: i64) -> proto::Label {
         str: value,
         num: 0,
         num_unit: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::symbolize::{ObjectMapping, SymbolFrame};
+
+    /// Full names as the symbolizer gives them, and what every reader
+    /// must show.
+    const NAMES: [(&str, &str); 5] = [
+        (
+            "<F as core::ops::function::FnOnce<()>>::call_once",
+            "<F as core::ops::function::FnOnce>::call_once",
+        ),
+        (
+            "<tokio::runtime::blocking::task::BlockingTask<T> as core::future::future::Future>::poll",
+            "<tokio::runtime::blocking::task::BlockingTask as core::future::future::Future>::poll",
+        ),
+        (
+            "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range<A>>::next",
+            "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range>::next",
+        ),
+        // Nothing to drop: the readable name is the full name.
+        (
+            "<std::sys::thread::unix::Thread>::new::thread_start",
+            "<std::sys::thread::unix::Thread>::new::thread_start",
+        ),
+        ("main", "main"),
+    ];
+
+    /// One profile whose only sample's stack has a frame per [`NAMES`]
+    /// entry (leaf first).
+    fn profile() -> EncodedProfile {
+        let header = Header::new(
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_010),
+            10_000_000,
+        );
+        let mapping = Arc::new(ObjectMapping {
+            path: Arc::from("/usr/bin/app"),
+            start: 0x1000,
+            limit: 0x9000,
+            file_offset: 0,
+            build_id: None,
+        });
+        let stack: Vec<(u64, bool, Arc<Resolved>)> = NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, (full, _))| {
+                let resolved = Resolved {
+                    frames: vec![SymbolFrame {
+                        name: Arc::from(*full),
+                        file: Arc::from("src/lib.rs"),
+                        line: 7,
+                    }],
+                    mapping: Some(mapping.clone()),
+                };
+                (0x1100 + 16 * i as u64, i > 0, Arc::new(resolved))
+            })
+            .collect();
+        let mut chunk = Chunk::new(&header);
+        chunk.add_sample(&stack, SpanLabels::NONE, 3, 10_000_000);
+        chunk.encode(&header).expect("one sample")
+    }
+
+    #[test]
+    fn functions_are_named_readably_and_keep_a_different_full_name() {
+        let p = decode_gzipped(&profile().gzipped).expect("decode");
+        let string = |id: i64| p.string_table[id as usize].as_str();
+        assert_eq!(p.function.len(), NAMES.len());
+        for (f, (full, shown)) in p.function.iter().zip(NAMES) {
+            assert_eq!(string(f.name), shown);
+            // Never equal: Google's pprof would strip `<...>` again.
+            assert_ne!(f.name, f.system_name, "{full}");
+            if full == shown {
+                assert_eq!(f.system_name, 0, "{full}");
+            } else {
+                assert_eq!(string(f.system_name), full);
+            }
+        }
+    }
+
+    fn pprof_tool() -> String {
+        if let Ok(p) = std::env::var("PPROF") {
+            if !p.is_empty() {
+                return p;
+            }
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-pprof.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .output()
+            .expect("run install-pprof.sh");
+        assert!(out.status.success(), "install-pprof.sh failed");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// What Google's pprof tool shows for `args` on the profile.
+    fn pprof(args: &[&str]) -> String {
+        let dir =
+            std::env::temp_dir().join(format!("tp-names-test-{}-{}", std::process::id(), args[0]));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("cpu.pb.gz");
+        std::fs::write(&file, profile().gzipped).expect("write profile");
+        let out = std::process::Command::new(pprof_tool())
+            .args(args)
+            .arg(&file)
+            .env("PPROF_BINARY_PATH", "/nonexistent")
+            .output()
+            .expect("run pprof");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "pprof failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Google's pprof tool shows the readable names unchanged (and the full
+    /// ones when asked for them).
+    #[test]
+    fn google_pprof_shows_the_readable_names() {
+        let traces = pprof(&["-traces"]);
+        // Frame lines: `     30ms   NAME` or `            NAME` (names have
+        // no double space).
+        let frames: Vec<&str> = traces
+            .lines()
+            .filter_map(|l| l.rsplit("  ").next())
+            .map(str::trim)
+            .collect();
+        for (_, shown) in NAMES {
+            assert!(
+                traces.lines().any(|l| l.trim().ends_with(shown)),
+                "pprof -traces does not show `{shown}`:\n{traces}"
+            );
+        }
+        for f in frames {
+            assert!(
+                !f.starts_with("::") && !f.contains("::::") && !f.ends_with("::"),
+                "pprof shows `{f}`:\n{traces}"
+            );
+        }
+        let full = pprof(&["-traces", "-symbolize=demangle=full"]);
+        for (name, _) in NAMES {
+            assert!(
+                full.lines().any(|l| l.trim().ends_with(name)),
+                "pprof -symbolize=demangle=full does not show `{name}`:\n{full}"
+            );
+        }
     }
 }

@@ -16,14 +16,17 @@
 //! - one `Location` per distinct address, with inlined frames as several
 //!   `Line`s (innermost first), and `Mapping`s marked as fully symbolized so
 //!   that no tool tries to symbolize them again;
+//! - each `Function`'s `name` without generic arguments, types kept
+//!   (`<F as core::ops::function::FnOnce>::call_once`), its `system_name`
+//!   the full name, or empty when the two are the same (`names.rs`);
 //! - within Pyroscope's default limits: at most 16000 samples and 4 MiB
 //!   uncompressed per profile (more samples are split over several profiles
 //!   of the same interval) and 1000 frames per stack (the leaf side is kept).
 //!
 //! An interval without samples produces no profile.
 //!
-//! [`proto`] holds the pprof message types; it is public so that tools and
-//! tests can read what the crate writes.
+//! [`proto`] holds the pprof message types, for the crate alone (the
+//! report reads profiles with them); tests decode with their own.
 
 use std::time::SystemTime;
 
@@ -31,9 +34,10 @@ mod aggregate;
 #[cfg(tp_sampler)]
 mod dwarf;
 mod encode;
+mod names;
 #[cfg(test)]
 mod proptests;
-pub mod proto;
+pub(crate) mod proto;
 mod symbolize;
 #[cfg(test)]
 mod tests;

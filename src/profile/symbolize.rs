@@ -19,7 +19,7 @@
 //!   qualified name for it;
 //! - DWARF's bare name (`debug = "line-tables-only"` has nothing else for
 //!   inlined frames), shown without its generic arguments
-//!   ([`frame_name`]): `poll`, not `poll<tokio::runtime::blocking::task::BlockingTask<…>, …>`.
+//!   ([`frame_name`](super::names::frame_name)): `poll`, not `poll<tokio::runtime::blocking::task::BlockingTask<…>, …>`.
 //!   Those arguments name the caller's concrete types, so one function would
 //!   otherwise be as many frames as it has instantiations (closures of
 //!   different callers included), and a flame graph could not merge them.
@@ -97,88 +97,6 @@ pub(crate) fn lookup_address(addr: u64, is_return_address: bool) -> u64 {
     }
 }
 
-#[cfg_attr(
-    not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(tracing_pyroscope_unsupported)
-    )),
-    allow(dead_code)
-)]
-/// `true` if `name` has a path: a `::` outside generic arguments, as in
-/// `tokio::runtime::Runtime::block_on` or `<T as Trait>::call`, and not only
-/// inside them, as in `poll<tokio::time::Sleep>`.
-pub(crate) fn is_qualified(name: &str) -> bool {
-    let mut depth = 0usize;
-    let mut prev = '\0';
-    for c in name.chars() {
-        match c {
-            '<' => depth += 1,
-            // `->` in `fn(A) -> B` closes nothing.
-            '>' if prev != '-' => depth = depth.saturating_sub(1),
-            ':' if prev == ':' && depth == 0 => return true,
-            _ => {}
-        }
-        prev = c;
-    }
-    false
-}
-
-#[cfg_attr(
-    not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(tracing_pyroscope_unsupported)
-    )),
-    allow(dead_code)
-)]
-/// The name a frame is shown with.
-///
-/// Qualified names ([`is_qualified`]) are kept whole: they come from a
-/// linkage name or the symbol table and are the same for every caller. A
-/// bare name (DWARF's `DW_AT_name`, all that `debug = "line-tables-only"`
-/// has for inlined code) loses the generic arguments that follow it:
-/// `call_once<(), tokio::…::{closure_env#0}<…>>` becomes `call_once`,
-/// `{closure#0}<F, ()>` becomes `{closure#0}`. What is left depends only on
-/// the source, so it is the same in every run and for every caller.
-/// Anything else (unbalanced brackets, C++ `operator<`) is kept as it is.
-pub(crate) fn frame_name(name: &str) -> &str {
-    if is_qualified(name) {
-        return name;
-    }
-    let Some(open) = name.find('<').filter(|&i| i > 0) else {
-        return name;
-    };
-    let base = &name[..open];
-    if base.ends_with("operator") {
-        return name;
-    }
-    // The arguments must be one group that closes at the very end.
-    let mut depth = 0usize;
-    let mut prev = '\0';
-    for (i, c) in name[open..].char_indices() {
-        match c {
-            '<' => depth += 1,
-            '>' if prev != '-' => {
-                depth = match depth.checked_sub(1) {
-                    Some(d) => d,
-                    None => return name,
-                };
-                if depth == 0 && open + i + 1 != name.len() {
-                    return name;
-                }
-            }
-            _ => {}
-        }
-        prev = c;
-    }
-    if depth == 0 {
-        base
-    } else {
-        name
-    }
-}
-
 fn hex_frame(addr: u64, file: Arc<str>) -> SymbolFrame {
     SymbolFrame {
         name: Arc::from(format!("0x{addr:x}")),
@@ -234,9 +152,8 @@ mod stub {
 #[cfg(tp_sampler)]
 mod linux {
     use super::super::dwarf::{raw_frames, DebugInfo, RawFrame, Unsupported};
-    use super::{
-        frame_name, hex_frame, is_qualified, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT,
-    };
+    use super::super::names::{frame_name, is_qualified};
+    use super::{hex_frame, ObjectMapping, Resolved, SymbolFrame, CACHE_LIMIT};
     use addr2line::gimli;
     use object::elf::{
         FileHeader32, FileHeader64, ELF_NOTE_GNU, NT_GNU_BUILD_ID, PF_X, PT_LOAD, PT_NOTE,
@@ -770,7 +687,7 @@ mod linux {
             Some(addr2line::demangle_auto(Cow::Borrowed(&name), None).into_owned())
         }
 
-        /// Interns what [`lookup_raw`] found at `svma` of `object` into a
+        /// Interns what the raw lookup found at `svma` of `object` into a
         /// [`Resolved`] (fallbacks included).
         fn build_resolved(
             &mut self,
@@ -1411,94 +1328,5 @@ mod tests {
         assert!(elf_info_of(path_str).is_none());
         std::fs::remove_dir_all(&dir).expect("clean up");
         assert!(elf_info_of(path_str).is_none());
-    }
-}
-
-#[cfg(test)]
-mod name_tests {
-    use super::{frame_name, is_qualified};
-
-    #[test]
-    fn qualified_names_have_a_path_outside_generic_arguments() {
-        for name in [
-            "tokio::runtime::task::harness::Harness<T,S>::poll",
-            "<alloc::boxed::Box<dyn core::ops::function::FnOnce<(), Output = ()> + core::marker::Send> as core::ops::function::FnOnce<()>>::call_once",
-            "<std::sys::thread::unix::Thread>::new::thread_start",
-            "ride_sharing_demo::server::order::{{closure}}",
-            "core::ptr::drop_in_place::<alloc::vec::Vec<u8>>",
-            "std::process::id",
-        ] {
-            assert!(is_qualified(name), "{name}");
-        }
-        for name in [
-            "poll",
-            "{closure#0}",
-            "poll<ride_sharing_demo::server::order::{async_fn#0}::{closure_env#0}, u64>",
-            "call_once<fn(u8) -> core::option::Option<u8>, (u8,)>",
-            "libc.so.6+0x891f4",
-            "0x1234",
-            "",
-            ":x",
-        ] {
-            assert!(!is_qualified(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn bare_names_lose_their_generic_arguments() {
-        let cases = [
-            (
-                "poll<ride_sharing_demo::server::order::{async_fn#0}::{closure_env#0}, u64>",
-                "poll",
-            ),
-            (
-                "{closure#0}<tokio::runtime::blocking::task::BlockingTask<ride_sharing_demo::server::order::{async_fn#0}::{closure_env#0}>, tokio::runtime::blocking::schedule::BlockingSchedule>",
-                "{closure#0}",
-            ),
-            (
-                "call_once<(), std::thread::lifecycle::spawn_unchecked::{closure#1}::{closure_env#0}<F, ()>>",
-                "call_once",
-            ),
-            ("call_once<fn(u8) -> u8, (u8,)>", "call_once"),
-            ("black_box<u64>", "black_box"),
-            ("spec_next<[u8; 4]>", "spec_next"),
-        ];
-        for (name, shown) in cases {
-            assert_eq!(frame_name(name), shown, "{name}");
-        }
-        // Every instantiation of a function is one frame, in every run.
-        assert_eq!(
-            frame_name("poll<tokio::runtime::blocking::task::BlockingTask<A>, S>"),
-            frame_name("poll<B, core::task::poll::Poll<u64>>")
-        );
-    }
-
-    #[test]
-    fn other_names_are_kept_whole() {
-        for name in [
-            // Qualified: linkage or symbol-table names.
-            "tokio::runtime::task::harness::Harness<T,S>::poll",
-            "<alloc::boxed::Box<dyn core::ops::function::FnOnce<()>> as core::ops::function::FnOnce<()>>::call_once",
-            "core::ptr::drop_in_place::<alloc::vec::Vec<u8>>",
-            // Bare names without arguments, fallbacks.
-            "spin",
-            "{closure#0}",
-            "libc.so.6+0x891f4",
-            "0x8",
-            "",
-            // Not one closing group of arguments: left alone.
-            "<lambda>",
-            "foo<int",
-            "foo<a>b",
-            "foo<a>>",
-            "foo<a><b>",
-            // C++ operators.
-            "operator<",
-            "operator<<",
-            "operator<=>",
-            "operator->",
-        ] {
-            assert_eq!(frame_name(name), name);
-        }
     }
 }

@@ -17,7 +17,7 @@
 //!   span's id, like Grafana's embedded flame graph. Each graph lives in its
 //!   own `<iframe srcdoc>` so the graphs' scripts and element ids cannot clash,
 //!   and it is created only when opened. To keep the page small, only the
-//!   [`MAX_SPAN_FLAME_GRAPHS`] heaviest spans get one (the page says so).
+//!   200 heaviest spans get one (the page says so).
 //! - **A flame graph per service**, from all of that service's samples.
 //! - **A flame graph per span-label value** (`vehicle=car`, `vehicle=bike`,
 //!   …), for each span field listed in `PYROSCOPE_SPAN_LABELS`.
@@ -35,6 +35,10 @@
 //! # Ok::<(), tracing_pyroscope::Error>(())
 //! ```
 //!
+//! From a shell, the `tracing-pyroscope-report DIR` command (feature `cli`:
+//! `cargo install tracing-pyroscope --features cli`) does the same and
+//! writes `DIR/report.html`.
+//!
 //! The report tolerates what a live directory may hold: a partial last line
 //! in `spans.jsonl` (the service may still be writing), temporary files, and
 //! unreadable profiles, which are skipped and listed on the page.
@@ -50,11 +54,11 @@ mod load;
 
 /// At most this many spans (the heaviest by CPU samples) get their own flame
 /// graph in the report; the page says how many were left out.
-pub const MAX_SPAN_FLAME_GRAPHS: usize = 200;
+pub(crate) const MAX_SPAN_FLAME_GRAPHS: usize = 200;
 
 /// At most this many trace rows are written (the heaviest by CPU); the page
 /// says how many were left out.
-pub const MAX_TRACE_ROWS: usize = 5000;
+pub(crate) const MAX_TRACE_ROWS: usize = 5000;
 
 /// What [`write_report`] found and wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +80,7 @@ pub struct ReportSummary {
     pub samples: u64,
     /// Samples that carry a `span_id` label.
     pub samples_with_span: u64,
-    /// Per-span flame graphs written (at most [`MAX_SPAN_FLAME_GRAPHS`]).
+    /// Per-span flame graphs written (at most 200, the heaviest spans).
     pub span_flame_graphs: usize,
     /// The HTML file written.
     pub path: PathBuf,

@@ -166,7 +166,7 @@ impl SampleBuffer {
     }
 
     /// Publishes a claimed slot to the consumer, and wakes the drain thread
-    /// if a quarter of the buffer is waiting and it sleeps.
+    /// if 1/16 of the buffer (`WAKE_FRACTION`) is waiting and it sleeps.
     /// Async-signal-safe: atomics and at most one `FUTEX_WAKE`.
     #[inline]
     pub(crate) fn publish(&self, claim: Claim) {

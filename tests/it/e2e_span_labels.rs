@@ -14,7 +14,7 @@
 use crate::cpu_clock;
 use crate::pprof_tool;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use cpu_clock::BURN_CPU_NANOS;
 use tracing::Instrument;
-use tracing_pyroscope::context;
 use tracing_subscriber::prelude::*;
 
 const RATE: u32 = 250;
@@ -76,9 +75,27 @@ const TASK_BURNERS: [Burner; 16] = [
     ("burn_vehicle_15", burn_vehicle_15),
 ];
 
+/// What a profiled run left in its directory.
+struct Profiled {
+    /// Every pprof trace written.
+    traces: Vec<pprof_tool::Trace>,
+    /// The span index (`spans.jsonl`): root span name → the span ids it
+    /// recorded under that name.
+    roots: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Profiled {
+    /// The one span id of the root span `name`.
+    fn root_id(&self, name: &str) -> &str {
+        let ids = &self.roots[name];
+        assert_eq!(ids.len(), 1, "{name}: {ids:?}");
+        ids.iter().next().map(String::as_str).unwrap_or_default()
+    }
+}
+
 /// Runs `work` under a profiled subscriber listing `vehicle` and `region`
-/// as span labels, and returns every pprof trace written.
-fn profile(name: &str, work: impl FnOnce()) -> Vec<pprof_tool::Trace> {
+/// as span labels, and returns what it wrote.
+fn profile(name: &str, work: impl FnOnce()) -> Profiled {
     let _turn = ONE_PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let dir: PathBuf =
         std::env::temp_dir().join(format!("tp-span-labels-{name}-{}", std::process::id()));
@@ -97,8 +114,34 @@ fn profile(name: &str, work: impl FnOnce()) -> Vec<pprof_tool::Trace> {
     assert_eq!(stats.span_label_overflows, 0, "{stats:?}");
     assert_eq!(stats.label_set_overflows, 0, "{stats:?}");
     let traces = read(&dir);
+    let roots = span_index(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    traces
+    Profiled { traces, roots }
+}
+
+/// The span index the profiler wrote (`spans*.jsonl`), as root span name →
+/// span ids.
+fn span_index(dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut roots: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("the profiles directory") {
+        let path = entry.expect("a directory entry").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !(name.starts_with("spans") && name.ends_with(".jsonl")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path)
+            .expect("the span index")
+            .lines()
+        {
+            let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let field = |k: &str| record[k].as_str().unwrap_or_default().to_string();
+            roots
+                .entry(field("name"))
+                .or_default()
+                .insert(field("span_id"));
+        }
+    }
+    roots
 }
 
 fn read(dir: &Path) -> Vec<pprof_tool::Trace> {
@@ -138,18 +181,13 @@ fn all_samples_carry(traces: &[pprof_tool::Trace], function: &str, labels: &str,
     );
 }
 
-fn hex(id: u64) -> String {
-    format!("{id:016x}")
-}
-
 #[test]
 fn concurrent_tokio_roots_each_carry_their_own_value_and_id() {
     isolated!();
     const BURSTS: usize = 40;
     const BURST_NANOS: u64 = 3_000_000;
-    let ids: Mutex<HashMap<usize, u64>> = Mutex::new(HashMap::new());
     let mut burnt_nanos = 0;
-    let traces = profile("tokio", || {
+    let profiled = profile("tokio", || {
         // Under the profiler's turn: no other test burns now.
         BURN_CPU_NANOS.store(0, Ordering::Relaxed);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -158,7 +196,6 @@ fn concurrent_tokio_roots_each_carry_their_own_value_and_id() {
             .build()
             .unwrap();
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-        let ids = &ids;
         runtime.block_on(async {
             let tasks: Vec<_> = TASK_BURNERS
                 .iter()
@@ -181,7 +218,7 @@ fn concurrent_tokio_roots_each_carry_their_own_value_and_id() {
                             }
                             tokio::task::yield_now().await;
                         }
-                        (context::current().span_id, workers.len())
+                        workers.len()
                     };
                     tokio::spawn(tracing::instrument::WithSubscriber::with_subscriber(
                         task.instrument(root),
@@ -190,26 +227,36 @@ fn concurrent_tokio_roots_each_carry_their_own_value_and_id() {
                 })
                 .collect();
             let mut hopped = 0;
-            for (i, t) in tasks.into_iter().enumerate() {
-                let (span_id, workers) = t.await.unwrap();
-                assert_ne!(span_id, 0);
+            for t in tasks {
+                let workers = t.await.unwrap();
                 hopped += usize::from(workers > 1);
-                ids.lock().unwrap().insert(i, span_id);
             }
             assert!(hopped > 0, "no task ran on both workers");
         });
         burnt_nanos = BURN_CPU_NANOS.load(Ordering::Relaxed);
     });
-    let ids = ids.into_inner().unwrap();
+    let traces = &profiled.traces;
+    // Each task's samples carry one span id: one of the recorded roots',
+    // and no other task's.
+    let roots = &profiled.roots["vehicle_task"];
+    assert_eq!(roots.len(), TASK_BURNERS.len(), "{roots:?}");
+    let mut used = BTreeSet::new();
     let mut total = 0;
     for (i, (name, _)) in TASK_BURNERS.iter().enumerate() {
-        let seen = by_labels(&traces, name);
+        let seen = by_labels(traces, name);
         let n: u64 = seen.values().sum();
         total += n;
+        let id = traces
+            .iter()
+            .find(|t| t.frames.iter().any(|f| f.contains(name)))
+            .and_then(|t| t.labels.get("span_id"))
+            .unwrap_or_else(|| panic!("{name}: no sample with a span id ({seen:?})"));
+        assert!(roots.contains(id), "{name}: {id} is no recorded root");
+        assert!(used.insert(id.clone()), "{name}: {id} shared by two tasks");
         all_samples_carry(
-            &traces,
+            traces,
             name,
-            &format!("span_id={} vehicle=vehicle-{i:02}", hex(ids[&i])),
+            &format!("span_id={id} vehicle=vehicle-{i:02}"),
             5,
         );
     }
@@ -224,24 +271,22 @@ fn concurrent_tokio_roots_each_carry_their_own_value_and_id() {
 #[test]
 fn the_nearest_span_wins() {
     isolated!();
-    let mut root_id = 0;
-    let traces = profile("nested", || {
+    let profiled = profile("nested", || {
         let root = tracing::info_span!("order", vehicle = "car", region = "eu");
         root.in_scope(|| {
-            root_id = context::current().span_id;
             burn_outer(150_000_000);
             tracing::info_span!("leg", vehicle = "bike").in_scope(|| burn_inner(150_000_000));
         });
     });
-    let id = hex(root_id);
+    let (traces, id) = (&profiled.traces, profiled.root_id("order"));
     all_samples_carry(
-        &traces,
+        traces,
         "burn_outer",
         &format!("region=eu span_id={id} vehicle=car"),
         10,
     );
     all_samples_carry(
-        &traces,
+        traces,
         "burn_inner",
         &format!("region=eu span_id={id} vehicle=bike"),
         10,
@@ -251,40 +296,32 @@ fn the_nearest_span_wins() {
 #[test]
 fn span_record_after_creation() {
     isolated!();
-    let mut ids = (0, 0);
-    let traces = profile("record", || {
+    let profiled = profile("record", || {
         // Recorded before the first enter.
         let early = tracing::info_span!("early", vehicle = tracing::field::Empty);
         early.record("vehicle", "scooter");
-        early.in_scope(|| {
-            ids.0 = context::current().span_id;
-            burn_recorded_early(150_000_000);
-        });
+        early.in_scope(|| burn_recorded_early(150_000_000));
         // Recorded while entered: applies at once.
         let late = tracing::info_span!("late", vehicle = tracing::field::Empty);
         late.in_scope(|| {
-            ids.1 = context::current().span_id;
             burn_before_record(150_000_000);
             tracing::Span::current().record("vehicle", "car");
             burn_after_record(150_000_000);
         });
     });
+    let traces = &profiled.traces;
+    let (early, late) = (profiled.root_id("early"), profiled.root_id("late"));
     all_samples_carry(
-        &traces,
+        traces,
         "burn_recorded_early",
-        &format!("span_id={} vehicle=scooter", hex(ids.0)),
+        &format!("span_id={early} vehicle=scooter"),
         10,
     );
+    all_samples_carry(traces, "burn_before_record", &format!("span_id={late}"), 10);
     all_samples_carry(
-        &traces,
-        "burn_before_record",
-        &format!("span_id={}", hex(ids.1)),
-        10,
-    );
-    all_samples_carry(
-        &traces,
+        traces,
         "burn_after_record",
-        &format!("span_id={} vehicle=car", hex(ids.1)),
+        &format!("span_id={late} vehicle=car"),
         10,
     );
 }
@@ -292,22 +329,19 @@ fn span_record_after_creation() {
 #[test]
 fn a_child_field_labels_its_samples_under_root_scope() {
     isolated!();
-    let mut root_id = 0;
-    let traces = profile("child", || {
+    let profiled = profile("child", || {
         let root = tracing::info_span!("request");
         root.in_scope(|| {
-            root_id = context::current().span_id;
             burn_in_root(150_000_000);
-            tracing::info_span!("dispatch", vehicle = "bike").in_scope(|| {
-                assert_eq!(context::current().span_id, root_id, "scope root");
-                burn_in_child(150_000_000);
-            });
+            tracing::info_span!("dispatch", vehicle = "bike")
+                .in_scope(|| burn_in_child(150_000_000));
         });
     });
-    let id = hex(root_id);
-    all_samples_carry(&traces, "burn_in_root", &format!("span_id={id}"), 10);
+    // Under the root scope the child carries the root's id.
+    let (traces, id) = (&profiled.traces, profiled.root_id("request"));
+    all_samples_carry(traces, "burn_in_root", &format!("span_id={id}"), 10);
     all_samples_carry(
-        &traces,
+        traces,
         "burn_in_child",
         &format!("span_id={id} vehicle=bike"),
         10,

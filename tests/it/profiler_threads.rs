@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::pprof::Profile;
 use cpu_clock::thread_cpu_nanos;
-use tracing_pyroscope::context::{self, SpanLabels};
+use tracing_pyroscope::context;
 
 const COLLECTOR: &str = "tracing-pyroscope: collector (pyroscope-collect)";
 const TIMERS: &str = "tracing-pyroscope: timer manager (pyroscope-timer)";
@@ -65,13 +65,14 @@ fn samples_on_profiler_threads_start_with_a_frame_naming_the_thread() {
         .profiles_dir(&dir)
         .sample_rate(1000)
         .upload_interval(Duration::from_millis(100))
+        .span_labels(["mark"])
         .build()
         .expect("start profiler");
     let saw_collector = common::wait_until(Duration::from_secs(30), || {
         let worker = std::thread::spawn(|| {
-            let previous = context::replace(SpanLabels::new(0x5eed, 0, 0));
-            black_box(program_work(200_000_000));
-            context::replace(previous);
+            context::with_labels(&[("mark", "program")], || {
+                black_box(program_work(200_000_000));
+            });
         });
         worker.join().expect("worker");
         stacks(&dir)
@@ -117,7 +118,7 @@ fn samples_on_profiler_threads_start_with_a_frame_naming_the_thread() {
             assert!(!has("tracing_pyroscope::sampler::manage"), "{stack:?}");
         }
         if has("program_work") {
-            assert_eq!(keys, ["span_id"], "{stack:?}");
+            assert_eq!(keys, ["mark"], "{stack:?}");
         }
     }
     assert!(

@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
 use prost::Message;
-use tracing_pyroscope::profile::proto;
 use tracing_pyroscope::report::{write_report, ReportSummary};
+
+// The test's own pprof messages, not the crate's: the profiles here are
+// written independently of the encoder.
+#[allow(dead_code, unreachable_pub)]
+#[path = "common/pprof.rs"]
+mod pprof;
+use pprof as proto;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SPAN_A: &str = "00f067aa0ba902b7";
@@ -68,7 +74,6 @@ impl ProfileBuilder {
             name: name_id,
             system_name: name_id,
             filename: 0,
-            start_line: 0,
         });
         self.functions.insert(name.to_string(), id);
         id
@@ -82,7 +87,6 @@ impl ProfileBuilder {
             .map(|f| proto::Line {
                 function_id: self.function(f),
                 line: 1,
-                column: 0,
             })
             .collect();
         self.profile.location.push(proto::Location {
@@ -90,7 +94,6 @@ impl ProfileBuilder {
             mapping_id: 0,
             address: 0x1000 + id,
             line,
-            is_folded: false,
         });
         id
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cpu_clock::thread_cpu_nanos;
-use tracing_pyroscope::context::{self, SpanLabels};
+use tracing_pyroscope::context;
 
 /// One profiler per process: the tests take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -102,9 +102,9 @@ struct SlowToDrop(u64);
 
 impl Drop for SlowToDrop {
     fn drop(&mut self) {
-        let previous = context::replace(SpanLabels::new(0x7d70_0000 + self.0, 0, 0));
-        black_box(burn_in_tls_destructor(30_000_000, self.0));
-        context::replace(previous);
+        context::with_labels(&[("mark", "teardown")], || {
+            black_box(burn_in_tls_destructor(30_000_000, self.0));
+        });
     }
 }
 
@@ -127,6 +127,7 @@ fn samples_during_thread_local_teardown_are_harmless() {
         .profiles_dir(&dir)
         .sample_rate(1000)
         .upload_interval(Duration::from_secs(60))
+        .span_labels(["mark"])
         .build()
         .expect("start profiler");
     for round in 0..8u64 {
@@ -147,10 +148,7 @@ fn samples_during_thread_local_teardown_are_harmless() {
     let (mut in_teardown, mut rooted) = (0u64, 0u64);
     for file in pprof_tool::profile_files(&dir) {
         for tr in pprof_tool::traces(&file) {
-            let labelled = tr
-                .labels
-                .get("span_id")
-                .is_some_and(|id| id.starts_with("000000007d70"));
+            let labelled = tr.labels.get("mark").is_some_and(|v| v == "teardown");
             if labelled
                 && tr
                     .frames

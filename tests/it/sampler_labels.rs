@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use tracing_pyroscope::context::{self, SpanLabels};
+use tracing_pyroscope::context;
 
 /// Serialises the tests: one profiler per process.
 static ONE_PROFILER: Mutex<()> = Mutex::new(());
@@ -57,10 +57,6 @@ const FUNCS: [Burner; 3] = [
     ("burn_gamma", burn_gamma),
 ];
 
-fn span_id(thread: u64, func: usize) -> u64 {
-    0x1000_0000_0000_0000 | (thread << 8) | func as u64
-}
-
 fn start(
     dir: &Path,
     rate: u32,
@@ -72,6 +68,11 @@ fn start(
         .profiles_dir(dir)
         .sample_rate(rate)
         .upload_interval(Duration::from_secs(1))
+        // Samples are marked with `func` (which burn function) and
+        // `thread`, through the public `context::with_labels`.
+        .span_labels(["func", "thread"])
+        .max_span_names(500)
+        .max_span_label_values(500)
         .build()
         .expect("start profiler")
 }
@@ -99,10 +100,10 @@ fn labels_are_exact_at_sample_time() {
                 let begin = thread_cpu_nanos();
                 for round in 0..300usize {
                     let f = (round + t as usize) % 3;
-                    let name = context::intern_name(FUNCS[f].0);
-                    let prev = context::replace(SpanLabels::new(span_id(t, f), 0, name));
-                    (FUNCS[f].1)(3_000_000);
-                    context::replace(prev);
+                    let thread = t.to_string();
+                    context::with_labels(&[("func", FUNCS[f].0), ("thread", &thread)], || {
+                        (FUNCS[f].1)(3_000_000);
+                    });
                     unlabelled_gap(300_000);
                 }
                 *cpu.lock().unwrap() += thread_cpu_nanos() - begin;
@@ -121,14 +122,12 @@ fn labels_are_exact_at_sample_time() {
     let mut total = 0u64;
     for tr in &traces {
         total += tr.count;
-        for (f, (name, _)) in FUNCS.iter().enumerate() {
+        for (name, _) in &FUNCS {
             if tr.frames.iter().any(|fr| fr.contains(name)) {
                 let e = by_func.entry(name).or_default();
                 e.1 += tr.count;
-                let right = tr.labels.get("span_id").is_some_and(|id| {
-                    let id = u64::from_str_radix(id, 16).unwrap();
-                    id & 0xff == f as u64 && id >> 60 == 1
-                }) && tr.labels.get("span_name").map(String::as_str) == Some(*name);
+                let right = tr.labels.get("func").map(String::as_str) == Some(*name)
+                    && tr.labels.contains_key("thread");
                 if right {
                     e.0 += tr.count;
                 }
@@ -136,7 +135,7 @@ fn labels_are_exact_at_sample_time() {
         }
         if tr.frames.iter().any(|fr| fr.contains("unlabelled_gap")) {
             assert!(
-                !tr.labels.contains_key("span_id"),
+                !tr.labels.contains_key("func") && !tr.labels.contains_key("thread"),
                 "unlabelled work carries a span label: {tr:?}"
             );
         }
@@ -189,9 +188,9 @@ fn busy_threads_are_sampled_in_proportion_to_their_cpu_time() {
             std::thread::spawn(move || {
                 barrier.wait();
                 let begin = thread_cpu_nanos();
-                context::replace(SpanLabels::new(0x2000 + t, 0, 0));
-                burn_alpha(1_000_000_000 + t * 100_000_000);
-                context::replace(SpanLabels::NONE);
+                context::with_labels(&[("thread", &t.to_string())], || {
+                    burn_alpha(1_000_000_000 + t * 100_000_000);
+                });
                 thread_cpu_nanos() - begin
             })
         })
@@ -207,15 +206,13 @@ fn busy_threads_are_sampled_in_proportion_to_their_cpu_time() {
     let traces = all_traces(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     for tr in traces {
-        if let Some(id) = tr.labels.get("span_id") {
-            *counts
-                .entry(u64::from_str_radix(id, 16).unwrap())
-                .or_default() += tr.count;
+        if let Some(t) = tr.labels.get("thread") {
+            *counts.entry(t.parse().unwrap()).or_default() += tr.count;
         }
     }
     for t in 0..threads {
         let expected = cpu[t as usize] as f64 * rate as f64 / 1e9;
-        let got = counts.get(&(0x2000 + t)).copied().unwrap_or(0) as f64;
+        let got = counts.get(&t).copied().unwrap_or(0) as f64;
         println!(
             "thread {t}: {got} samples, expected {expected:.1} ({:+.1}%)",
             (got / expected - 1.0) * 100.0

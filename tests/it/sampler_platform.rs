@@ -1,10 +1,10 @@
 //! Where the sampler cannot run (not Linux, an architecture other than
 //! x86_64 and aarch64, or forced with `--cfg tracing_pyroscope_unsupported`)
-//! the crate still builds and starts: an inert layer that leaves the thread
-//! slot alone, and a guard that says profiling is off. Where it runs, the
-//! same call starts it. CI runs this file both ways.
+//! the crate still builds and starts: an inert layer, and a guard that says
+//! profiling is off and counts nothing. Where it runs, the same call starts
+//! it. CI runs this file both ways. (That an inert layer leaves the thread
+//! slot alone is a unit test of the layer.)
 
-use tracing_pyroscope::context;
 use tracing_subscriber::prelude::*;
 
 /// The platforms the sampler supports, as the crate decides it.
@@ -23,12 +23,7 @@ fn the_guard_tells_whether_profiling_runs_on_this_platform() {
     let subscriber = tracing_subscriber::registry().with(layer);
     tracing::subscriber::with_default(subscriber, || {
         let span = tracing::info_span!("platform");
-        let before = context::current();
-        span.in_scope(|| {
-            // An active layer labels the thread; an inert one leaves it.
-            assert_eq!(context::current() != before, SUPPORTED);
-        });
-        assert_eq!(context::current(), before);
+        span.in_scope(|| std::hint::black_box((0..1000u64).sum::<u64>()));
     });
     if !SUPPORTED {
         assert_eq!(guard.stats(), tracing_pyroscope::Stats::default());

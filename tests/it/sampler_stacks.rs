@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tracing_pyroscope::context::{self, SpanLabels};
+use tracing_pyroscope::context;
 
 #[inline(never)]
 fn chain_outer(nanos: u64) -> u64 {
@@ -48,14 +48,15 @@ fn known_call_chain_is_unwound_in_order() {
         .profiles_dir(&dir)
         .sample_rate(500)
         .upload_interval(Duration::from_secs(60))
+        .span_labels(["mark"])
         .build()
         .expect("start profiler");
     let worker = std::thread::Builder::new()
         .name("chain".into())
         .spawn(|| {
-            context::replace(SpanLabels::new(0xabcdef, 0, 0));
-            black_box(chain_outer(1_500_000_000));
-            context::replace(SpanLabels::NONE);
+            context::with_labels(&[("mark", "chain")], || {
+                black_box(chain_outer(1_500_000_000));
+            });
         })
         .unwrap();
     worker.join().unwrap();
@@ -65,7 +66,7 @@ fn known_call_chain_is_unwound_in_order() {
     let mut full_chain = 0u64;
     for file in pprof_tool::profile_files(&dir) {
         for tr in pprof_tool::traces(&file) {
-            if tr.labels.get("span_id").map(String::as_str) != Some("0000000000abcdef") {
+            if tr.labels.get("mark").map(String::as_str) != Some("chain") {
                 continue;
             }
             let Some(i) = tr.frames.iter().position(|f| f.contains("chain_inner")) else {
@@ -152,6 +153,7 @@ fn a_thread_nearly_out_of_stack_is_sampled_without_overflowing_it() {
         .profiles_dir(&dir)
         .sample_rate(1000)
         .upload_interval(Duration::from_secs(60))
+        .span_labels(["mark"])
         .build()
         .expect("start profiler");
     // 6 KiB left at the leaf: room for the kernel's signal frame (AVX-512
@@ -160,10 +162,10 @@ fn a_thread_nearly_out_of_stack_is_sampled_without_overflowing_it() {
         .name("low-stack".into())
         .stack_size(128 * 1024)
         .spawn(|| {
-            context::replace(SpanLabels::new(0x10_5ac4, 0, 0));
-            let bottom = stack_bottom();
-            black_box(descend(bottom, 6 * 1024, 500_000_000));
-            context::replace(SpanLabels::NONE);
+            context::with_labels(&[("mark", "low-stack")], || {
+                let bottom = stack_bottom();
+                black_box(descend(bottom, 6 * 1024, 500_000_000));
+            });
         })
         .unwrap();
     worker.join().expect("the low-stack thread survived");
@@ -171,7 +173,7 @@ fn a_thread_nearly_out_of_stack_is_sampled_without_overflowing_it() {
     let mut samples = 0;
     for file in pprof_tool::profile_files(&dir) {
         for tr in pprof_tool::traces(&file) {
-            if tr.labels.get("span_id").map(String::as_str) == Some("0000000000105ac4") {
+            if tr.labels.get("mark").map(String::as_str) == Some("low-stack") {
                 samples += tr.count;
             }
         }

@@ -11,14 +11,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing_pyroscope::context::{self, SpanLabels};
+use tracing_pyroscope::context;
 
 use crate::dl_fixture;
 use crate::pprof_tool;
 
-/// Span id prefix of work running in just-loaded libraries: until the next
-/// scan rebuilds the unwinder, its stacks may be cut (see sampler::unwind).
-const FRESH_CODE: u64 = 0xd1c0_0000;
+/// The `mark` label of work running in just-loaded libraries: until the
+/// next scan rebuilds the unwinder, its stacks may be cut (see
+/// sampler::unwind).
+const FRESH_CODE: &str = "fresh-code";
+
+/// The `mark` labels the malloc-heavy workers switch between.
+const CHURN: [&str; 7] = ["c0", "c1", "c2", "c3", "c4", "c5", "c6"];
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -47,6 +51,7 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
         .profiles_dir(&dir)
         .sample_rate(1000)
         .upload_interval(Duration::from_secs(1))
+        .span_labels(["mark", "worker"])
         .build()
         .expect("start profiler");
 
@@ -66,9 +71,9 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
         handles.push(std::thread::spawn(move || {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let prev = context::replace(SpanLabels::new(FRESH_CODE + i as u64, 0, 0));
-                dl_fixture::load_run_unload(&libs[i % libs.len()], 3_000_000);
-                context::replace(prev);
+                context::with_labels(&[("mark", FRESH_CODE)], || {
+                    dl_fixture::load_run_unload(&libs[i % libs.len()], 3_000_000);
+                });
                 cycles.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
@@ -103,17 +108,19 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     for t in 0..4u64 {
         let stop = stop.clone();
         handles.push(std::thread::spawn(move || {
+            let worker = t.to_string();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let prev = context::replace(SpanLabels::new(0x5000 + (n % 7) + t * 16, 0, 0));
-                let mut v: Vec<Box<[u8]>> = Vec::with_capacity(64);
-                for i in 0..64 {
-                    v.push(vec![i as u8; 16 + (i * 37 + n as usize) % 4000].into_boxed_slice());
-                }
-                let s: String = v.iter().map(|b| b.len().to_string()).collect();
-                black_box(&s);
-                drop(v);
-                context::replace(prev);
+                let labels = [("mark", CHURN[(n % 7) as usize]), ("worker", &*worker)];
+                context::with_labels(&labels, || {
+                    let mut v: Vec<Box<[u8]>> = Vec::with_capacity(64);
+                    for i in 0..64 {
+                        v.push(vec![i as u8; 16 + (i * 37 + n as usize) % 4000].into_boxed_slice());
+                    }
+                    let s: String = v.iter().map(|b| b.len().to_string()).collect();
+                    black_box(&s);
+                    drop(v);
+                });
                 n += 1;
             }
         }));
@@ -282,9 +289,7 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
         if rooted && !entry {
             teardown += tr.count;
         }
-        let in_fresh_code = tr.labels.get("span_id").is_some_and(|id| {
-            u64::from_str_radix(id, 16).is_ok_and(|id| id & !0xffff == FRESH_CODE)
-        });
+        let in_fresh_code = tr.labels.get("mark").is_some_and(|v| v == FRESH_CODE);
         if in_fresh_code {
             fresh += tr.count;
             fresh_cut += if rooted { 0 } else { tr.count };

@@ -48,16 +48,8 @@
 //! sent before shutdown began is abandoned at the deadline (the thread is
 //! left to finish it alone). What was not accepted is counted as dropped.
 //!
-//! # Why not the `pyroscope` crate's agent
-//!
-//! pyroscope 2.1.5's `SessionManager` pushes with a blocking `send` into its
-//! queue (a slow server blocks the agent's report thread), never retries
-//! (no backoff, no 429 `Retry-After`), uses a fixed 10 s timeout per request
-//! with no overall shutdown bound (queued sessions are each tried in turn
-//! before the agent's `shutdown` returns), and its URL join can panic on an
-//! unusual base URL. Its `Backend` API would also make us run its timer and
-//! report threads next to our own collector. The request format is small, so
-//! we speak it directly.
+//! Why the crate speaks the protocol itself rather than through the
+//! `pyroscope` crate's agent: `docs/server.md`.
 //!
 //! # Files
 //!

@@ -1,13 +1,14 @@
 // Runs in each flame graph's document right after inferno's own script
 // (the page holds both once; see src/report/html/flame.rs).
 //
-// Frame labels. inferno labels each frame with its full name (taken from the
+// Frame labels. inferno labels each frame with its whole name (taken from the
 // frame's <title>) cut to the frame's width. Here a label never shows generic
-// arguments, and when a name is still too wide for its frame, its leading
-// path segments (the module path) go first, then the rest is cut at the
-// right with "..". Only the label changes: the <title> (the tooltip, the
-// details line and what search matches) keeps the full name, as do the pprof
-// files.
+// arguments (the pprof files name functions without them, but a file from
+// another writer may have them), and when a name is still too wide for its
+// frame, its leading path segments (the module path) go first, then the rest
+// is cut at the right with "..". Only the label changes: the <title> (the
+// tooltip, the details line and what search matches) keeps the whole name,
+// as the pprof file gives it.
 
 // An about:srcdoc page may not rewrite its URL, so inferno's "keep zoom and
 // search state in the URL" becomes a no-op rather than an error.

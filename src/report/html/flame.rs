@@ -7,10 +7,13 @@
 //! [`INFERNO_JS_MARKER`] in its place; the page's script puts it back when a
 //! graph is first opened (the `data-srcdoc` attribute becomes `srcdoc`).
 //!
-//! Like Grafana's, the graphs are drawn root at the top (icicle). Frame
-//! labels are shortened for display only (`assets/flame.js`): no generic
-//! arguments, and the module path dropped when a frame is narrow; each
-//! frame's `<title>` (tooltip, details line, search) keeps the full name.
+//! Like Grafana's, the graphs are drawn root at the top (icicle). Frames
+//! are named as the pprof files name their functions: without generic
+//! arguments, types kept (`profile/names.rs`). Frame labels are shortened
+//! for display only (`assets/flame.js`): the module path dropped when a
+//! frame is narrow (and generic arguments, should a file still have them);
+//! each frame's `<title>` (tooltip, details line, search) keeps the whole
+//! name.
 
 use std::fmt::Write as _;
 
@@ -30,7 +33,7 @@ const SRCDOC_HEAD: &str = concat!(
 );
 
 /// Appended to inferno's script in every graph: shorter frame labels (the
-/// full names stay in the frames' titles) and a URL-state no-op.
+/// whole names stay in the frames' titles) and a URL-state no-op.
 const FLAME_JS: &str = include_str!("../assets/flame.js");
 
 /// Writes flame-graph panels; keeps inferno's script, which every graph
