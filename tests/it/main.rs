@@ -31,6 +31,7 @@ mod e2e_span_labels;
 mod e2e_tokio_labels;
 mod e2e_traces_to_profiles;
 mod local_limits;
+mod no_span_warning;
 mod profiler_threads;
 mod pyroscope_double;
 mod report;

@@ -12,9 +12,7 @@ use tracing_pyroscope::report::{write_report, ReportSummary};
 
 // The test's own pprof messages, not the crate's: the profiles here are
 // written independently of the encoder.
-#[allow(dead_code, unreachable_pub)]
-#[path = "common/pprof.rs"]
-mod pprof;
+use crate::common::pprof;
 use pprof as proto;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -69,7 +69,7 @@ fn child(level: &str) -> String {
     let out = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "child_process",
+            "no_span_warning::child_process",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -101,6 +101,7 @@ fn child_process() {
 
 #[test]
 fn spans_hidden_by_a_global_filter_give_one_warning() {
+    isolated!();
     let log = child("debug");
     assert_eq!(log.matches(WARNING).count(), 1, "{log}");
     let warning = log
@@ -123,6 +124,7 @@ fn spans_hidden_by_a_global_filter_give_one_warning() {
 
 #[test]
 fn spans_that_pass_the_filter_give_no_warning() {
+    isolated!();
     let log = child("info");
     assert_eq!(log.matches(WARNING).count(), 0, "{log}");
 }
