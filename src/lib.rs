@@ -34,6 +34,7 @@ pub mod context;
 mod error;
 mod export;
 mod layer;
+mod maps;
 pub mod profile;
 pub mod report;
 #[cfg(tp_sampler)]

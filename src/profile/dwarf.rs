@@ -604,13 +604,11 @@ impl DebugInfo {
     }
 
     /// `true` while unit contexts or chunks are held.
-    #[cfg(test)]
     pub(crate) fn holds(&self) -> bool {
         self.store.is_some() || !self.contexts.is_empty()
     }
 
     /// Bytes of the file held right now.
-    #[cfg(test)]
     pub(crate) fn bytes_held(&self) -> usize {
         self.store
             .as_ref()
