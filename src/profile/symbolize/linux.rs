@@ -148,7 +148,7 @@ fn open_verified(
 /// build id is the same, else the `.gnu_debuglink` file (next to `path`,
 /// in its `.debug/`, or under `<root>` + its directory) if its CRC-32 is
 /// the one the link gives.
-fn separate_debug_file(
+pub(super) fn separate_debug_file(
     root: &Path,
     path: &str,
     open_path: &str,
@@ -173,6 +173,23 @@ fn separate_debug_file(
         .and_then(|c| c.to_str().map(Arc::from))
 }
 
+/// The DWARF of the object at `source` (shown as `path`): its own, else
+/// that of its separate debug file ([`separate_debug_file`]).
+pub(super) fn open_debug_info(
+    root: &Path,
+    path: &str,
+    source: &Arc<str>,
+    build_id: Option<&str>,
+) -> Result<DebugInfo, Unsupported> {
+    match DebugInfo::open(source) {
+        Err(Unsupported::NoDwarf) => match separate_debug_file(root, path, source, build_id) {
+            Some(debug) => DebugInfo::open(&debug),
+            None => Err(Unsupported::NoDwarf),
+        },
+        other => other,
+    }
+}
+
 /// Lowercase hex.
 fn hex(bytes: &[u8]) -> Arc<str> {
     Arc::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
@@ -186,6 +203,8 @@ pub(crate) struct Symbolizer {
     /// The loaded images with their build ids (from memory).
     images: Option<fn() -> Vec<LoadedImage>>,
     debug_root: PathBuf,
+    /// Addresses cached at most (both generations).
+    cache_limit: usize,
     last_maps_read: Option<Instant>,
     /// Resolved addresses, newest generation; [`old`](Self::old) holds
     /// the one before. A hit in the old one moves to the new one; when the
@@ -239,6 +258,7 @@ impl Symbolizer {
             objects: HashMap::new(),
             images: None,
             debug_root: PathBuf::from(DEBUG_ROOT),
+            cache_limit: CACHE_LIMIT,
             last_maps_read: None,
             cache: HashMap::new(),
             old: HashMap::new(),
@@ -262,11 +282,10 @@ impl Symbolizer {
         }
     }
 
-    /// Looks for separate debug files under `root` instead of
-    /// `/usr/lib/debug`.
+    /// A symbolizer whose address cache holds at most `limit` entries.
     #[cfg(test)]
-    pub(crate) fn with_debug_root(mut self, root: PathBuf) -> Self {
-        self.debug_root = root;
+    pub(crate) fn with_cache_limit(mut self, limit: usize) -> Self {
+        self.cache_limit = limit;
         self
     }
 
@@ -277,7 +296,7 @@ impl Symbolizer {
     }
 
     /// Cached addresses dropped to keep the cache within [`CACHE_LIMIT`].
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn evictions(&self) -> u64 {
         self.evictions
     }
@@ -292,7 +311,7 @@ impl Symbolizer {
     }
 
     fn insert(&mut self, probe: u64, resolved: Arc<Resolved>) {
-        if self.cache.len() >= CACHE_LIMIT / 2 {
+        if self.cache.len() >= self.cache_limit / 2 {
             let dropped = std::mem::replace(&mut self.old, std::mem::take(&mut self.cache));
             self.evictions += dropped.len() as u64;
             drop(dropped);
@@ -498,12 +517,6 @@ impl Symbolizer {
             .count()
     }
 
-    /// Objects known (mapped in the last maps read).
-    #[cfg(test)]
-    pub(crate) fn objects(&self) -> usize {
-        self.objects.len()
-    }
-
     /// Number of cached addresses (for tests and stats).
     #[cfg(test)]
     pub(crate) fn cached(&self) -> usize {
@@ -629,16 +642,8 @@ impl Symbolizer {
         };
         file.used = interval;
         let dwarf = file.dwarf.get_or_insert_with(|| {
-            match DebugInfo::open(&source) {
-                Err(Unsupported::NoDwarf) => {
-                    let build_id = file.elf.as_ref().and_then(|e| e.build_id.as_deref());
-                    match separate_debug_file(&root, &file.path, &source, build_id) {
-                        Some(debug) => DebugInfo::open(&debug),
-                        None => Err(Unsupported::NoDwarf),
-                    }
-                }
-                other => other,
-            }
+            let build_id = file.elf.as_ref().and_then(|e| e.build_id.as_deref());
+            open_debug_info(&root, &file.path, &source, build_id)
         });
         let frames = match dwarf {
             Ok(dwarf) => dwarf.find_frames(svma),

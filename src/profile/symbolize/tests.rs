@@ -1,6 +1,4 @@
-use super::linux::{
-    elf_info_of, gnu_build_id, parse_maps_line, ElfInfo, LoadSegment, MapsEntry,
-};
+use super::elf::{gnu_build_id, read_elf_info as elf_info_of, ElfInfo, LoadSegment};
 use super::*;
 use std::hint::black_box;
 
@@ -53,7 +51,7 @@ fn resolves_a_function_to_its_demangled_name_file_and_line() {
         "frames: {:?}",
         r.frames
     );
-    assert!(f.file.ends_with("symbolize.rs"), "{:?}", f);
+    assert!(f.file.ends_with("symbolize/tests.rs"), "{:?}", f);
     assert!(f.line > 0, "{:?}", f);
     let mapping = r.mapping.as_ref().expect("address is in a mapping");
     assert!(mapping.start <= addr && addr < mapping.limit);
@@ -237,33 +235,6 @@ fn resolves_std_and_shared_library_symbols() {
 }
 
 #[test]
-fn parses_maps_lines() {
-    let line = "7f1c2a000000-7f1c2a1b0000 r-xp 00028000 08:01 1234   /usr/lib/x86_64-linux-gnu/libc.so.6";
-    assert_eq!(
-        parse_maps_line(line),
-        Some(MapsEntry {
-            start: 0x7f1c2a000000,
-            end: 0x7f1c2a1b0000,
-            offset: 0x28000,
-            path: "/usr/lib/x86_64-linux-gnu/libc.so.6",
-        })
-    );
-    let spaces = "1000-2000 r-xp 00000000 08:01 1 /tmp/a dir/lib x.so";
-    assert_eq!(
-        parse_maps_line(spaces).map(|e| e.path),
-        Some("/tmp/a dir/lib x.so")
-    );
-    let vdso = "7ffd1000-7ffd3000 r-xp 00000000 00:00 0                          [vdso]";
-    assert_eq!(parse_maps_line(vdso).map(|e| e.path), Some("[vdso]"));
-    assert_eq!(
-        parse_maps_line("1000-2000 rw-p 00000000 08:01 1 /tmp/x"),
-        None
-    );
-    assert_eq!(parse_maps_line("1000-2000 r-xp 00000000 00:00 0 "), None);
-    assert_eq!(parse_maps_line("garbage"), None);
-}
-
-#[test]
 fn computes_load_bias_from_program_headers() {
     // lld-style PIE: text at file offset 0x1000 is linked at 0x2000.
     let info = ElfInfo {
@@ -408,4 +379,119 @@ fn reads_program_headers_and_build_id_of_an_elf_file() {
     assert!(elf_info_of(path_str).is_none());
     std::fs::remove_dir_all(&dir).expect("clean up");
     assert!(elf_info_of(path_str).is_none());
+}
+
+/// A program built with `rustc -g`, its DWARF moved to a separate file
+/// the way distributions ship it: `objcopy --only-keep-debug`, `strip
+/// --strip-debug`, `objcopy --add-gnu-debuglink`.
+#[test]
+fn separate_debug_files_are_found_by_debuglink_and_build_id() {
+    use super::linux::{open_debug_info, separate_debug_file};
+    use std::path::Path;
+    use std::process::Command;
+    let dir = std::env::temp_dir().join(format!("tp-symbolize-debuglink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(
+        dir.join("prog.rs"),
+        "#[inline(never)] fn separately_debugged_work(x: u64) -> u64 { x.wrapping_mul(3) ^ 5 }\n\
+         fn main() { println!(\"{}\", separately_debugged_work(std::env::args().count() as u64)); }\n",
+    )
+    .expect("write the program");
+    let run = |cmd: &mut Command| {
+        let status = cmd.current_dir(&dir).status().expect("rustc and binutils");
+        assert!(status.success(), "{cmd:?}: {status}");
+    };
+    run(Command::new("rustc").args(["-g", "-C", "link-arg=-Wl,--build-id", "-o", "prog", "prog.rs"]));
+    let prog = dir.join("prog");
+    let prog_str: Arc<str> = Arc::from(prog.to_str().expect("utf-8"));
+    // The function's address, from the (kept) symbol table.
+    let nm = Command::new("nm").arg(&prog).output().expect("nm");
+    let svma = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .find(|l| l.contains("separately_debugged_work"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .expect("the function's symbol");
+    run(Command::new("objcopy").args(["--only-keep-debug", "prog", "prog.debug"]));
+    run(Command::new("strip").args(["--strip-debug", "prog"]));
+    run(Command::new("objcopy").args(["--add-gnu-debuglink=prog.debug", "prog"]));
+    let build_id = elf_info_of(&prog_str).and_then(|e| e.build_id);
+    let no_root = dir.join("no-root");
+    let frames = |root: &Path| -> Vec<String> {
+        match open_debug_info(root, &prog_str, &prog_str, build_id.as_deref()) {
+            Ok(mut info) => info
+                .find_frames(svma + 1)
+                .into_iter()
+                .filter_map(|f| f.0)
+                .collect(),
+            Err(e) => vec![format!("{e:?}")],
+        }
+    };
+    // The stripped program has no DWARF of its own: the linked file has.
+    assert!(super::super::dwarf::DebugInfo::open(&prog_str).is_err());
+    let found = separate_debug_file(&no_root, &prog_str, &prog_str, None);
+    assert_eq!(found.as_deref(), dir.join("prog.debug").to_str());
+    let names = frames(&no_root);
+    assert!(
+        names.iter().any(|n| n.ends_with("separately_debugged_work")),
+        "{names:?}"
+    );
+
+    // A debug file whose CRC is not the link's is not used.
+    let debug = std::fs::read(dir.join("prog.debug")).expect("read");
+    let mut other = debug.clone();
+    other.extend_from_slice(b"changed");
+    std::fs::write(dir.join("prog.debug"), &other).expect("write");
+    assert_eq!(separate_debug_file(&no_root, &prog_str, &prog_str, None), None);
+
+    // The build-id directory: `<root>/.build-id/xx/yyyy.debug`, checked by
+    // its build id.
+    let id = build_id.clone().expect("rustc's linker wrote a build id");
+    let root = dir.join("debug-root");
+    let by_id = root.join(format!(".build-id/{}/{}.debug", &id[..2], &id[2..]));
+    std::fs::create_dir_all(by_id.parent().expect("parent")).expect("dirs");
+    std::fs::write(&by_id, &debug).expect("write");
+    let found = separate_debug_file(&root, &prog_str, &prog_str, Some(&id));
+    assert_eq!(found.as_deref(), by_id.to_str());
+    let names = frames(&root);
+    assert!(
+        names.iter().any(|n| n.ends_with("separately_debugged_work")),
+        "{names:?}"
+    );
+    // Under another build id it is not taken.
+    assert_eq!(separate_debug_file(&root, &prog_str, &prog_str, Some("00ff00ff")), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn results_and_debug_info_are_kept_across_intervals_within_bounds() {
+    assert_ne!(symbolizer_target_function(7), 0);
+    let addr = symbolizer_target_function as *const () as usize as u64;
+    let mut sym = Symbolizer::new();
+    let first = sym.resolve(addr);
+    assert_eq!(sym.loaded_objects(), 1);
+    // The interval ends: the object used last keeps its parsed debug info
+    // (within the bound), and the result stays cached.
+    sym.end_interval();
+    assert_eq!(sym.loaded_objects(), 1);
+    assert!(Arc::ptr_eq(&sym.resolve(addr), &first));
+
+    // The address cache is bounded; what it drops is counted, and
+    // resolves again to the same frames.
+    let mut sym = Symbolizer::new().with_cache_limit(64);
+    let first = sym.resolve(addr);
+    for off in 1..400 {
+        sym.resolve(addr + off);
+        assert!(sym.cached() <= 64, "{}", sym.cached());
+    }
+    assert!(sym.evictions() >= 400 - 64, "{}", sym.evictions());
+    assert_eq!(sym.resolve(addr).frames, first.frames);
+    // An address still in use survives the generations.
+    let mut sym = Symbolizer::new().with_cache_limit(64);
+    let kept = sym.resolve(addr);
+    for off in 1..400 {
+        sym.resolve(addr + off);
+        sym.resolve(addr);
+    }
+    assert!(Arc::ptr_eq(&sym.resolve(addr), &kept));
 }
