@@ -149,7 +149,10 @@ mod tests {
         assert!(!e.is_file());
         let gone = "1000-2000 r-xp 00001000 08:01 77 /opt/app/libdeploy.so (deleted)";
         let e = parse_line(gone).expect("line");
-        assert_eq!((e.path, e.deleted, e.inode), ("/opt/app/libdeploy.so", true, 77));
+        assert_eq!(
+            (e.path, e.deleted, e.inode),
+            ("/opt/app/libdeploy.so", true, 77)
+        );
     }
 
     #[test]

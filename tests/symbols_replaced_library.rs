@@ -129,16 +129,25 @@ fn a_library_replaced_on_disk_keeps_its_own_names() {
     let count = |want: &dyn Fn(&str) -> bool| -> i64 {
         names.iter().filter(|(n, _)| want(n)).map(|(_, c)| c).sum()
     };
-    let own = count(&|n| n.ends_with("_original") || n == "deploy_spin" || n == "deploy_spin_later");
+    let own =
+        count(&|n| n.ends_with("_original") || n == "deploy_spin" || n == "deploy_spin_later");
     let later = count(&|n| n == "deploy_later_original");
     let wrong: Vec<&(String, i64)> = names
         .iter()
-        .filter(|(n, _)| !(n.ends_with("_original") || n == "deploy_spin" || n == "deploy_spin_later"))
+        .filter(|(n, _)| {
+            !(n.ends_with("_original") || n == "deploy_spin" || n == "deploy_spin_later")
+        })
         .collect();
     println!(
         "after the rename: {own} library frames with their own names \
          ({later} in deploy_later_original), others: {wrong:?}"
     );
-    assert!(later >= 100, "too few samples in the code run after the rename: {names:?}");
-    assert!(wrong.is_empty(), "frames not named from the loaded library: {wrong:?}");
+    assert!(
+        later >= 100,
+        "too few samples in the code run after the rename: {names:?}"
+    );
+    assert!(
+        wrong.is_empty(),
+        "frames not named from the loaded library: {wrong:?}"
+    );
 }

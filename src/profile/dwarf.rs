@@ -25,7 +25,8 @@
 //!
 //! The chunks are a cache of at most [`CHUNK_BYTES_LIMIT`] bytes, and at
 //! most [`UNIT_CONTEXTS`] unit contexts are kept; both are dropped by
-//! [`DebugInfo::release`] (after every interval). So memory stays bounded
+//! [`DebugInfo::release`] (when the symbolizer lets the object's debug info
+//! go at the end of an interval). So memory stays bounded
 //! whatever the binary's size. Without `.debug_aranges` the index is built
 //! by reading each unit's ranges from its first entry, once, through the
 //! same bounded cache. Objects whose debug sections are compressed, or
@@ -52,12 +53,16 @@ pub(crate) const CHUNK: u64 = 4096;
 /// read again when needed).
 pub(crate) const CHUNK_BYTES_LIMIT: usize = 4 << 20;
 
-/// Unit contexts kept at once (the oldest is dropped past it). Few are
-/// needed: the symbolizer looks an interval's new addresses up in address
-/// order (`Symbolizer::prefetch`), so one unit's addresses come together.
-/// Fewer contexts keep the heap used while symbolizing small: at 32, the
-/// soak's largest arena was 25 MB; at 4, 12 MB.
-pub(crate) const UNIT_CONTEXTS: usize = 4;
+/// Unit contexts kept at once (the oldest is dropped past it). The
+/// symbolizer looks an interval's new addresses up in address order
+/// (`Symbolizer::prefetch`), so one unit's addresses come together, and it
+/// keeps the contexts of the objects used last from one interval to the
+/// next, so a later interval's new addresses in the same units parse
+/// nothing again. More contexts cost heap: at 32, the soak's largest arena
+/// was 25 MB; at 4, 12 MB. At 16 the demo's profiler threads held 2.2 % of
+/// its samples after warm-up at a 2 s interval, against 3.5 % at 4
+/// (BENCHMARKS.md).
+pub(crate) const UNIT_CONTEXTS: usize = 16;
 
 /// Longest slice a reader hands out whole (a name, a path); longer ones
 /// are an error rather than an allocation of that size.

@@ -1,14 +1,29 @@
 //! Instruction address → function name, source file and line, for code in
 //! this process.
 //!
-//! On Linux, [`Symbolizer`] reads `/proc/self/maps` to find the loaded object
-//! (executable or shared library) that contains an address, converts the
-//! runtime address (AVMA) to the object's own address (SVMA) with the ELF
-//! program headers, and asks `addr2line` for the frames at that address,
-//! inlined frames included (innermost first). The DWARF is read a few pages
-//! at a time, one compilation unit at a time (`dwarf.rs`), so symbolizing
-//! holds a small part of the debug info, never the whole; objects with
-//! compressed DWARF go through `addr2line::Loader`.
+//! On Linux, [`Symbolizer`] reads `/proc/self/maps` (`crate::maps`) to find
+//! the loaded object (executable or shared library) that contains an
+//! address, converts the runtime address (AVMA) to the object's own address
+//! (SVMA) with the load bias, and asks `addr2line` for the frames at that
+//! address, inlined frames included (innermost first). The DWARF is read a
+//! few pages at a time, one compilation unit at a time (`dwarf.rs`), so
+//! symbolizing holds a small part of the debug info, never the whole;
+//! objects with compressed or split DWARF go through `addr2line::Loader`.
+//!
+//! Symbols come from the loaded image, not from whatever file is at its path
+//! now (`symbolize/linux.rs`). An object is identified by the device and
+//! inode the maps give; its load bias and GNU build id are read from memory
+//! (the dynamic loader's list, `dl_iterate_phdr`). Its symbols are read only
+//! from a file with that build id (or, for an object without one in memory,
+//! with that device and inode): the path, `/proc/self/exe`, or
+//! `/proc/self/map_files/<range>`, opened when the object is first seen and
+//! kept open while it is mapped. A library renamed over on disk by a deploy
+//! keeps its names; if no file has the object's identity, its frames are
+//! `<object>+0x<svma>`, counted in `Stats::symbol_mismatches`. Without DWARF
+//! of its own, an object's debug info is looked for in
+//! `/usr/lib/debug/.build-id/xx/yyyy.debug` (same build id) and through
+//! `.gnu_debuglink` (same CRC-32) next to it, in its `.debug/` and under
+//! `/usr/lib/debug` (`symbolize/elf.rs` reads the ELF side).
 //!
 //! Names, best first, from whatever debug info the build has (README's
 //! "Symbols" says which `Cargo.toml` settings give which):
@@ -28,10 +43,14 @@
 //! `0x<addr>` when no object contains the address. Names of the second kind
 //! are stable across runs (no ASLR in them), so flame graphs still merge.
 //!
-//! Results are cached by address; the cache is cleared past
-//! [`CACHE_LIMIT`] entries and whenever the set of loaded objects changes.
-//! The maps are re-read (at most once per second) when an address falls
-//! outside every known object, which picks up `dlopen`ed libraries.
+//! Results are cached by address for the life of the process, in two
+//! generations of at most [`CACHE_LIMIT`] entries together: an address still
+//! sampled moves to the newer one, the older one is dropped when the newer
+//! fills (counted). The parsed debug info of the objects used last is kept
+//! from one interval to the next, within a bound. The maps are re-read (at
+//! most once per second) when an address falls outside every known object,
+//! which picks up `dlopen`ed libraries; objects no longer mapped are then
+//! dropped, with their files and cached results.
 //!
 //! The profiler's own frames are named from the symbol table only
 //! ([`Symbolizer::resolve_from_symbols`]), so that its own work never makes
@@ -42,7 +61,7 @@
 
 use std::sync::Arc;
 
-/// Cached addresses kept before the cache is cleared.
+/// Cached addresses kept at most (both generations).
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
 pub(crate) const CACHE_LIMIT: usize = 100_000;
 

@@ -50,8 +50,9 @@ pub(crate) fn loaded_images() -> Vec<LoadedImage> {
             // SAFETY: the note segment lies inside a PT_LOAD segment of an
             // object the loader keeps mapped while its lock is held (during
             // this callback; dlclose unmaps under the same lock).
-            let bytes =
-                unsafe { std::slice::from_raw_parts(notes.start.wrapping_add(bias) as *const u8, len) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(notes.start.wrapping_add(bias) as *const u8, len)
+            };
             build_id = gnu_build_id(bytes, ph.p_align);
             if build_id.is_some() {
                 break;
@@ -74,7 +75,10 @@ pub(crate) fn loaded_images() -> Vec<LoadedImage> {
     // mapped notes they describe, and writes into `out`, which outlives the
     // call.
     unsafe {
-        libc::dl_iterate_phdr(Some(callback), &mut out as *mut Vec<LoadedImage> as *mut libc::c_void);
+        libc::dl_iterate_phdr(
+            Some(callback),
+            &mut out as *mut Vec<LoadedImage> as *mut libc::c_void,
+        );
     }
     out
 }

@@ -1,3 +1,7 @@
+//! The Linux symbolizer: objects from `/proc/self/maps`, identified by
+//! device and inode, with their build id and load bias from the loaded
+//! image; see the parent module's docs.
+
 use super::super::dwarf::{raw_frames, DebugInfo, RawFrame, Unsupported};
 use super::elf::{debuglink, file_crc32, read_elf_info, ElfInfo, SymbolTable};
 use super::{
@@ -166,11 +170,15 @@ pub(super) fn separate_debug_file(
     let (name, crc) = debuglink(open_path)?;
     let dir = Path::new(path).parent()?;
     let under_root = root.join(dir.strip_prefix("/").unwrap_or(dir));
-    [dir.join(&name), dir.join(".debug").join(&name), under_root.join(&name)]
-        .into_iter()
-        .filter(|c| c.as_path() != Path::new(path))
-        .find(|c| file_crc32(c) == Some(crc))
-        .and_then(|c| c.to_str().map(Arc::from))
+    [
+        dir.join(&name),
+        dir.join(".debug").join(&name),
+        under_root.join(&name),
+    ]
+    .into_iter()
+    .filter(|c| c.as_path() != Path::new(path))
+    .find(|c| file_crc32(c) == Some(crc))
+    .and_then(|c| c.to_str().map(Arc::from))
 }
 
 /// The DWARF of the object at `source` (shown as `path`): its own, else
@@ -600,7 +608,8 @@ impl Symbolizer {
             // An unloaded library's addresses may now belong to another:
             // only results whose mapping is still there are kept.
             let mappings: HashSet<&ObjectMapping> = ranges.iter().map(|r| &*r.mapping).collect();
-            let keep = |r: &Arc<Resolved>| r.mapping.as_ref().is_some_and(|m| mappings.contains(&**m));
+            let keep =
+                |r: &Arc<Resolved>| r.mapping.as_ref().is_some_and(|m| mappings.contains(&**m));
             self.cache.retain(|_, r| keep(r));
             self.old.retain(|_, r| keep(r));
             self.shared.retain(keep);
@@ -767,4 +776,3 @@ fn unknown_frame(path: &Arc<str>, svma: u64) -> SymbolFrame {
         line: 0,
     }
 }
-

@@ -402,7 +402,14 @@ fn separate_debug_files_are_found_by_debuglink_and_build_id() {
         let status = cmd.current_dir(&dir).status().expect("rustc and binutils");
         assert!(status.success(), "{cmd:?}: {status}");
     };
-    run(Command::new("rustc").args(["-g", "-C", "link-arg=-Wl,--build-id", "-o", "prog", "prog.rs"]));
+    run(Command::new("rustc").args([
+        "-g",
+        "-C",
+        "link-arg=-Wl,--build-id",
+        "-o",
+        "prog",
+        "prog.rs",
+    ]));
     let prog = dir.join("prog");
     let prog_str: Arc<str> = Arc::from(prog.to_str().expect("utf-8"));
     // The function's address, from the (kept) symbol table.
@@ -433,7 +440,9 @@ fn separate_debug_files_are_found_by_debuglink_and_build_id() {
     assert_eq!(found.as_deref(), dir.join("prog.debug").to_str());
     let names = frames(&no_root);
     assert!(
-        names.iter().any(|n| n.ends_with("separately_debugged_work")),
+        names
+            .iter()
+            .any(|n| n.ends_with("separately_debugged_work")),
         "{names:?}"
     );
 
@@ -442,7 +451,10 @@ fn separate_debug_files_are_found_by_debuglink_and_build_id() {
     let mut other = debug.clone();
     other.extend_from_slice(b"changed");
     std::fs::write(dir.join("prog.debug"), &other).expect("write");
-    assert_eq!(separate_debug_file(&no_root, &prog_str, &prog_str, None), None);
+    assert_eq!(
+        separate_debug_file(&no_root, &prog_str, &prog_str, None),
+        None
+    );
 
     // The build-id directory: `<root>/.build-id/xx/yyyy.debug`, checked by
     // its build id.
@@ -455,11 +467,16 @@ fn separate_debug_files_are_found_by_debuglink_and_build_id() {
     assert_eq!(found.as_deref(), by_id.to_str());
     let names = frames(&root);
     assert!(
-        names.iter().any(|n| n.ends_with("separately_debugged_work")),
+        names
+            .iter()
+            .any(|n| n.ends_with("separately_debugged_work")),
         "{names:?}"
     );
     // Under another build id it is not taken.
-    assert_eq!(separate_debug_file(&root, &prog_str, &prog_str, Some("00ff00ff")), None);
+    assert_eq!(
+        separate_debug_file(&root, &prog_str, &prog_str, Some("00ff00ff")),
+        None
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
