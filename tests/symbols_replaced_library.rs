@@ -122,7 +122,10 @@ fn a_library_replaced_on_disk_keeps_its_own_names() {
     std::thread::sleep(Duration::from_millis(3500));
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("worker");
+    // Every object's own file was found: nothing fell back to object+offset.
+    let stats = guard.stats();
     drop(guard);
+    assert_eq!(stats.symbol_mismatches, 0, "{stats:?}");
 
     let names = library_frames(&profiles, renamed);
     let _ = std::fs::remove_dir_all(&dir);
