@@ -271,6 +271,8 @@ mod stub {
 mod elf;
 #[cfg(tp_sampler)]
 mod linux;
+#[cfg(tp_sampler)]
+mod objects;
 
 #[cfg(all(test, tp_sampler))]
 mod tests;

@@ -386,7 +386,7 @@ fn reads_program_headers_and_build_id_of_an_elf_file() {
 /// --strip-debug`, `objcopy --add-gnu-debuglink`.
 #[test]
 fn separate_debug_files_are_found_by_debuglink_and_build_id() {
-    use super::linux::{open_debug_info, separate_debug_file};
+    use super::objects::{open_debug_info, separate_debug_file};
     use std::path::Path;
     use std::process::Command;
     let dir = std::env::temp_dir().join(format!("tp-symbolize-debuglink-{}", std::process::id()));
