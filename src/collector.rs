@@ -324,7 +324,9 @@ mod linux {
     impl Collector {
         fn run(mut self, stop: StopSignal) {
             // Symbols resolved by an earlier profiler in this process are kept.
-            let mut symbolizer = lock(&SYMBOLIZER).take().unwrap_or_default();
+            let mut symbolizer = lock(&SYMBOLIZER)
+                .take()
+                .unwrap_or_else(|| Symbolizer::with_images(crate::sampler::loaded_images));
             let mut interval_clock = Instant::now();
             let mut builder = self.new_builder(SystemTime::now());
             let interval = self.settings.upload_interval;
@@ -493,15 +495,18 @@ mod linux {
             } else {
                 builder.finish(end, symbolizer)
             };
-            // The debug info is read again only for addresses not seen
-            // before: it is let go after each interval (it would otherwise
-            // stay in memory, tens of MB for a large binary). The heap
+            // The debug info of the objects used last is kept, within a
+            // bound (`Symbolizer::end_interval`); the rest is let go. The heap
             // freed in the interval (the debug info, the encoding) is
             // returned after every interval, not only after a read: glibc
             // keeps freed pages in each thread's arena, and that is what
             // made the soak's RSS floors creep up while the live heap
             // stayed flat (heaptrack).
-            symbolizer.release_debug_info();
+            symbolizer.end_interval();
+            Counters::set(
+                &self.counters.symbol_mismatches,
+                symbolizer.symbol_mismatches(),
+            );
             crate::sampler::release_free_heap();
             for profile in profiles {
                 Counters::bump(&self.counters.profiles);

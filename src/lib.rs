@@ -66,6 +66,7 @@ pub mod context;
 mod error;
 mod export;
 mod layer;
+mod maps;
 mod profile;
 #[cfg(feature = "report")]
 pub mod report;

@@ -64,6 +64,10 @@ pub struct Stats {
     pub spans_unindexed: u64,
     /// Files the profiles directory's size or age limit deleted.
     pub files_evicted: u64,
+    /// Addresses named `object+offset` because no file had their loaded
+    /// object's identity (the file at its path was replaced or rewritten
+    /// since it was loaded), so its symbols were not read.
+    pub symbol_mismatches: u64,
 }
 
 /// Shared atomic counters behind [`Stats`].
@@ -88,6 +92,7 @@ pub(crate) struct Counters {
     pub(crate) span_id_overflows: AtomicU64,
     pub(crate) spans_unindexed: AtomicU64,
     pub(crate) files_evicted: AtomicU64,
+    pub(crate) symbol_mismatches: AtomicU64,
 }
 
 impl Counters {
@@ -129,6 +134,7 @@ impl Counters {
             span_id_overflows: r(&self.span_id_overflows),
             spans_unindexed: r(&self.spans_unindexed),
             files_evicted: r(&self.files_evicted),
+            symbol_mismatches: r(&self.symbol_mismatches),
         }
     }
 }

@@ -25,7 +25,8 @@
 //!
 //! The chunks are a cache of at most [`CHUNK_BYTES_LIMIT`] bytes, and at
 //! most [`UNIT_CONTEXTS`] unit contexts are kept; both are dropped by
-//! [`DebugInfo::release`] (after every interval). So memory stays bounded
+//! [`DebugInfo::release`] (when the symbolizer lets the object's debug info
+//! go at the end of an interval). So memory stays bounded
 //! whatever the binary's size. Without `.debug_aranges` the index is built
 //! by reading each unit's ranges from its first entry, once, through the
 //! same bounded cache. Objects whose debug sections are compressed, or
@@ -34,16 +35,18 @@
 //! back to `addr2line::Loader`, which inflates the first and finds the
 //! second.
 
-use addr2line::gimli::{self, Reader, ReaderOffsetId, RunTimeEndian};
+use addr2line::gimli::{self, RunTimeEndian};
 use object::read::elf::{FileHeader, SectionHeader};
 use object::{Endianness, FileKind, ReadCache};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+mod reader;
+use reader::{ChunkStore, FileReader, Overlay, TYPE_UNIT_HEADER};
 
 /// Bytes read from the file at a time.
 pub(crate) const CHUNK: u64 = 4096;
@@ -52,315 +55,16 @@ pub(crate) const CHUNK: u64 = 4096;
 /// read again when needed).
 pub(crate) const CHUNK_BYTES_LIMIT: usize = 4 << 20;
 
-/// Unit contexts kept at once (the oldest is dropped past it). Few are
-/// needed: the symbolizer looks an interval's new addresses up in address
-/// order (`Symbolizer::prefetch`), so one unit's addresses come together.
-/// Fewer contexts keep the heap used while symbolizing small: at 32, the
-/// soak's largest arena was 25 MB; at 4, 12 MB.
-pub(crate) const UNIT_CONTEXTS: usize = 4;
-
-/// Longest slice a reader hands out whole (a name, a path); longer ones
-/// are an error rather than an allocation of that size.
-const MAX_SLICE: u64 = 1 << 20;
-
-/// The file's bytes read so far, by chunk index.
-struct ChunkStore {
-    file: File,
-    chunks: Mutex<HashMap<u64, Arc<[u8]>>>,
-    bytes: AtomicUsize,
-}
-
-impl ChunkStore {
-    fn new(file: File) -> Arc<Self> {
-        Arc::new(ChunkStore {
-            file,
-            chunks: Mutex::new(HashMap::new()),
-            bytes: AtomicUsize::new(0),
-        })
-    }
-
-    /// Chunk `index`, read from the file on first use. Shorter than
-    /// [`CHUNK`] at the end of the file; `None` if it cannot be read.
-    fn chunk(&self, index: u64) -> Option<Arc<[u8]>> {
-        let mut chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = chunks.get(&index) {
-            return Some(hit.clone());
-        }
-        let mut buf = vec![0u8; CHUNK as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self
-                .file
-                .read_at(&mut buf[filled..], index * CHUNK + filled as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
-            }
-        }
-        buf.truncate(filled);
-        let chunk: Arc<[u8]> = Arc::from(buf);
-        if self.bytes.load(Ordering::Relaxed) + chunk.len() > CHUNK_BYTES_LIMIT {
-            // A cache: what is dropped is read again if needed (readers
-            // keep the chunk they are in).
-            chunks.clear();
-            self.bytes.store(0, Ordering::Relaxed);
-        }
-        self.bytes.fetch_add(chunk.len(), Ordering::Relaxed);
-        chunks.insert(index, chunk.clone());
-        Some(chunk)
-    }
-}
-
-/// A `gimli::Reader` over a byte range of the file, read through a
-/// [`ChunkStore`]. Offsets are file offsets, so [`ReaderOffsetId`]s of
-/// different sections never collide.
-#[derive(Clone)]
-pub(crate) struct FileReader {
-    store: Arc<ChunkStore>,
-    pos: u64,
-    end: u64,
-    endian: RunTimeEndian,
-    /// The chunk read last, so that byte-at-a-time parsing does not go
-    /// through the store's lock.
-    current: Option<(u64, Arc<[u8]>)>,
-    /// Bytes shown instead of the file's (see [`Overlay`]).
-    overlay: Option<Arc<Overlay>>,
-}
-
-/// Unit headers shown in place of the file's, sorted by file position:
-/// each makes a run of units a lookup does not need look like one DWARF 5
-/// type unit, which `addr2line` skips without parsing (see
-/// [`DebugInfo::make_context`]).
-type Overlay = Vec<(u64, [u8; TYPE_UNIT_HEADER])>;
-
-/// Size of a 32-bit DWARF 5 type unit header.
-const TYPE_UNIT_HEADER: usize = 24;
-
-impl fmt::Debug for FileReader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileReader")
-            .field("pos", &self.pos)
-            .field("end", &self.end)
-            .finish()
-    }
-}
-
-impl FileReader {
-    fn new(store: Arc<ChunkStore>, pos: u64, len: u64, endian: RunTimeEndian) -> Self {
-        FileReader {
-            store,
-            pos,
-            end: pos.saturating_add(len),
-            endian,
-            current: None,
-            overlay: None,
-        }
-    }
-
-    fn eof(&self) -> gimli::Error {
-        gimli::Error::UnexpectedEof(ReaderOffsetId(self.pos))
-    }
-
-    fn remaining(&self) -> u64 {
-        self.end - self.pos
-    }
-
-    /// Copies the bytes at `at` into `out`: the file's, through `current`,
-    /// and the overlay's where it has some.
-    fn copy_at(
-        store: &ChunkStore,
-        current: &mut Option<(u64, Arc<[u8]>)>,
-        overlay: Option<&Overlay>,
-        at: u64,
-        out: &mut [u8],
-    ) -> bool {
-        if !Self::copy_from_file(store, current, at, out) {
-            return false;
-        }
-        if let Some(overlay) = overlay {
-            let end = at + out.len() as u64;
-            // Patches that start before `end`, from the last one back while
-            // they still reach into `[at, end)`.
-            let upto = overlay.partition_point(|(p, _)| *p < end);
-            for (p, bytes) in overlay[..upto].iter().rev() {
-                let p_end = p + TYPE_UNIT_HEADER as u64;
-                if p_end <= at {
-                    break;
-                }
-                let from = at.max(*p);
-                let to = end.min(p_end);
-                out[(from - at) as usize..(to - at) as usize]
-                    .copy_from_slice(&bytes[(from - p) as usize..(to - p) as usize]);
-            }
-        }
-        true
-    }
-
-    /// Copies the file's bytes at `at` into `out`, through `current`.
-    fn copy_from_file(
-        store: &ChunkStore,
-        current: &mut Option<(u64, Arc<[u8]>)>,
-        at: u64,
-        out: &mut [u8],
-    ) -> bool {
-        let mut done = 0usize;
-        while done < out.len() {
-            let here = at + done as u64;
-            let index = here / CHUNK;
-            let chunk = match current {
-                Some((i, chunk)) if *i == index => chunk,
-                _ => match store.chunk(index) {
-                    Some(chunk) => &current.insert((index, chunk)).1,
-                    None => return false,
-                },
-            };
-            let within = (here % CHUNK) as usize;
-            let Some(available) = chunk.get(within..) else {
-                return false;
-            };
-            if available.is_empty() {
-                return false;
-            }
-            let n = available.len().min(out.len() - done);
-            out[done..done + n].copy_from_slice(&available[..n]);
-            done += n;
-        }
-        true
-    }
-
-    fn bytes(&self) -> gimli::Result<Vec<u8>> {
-        let len = self.remaining();
-        if len > MAX_SLICE {
-            return Err(self.eof());
-        }
-        let mut out = vec![0u8; len as usize];
-        let mut current = self.current.clone();
-        if Self::copy_at(
-            &self.store,
-            &mut current,
-            self.overlay.as_deref(),
-            self.pos,
-            &mut out,
-        ) {
-            Ok(out)
-        } else {
-            Err(self.eof())
-        }
-    }
-}
-
-impl Reader for FileReader {
-    type Endian = RunTimeEndian;
-    type Offset = usize;
-
-    fn endian(&self) -> RunTimeEndian {
-        self.endian
-    }
-
-    fn len(&self) -> usize {
-        self.remaining() as usize
-    }
-
-    fn empty(&mut self) {
-        self.end = self.pos;
-    }
-
-    fn truncate(&mut self, len: usize) -> gimli::Result<()> {
-        if len as u64 > self.remaining() {
-            return Err(self.eof());
-        }
-        self.end = self.pos + len as u64;
-        Ok(())
-    }
-
-    fn offset_from(&self, base: &Self) -> usize {
-        self.pos.wrapping_sub(base.pos) as usize
-    }
-
-    fn offset_id(&self) -> ReaderOffsetId {
-        ReaderOffsetId(self.pos)
-    }
-
-    fn lookup_offset_id(&self, id: ReaderOffsetId) -> Option<usize> {
-        (id.0 >= self.pos && id.0 <= self.end).then(|| (id.0 - self.pos) as usize)
-    }
-
-    fn find(&self, byte: u8) -> gimli::Result<usize> {
-        let mut current = self.current.clone();
-        let mut buf = [0u8; 256];
-        let mut at = self.pos;
-        while at < self.end {
-            let n = ((self.end - at) as usize).min(buf.len());
-            let piece = &mut buf[..n];
-            if !Self::copy_at(
-                &self.store,
-                &mut current,
-                self.overlay.as_deref(),
-                at,
-                piece,
-            ) {
-                return Err(self.eof());
-            }
-            if let Some(i) = piece.iter().position(|&b| b == byte) {
-                return Ok((at - self.pos) as usize + i);
-            }
-            at += n as u64;
-        }
-        Err(self.eof())
-    }
-
-    fn skip(&mut self, len: usize) -> gimli::Result<()> {
-        if len as u64 > self.remaining() {
-            return Err(self.eof());
-        }
-        self.pos += len as u64;
-        Ok(())
-    }
-
-    fn split(&mut self, len: usize) -> gimli::Result<Self> {
-        if len as u64 > self.remaining() {
-            return Err(self.eof());
-        }
-        let mut head = self.clone();
-        head.end = self.pos + len as u64;
-        self.pos += len as u64;
-        Ok(head)
-    }
-
-    fn to_slice(&self) -> gimli::Result<Cow<'_, [u8]>> {
-        self.bytes().map(Cow::Owned)
-    }
-
-    fn to_string(&self) -> gimli::Result<Cow<'_, str>> {
-        String::from_utf8(self.bytes()?)
-            .map(Cow::Owned)
-            .map_err(|_| gimli::Error::BadUtf8)
-    }
-
-    fn to_string_lossy(&self) -> gimli::Result<Cow<'_, str>> {
-        let bytes = self.bytes()?;
-        Ok(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()))
-    }
-
-    fn read_slice(&mut self, buf: &mut [u8]) -> gimli::Result<()> {
-        if buf.len() as u64 > self.remaining() {
-            return Err(self.eof());
-        }
-        if !Self::copy_at(
-            &self.store,
-            &mut self.current,
-            self.overlay.as_deref(),
-            self.pos,
-            buf,
-        ) {
-            return Err(self.eof());
-        }
-        self.pos += buf.len() as u64;
-        Ok(())
-    }
-}
+/// Unit contexts kept at once (the oldest is dropped past it). The
+/// symbolizer looks an interval's new addresses up in address order
+/// (`Symbolizer::prefetch`), so one unit's addresses come together, and it
+/// keeps the contexts of the objects used last from one interval to the
+/// next, so a later interval's new addresses in the same units parse
+/// nothing again. More contexts cost heap: at 32, the soak's largest arena
+/// was 25 MB; at 4, 12 MB. At 16 the demo's profiler threads held 2.2 % of
+/// its samples after warm-up at a 2 s interval, against 3.5 % at 4
+/// (BENCHMARKS.md).
+pub(crate) const UNIT_CONTEXTS: usize = 16;
 
 /// A DWARF section's place in the file.
 #[derive(Clone, Copy, Debug)]
@@ -604,13 +308,11 @@ impl DebugInfo {
     }
 
     /// `true` while unit contexts or chunks are held.
-    #[cfg(test)]
     pub(crate) fn holds(&self) -> bool {
         self.store.is_some() || !self.contexts.is_empty()
     }
 
     /// Bytes of the file held right now.
-    #[cfg(test)]
     pub(crate) fn bytes_held(&self) -> usize {
         self.store
             .as_ref()
@@ -665,10 +367,10 @@ impl DebugInfo {
         let overlay = self.overlay(&starts, &needed, info.size);
         self.unit_starts = Some(starts);
         let mut dwarf = plain;
-        dwarf.debug_info = gimli::DebugInfo::from(FileReader {
-            overlay: Some(Arc::new(overlay?)),
-            ..FileReader::new(store, info.offset, info.size, self.endian)
-        });
+        dwarf.debug_info = gimli::DebugInfo::from(
+            FileReader::new(store, info.offset, info.size, self.endian)
+                .with_overlay(Arc::new(overlay?)),
+        );
         addr2line::Context::from_dwarf(dwarf).ok()
     }
 
@@ -895,172 +597,4 @@ fn read_sections<Elf: FileHeader<Endian = Endianness>>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use object::{Object, ObjectSymbol, SymbolKind};
-
-    /// `(start, size)` of up to `limit` functions of this test binary,
-    /// spread evenly over its symbol table.
-    fn functions(path: &str, limit: usize) -> Vec<(u64, u64)> {
-        let data = std::fs::read(path).expect("read the test binary");
-        let file = object::File::parse(&*data).expect("parse the test binary");
-        let mut all: Vec<(u64, u64)> = file
-            .symbols()
-            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
-            .map(|s| (s.address(), s.size()))
-            .collect();
-        all.sort_unstable();
-        all.dedup_by_key(|f| f.0);
-        let step = (all.len() / limit).max(1);
-        all.into_iter().step_by(step).take(limit).collect()
-    }
-
-    fn loader_frames(loader: &addr2line::Loader, svma: u64) -> Vec<RawFrame> {
-        raw_frames(loader.find_frames(svma).map_err(|_| gimli::Error::Io))
-    }
-
-    fn exe() -> Arc<str> {
-        let exe = std::env::current_exe().expect("current exe");
-        Arc::from(exe.to_str().expect("utf-8 path"))
-    }
-
-    #[test]
-    fn reads_the_same_frames_as_addr2lines_loader_holding_a_fraction_of_the_debug_info() {
-        let path = exe();
-        let mut info = DebugInfo::open(&path).expect("this test binary has DWARF and aranges");
-        let loader = addr2line::Loader::new(&*path).expect("addr2line loader");
-        let debug_bytes: u64 = info.sections.iter().map(|(_, s)| s.size).sum();
-        let probes: Vec<u64> = functions(&path, 400)
-            .into_iter()
-            .flat_map(|(start, size)| [start, start + size / 2, start + size - 1])
-            .collect();
-        assert!(probes.len() >= 600, "{} probes", probes.len());
-        let (mut named, mut inlined, mut max_held) = (0, 0, 0);
-        for &svma in &probes {
-            let ours = info.find_frames(svma);
-            assert_eq!(ours, loader_frames(&loader, svma), "at {svma:#x}");
-            named += usize::from(ours.first().is_some_and(|f| f.0.is_some()));
-            inlined += usize::from(ours.len() >= 2);
-            max_held = max_held.max(info.bytes_held());
-            assert!(info.bytes_held() <= CHUNK_BYTES_LIMIT);
-        }
-        // Not a vacuous agreement: most probes have names, some inlining.
-        assert!(
-            named * 10 >= probes.len() * 9,
-            "{named} of {}",
-            probes.len()
-        );
-        assert!(inlined > 0);
-        // One address reads a small part of the debug info.
-        info.release();
-        assert!(!info.holds());
-        let first = probes[probes.len() / 2];
-        assert!(!info.find_frames(first).is_empty());
-        let one = info.bytes_held() as u64;
-        assert!(
-            one * 8 < debug_bytes,
-            "{one} of {debug_bytes} bytes for one address"
-        );
-        eprintln!(
-            "{} probes, {named} named, {inlined} with inlined frames; {one} bytes held for one \
-             address, at most {max_held} for all, of {debug_bytes} bytes of DWARF",
-            probes.len()
-        );
-    }
-
-    /// A copy of this test binary made by `objcopy <option>`, in a
-    /// directory of its own (removed by the caller).
-    fn objcopy(option: &str, name: &str) -> (std::path::PathBuf, Arc<str>) {
-        let dir = std::env::temp_dir().join(format!("tp-dwarf-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let out = dir.join(name);
-        let status = std::process::Command::new("objcopy")
-            .arg(option)
-            .arg(&*exe())
-            .arg(&out)
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            other => panic!("objcopy (binutils) is needed for this test: {other:?}"),
-        }
-        let path: Arc<str> = Arc::from(out.to_str().expect("utf-8 path"));
-        (dir, path)
-    }
-
-    #[test]
-    fn without_aranges_the_index_comes_from_the_units_and_the_frames_are_the_same() {
-        let (dir, path) = objcopy("--remove-section=.debug_aranges", "no-aranges");
-        let mut info = DebugInfo::open(&path).expect("DWARF without aranges");
-        assert!(info.section(".debug_aranges").is_none());
-        let loader = addr2line::Loader::new(&*path).expect("addr2line loader");
-        let mut named = 0;
-        let probes = functions(&path, 200);
-        for &(start, size) in &probes {
-            let svma = start + size / 2;
-            let ours = info.find_frames(svma);
-            assert_eq!(ours, loader_frames(&loader, svma), "at {svma:#x}");
-            named += usize::from(ours.first().is_some_and(|f| f.0.is_some()));
-            assert!(info.bytes_held() <= CHUNK_BYTES_LIMIT);
-        }
-        assert!(
-            named * 10 >= probes.len() * 9,
-            "{named} of {}",
-            probes.len()
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn split_dwarf_is_left_to_addr2lines_loader() {
-        let dir = std::env::temp_dir().join(format!("tp-dwarf-{}-split", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(
-            dir.join("split.rs"),
-            "#[inline(never)] fn work(x: u64) -> u64 { x * 3 }\n\
-             fn main() { println!(\"{}\", work(std::env::args().count() as u64)); }\n",
-        )
-        .expect("write the program");
-        let build = |split: &str, out: &str| -> Arc<str> {
-            let status = std::process::Command::new("rustc")
-                .current_dir(&dir)
-                .args(["-g", "-C", &format!("split-debuginfo={split}"), "-o", out])
-                .arg("split.rs")
-                .status()
-                .expect("rustc (the toolchain that runs this test)");
-            assert!(
-                status.success(),
-                "rustc -C split-debuginfo={split}: {status}"
-            );
-            Arc::from(dir.join(out).to_str().expect("utf-8 path"))
-        };
-        let packed = build("packed", "packed");
-        assert!(dir.join("packed.dwp").exists(), "rustc wrote no .dwp");
-        assert_eq!(DebugInfo::open(&packed).err(), Some(Unsupported::Other));
-        // The same program with its DWARF in the binary is read here.
-        let whole = build("off", "whole");
-        let opened = DebugInfo::open(&whole);
-        assert!(opened.is_ok(), "{:?}", opened.err());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn compressed_debug_sections_are_left_to_addr2lines_loader() {
-        let (dir, path) = objcopy("--compress-debug-sections=zlib", "compressed");
-        assert_eq!(DebugInfo::open(&path).err(), Some(Unsupported::Other));
-        let _ = std::fs::remove_dir_all(&dir);
-        // And a file without DWARF says so.
-        let libc = std::fs::read_to_string("/proc/self/maps")
-            .expect("maps")
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5).map(str::to_owned))
-            .find(|p| p.contains("libc.so"));
-        if let Some(libc) = libc {
-            let libc: Arc<str> = Arc::from(libc);
-            let opened = DebugInfo::open(&libc);
-            assert!(
-                matches!(opened, Ok(_) | Err(Unsupported::NoDwarf)),
-                "{opened:?}"
-            );
-        }
-    }
-}
+mod tests;

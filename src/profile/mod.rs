@@ -43,7 +43,7 @@ mod symbolize;
 mod tests;
 
 pub(crate) use aggregate::ProfileBuilder;
-pub(crate) use symbolize::Symbolizer;
+pub(crate) use symbolize::{LoadedImage, Symbolizer};
 
 /// What [`encode_synthetic`] measured.
 #[cfg(test)]

@@ -107,12 +107,14 @@ use crate::{Error, ErrorKind};
 
 mod activity;
 mod buffer;
+mod images;
 mod queue;
 mod reclaim;
 mod timers;
 mod unwind;
 
 use buffer::SampleBuffer;
+pub(crate) use images::loaded_images;
 use queue::Queue;
 use reclaim::{Retired, Retiree};
 use unwind::{MapsSnapshot, NativeCache, Plan, Regs, UnwindState};

@@ -71,25 +71,11 @@ impl MapsSnapshot {
         let text = std::fs::read_to_string("/proc/self/maps").ok()?;
         let mut ranges: Vec<Range<u64>> = Vec::new();
         let mut main_stack = None;
-        for line in text.lines() {
-            let mut parts = line.split_whitespace();
-            let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            if !perms.starts_with('r') {
-                continue;
+        for entry in crate::maps::entries(&text).filter(|e| e.readable()) {
+            if entry.path == "[stack]" {
+                main_stack = Some(entry.start..entry.end);
             }
-            let Some((a, b)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
-            else {
-                continue;
-            };
-            if line.ends_with("[stack]") {
-                main_stack = Some(start..end);
-            }
-            ranges.push(start..end);
+            ranges.push(entry.start..entry.end);
         }
         let main_stack_floor = main_stack
             .as_ref()
