@@ -49,4 +49,5 @@ mod sampler_stress;
 mod series_budget;
 mod server_acceptance;
 mod span_labels_budget;
+mod symbols_replaced_library;
 mod upload_faults;

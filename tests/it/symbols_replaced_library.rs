@@ -5,9 +5,7 @@
 //! fixture (tests/fixtures/deploy_fixture.c) is built twice with the same
 //! layout and other names, so names read from the wrong file show.
 
-#[path = "common/pprof.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod pprof;
+use crate::common::pprof;
 
 use std::ffi::CString;
 use std::path::Path;
@@ -62,6 +60,7 @@ fn library_frames(dir: &Path, since: i64) -> Vec<(String, i64)> {
 
 #[test]
 fn a_library_replaced_on_disk_keeps_its_own_names() {
+    isolated!();
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(120));
         eprintln!("symbols_replaced_library: watchdog fired");
