@@ -57,7 +57,8 @@ pub use fields::{
 };
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
-    claims as slot_claims, read_slot, release_exited, release_slot, slot_for_tid, slot_is_current,
+    claims as slot_claims, read_slot, release_exited, release_slot, set_stack_probe, slot_for_tid,
+    slot_is_current, stack_of,
     SlotRef,
 };
 
@@ -325,6 +326,15 @@ pub(crate) fn mark_profiler_thread(thread: ProfilerThread) {
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
 pub(crate) fn read_in_signal_handler(slot_bits: u64) -> SpanLabels {
     read_slot(SlotRef::from_bits(slot_bits)).unwrap_or_default()
+}
+
+/// The stack the thread whose timer carries `slot_bits` reported when it
+/// registered (see [`slot`]), if it did. Async-signal-safe, like
+/// [`read_in_signal_handler`].
+#[inline(always)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn stack_in_signal_handler(slot_bits: u64) -> Option<std::ops::Range<u64>> {
+    stack_of(SlotRef::from_bits(slot_bits))
 }
 
 /// The default cap on distinct label sets a process sends: span names, and

@@ -82,6 +82,12 @@ struct Entry {
     profiler: AtomicU8,
     /// Two copies of the labels (see [`pack`]).
     copies: [[AtomicU64; 4]; 2],
+    /// The owner's own stack, `stack_lo..stack_hi`, as the thread itself
+    /// reported it when it registered (`pthread_getattr_np`); `stack_hi` 0
+    /// when unknown (an entry the manager claimed for a thread that never
+    /// called the crate). The handler bounds its stack reads by it.
+    stack_lo: AtomicU64,
+    stack_hi: AtomicU64,
 }
 
 /// An arena entry as one owner period saw it: its index and generation.
@@ -135,7 +141,20 @@ impl Entry {
             flips: AtomicU32::new(0),
             profiler: AtomicU8::new(0),
             copies: [const { [const { AtomicU64::new(0) }; 4] }; 2],
+            stack_lo: AtomicU64::new(0),
+            stack_hi: AtomicU64::new(0),
         }
+    }
+
+    /// Records the owner's stack (only the owner calls this, on its own
+    /// thread). `stack_hi` is stored last: a handler interrupting this on
+    /// the same thread sees either no stack or the whole range.
+    fn set_stack(&self, stack: std::ops::Range<u64>) {
+        self.stack_hi.store(0, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.stack_lo.store(stack.start, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.stack_hi.store(stack.end, Ordering::Release);
     }
 
     #[inline(always)]
@@ -262,6 +281,24 @@ fn read_slot_pausing(slot: SlotRef, mut pause: impl FnMut()) -> Option<SpanLabel
     None
 }
 
+/// The stack the owner of `slot` reported when it registered, if it did
+/// and the entry is still that owner's. Lock-free, allocation-free, no
+/// thread-local access: callable from a signal handler (which only asks
+/// about the thread it runs on).
+#[inline]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn stack_of(slot: SlotRef) -> Option<std::ops::Range<u64>> {
+    let entry = entry(slot.index)?;
+    let owner = entry.owner.load(Ordering::Acquire);
+    if (owner >> 32) as u32 != slot.generation || owner as u32 == 0 {
+        return None;
+    }
+    let hi = entry.stack_hi.load(Ordering::Acquire);
+    let lo = entry.stack_lo.load(Ordering::Relaxed);
+    fence(Ordering::Acquire);
+    (entry.owner.load(Ordering::Relaxed) == owner && lo < hi).then_some(lo..hi)
+}
+
 /// `true` while `slot` is the entry of thread `tid` (not released, not
 /// reused).
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
@@ -354,11 +391,25 @@ pub(crate) fn slot_for_tid(tid: u32) -> Option<SlotRef> {
     // previous owner's generation see it change below.
     e.write(SpanLabels::NONE);
     e.profiler.store(0, Ordering::Relaxed);
+    // Unknown until the owner registers itself (see `register`).
+    e.stack_hi.store(0, Ordering::Relaxed);
+    e.stack_lo.store(0, Ordering::Relaxed);
     e.owner
         .store(owner_word(generation, tid), Ordering::Release);
     reg.by_tid.insert(tid, index);
     CLAIMS.fetch_add(1, Ordering::Release);
     Some(SlotRef { index, generation })
+}
+
+/// How a thread finds its own stack (`lo..hi`): given by the sampler,
+/// which alone may call into libc for it (imports run from the sampler to
+/// the context, not back).
+static STACK_PROBE: OnceLock<fn() -> Option<std::ops::Range<u64>>> = OnceLock::new();
+
+/// Sets how threads registering from now on find their own stack.
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn set_stack_probe(probe: fn() -> Option<std::ops::Range<u64>>) {
+    let _ = STACK_PROBE.set(probe);
 }
 
 /// Entries claimed so far (see [`claims`]).
@@ -545,6 +596,10 @@ fn register(mine: &Mine) -> Option<&'static Entry> {
     };
     if let Some(labels) = carried {
         e.write(labels);
+    }
+    // The thread's own stack bounds the handler's reads of it.
+    if let Some(stack) = STACK_PROBE.get().and_then(|probe| probe()) {
+        e.set_stack(stack);
     }
     mine.owner.set(owner_word(slot.generation, tid));
     mine.index.set(slot.index);

@@ -109,6 +109,7 @@ mod activity;
 mod buffer;
 mod queue;
 mod reclaim;
+mod stack;
 mod timers;
 mod unwind;
 
@@ -163,6 +164,10 @@ static MAPS: AtomicPtr<MapsSnapshot> = AtomicPtr::new(ptr::null_mut());
 fn shared() -> &'static Shared {
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
+        stack::init_page_size();
+        // Threads registering from now on record their own stack, which
+        // bounds the handler's reads of it (see `stack`).
+        context::set_stack_probe(stack::own_stack);
         // SAFETY: registers a plain function; it runs in the child of every
         // later fork(), where it only stores to atomics.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
@@ -330,11 +335,12 @@ fn take_sample(
         // SAFETY: the unwinder and maps are kept alive while a handler runs
         // (they are only freed after a grace period with none running).
         let (state, maps) = unsafe { (&*unwinder, &*maps) };
-        match unwind::plan(maps, regs.sp, here) {
+        let own = context::stack_in_signal_handler(slot_bits);
+        match unwind::plan(maps, own, regs.sp, here) {
             Plan::LeafOnly => {
                 buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
             }
-            Plan::Unwind => {
+            Plan::Unwind(bounds) => {
                 if let Some(slot) = shared.caches.iter().find(|c| {
                     c.busy
                         .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -342,7 +348,7 @@ fn take_sample(
                 }) {
                     // SAFETY: `busy` gives us exclusive use of this cache.
                     let cache = unsafe { &mut *slot.cache.get() };
-                    data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
+                    data.depth = unwind::unwind(state, bounds, cache, regs, &mut data.frames).max(1);
                     slot.busy.store(false, Ordering::Release);
                 } else {
                     buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
@@ -1243,11 +1249,11 @@ pub(crate) mod tests {
         let base = 0x7f00_0000_0000u64;
         let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
         let sp = base + 20 * 1024;
-        assert_eq!(unwind::plan(&maps, sp, base + 6 * 1024), Plan::LeafOnly);
+        assert!(!unwind::plan(&maps, None, sp, base + 6 * 1024).unwinds());
         // The handler's frame just above the headroom it needs (16 KiB in
         // release): room to unwind.
         let frame = base + unwind::HANDLER_HEADROOM + 1024;
-        assert_eq!(unwind::plan(&maps, frame - 4096, frame), Plan::Unwind);
+        assert!(unwind::plan(&maps, None, frame - 4096, frame).unwinds());
     }
 
     #[test]
@@ -1258,16 +1264,10 @@ pub(crate) mod tests {
         let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
         let elsewhere = 0x7e00_0000_0000u64;
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        assert_eq!(
-            unwind::plan(&maps, elsewhere, base + 128 * 1024),
-            Plan::LeafOnly
-        );
+        assert!(!unwind::plan(&maps, None, elsewhere, base + 128 * 1024).unwinds());
         assert!(unwind::STALE_MAPS.load(Ordering::Relaxed) > stale);
         // A handler frame outside the snapshot has no known headroom.
-        assert_eq!(
-            unwind::plan(&maps, base + 64 * 1024, elsewhere),
-            Plan::LeafOnly
-        );
+        assert!(!unwind::plan(&maps, None, base + 64 * 1024, elsewhere).unwinds());
     }
 
     #[test]

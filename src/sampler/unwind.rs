@@ -34,6 +34,7 @@ use framehop::{
 };
 
 use super::buffer::MAX_FRAMES;
+use super::stack::StackBounds;
 
 /// Unwind-table bytes: copies owned by the unwinder.
 pub(crate) type Bytes = Arc<[u8]>;
@@ -165,30 +166,48 @@ pub(crate) const HANDLER_HEADROOM: u64 = if cfg!(debug_assertions) {
 };
 
 /// What a handler may do with the interrupted stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// Unwind it.
-    Unwind,
-    /// Record the interrupted pc only: the stack pointer lies in no mapping
-    /// of the snapshot (a stack mapped or grown since: the manager reads the
-    /// maps again), or the handler's own stack has no headroom left.
+    /// Unwind it, reading the stack within these bounds.
+    Unwind(StackBounds),
+    /// Record the interrupted pc only: the stack pointer lies neither in
+    /// the thread's own stack nor in a mapping of the snapshot (a stack
+    /// mapped or grown since: the manager reads the maps again), or the
+    /// handler's own stack has no headroom left.
     LeafOnly,
 }
 
+impl Plan {
+    /// `true` for [`Plan::Unwind`].
+    #[cfg(test)]
+    pub(crate) fn unwinds(&self) -> bool {
+        matches!(self, Plan::Unwind(_))
+    }
+}
+
 /// Decides whether a handler whose own frame is at `here` may unwind a
-/// stack whose pointer is `sp`. Headroom is measured from the handler's
-/// frame, not from `sp`: the kernel's signal frame sits between the two,
-/// and it is several KiB (more with AVX-512 or AMX state). No allocation.
+/// stack whose pointer is `sp`, and within which bounds. `own` is the
+/// stack the interrupted thread registered (see [`super::stack`]): when it
+/// holds both `sp` and `here`, it bounds the reads and the headroom;
+/// otherwise the maps snapshot does. Headroom is measured from the
+/// handler's frame, not from `sp`: the kernel's signal frame sits between
+/// the two, and it is several KiB (more with AVX-512 or AMX state). No
+/// allocation.
 #[inline]
-pub(crate) fn plan(maps: &MapsSnapshot, sp: u64, here: u64) -> Plan {
-    if maps.readable_range(sp).is_none() {
+pub(crate) fn plan(maps: &MapsSnapshot, own: Option<Range<u64>>, sp: u64, here: u64) -> Plan {
+    if let Some(own) = own.filter(|r| r.contains(&sp) && r.contains(&here)) {
+        if here - own.start < HANDLER_HEADROOM {
+            return Plan::LeafOnly;
+        }
+        return Plan::Unwind(StackBounds::exact(sp, own.end));
+    }
+    let Some(range) = maps.readable_range(sp) else {
         STALE_MAPS.fetch_add(1, Ordering::Relaxed);
         return Plan::LeafOnly;
-    }
+    };
     if !maps.has_headroom(here, HANDLER_HEADROOM) {
         return Plan::LeafOnly;
     }
-    Plan::Unwind
+    Plan::Unwind(StackBounds::probed(sp, range.end))
 }
 
 /// Registers taken from the interrupted context.
@@ -202,35 +221,27 @@ pub(crate) struct Regs {
 }
 
 /// Unwinds into `out`, leaf first (`out[0]` = pc, then return addresses).
-/// Stack reads are limited to `[sp, end of sp's readable region)`.
-/// No allocation, no locks, no syscalls. Never inlined, so that its large
-/// frame is only pushed after the caller checked the stack headroom.
+/// Stack reads stay within `bounds` (from [`plan`]).
+/// No allocation, no locks; no system call but `bounds`' page checks.
+/// Never inlined, so that its large frame is only pushed after the caller
+/// checked the stack headroom.
 #[inline(never)]
 pub(crate) fn unwind(
     state: &UnwindState,
-    maps: &MapsSnapshot,
+    mut bounds: StackBounds,
     cache: &mut NativeCache,
     regs: Regs,
     out: &mut [u64; MAX_FRAMES],
 ) -> usize {
-    let stack_lo = regs.sp;
-    let stack_hi = match maps.readable_range(regs.sp) {
-        Some(range) => range.end,
-        None => {
-            STALE_MAPS.fetch_add(1, Ordering::Relaxed);
-            regs.sp
-        }
-    };
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
-        if addr < stack_lo
-            || addr.checked_add(8).is_none_or(|end| end > stack_hi)
-            || !addr.is_multiple_of(8)
-        {
+        if !bounds.readable(addr) {
             return Err(());
         }
-        // SAFETY: `addr..addr+8` lies inside a readable mapping that contains
-        // this thread's stack pointer, i.e. the live stack of the interrupted
-        // thread (which is the thread running this handler), and is aligned.
+        // SAFETY: `bounds` holds this thread's own stack (from the stack
+        // pointer up), as the thread itself reported it or as checked page
+        // by page against what is mapped now; the read is aligned. The
+        // interrupted thread is the one running this handler, so its stack
+        // cannot go away meanwhile.
         Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
     };
     #[cfg(target_arch = "x86_64")]
@@ -600,21 +611,27 @@ mod tests {
 
     #[test]
     fn a_stack_outside_the_snapshot_is_counted_as_stale() {
-        let state = build_unwinder(&mut TablesCache::default());
         let maps = MapsSnapshot::from_ranges(Vec::new());
-        let mut cache = NativeCache::new_in();
-        let mut out = [0u64; MAX_FRAMES];
         let local = 0u64;
-        let regs = Regs {
-            pc: build_unwinder as *const () as u64,
-            sp: &local as *const u64 as u64,
-            fp: 0,
-            lr: 0,
-        };
+        let sp = &local as *const u64 as u64;
         let before = STALE_MAPS.load(Ordering::Relaxed);
-        let depth = unwind(&state, &maps, &mut cache, regs, &mut out);
-        assert!(depth >= 1);
-        assert_eq!(out[0], regs.pc);
+        assert!(!plan(&maps, None, sp, sp).unwinds());
         assert!(STALE_MAPS.load(Ordering::Relaxed) > before);
+    }
+
+    #[test]
+    fn the_threads_own_stack_bounds_reads_and_headroom() {
+        let base = 0x7f00_0000_0000u64;
+        let own = base..base + 256 * 1024;
+        // Not in the snapshot at all: the thread's own range decides.
+        let maps = MapsSnapshot::from_ranges(Vec::new());
+        let here = base + 128 * 1024;
+        assert!(plan(&maps, Some(own.clone()), here + 512, here).unwinds());
+        // Too little room below the handler's frame.
+        let low = base + 4 * 1024;
+        assert!(!plan(&maps, Some(own.clone()), low + 512, low).unwinds());
+        // A stack pointer outside it (a coroutine's stack): the snapshot
+        // decides, and knows nothing here.
+        assert!(!plan(&maps, Some(own), base - 4096, here).unwinds());
     }
 }
