@@ -419,14 +419,10 @@ mod linux {
             };
             // The debug info is read again only for addresses not seen
             // before: it is let go after each interval (it would otherwise
-            // stay in memory, tens of MB for a large binary). The heap
-            // freed in the interval (the debug info, the encoding) is
-            // returned after every interval, not only after a read: glibc
-            // keeps freed pages in each thread's arena, and that is what
-            // made the soak's RSS floors creep up while the live heap
-            // stayed flat (heaptrack).
+            // stay in memory, tens of MB for a large binary). The host's
+            // heap is left to its allocator (no `malloc_trim`: it locks and
+            // walks every glibc arena of the process).
             symbolizer.release_debug_info();
-            crate::sampler::release_free_heap();
             for profile in profiles {
                 Counters::bump(&self.counters.profiles);
                 tracing::debug!(

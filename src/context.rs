@@ -222,15 +222,19 @@ pub(crate) enum ProfilerThread {
     Timers,
     /// `pyroscope-upload`: sends profiles to the server.
     Uploader,
+    /// `pyroscope-drain`: moves samples from the signal buffer to the
+    /// collector's queue.
+    Drain,
 }
 
 impl ProfilerThread {
     /// Every profiler thread.
     #[cfg(test)]
-    pub(crate) const ALL: [ProfilerThread; 3] = [
+    pub(crate) const ALL: [ProfilerThread; 4] = [
         ProfilerThread::Collector,
         ProfilerThread::Timers,
         ProfilerThread::Uploader,
+        ProfilerThread::Drain,
     ];
 
     /// A nonzero byte for an arena entry's marker (0: not a profiler
@@ -240,6 +244,7 @@ impl ProfilerThread {
             ProfilerThread::Collector => 1,
             ProfilerThread::Timers => 2,
             ProfilerThread::Uploader => 3,
+            ProfilerThread::Drain => 4,
         }
     }
 
@@ -249,6 +254,7 @@ impl ProfilerThread {
             1 => Some(ProfilerThread::Collector),
             2 => Some(ProfilerThread::Timers),
             3 => Some(ProfilerThread::Uploader),
+            4 => Some(ProfilerThread::Drain),
             _ => None,
         }
     }
@@ -261,6 +267,7 @@ impl ProfilerThread {
             ProfilerThread::Collector => "tracing-pyroscope: collector (pyroscope-collect)",
             ProfilerThread::Timers => "tracing-pyroscope: timer manager (pyroscope-timer)",
             ProfilerThread::Uploader => "tracing-pyroscope: uploader (pyroscope-upload)",
+            ProfilerThread::Drain => "tracing-pyroscope: sample drain (pyroscope-drain)",
         }
     }
 }
@@ -365,6 +372,17 @@ static LABEL_SET_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 /// Most refused names (or label sets) remembered, so each counts once.
 const MAX_REFUSED: usize = 100_000;
 
+/// A 64-bit hash of refused text: what is kept of a refused name or value
+/// (8 bytes, not the text, so [`MAX_REFUSED`] of them cost about 2 MiB at
+/// most). Two refused texts with one hash count once: an overflow counter
+/// a hair low, never a wrong label.
+pub(crate) fn refused_hash(parts: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Sets the cap on distinct label sets: span names plus (name, span-field
 /// labels) combinations (at least 1). Names and sets already admitted keep
 /// their ids.
@@ -391,8 +409,9 @@ pub(crate) fn label_set_overflows() -> u64 {
 struct Names {
     ids: HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
-    /// Names refused by the cap, so each counts once as an overflow.
-    refused: HashSet<Arc<str>>,
+    /// Hashes of names refused by the cap ([`refused_hash`]), so each
+    /// counts once as an overflow.
+    refused: HashSet<u64>,
     /// Admitted `(name_id, fields_id)` combinations (`fields_id != 0`).
     sets: HashSet<(u32, u32)>,
     /// Combinations refused by the cap, so each counts once.
@@ -441,8 +460,7 @@ pub fn intern_name(name: &str) -> u32 {
         return id;
     }
     let name: &str = if table.label_sets() >= MAX_NAMES.load(Ordering::Relaxed) {
-        if !table.refused.contains(&*name) && table.refused.len() < MAX_REFUSED {
-            table.refused.insert(Arc::from(&*name));
+        if table.refused.len() < MAX_REFUSED && table.refused.insert(refused_hash(&[&name])) {
             NAME_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
         }
         OVERFLOW_NAME

@@ -235,6 +235,12 @@ fn slot_bits(info: *const libc::siginfo_t) -> u64 {
     }
 }
 
+/// `true` if a POSIX timer sent this signal.
+fn from_timer(info: *const libc::siginfo_t) -> bool {
+    // SAFETY: as in `weight`.
+    !info.is_null() && unsafe { &*(info as *const TimerSigInfo) }.si_code == libc::SI_TIMER
+}
+
 /// How many timer periods this signal stands for. When expirations are
 /// detected late (CPU timers are checked at scheduler ticks) the kernel
 /// merges them and reports the extra ones as the overrun count; weighting by
@@ -254,6 +260,11 @@ fn weight(info: *const libc::siginfo_t) -> u32 {
 }
 
 extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    if !from_timer(info) {
+        // Not one of our timers: a stray `kill`, or the wake `stop` sends
+        // the manager to end its sleep. Nothing to sample.
+        return;
+    }
     // SAFETY: __errno_location returns this thread's errno slot.
     let errno = unsafe { *libc::__errno_location() };
     let parity = reclaim::enter();
@@ -573,7 +584,11 @@ impl Sampler {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name("pyroscope-drain".into())
-                .spawn(move || drain_loop(&buffer, &queue))
+                .spawn(move || {
+                    // Its samples get a root frame naming it (context.rs).
+                    context::mark_profiler_thread(context::ProfilerThread::Drain);
+                    drain_loop(&buffer, &queue)
+                })
         };
         let drainer = match drainer {
             Ok(d) => d,
@@ -703,16 +718,34 @@ impl Sampler {
             return;
         }
         self.stop.stop();
-        // A manager asleep until the process uses CPU time wakes when it
-        // has: use that much (at most `IDLE_WAKE_CPU` and a scheduler tick).
+        // A manager asleep until the process uses CPU time: interrupt its
+        // `clock_nanosleep` (never restarted after a handler) with a
+        // `SIGPROF` of our own, which the handler ignores (it samples only
+        // timer signals). Sent again every millisecond until it is out, in
+        // case it was sent just before the manager went to sleep. Should
+        // another handler have replaced ours, it must not get our signal:
+        // then the process uses the CPU time the manager waits for
+        // (`IDLE_WAKE_CPU`) instead.
         while !manager.is_finished() {
             if self.manager_asleep_on_cpu.load(Ordering::SeqCst) {
-                activity::burn_until(|| {
-                    manager.is_finished() || !self.manager_asleep_on_cpu.load(Ordering::SeqCst)
-                });
-            } else {
-                std::thread::sleep(Duration::from_millis(1));
+                if foreign_handler().is_none() {
+                    // SAFETY: the manager thread is joinable (not joined
+                    // yet), so its pthread_t is valid; our handler is
+                    // installed for SIGPROF.
+                    unsafe {
+                        libc::pthread_kill(
+                            std::os::unix::thread::JoinHandleExt::as_pthread_t(&manager),
+                            libc::SIGPROF,
+                        )
+                    };
+                } else {
+                    activity::burn_until(|| {
+                        manager.is_finished()
+                            || !self.manager_asleep_on_cpu.load(Ordering::SeqCst)
+                    });
+                }
             }
+            std::thread::sleep(Duration::from_millis(1));
         }
         let _ = manager.join();
         self.buffer.stop_sleeping();
@@ -879,23 +912,6 @@ fn manage(
     }
     timers.clear();
     shut_down(&mut retired, buffer);
-}
-
-/// Returns the heap's free memory to the system where the allocator keeps
-/// it (glibc: `malloc_trim(0)`, which also releases free pages inside its
-/// arenas). The collector calls it after every interval, once the debug
-/// info it read to symbolize and the encoding's buffers are freed: tens of
-/// MB at times, which glibc would otherwise keep mapped for good (its
-/// cost is within the noise of `examples/overhead.rs` at 1 s intervals).
-/// A no-op on other C libraries.
-pub(crate) fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes glibc's arena locks like any malloc call
-    // and only unmaps or advises away free pages; it is called from an
-    // ordinary thread (the collector), never from a signal handler.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Moves samples from the signal buffer to the heap queue whenever the
@@ -1208,6 +1224,34 @@ pub(crate) mod tests {
             samples as u64, stats.taken,
             "every sample taken reaches the collector"
         );
+    }
+
+    #[test]
+    fn stopping_a_manager_asleep_on_cpu_time_spins_no_core() {
+        let _serial = serial();
+        let mut sampler = Sampler::start(100).expect("start");
+        // Idle: the manager goes to sleep until the process uses CPU time
+        // (unless other tests keep the process busy: then there is nothing
+        // to test).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sampler.manager_asleep_on_cpu.load(Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !sampler.manager_asleep_on_cpu.load(Ordering::SeqCst) {
+            println!("skipped: the manager never slept (a busy process)");
+            sampler.stop();
+            return;
+        }
+        let (cpu, wall) = (thread_cpu_nanos(), std::time::Instant::now());
+        sampler.stop();
+        let (cpu, wall) = (thread_cpu_nanos() - cpu, wall.elapsed());
+        println!("stop: {cpu} ns of this thread's CPU, {wall:?}");
+        assert!(wall < Duration::from_secs(2), "stop took {wall:?}");
+        // Burning the CPU time the manager waits for would take about
+        // `IDLE_WAKE_CPU` (1 ms) of it.
+        assert!(cpu < 500_000, "stop used {cpu} ns of CPU");
     }
 
     #[test]
