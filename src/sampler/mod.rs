@@ -58,7 +58,7 @@
 //! - **Stack headroom**: the handler runs on the interrupted thread's own
 //!   stack (no `SA_ONSTACK`), below the kernel's signal frame. It unwinds
 //!   only if the stack pointer lies in a mapping of the maps snapshot and if
-//!   at least [`unwind::HANDLER_HEADROOM`] (16 KiB) is left below the
+//!   at least [`handler::HANDLER_HEADROOM`] (16 KiB) is left below the
 //!   handler's *own* frame (so the signal frame's size, larger with AVX-512
 //!   or AMX state, is accounted for); otherwise it records the interrupted
 //!   pc alone. A stack pointer outside the snapshot makes the manager read
@@ -107,6 +107,7 @@ use crate::{Error, ErrorKind};
 
 mod activity;
 mod buffer;
+mod handler;
 mod queue;
 mod reclaim;
 mod stack;
@@ -116,7 +117,8 @@ mod unwind;
 use buffer::SampleBuffer;
 use queue::Queue;
 use reclaim::{Retired, Retiree};
-use unwind::{MapsSnapshot, NativeCache, Plan, Regs, UnwindState};
+use handler::on_sigprof;
+use unwind::{MapsSnapshot, NativeCache, UnwindState};
 
 /// How often the manager looks for new and exited threads.
 pub(crate) const SCAN_PERIOD: Duration = Duration::from_millis(20);
@@ -202,172 +204,6 @@ extern "C" fn after_fork_in_child() {
         }
     }
     RUNNING.store(false, Ordering::SeqCst);
-}
-
-/// The start of the kernel's `siginfo_t` for POSIX timer signals
-/// (`_sigfault` union member `_timer`), on 64-bit Linux.
-#[repr(C)]
-struct TimerSigInfo {
-    si_signo: libc::c_int,
-    si_errno: libc::c_int,
-    si_code: libc::c_int,
-    _pad: libc::c_int,
-    si_tid: libc::c_int,
-    si_overrun: libc::c_int,
-    /// The timer's `sigev_value`: its thread's arena entry
-    /// ([`context::SlotRef`]).
-    si_value: u64,
-}
-
-/// The arena entry of the thread this signal's timer samples, from the
-/// timer's value; "no entry" for a `SIGPROF` that no timer of ours sent.
-/// Read from the siginfo, not from a thread local (see [`context`]).
-fn slot_bits(info: *const libc::siginfo_t) -> u64 {
-    if info.is_null() {
-        return context::SlotRef::NONE_BITS;
-    }
-    // SAFETY: as in `weight`.
-    let info = unsafe { &*(info as *const TimerSigInfo) };
-    if info.si_code == libc::SI_TIMER {
-        info.si_value
-    } else {
-        context::SlotRef::NONE_BITS
-    }
-}
-
-/// `true` if a POSIX timer sent this signal.
-fn from_timer(info: *const libc::siginfo_t) -> bool {
-    // SAFETY: as in `weight`.
-    !info.is_null() && unsafe { &*(info as *const TimerSigInfo) }.si_code == libc::SI_TIMER
-}
-
-/// How many timer periods this signal stands for. When expirations are
-/// detected late (CPU timers are checked at scheduler ticks) the kernel
-/// merges them and reports the extra ones as the overrun count; weighting by
-/// it keeps sample counts proportional to CPU time.
-fn weight(info: *const libc::siginfo_t) -> u32 {
-    if info.is_null() {
-        return 1;
-    }
-    // SAFETY: the kernel passes a full siginfo_t (128 bytes), larger than
-    // TimerSigInfo; for SI_TIMER the `_timer` member is the active one.
-    let info = unsafe { &*(info as *const TimerSigInfo) };
-    if info.si_code == libc::SI_TIMER && info.si_overrun > 0 {
-        (info.si_overrun as u32).saturating_add(1).min(1000)
-    } else {
-        1
-    }
-}
-
-extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    if !from_timer(info) {
-        // Not one of our timers: a stray `kill`, or the wake `stop` sends
-        // the manager to end its sleep. Nothing to sample.
-        return;
-    }
-    // SAFETY: __errno_location returns this thread's errno slot.
-    let errno = unsafe { *libc::__errno_location() };
-    let parity = reclaim::enter();
-    if ACTIVE.load(Ordering::SeqCst) {
-        let buffer = BUFFER.load(Ordering::SeqCst);
-        if let (Some(shared), false) = (SHARED.get(), buffer.is_null()) {
-            // SAFETY: a published buffer stays alive until a grace period
-            // after it was unpublished, and we are counted in `reclaim`.
-            take_sample(
-                shared,
-                unsafe { &*buffer },
-                ctx,
-                weight(info),
-                slot_bits(info),
-            );
-        }
-    }
-    reclaim::exit(parity);
-    // SAFETY: as above; restoring errno keeps the interrupted code's view intact.
-    unsafe { *libc::__errno_location() = errno };
-}
-
-/// Reads pc/sp/fp/lr from the signal context.
-fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
-    if ctx.is_null() {
-        return None;
-    }
-    // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t
-    // describing the interrupted thread; we only read it.
-    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
-    #[cfg(target_arch = "x86_64")]
-    {
-        let g = &uc.uc_mcontext.gregs;
-        Some(Regs {
-            pc: g[libc::REG_RIP as usize] as u64,
-            sp: g[libc::REG_RSP as usize] as u64,
-            fp: g[libc::REG_RBP as usize] as u64,
-            lr: 0,
-        })
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let m = &uc.uc_mcontext;
-        Some(Regs {
-            pc: m.pc,
-            sp: m.sp,
-            fp: m.regs[29],
-            lr: m.regs[30],
-        })
-    }
-}
-
-#[inline]
-fn take_sample(
-    shared: &Shared,
-    buffer: &SampleBuffer,
-    ctx: *mut libc::c_void,
-    weight: u32,
-    slot_bits: u64,
-) {
-    // A local of the handler's own frame: the stack left below it is what
-    // the handler can use (on the interrupted thread's stack, below the
-    // kernel's signal frame).
-    let marker = 0u8;
-    let here = std::hint::black_box(ptr::addr_of!(marker)) as u64;
-    let labels = context::read_in_signal_handler(slot_bits);
-    let Some(regs) = regs_from(ctx) else { return };
-    let Some(mut claim) = buffer.claim() else {
-        return; // counted as dropped by `claim`
-    };
-    let data = buffer.data(&mut claim);
-    data.labels = labels;
-    data.weight = weight;
-    data.frames[0] = regs.pc;
-    data.depth = 1;
-    let unwinder = UNWIND.load(Ordering::SeqCst);
-    let maps = MAPS.load(Ordering::SeqCst);
-    if !unwinder.is_null() && !maps.is_null() {
-        // SAFETY: the unwinder and maps are kept alive while a handler runs
-        // (they are only freed after a grace period with none running).
-        let (state, maps) = unsafe { (&*unwinder, &*maps) };
-        let own = context::stack_in_signal_handler(slot_bits);
-        match unwind::plan(maps, own, regs.sp, here) {
-            Plan::LeafOnly => {
-                buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
-            }
-            Plan::Unwind(bounds) => {
-                if let Some(slot) = shared.caches.iter().find(|c| {
-                    c.busy
-                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                }) {
-                    // SAFETY: `busy` gives us exclusive use of this cache.
-                    let cache = unsafe { &mut *slot.cache.get() };
-                    data.depth = unwind::unwind(state, bounds, cache, regs, &mut data.frames).max(1);
-                    slot.busy.store(false, Ordering::Release);
-                } else {
-                    buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-    buffer.publish(claim);
 }
 
 /// Installs our handler unless a foreign one is installed.
@@ -1293,11 +1129,11 @@ pub(crate) mod tests {
         let base = 0x7f00_0000_0000u64;
         let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
         let sp = base + 20 * 1024;
-        assert!(!unwind::plan(&maps, None, sp, base + 6 * 1024).unwinds());
+        assert!(!handler::plan(handler::InHandler::for_test(), &maps, None, sp, base + 6 * 1024).unwinds());
         // The handler's frame just above the headroom it needs (16 KiB in
         // release): room to unwind.
-        let frame = base + unwind::HANDLER_HEADROOM + 1024;
-        assert!(unwind::plan(&maps, None, frame - 4096, frame).unwinds());
+        let frame = base + handler::HANDLER_HEADROOM + 1024;
+        assert!(handler::plan(handler::InHandler::for_test(), &maps, None, frame - 4096, frame).unwinds());
     }
 
     #[test]
@@ -1308,10 +1144,10 @@ pub(crate) mod tests {
         let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
         let elsewhere = 0x7e00_0000_0000u64;
         let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        assert!(!unwind::plan(&maps, None, elsewhere, base + 128 * 1024).unwinds());
+        assert!(!handler::plan(handler::InHandler::for_test(), &maps, None, elsewhere, base + 128 * 1024).unwinds());
         assert!(unwind::STALE_MAPS.load(Ordering::Relaxed) > stale);
         // A handler frame outside the snapshot has no known headroom.
-        assert!(!unwind::plan(&maps, None, base + 64 * 1024, elsewhere).unwinds());
+        assert!(!handler::plan(handler::InHandler::for_test(), &maps, None, base + 64 * 1024, elsewhere).unwinds());
     }
 
     #[test]

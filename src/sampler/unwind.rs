@@ -25,16 +25,14 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use framehop::{
-    CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind,
-    UnwindRegsNative, Unwinder, UnwinderNative,
+    CacheNative, ExplicitModuleSectionInfo, Module, MustNotAllocateDuringUnwind, Unwinder,
+    UnwinderNative,
 };
 
-use super::buffer::MAX_FRAMES;
-use super::stack::StackBounds;
 
 /// Unwind-table bytes: copies owned by the unwinder.
 pub(crate) type Bytes = Arc<[u8]>;
@@ -153,128 +151,6 @@ fn stack_limit() -> Option<u64> {
         return None;
     }
     Some(limit.rlim_cur)
-}
-
-/// Stack the handler needs below its own frame to unwind safely (measured
-/// ~9 KiB in an optimised build, with margin; an unoptimised build's frames
-/// are several times larger, so it asks for more). Checked by the caller
-/// *before* calling [`unwind`], whose own frame holds the unwinder's state.
-pub(crate) const HANDLER_HEADROOM: u64 = if cfg!(debug_assertions) {
-    96 * 1024
-} else {
-    16 * 1024
-};
-
-/// What a handler may do with the interrupted stack.
-pub(crate) enum Plan {
-    /// Unwind it, reading the stack within these bounds.
-    Unwind(StackBounds),
-    /// Record the interrupted pc only: the stack pointer lies neither in
-    /// the thread's own stack nor in a mapping of the snapshot (a stack
-    /// mapped or grown since: the manager reads the maps again), or the
-    /// handler's own stack has no headroom left.
-    LeafOnly,
-}
-
-impl Plan {
-    /// `true` for [`Plan::Unwind`].
-    #[cfg(test)]
-    pub(crate) fn unwinds(&self) -> bool {
-        matches!(self, Plan::Unwind(_))
-    }
-}
-
-/// Decides whether a handler whose own frame is at `here` may unwind a
-/// stack whose pointer is `sp`, and within which bounds. `own` is the
-/// stack the interrupted thread registered (see [`super::stack`]): when it
-/// holds both `sp` and `here`, it bounds the reads and the headroom;
-/// otherwise the maps snapshot does. Headroom is measured from the
-/// handler's frame, not from `sp`: the kernel's signal frame sits between
-/// the two, and it is several KiB (more with AVX-512 or AMX state). No
-/// allocation.
-#[inline]
-pub(crate) fn plan(maps: &MapsSnapshot, own: Option<Range<u64>>, sp: u64, here: u64) -> Plan {
-    if let Some(own) = own.filter(|r| r.contains(&sp) && r.contains(&here)) {
-        if here - own.start < HANDLER_HEADROOM {
-            return Plan::LeafOnly;
-        }
-        return Plan::Unwind(StackBounds::exact(sp, own.end));
-    }
-    let Some(range) = maps.readable_range(sp) else {
-        STALE_MAPS.fetch_add(1, Ordering::Relaxed);
-        return Plan::LeafOnly;
-    };
-    if !maps.has_headroom(here, HANDLER_HEADROOM) {
-        return Plan::LeafOnly;
-    }
-    Plan::Unwind(StackBounds::probed(sp, range.end))
-}
-
-/// Registers taken from the interrupted context.
-#[derive(Clone, Copy)]
-pub(crate) struct Regs {
-    pub(crate) pc: u64,
-    pub(crate) sp: u64,
-    pub(crate) fp: u64,
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
-    pub(crate) lr: u64,
-}
-
-/// Unwinds into `out`, leaf first (`out[0]` = pc, then return addresses).
-/// Stack reads stay within `bounds` (from [`plan`]).
-/// No allocation, no locks; no system call but `bounds`' page checks.
-/// Never inlined, so that its large frame is only pushed after the caller
-/// checked the stack headroom.
-#[inline(never)]
-pub(crate) fn unwind(
-    state: &UnwindState,
-    mut bounds: StackBounds,
-    cache: &mut NativeCache,
-    regs: Regs,
-    out: &mut [u64; MAX_FRAMES],
-) -> usize {
-    let mut read_stack = |addr: u64| -> Result<u64, ()> {
-        if !bounds.readable(addr) {
-            return Err(());
-        }
-        // SAFETY: `bounds` holds this thread's own stack (from the stack
-        // pointer up), as the thread itself reported it or as checked page
-        // by page against what is mapped now; the read is aligned. The
-        // interrupted thread is the one running this handler, so its stack
-        // cannot go away meanwhile.
-        Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
-    };
-    #[cfg(target_arch = "x86_64")]
-    let unwind_regs = UnwindRegsNative::new(regs.pc, regs.sp, regs.fp);
-    // Return addresses may carry pointer-authentication bits (PAC): strip
-    // everything above the highest known code address.
-    #[cfg(target_arch = "aarch64")]
-    let unwind_regs = UnwindRegsNative::new_with_ptr_auth_mask(
-        framehop::aarch64::PtrAuthMask::from_max_known_address(
-            state.unwinder.max_known_code_address(),
-        ),
-        regs.lr,
-        regs.sp,
-        regs.fp,
-    );
-    let mut frames = state
-        .unwinder
-        .iter_frames(regs.pc, unwind_regs, cache, &mut read_stack);
-    let mut n = 0;
-    while n < MAX_FRAMES {
-        match frames.next() {
-            Ok(Some(frame)) => {
-                let address = match frame {
-                    FrameAddress::InstructionPointer(a) => a,
-                    FrameAddress::ReturnAddress(a) => a.get(),
-                };
-                out[n] = address;
-                n += 1;
-            }
-            _ => break,
-        }
-    }
-    n
 }
 
 /// One loaded object as found by `dl_iterate_phdr`, with copies of its
@@ -607,31 +483,5 @@ mod tests {
         unsafe {
             libc::munmap(first as *mut libc::c_void, 8 * PAGE as usize);
         }
-    }
-
-    #[test]
-    fn a_stack_outside_the_snapshot_is_counted_as_stale() {
-        let maps = MapsSnapshot::from_ranges(Vec::new());
-        let local = 0u64;
-        let sp = &local as *const u64 as u64;
-        let before = STALE_MAPS.load(Ordering::Relaxed);
-        assert!(!plan(&maps, None, sp, sp).unwinds());
-        assert!(STALE_MAPS.load(Ordering::Relaxed) > before);
-    }
-
-    #[test]
-    fn the_threads_own_stack_bounds_reads_and_headroom() {
-        let base = 0x7f00_0000_0000u64;
-        let own = base..base + 256 * 1024;
-        // Not in the snapshot at all: the thread's own range decides.
-        let maps = MapsSnapshot::from_ranges(Vec::new());
-        let here = base + 128 * 1024;
-        assert!(plan(&maps, Some(own.clone()), here + 512, here).unwinds());
-        // Too little room below the handler's frame.
-        let low = base + 4 * 1024;
-        assert!(!plan(&maps, Some(own.clone()), low + 512, low).unwinds());
-        // A stack pointer outside it (a coroutine's stack): the snapshot
-        // decides, and knows nothing here.
-        assert!(!plan(&maps, Some(own), base - 4096, here).unwinds());
     }
 }
