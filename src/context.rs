@@ -58,8 +58,7 @@ pub use fields::{
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
     claims as slot_claims, read_slot, release_exited, release_slot, set_stack_probe, slot_for_tid,
-    slot_is_current, stack_of,
-    SlotRef,
+    slot_is_current, stack_of, SlotRef,
 };
 
 /// The sample label keys the crate sets, in the order they are written.

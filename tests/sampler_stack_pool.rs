@@ -53,7 +53,7 @@ mod pool {
     const PARTS: usize = 4;
     /// CPU time each worker spends in the bogus frame.
     const SPIN_NANOS: u64 = 1_000_000_000;
-    const SPAN: u64 = 0x5_7ac_c0de;
+    const SPAN: u64 = 0x57ac_c0de;
 
     struct Job {
         /// Where the bogus frame pointer points: the neighbour's part.
@@ -185,7 +185,9 @@ mod pool {
                 if !tr.frames.iter().any(|f| f.contains("tp_bogus_frame_spin")) {
                     continue;
                 }
-                if tr.labels.get("span_id").map(String::as_str) == Some(format!("{SPAN:016x}").as_str()) {
+                if tr.labels.get("span_id").map(String::as_str)
+                    == Some(format!("{SPAN:016x}").as_str())
+                {
                     registered += tr.count;
                 } else {
                     unregistered += tr.count;

@@ -47,7 +47,7 @@ use std::ops::Range;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use framehop::{FrameAddress, Unwinder, UnwindRegsNative};
+use framehop::{FrameAddress, UnwindRegsNative, Unwinder};
 
 use super::buffer::{SampleBuffer, MAX_FRAMES};
 use super::reclaim;
@@ -141,7 +141,11 @@ fn weight(info: *const libc::siginfo_t) -> u32 {
     }
 }
 
-pub(super) extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+pub(super) extern "C" fn on_sigprof(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
     if !from_timer(info) {
         // Not one of our timers: a stray `kill`, or the wake `stop` sends
         // the manager to end its sleep. Nothing to sample.
@@ -501,10 +505,24 @@ mod tests {
         // Not in the snapshot at all: the thread's own range decides.
         let maps = MapsSnapshot::from_ranges(Vec::new());
         let here = base + 128 * 1024;
-        assert!(plan(InHandler::for_test(), &maps, Some(own.clone()), here + 512, here).unwinds());
+        assert!(plan(
+            InHandler::for_test(),
+            &maps,
+            Some(own.clone()),
+            here + 512,
+            here
+        )
+        .unwinds());
         // Too little room below the handler's frame.
         let low = base + 4 * 1024;
-        assert!(!plan(InHandler::for_test(), &maps, Some(own.clone()), low + 512, low).unwinds());
+        assert!(!plan(
+            InHandler::for_test(),
+            &maps,
+            Some(own.clone()),
+            low + 512,
+            low
+        )
+        .unwinds());
         // A stack pointer outside it (a coroutine's stack): the snapshot
         // decides, and knows nothing here.
         assert!(!plan(InHandler::for_test(), &maps, Some(own), base - 4096, here).unwinds());

@@ -5,7 +5,6 @@
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-
 /// Reads the page size once, off the signal path.
 pub(crate) fn init_page_size() {
     // SAFETY: sysconf has no preconditions.

@@ -33,7 +33,6 @@ use framehop::{
     UnwinderNative,
 };
 
-
 /// Unwind-table bytes: copies owned by the unwinder.
 pub(crate) type Bytes = Arc<[u8]>;
 pub(crate) type NativeUnwinder = UnwinderNative<Bytes, MustNotAllocateDuringUnwind>;
