@@ -55,7 +55,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::sync::atomic::{compiler_fence, fence, spin, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::{ProfilerThread, SpanLabels};
@@ -135,12 +135,26 @@ fn pack(l: &SpanLabels) -> [u64; 4] {
 }
 
 impl Entry {
+    #[cfg(not(all(loom, test)))]
     const fn new() -> Entry {
         Entry {
             owner: AtomicU64::new(0),
             flips: AtomicU32::new(0),
             profiler: AtomicU8::new(0),
             copies: [const { [const { AtomicU64::new(0) }; 4] }; 2],
+            stack_lo: AtomicU64::new(0),
+            stack_hi: AtomicU64::new(0),
+        }
+    }
+
+    /// Loom's atomics are not `const`.
+    #[cfg(all(loom, test))]
+    fn new() -> Entry {
+        Entry {
+            owner: AtomicU64::new(0),
+            flips: AtomicU32::new(0),
+            profiler: AtomicU8::new(0),
+            copies: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             stack_lo: AtomicU64::new(0),
             stack_hi: AtomicU64::new(0),
         }
@@ -257,28 +271,37 @@ pub(crate) fn read_slot(slot: SlotRef) -> Option<SpanLabels> {
 
 /// [`read_slot`], calling `pause` in the middle of each attempt's read.
 #[inline(always)]
-fn read_slot_pausing(slot: SlotRef, mut pause: impl FnMut()) -> Option<SpanLabels> {
-    let entry = entry(slot.index)?;
-    for _ in 0..READ_ATTEMPTS {
-        let owner = entry.owner.load(Ordering::Acquire);
-        if (owner >> 32) as u32 != slot.generation || owner as u32 == 0 {
-            return None;
-        }
-        let flips = entry.flips.load(Ordering::Acquire);
-        let mut labels = entry.load_pausing(flips as usize, &mut pause);
-        let profiler = entry.profiler.load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        if entry.flips.load(Ordering::Relaxed) == flips
-            && entry.owner.load(Ordering::Relaxed) == owner
-        {
-            if let Some(thread) = ProfilerThread::from_code(profiler) {
-                labels = labels.on_profiler_thread(thread);
+fn read_slot_pausing(slot: SlotRef, pause: impl FnMut()) -> Option<SpanLabels> {
+    entry(slot.index)?.read(slot.generation, pause)
+}
+
+impl Entry {
+    /// The labels, if the entry still belongs to the owner of
+    /// `generation`: the read side of the sequence lock (see
+    /// [`read_slot`]), calling `pause` in the middle of each attempt.
+    #[inline(always)]
+    fn read(&self, generation: u32, mut pause: impl FnMut()) -> Option<SpanLabels> {
+        for _ in 0..READ_ATTEMPTS {
+            let owner = self.owner.load(Ordering::Acquire);
+            if (owner >> 32) as u32 != generation || owner as u32 == 0 {
+                return None;
             }
-            return Some(labels);
+            let flips = self.flips.load(Ordering::Acquire);
+            let mut labels = self.load_pausing(flips as usize, &mut pause);
+            let profiler = self.profiler.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.flips.load(Ordering::Relaxed) == flips
+                && self.owner.load(Ordering::Relaxed) == owner
+            {
+                if let Some(thread) = ProfilerThread::from_code(profiler) {
+                    labels = labels.on_profiler_thread(thread);
+                }
+                return Some(labels);
+            }
+            spin();
         }
-        std::hint::spin_loop();
+        None
     }
-    None
 }
 
 /// The stack the owner of `slot` reported when it registered, if it did
@@ -413,7 +436,7 @@ pub(crate) fn set_stack_probe(probe: fn() -> Option<std::ops::Range<u64>>) {
 }
 
 /// Entries claimed so far (see [`claims`]).
-static CLAIMS: AtomicU64 = AtomicU64::new(0);
+static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many entries were claimed so far, by threads registering at their
 /// first span enter or by the manager arming a timer: the manager lists
@@ -816,5 +839,38 @@ mod tests {
             seen_a.min(seen_b) >= 10_000,
             "the reader saw too few flips to test"
         );
+    }
+}
+
+/// Models of the label slot under loom: every interleaving (within the
+/// preemption bound) of the owner writing its labels and another thread
+/// reading them. Run by `scripts/test.sh`.
+#[cfg(all(loom, test))]
+mod loom_models {
+    use super::*;
+
+    #[test]
+    fn loom_a_read_racing_writes_is_never_torn() {
+        let a = SpanLabels::new(0x1111, 0x2222 << 64 | 0x3333, 0x44).with_fields(0x55);
+        let b = SpanLabels::new(0x6666, 0x7777 << 64 | 0x8888, 0x99).with_fields(0xaa);
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(move || {
+            let entry = loom::sync::Arc::new(Entry::new());
+            // Claimed by tid 7 (generation 0), labels `a`.
+            entry.write(a);
+            entry.owner.store(owner_word(0, 7), Ordering::Release);
+            let writer = {
+                let entry = entry.clone();
+                loom::thread::spawn(move || {
+                    entry.write(b);
+                    entry.write(a);
+                })
+            };
+            if let Some(read) = entry.read(0, || ()) {
+                assert!(read == a || read == b, "torn read: {read:?}");
+            }
+            writer.join().unwrap();
+        });
     }
 }
