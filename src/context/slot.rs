@@ -53,9 +53,9 @@
 //! already running its thread-local destructors) keep their labels in a
 //! plain thread local: [`current`] still works, samples carry no labels.
 
+use crate::sync::atomic::{compiler_fence, fence, spin, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use crate::sync::atomic::{compiler_fence, fence, spin, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::{ProfilerThread, SpanLabels};
