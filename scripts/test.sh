@@ -34,7 +34,8 @@ RUSTFLAGS="--cfg tracing_pyroscope_unsupported" CARGO_TARGET_DIR=target/unsuppor
 
 # loom models of the label slot's sequence lock and the reclamation grace
 # period (`loom_models` in src/context/slot.rs and src/sampler/reclaim.rs).
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --lib loom
+RUSTFLAGS="--cfg tracing_pyroscope_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test --release --lib loom
 
 # Stacks must also be right when the code has frame pointers.
 RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=target/frame-pointers \

@@ -13,23 +13,24 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// The atomics of the lock-free protocols (the label slots, the
-/// reclamation grace periods): std's, or loom's when the `cfg(loom)`
-/// models run (`scripts/test.sh`), so the models check the real code.
+/// reclamation grace periods): std's, or loom's when the loom models run
+/// (`cfg(tracing_pyroscope_loom)`, `scripts/test.sh`), so the models check
+/// the real code.
 pub(crate) mod atomic {
-    #[cfg(all(loom, test))]
+    #[cfg(all(tracing_pyroscope_loom, test))]
     pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
     // Compiler fences order a thread against a signal handler on itself,
     // which loom does not model.
     pub(crate) use std::sync::atomic::{compiler_fence, Ordering};
-    #[cfg(not(all(loom, test)))]
+    #[cfg(not(all(tracing_pyroscope_loom, test)))]
     pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 
     /// A retry loop's pause (lets loom run the other threads).
     #[inline(always)]
     pub(crate) fn spin() {
-        #[cfg(all(loom, test))]
+        #[cfg(all(tracing_pyroscope_loom, test))]
         loom::thread::yield_now();
-        #[cfg(not(all(loom, test)))]
+        #[cfg(not(all(tracing_pyroscope_loom, test)))]
         std::hint::spin_loop();
     }
 }

@@ -135,7 +135,7 @@ fn pack(l: &SpanLabels) -> [u64; 4] {
 }
 
 impl Entry {
-    #[cfg(not(all(loom, test)))]
+    #[cfg(not(all(tracing_pyroscope_loom, test)))]
     const fn new() -> Entry {
         Entry {
             owner: AtomicU64::new(0),
@@ -148,7 +148,7 @@ impl Entry {
     }
 
     /// Loom's atomics are not `const`.
-    #[cfg(all(loom, test))]
+    #[cfg(all(tracing_pyroscope_loom, test))]
     fn new() -> Entry {
         Entry {
             owner: AtomicU64::new(0),
@@ -845,7 +845,7 @@ mod tests {
 /// Models of the label slot under loom: every interleaving (within the
 /// preemption bound) of the owner writing its labels and another thread
 /// reading them. Run by `scripts/test.sh`.
-#[cfg(all(loom, test))]
+#[cfg(all(tracing_pyroscope_loom, test))]
 mod loom_models {
     use super::*;
 

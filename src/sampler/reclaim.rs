@@ -35,7 +35,7 @@ pub(crate) struct Grace {
 }
 
 impl Grace {
-    #[cfg(not(all(loom, test)))]
+    #[cfg(not(all(tracing_pyroscope_loom, test)))]
     const fn new() -> Grace {
         Grace {
             epoch: AtomicUsize::new(0),
@@ -44,7 +44,7 @@ impl Grace {
     }
 
     /// Loom's atomics are not `const`.
-    #[cfg(all(loom, test))]
+    #[cfg(all(tracing_pyroscope_loom, test))]
     pub(crate) fn new() -> Grace {
         Grace {
             epoch: AtomicUsize::new(0),
@@ -83,9 +83,9 @@ impl Grace {
 }
 
 /// The handlers' grace-period state.
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(tracing_pyroscope_loom, test)))]
 static GRACE: Grace = Grace::new();
-#[cfg(all(loom, test))]
+#[cfg(all(tracing_pyroscope_loom, test))]
 loom::lazy_static! {
     static ref GRACE: Grace = Grace::new();
 }
@@ -292,7 +292,7 @@ mod tests {
 /// Models of the grace period under loom: every interleaving (within the
 /// preemption bound) of a handler reading a published object and the
 /// manager retiring it. Run by `scripts/test.sh`.
-#[cfg(all(loom, test))]
+#[cfg(all(tracing_pyroscope_loom, test))]
 mod loom_models {
     use super::Grace;
     use crate::sync::atomic::{AtomicUsize, Ordering};
