@@ -23,7 +23,7 @@
 //! `SeqCst`); the manager polls the state machine once per scan, so it
 //! never blocks.
 
-use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{fence, AtomicUsize, Ordering};
 
 use super::unwind::{MapsSnapshot, UnwindState};
 
@@ -57,6 +57,13 @@ impl Grace {
     pub(crate) fn enter(&self) -> usize {
         let parity = self.epoch.load(Ordering::SeqCst) & 1;
         self.readers[parity].fetch_add(1, Ordering::SeqCst);
+        // The count is visible before this reader loads any published
+        // pointer: pairs with the fence in `flip` (store-load ordering,
+        // which SeqCst accesses alone give too; the fences state it so
+        // that loom, which models SeqCst fences but not SeqCst accesses
+        // fully, checks it). A locked add is already a full barrier on
+        // x86-64.
+        fence(Ordering::SeqCst);
         parity
     }
 
@@ -68,7 +75,11 @@ impl Grace {
 
     /// Starts a new epoch; returns the parity that was current.
     pub(crate) fn flip(&self) -> usize {
-        self.epoch.fetch_add(1, Ordering::SeqCst) & 1
+        let parity = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        // Pointers unpublished before the flip are visible before the
+        // counts are read: pairs with the fence in `enter`.
+        fence(Ordering::SeqCst);
+        parity
     }
 
     /// `true` once no reader counted under `parity` runs.
