@@ -39,6 +39,11 @@ cargo test --release --features tls --test tls_upload
 RUSTFLAGS="--cfg tracing_pyroscope_unsupported" CARGO_TARGET_DIR=target/unsupported \
   cargo test --release --test it -- config_env:: sampler_platform::
 
+# loom models of the label slot's sequence lock and the reclamation grace
+# period (`loom_models` in src/context/slot.rs and src/sampler/reclaim.rs).
+RUSTFLAGS="--cfg tracing_pyroscope_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test --release --lib loom
+
 # Stacks must also be right when the code has frame pointers.
 RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=target/frame-pointers \
   cargo test --release --test it -- sampler_stacks::

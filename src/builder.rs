@@ -446,9 +446,11 @@ fn start_platform(
         .iter()
         .any(|s| s.keeps_span_index())
         .then(|| SpanIndexQueue::new(records_tx, counters.clone()));
+    // Process-wide limits only once this profiler is the one running: a
+    // second `build` (`AlreadyRunning`) leaves the first one's alone.
+    let sampler = Sampler::start(config.sample_rate)?;
     crate::context::set_max_names(config.max_span_names);
     crate::context::set_max_label_values(config.max_span_label_values);
-    let sampler = Sampler::start(config.sample_rate)?;
     let layer = SpanProfileLayer::new(LayerConfig {
         scope: config.span_scope,
         span_name_label: config.span_name_label,

@@ -496,18 +496,14 @@ mod linux {
                 builder.finish(end, symbolizer)
             };
             // The debug info of the objects used last is kept, within a
-            // bound (`Symbolizer::end_interval`); the rest is let go. The heap
-            // freed in the interval (the debug info, the encoding) is
-            // returned after every interval, not only after a read: glibc
-            // keeps freed pages in each thread's arena, and that is what
-            // made the soak's RSS floors creep up while the live heap
-            // stayed flat (heaptrack).
+            // bound (`Symbolizer::end_interval`); the rest is let go. The
+            // host's heap is left to its allocator (no `malloc_trim`: it
+            // locks and walks every glibc arena of the process).
             symbolizer.end_interval();
             Counters::set(
                 &self.counters.symbol_mismatches,
                 symbolizer.symbol_mismatches(),
             );
-            crate::sampler::release_free_heap();
             for profile in profiles {
                 Counters::bump(&self.counters.profiles);
                 tracing::debug!(

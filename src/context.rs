@@ -44,8 +44,8 @@ pub(crate) use fields::{
 pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
-    claims as slot_claims, read_slot, release_exited, release_slot, slot_for_tid, slot_is_current,
-    SlotRef,
+    claims as slot_claims, read_slot, release_exited, release_slot, set_stack_probe, slot_for_tid,
+    slot_is_current, stack_of, SlotRef,
 };
 
 /// The sample label keys the crate sets, in the order they are written.
@@ -192,15 +192,19 @@ pub(crate) enum ProfilerThread {
     Timers,
     /// `pyroscope-upload`: sends profiles to the server.
     Uploader,
+    /// `pyroscope-drain`: moves samples from the signal buffer to the
+    /// collector's queue.
+    Drain,
 }
 
 impl ProfilerThread {
     /// Every profiler thread.
     #[cfg(test)]
-    pub(crate) const ALL: [ProfilerThread; 3] = [
+    pub(crate) const ALL: [ProfilerThread; 4] = [
         ProfilerThread::Collector,
         ProfilerThread::Timers,
         ProfilerThread::Uploader,
+        ProfilerThread::Drain,
     ];
 
     /// A nonzero byte for an arena entry's marker (0: not a profiler
@@ -210,6 +214,7 @@ impl ProfilerThread {
             ProfilerThread::Collector => 1,
             ProfilerThread::Timers => 2,
             ProfilerThread::Uploader => 3,
+            ProfilerThread::Drain => 4,
         }
     }
 
@@ -219,6 +224,7 @@ impl ProfilerThread {
             1 => Some(ProfilerThread::Collector),
             2 => Some(ProfilerThread::Timers),
             3 => Some(ProfilerThread::Uploader),
+            4 => Some(ProfilerThread::Drain),
             _ => None,
         }
     }
@@ -231,6 +237,7 @@ impl ProfilerThread {
             ProfilerThread::Collector => "tracing-pyroscope: collector (pyroscope-collect)",
             ProfilerThread::Timers => "tracing-pyroscope: timer manager (pyroscope-timer)",
             ProfilerThread::Uploader => "tracing-pyroscope: uploader (pyroscope-upload)",
+            ProfilerThread::Drain => "tracing-pyroscope: sample drain (pyroscope-drain)",
         }
     }
 }
@@ -298,6 +305,15 @@ pub(crate) fn read_in_signal_handler(slot_bits: u64) -> SpanLabels {
     read_slot(SlotRef::from_bits(slot_bits)).unwrap_or_default()
 }
 
+/// The stack the thread whose timer carries `slot_bits` reported when it
+/// registered (see [`slot`]), if it did. Async-signal-safe, like
+/// [`read_in_signal_handler`].
+#[inline(always)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn stack_in_signal_handler(slot_bits: u64) -> Option<std::ops::Range<u64>> {
+    stack_of(SlotRef::from_bits(slot_bits))
+}
+
 /// The default cap on distinct label sets a process sends: span names, and
 /// combinations of a span name with span-field labels.
 ///
@@ -326,6 +342,17 @@ static LABEL_SET_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 /// Most refused names (or label sets) remembered, so each counts once.
 const MAX_REFUSED: usize = 100_000;
 
+/// A 64-bit hash of refused text: what is kept of a refused name or value
+/// (8 bytes, not the text, so [`MAX_REFUSED`] of them cost about 2 MiB at
+/// most). Two refused texts with one hash count once: an overflow counter
+/// a hair low, never a wrong label.
+pub(crate) fn refused_hash(parts: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Sets the cap on distinct label sets: span names plus (name, span-field
 /// labels) combinations (at least 1). Names and sets already admitted keep
 /// their ids.
@@ -352,8 +379,9 @@ pub(crate) fn label_set_overflows() -> u64 {
 struct Names {
     ids: HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
-    /// Names refused by the cap, so each counts once as an overflow.
-    refused: HashSet<Arc<str>>,
+    /// Hashes of names refused by the cap ([`refused_hash`]), so each
+    /// counts once as an overflow.
+    refused: HashSet<u64>,
     /// Admitted `(name_id, fields_id)` combinations (`fields_id != 0`).
     sets: HashSet<(u32, u32)>,
     /// Combinations refused by the cap, so each counts once.
@@ -402,8 +430,7 @@ pub(crate) fn intern_name(name: &str) -> u32 {
         return id;
     }
     let name: &str = if table.label_sets() >= MAX_NAMES.load(Ordering::Relaxed) {
-        if !table.refused.contains(&*name) && table.refused.len() < MAX_REFUSED {
-            table.refused.insert(Arc::from(&*name));
+        if table.refused.len() < MAX_REFUSED && table.refused.insert(refused_hash(&[&name])) {
             NAME_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
         }
         OVERFLOW_NAME

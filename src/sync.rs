@@ -11,6 +11,29 @@
 //! take no locks.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// The atomics of the lock-free protocols (the label slots, the
+/// reclamation grace periods): std's, or loom's when the loom models run
+/// (`cfg(tracing_pyroscope_loom)`, `scripts/test.sh`), so the models check
+/// the real code.
+pub(crate) mod atomic {
+    #[cfg(all(tracing_pyroscope_loom, test))]
+    pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
+    // Compiler fences order a thread against a signal handler on itself,
+    // which loom does not model.
+    pub(crate) use std::sync::atomic::{compiler_fence, Ordering};
+    #[cfg(not(all(tracing_pyroscope_loom, test)))]
+    pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
+
+    /// A retry loop's pause (lets loom run the other threads).
+    #[inline(always)]
+    pub(crate) fn spin() {
+        #[cfg(all(tracing_pyroscope_loom, test))]
+        loom::thread::yield_now();
+        #[cfg(not(all(tracing_pyroscope_loom, test)))]
+        std::hint::spin_loop();
+    }
+}
 use std::time::Duration;
 
 /// Locks `mutex`, taking the value even if another thread panicked while

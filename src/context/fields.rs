@@ -60,9 +60,9 @@ struct Table {
     configured: Vec<&'static str>,
     /// Admitted values per key.
     values: HashMap<&'static str, HashSet<Arc<str>>>,
-    /// Values refused by the cap, so each counts once.
-    refused: HashMap<&'static str, HashSet<Box<str>>>,
-    refused_count: usize,
+    /// Hashes of the (key, value) pairs refused by the cap
+    /// ([`refused_hash`](super::refused_hash)), so each counts once.
+    refused: HashSet<u64>,
     overflow: Option<Arc<str>>,
     /// Set `id` is `sets[id - 1]`.
     sets: Vec<LabelSet>,
@@ -101,13 +101,10 @@ impl Table {
             values.insert(v.clone());
             return v;
         }
-        if self.refused_count < MAX_REFUSED {
-            let refused = self.refused.entry(key).or_default();
-            if !refused.contains(&*value) {
-                refused.insert(Box::from(&*value));
-                self.refused_count += 1;
-                VALUE_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.refused.len() < MAX_REFUSED
+            && self.refused.insert(super::refused_hash(&[key, &value]))
+        {
+            VALUE_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
         }
         self.overflow
             .get_or_insert_with(|| Arc::from(OVERFLOW_VALUE))

@@ -53,9 +53,9 @@
 //! already running its thread-local destructors) keep their labels in a
 //! plain thread local: [`current`] still works, samples carry no labels.
 
+use crate::sync::atomic::{compiler_fence, fence, spin, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::{ProfilerThread, SpanLabels};
@@ -82,6 +82,12 @@ struct Entry {
     profiler: AtomicU8,
     /// Two copies of the labels (see [`pack`]).
     copies: [[AtomicU64; 4]; 2],
+    /// The owner's own stack, `stack_lo..stack_hi`, as the thread itself
+    /// reported it when it registered (`pthread_getattr_np`); `stack_hi` 0
+    /// when unknown (an entry the manager claimed for a thread that never
+    /// called the crate). The handler bounds its stack reads by it.
+    stack_lo: AtomicU64,
+    stack_hi: AtomicU64,
 }
 
 /// An arena entry as one owner period saw it: its index and generation.
@@ -129,13 +135,40 @@ fn pack(l: &SpanLabels) -> [u64; 4] {
 }
 
 impl Entry {
+    #[cfg(not(all(tracing_pyroscope_loom, test)))]
     const fn new() -> Entry {
         Entry {
             owner: AtomicU64::new(0),
             flips: AtomicU32::new(0),
             profiler: AtomicU8::new(0),
             copies: [const { [const { AtomicU64::new(0) }; 4] }; 2],
+            stack_lo: AtomicU64::new(0),
+            stack_hi: AtomicU64::new(0),
         }
+    }
+
+    /// Loom's atomics are not `const`.
+    #[cfg(all(tracing_pyroscope_loom, test))]
+    fn new() -> Entry {
+        Entry {
+            owner: AtomicU64::new(0),
+            flips: AtomicU32::new(0),
+            profiler: AtomicU8::new(0),
+            copies: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            stack_lo: AtomicU64::new(0),
+            stack_hi: AtomicU64::new(0),
+        }
+    }
+
+    /// Records the owner's stack (only the owner calls this, on its own
+    /// thread). `stack_hi` is stored last: a handler interrupting this on
+    /// the same thread sees either no stack or the whole range.
+    fn set_stack(&self, stack: std::ops::Range<u64>) {
+        self.stack_hi.store(0, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.stack_lo.store(stack.start, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.stack_hi.store(stack.end, Ordering::Release);
     }
 
     #[inline(always)]
@@ -238,28 +271,55 @@ pub(crate) fn read_slot(slot: SlotRef) -> Option<SpanLabels> {
 
 /// [`read_slot`], calling `pause` in the middle of each attempt's read.
 #[inline(always)]
-fn read_slot_pausing(slot: SlotRef, mut pause: impl FnMut()) -> Option<SpanLabels> {
-    let entry = entry(slot.index)?;
-    for _ in 0..READ_ATTEMPTS {
-        let owner = entry.owner.load(Ordering::Acquire);
-        if (owner >> 32) as u32 != slot.generation || owner as u32 == 0 {
-            return None;
-        }
-        let flips = entry.flips.load(Ordering::Acquire);
-        let mut labels = entry.load_pausing(flips as usize, &mut pause);
-        let profiler = entry.profiler.load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        if entry.flips.load(Ordering::Relaxed) == flips
-            && entry.owner.load(Ordering::Relaxed) == owner
-        {
-            if let Some(thread) = ProfilerThread::from_code(profiler) {
-                labels = labels.on_profiler_thread(thread);
+fn read_slot_pausing(slot: SlotRef, pause: impl FnMut()) -> Option<SpanLabels> {
+    entry(slot.index)?.read(slot.generation, pause)
+}
+
+impl Entry {
+    /// The labels, if the entry still belongs to the owner of
+    /// `generation`: the read side of the sequence lock (see
+    /// [`read_slot`]), calling `pause` in the middle of each attempt.
+    #[inline(always)]
+    fn read(&self, generation: u32, mut pause: impl FnMut()) -> Option<SpanLabels> {
+        for _ in 0..READ_ATTEMPTS {
+            let owner = self.owner.load(Ordering::Acquire);
+            if (owner >> 32) as u32 != generation || owner as u32 == 0 {
+                return None;
             }
-            return Some(labels);
+            let flips = self.flips.load(Ordering::Acquire);
+            let mut labels = self.load_pausing(flips as usize, &mut pause);
+            let profiler = self.profiler.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.flips.load(Ordering::Relaxed) == flips
+                && self.owner.load(Ordering::Relaxed) == owner
+            {
+                if let Some(thread) = ProfilerThread::from_code(profiler) {
+                    labels = labels.on_profiler_thread(thread);
+                }
+                return Some(labels);
+            }
+            spin();
         }
-        std::hint::spin_loop();
+        None
     }
-    None
+}
+
+/// The stack the owner of `slot` reported when it registered, if it did
+/// and the entry is still that owner's. Lock-free, allocation-free, no
+/// thread-local access: callable from a signal handler (which only asks
+/// about the thread it runs on).
+#[inline]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn stack_of(slot: SlotRef) -> Option<std::ops::Range<u64>> {
+    let entry = entry(slot.index)?;
+    let owner = entry.owner.load(Ordering::Acquire);
+    if (owner >> 32) as u32 != slot.generation || owner as u32 == 0 {
+        return None;
+    }
+    let hi = entry.stack_hi.load(Ordering::Acquire);
+    let lo = entry.stack_lo.load(Ordering::Relaxed);
+    fence(Ordering::Acquire);
+    (entry.owner.load(Ordering::Relaxed) == owner && lo < hi).then_some(lo..hi)
 }
 
 /// `true` while `slot` is the entry of thread `tid` (not released, not
@@ -354,6 +414,9 @@ pub(crate) fn slot_for_tid(tid: u32) -> Option<SlotRef> {
     // previous owner's generation see it change below.
     e.write(SpanLabels::NONE);
     e.profiler.store(0, Ordering::Relaxed);
+    // Unknown until the owner registers itself (see `register`).
+    e.stack_hi.store(0, Ordering::Relaxed);
+    e.stack_lo.store(0, Ordering::Relaxed);
     e.owner
         .store(owner_word(generation, tid), Ordering::Release);
     reg.by_tid.insert(tid, index);
@@ -361,8 +424,19 @@ pub(crate) fn slot_for_tid(tid: u32) -> Option<SlotRef> {
     Some(SlotRef { index, generation })
 }
 
+/// How a thread finds its own stack (`lo..hi`): given by the sampler,
+/// which alone may call into libc for it (imports run from the sampler to
+/// the context, not back).
+static STACK_PROBE: OnceLock<fn() -> Option<std::ops::Range<u64>>> = OnceLock::new();
+
+/// Sets how threads registering from now on find their own stack.
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn set_stack_probe(probe: fn() -> Option<std::ops::Range<u64>>) {
+    let _ = STACK_PROBE.set(probe);
+}
+
 /// Entries claimed so far (see [`claims`]).
-static CLAIMS: AtomicU64 = AtomicU64::new(0);
+static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many entries were claimed so far, by threads registering at their
 /// first span enter or by the manager arming a timer: the manager lists
@@ -545,6 +619,10 @@ fn register(mine: &Mine) -> Option<&'static Entry> {
     };
     if let Some(labels) = carried {
         e.write(labels);
+    }
+    // The thread's own stack bounds the handler's reads of it.
+    if let Some(stack) = STACK_PROBE.get().and_then(|probe| probe()) {
+        e.set_stack(stack);
     }
     mine.owner.set(owner_word(slot.generation, tid));
     mine.index.set(slot.index);
@@ -761,5 +839,40 @@ mod tests {
             seen_a.min(seen_b) >= 10_000,
             "the reader saw too few flips to test"
         );
+    }
+}
+
+/// Models of the label slot under loom: every interleaving (within the
+/// preemption bound) of the owner writing its labels and another thread
+/// reading them. Run by `scripts/test.sh`.
+#[cfg(all(tracing_pyroscope_loom, test))]
+mod loom_models {
+    use super::*;
+
+    #[test]
+    fn loom_a_read_racing_writes_is_never_torn() {
+        let a = SpanLabels::new(0x1111, 0x2222 << 64 | 0x3333, 0x44).with_fields(0x55);
+        let b = SpanLabels::new(0x6666, 0x7777 << 64 | 0x8888, 0x99).with_fields(0xaa);
+        let c = SpanLabels::new(0xbbbb, 0xcccc << 64 | 0xdddd, 0xee).with_fields(0xff);
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(move || {
+            let entry = loom::sync::Arc::new(Entry::new());
+            // Claimed by tid 7 (generation 0), labels `a`.
+            entry.write(a);
+            entry.owner.store(owner_word(0, 7), Ordering::Release);
+            let writer = {
+                let entry = entry.clone();
+                // The second write rewrites the copy `a` is in.
+                loom::thread::spawn(move || {
+                    entry.write(b);
+                    entry.write(c);
+                })
+            };
+            if let Some(read) = entry.read(0, || ()) {
+                assert!(read == a || read == b || read == c, "torn read: {read:?}");
+            }
+            writer.join().unwrap();
+        });
     }
 }

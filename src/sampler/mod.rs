@@ -1,97 +1,40 @@
 //! The span-aware sampling CPU profiler (Linux on x86_64 and aarch64).
 //!
-//! - **Timers** ([`timers`]): one POSIX timer per thread on that thread's own
-//!   CPU-time clock, delivering `SIGPROF` to that thread, so every busy
-//!   thread is sampled at the configured rate of its own CPU time. A manager
-//!   thread picks up new threads every [`SCAN_PERIOD`] while the process
-//!   uses CPU (less often in processes with hundreds of threads, see
-//!   `scan_period`) and lists the threads only when their count changes
-//!   (and twice a second); while the process is idle the manager sleeps
-//!   until it uses CPU time, so an idle process costs no wakes
-//!   ([`activity`]). Each thread's first expiry falls at a random point of
-//!   its first period, so a thread is sampled in proportion to its CPU
-//!   time even when it uses less than a period. There is no
-//!   process-wide `setitimer` fallback: per-thread timers exist on every
-//!   Linux since 2.6.12, and if `timer_create` fails for a thread that thread
-//!   is counted (and retried on the next scan) rather than sampled wrongly.
-//! - **Signal handler**: installed with `SA_RESTART` (most interrupted
-//!   application syscalls are restarted; those Linux never restarts after a
-//!   handler, such as `epoll_wait`, `poll`, `select`, `nanosleep` and calls
-//!   with a timeout, can still return `EINTR`, as under any signal-based
-//!   profiler, and callers must retry as std and mio do) and `SA_SIGINFO`;
-//!   it saves and restores `errno`. It reads the thread's labels from the
-//!   entry its timer names ([`crate::context`]), unwinds the interrupted
-//!   stack ([`unwind`]) and
-//!   writes into a preallocated lock-free buffer ([`buffer`]). It allocates
-//!   nothing and takes no lock, so it cannot deadlock a thread interrupted
-//!   inside `malloc` or the dynamic loader; its only system call is one
-//!   `FUTEX_WAKE` when a sixteenth of the buffer waits and the drain thread
-//!   sleeps. Samples that find every slot taken are counted as dropped.
-//! - **Draining** ([`queue`]): a drain thread that does nothing else moves
-//!   samples from the signal buffer to a bounded, aggregating heap queue
-//!   whenever the handler wakes it, and sleeps otherwise (never polls); the
-//!   collector takes the queue in O(1). So the collector's slow work (a
-//!   first debug-info load, an encode) never stalls draining. The buffer
-//!   holds half a second of samples with every CPU busy (CPU-time timers
-//!   cannot fire faster than the CPUs run, at most once per scheduler tick
-//!   each): 1024 slots on 2 CPUs at 1000 Hz, at most 65536. The drain
-//!   thread moves about 600,000 samples a second on one core (30-frame
-//!   stacks), far above any signal rate, so the ceiling is set by how soon
-//!   it is scheduled after a wake: the wake comes at a sixteenth of the
-//!   buffer's time span (31 ms at the full rate), which leaves the other
-//!   fifteen sixteenths (470 ms) as margin.
+//! - [`timers`]: one POSIX timer per thread on its own CPU-time clock sends
+//!   it `SIGPROF`, so each thread is sampled in proportion to its CPU time.
+//!   The manager thread (`pyroscope-timer`, [`manager`]) arms new threads,
+//!   lists threads only when their count changes, and sleeps until the
+//!   process uses CPU while it is idle ([`activity`]). A thread whose timer
+//!   cannot be created is counted and retried, never sampled wrongly.
+//! - [`handler`]: the signal handler, and all it runs, in one file. It
+//!   reads the thread's labels from the arena entry its timer names
+//!   ([`crate::context`]), unwinds within the thread's own stack
+//!   ([`unwind`], [`stack`]) and writes into a preallocated lock-free
+//!   buffer ([`buffer`]). Installed with `SA_RESTART | SA_SIGINFO`; calls
+//!   that Linux never restarts (`epoll_wait`, `nanosleep`, …) may return
+//!   `EINTR`, as under any signal-based profiler.
+//! - [`queue`]: the drain thread (`pyroscope-drain`) moves samples from the
+//!   signal buffer to a bounded aggregating queue when the handler wakes
+//!   it; the collector takes the queue in O(1), so its slow work never
+//!   stalls draining.
+//! - [`reclaim`]: what the handler reads (unwinder, maps snapshot, buffer)
+//!   is replaced by publishing a new pointer and freed after a grace
+//!   period with no handler running.
 //! - **Lifetime**: one sampler per process ([`ErrorKind::AlreadyRunning`]).
-//!   Starting while another `SIGPROF` handler is installed fails with
-//!   [`ErrorKind::SignalInUse`]; we never replace someone else's handler.
-//!   If one is installed over ours later, the manager notices on its next
-//!   scan (one `sigaction` query), deletes our timers so they stop feeding
-//!   it, counts it (`handler_conflicts`) and logs one warning naming it.
-//!   After `stop`, our handler stays installed but inert, so a `SIGPROF`
-//!   still in flight can never hit the default action (which would kill the
-//!   process).
-//! - **fork**: a `pthread_atfork` child hook resets what the child inherits
-//!   (running flags, the parent's signal buffer, caches), so a child that never
-//!   profiles is untouched (no timers are inherited; the handler is inert)
-//!   and a child that starts its own profiler samples itself. The parent's
-//!   sampler object, if the child holds it, is left alone (its threads live
-//!   only in the parent).
-//! - **Stack headroom**: the handler runs on the interrupted thread's own
-//!   stack (no `SA_ONSTACK`), below the kernel's signal frame. It unwinds
-//!   only if the stack pointer lies in a mapping of the maps snapshot and if
-//!   at least [`unwind::HANDLER_HEADROOM`] (16 KiB) is left below the
-//!   handler's *own* frame (so the signal frame's size, larger with AVX-512
-//!   or AMX state, is accounted for); otherwise it records the interrupted
-//!   pc alone. A stack pointer outside the snapshot makes the manager read
-//!   the maps again on its next scan.
-//! - **Stacks the program allocated itself** (coroutines, fibers,
-//!   `pthread_attr_setstack`): one mapped on its own, with a guard page
-//!   below (what most coroutine libraries do), is measured exactly like a
-//!   thread stack, from the first maps read after it was mapped (leaf-only
-//!   samples until then). One carved out of a larger mapping (a `malloc`ed
-//!   or static buffer, several stacks in one `mmap`) cannot be measured: the
-//!   check sees the whole mapping, not the stack's bottom. Stack reads stay
-//!   inside that mapping, so they cannot fault, but the handler may then use
-//!   up to about 9 KiB beyond the kernel's signal frame; such stacks need
-//!   that much slack below their deepest use (any signal handler needs the
-//!   signal frame's), or a guard page of their own.
+//!   Another `SIGPROF` handler is never replaced ([`ErrorKind::SignalInUse`]);
+//!   one installed over ours later stops our timers and is logged once.
+//!   After `stop` the handler stays installed but inert. A `pthread_atfork`
+//!   child hook resets the sampler state a forked child inherits.
 //! - **`dlopen`/`dlclose`**: the unwinder owns copies of every object's
-//!   unwind tables, so unloading a library can never fault a handler; the
-//!   loader's generation is checked on every scan and the unwinder rebuilt
-//!   when it moves (see [`unwind`]).
-//! - **Inside a shared library** (a `cdylib`, a Python or Node extension,
-//!   anything loaded with `dlopen`): the handler touches no thread local,
-//!   since there one is reached through `__tls_get_addr`, which may call
-//!   `malloc` or take the loader's lock on a thread's first access (a host
-//!   thread that never called the crate). Each thread's labels live in an
-//!   entry of the context's never-freed arena; the timer's `sigev_value`
-//!   carries the entry's index and generation, which the handler reads
-//!   from `si_value` and checks (a stale one reads as no labels). The
-//!   manager finds or claims the entry when it arms a thread's timer,
-//!   creates the timer again if the entry stopped being the thread's, and
-//!   releases entries of threads that exited
+//!   unwind tables and is rebuilt when the loader's generation moves.
+//! - **Inside a shared library**: the handler touches no thread local; the
+//!   timer's `sigev_value` carries the thread's arena entry
 //!   (`tests/sampler_cdylib.rs`).
 //! - **Limits**: threads living less than one scan period may go
 //!   unsampled.
+//!
+//! Sizing figures (buffer, drain throughput, handler stack use) are in
+//! BENCHMARKS.md, "Sampler sizing".
 
 use std::cell::UnsafeCell;
 use std::ptr;
@@ -107,17 +50,23 @@ use crate::{Error, ErrorKind};
 
 mod activity;
 mod buffer;
+mod handler;
 mod images;
+mod manager;
 mod queue;
 mod reclaim;
+mod stack;
 mod timers;
 mod unwind;
 
 use buffer::SampleBuffer;
 pub(crate) use images::loaded_images;
+use manager::{
+    drain_loop, foreign_handler, install_handler, manage, publish_maps, publish_unwinder, shut_down,
+};
 use queue::Queue;
 use reclaim::{Retired, Retiree};
-use unwind::{MapsSnapshot, NativeCache, Plan, Regs, UnwindState};
+use unwind::{MapsSnapshot, NativeCache, UnwindState};
 
 /// How often the manager looks for new and exited threads.
 pub(crate) const SCAN_PERIOD: Duration = Duration::from_millis(20);
@@ -165,6 +114,10 @@ static MAPS: AtomicPtr<MapsSnapshot> = AtomicPtr::new(ptr::null_mut());
 fn shared() -> &'static Shared {
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
+        stack::init_page_size();
+        // Threads registering from now on record their own stack, which
+        // bounds the handler's reads of it (see `stack`).
+        context::set_stack_probe(stack::own_stack);
         // SAFETY: registers a plain function; it runs in the child of every
         // later fork(), where it only stores to atomics.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
@@ -199,260 +152,6 @@ extern "C" fn after_fork_in_child() {
         }
     }
     RUNNING.store(false, Ordering::SeqCst);
-}
-
-/// The start of the kernel's `siginfo_t` for POSIX timer signals
-/// (`_sigfault` union member `_timer`), on 64-bit Linux.
-#[repr(C)]
-struct TimerSigInfo {
-    si_signo: libc::c_int,
-    si_errno: libc::c_int,
-    si_code: libc::c_int,
-    _pad: libc::c_int,
-    si_tid: libc::c_int,
-    si_overrun: libc::c_int,
-    /// The timer's `sigev_value`: its thread's arena entry
-    /// ([`context::SlotRef`]).
-    si_value: u64,
-}
-
-/// The arena entry of the thread this signal's timer samples, from the
-/// timer's value; "no entry" for a `SIGPROF` that no timer of ours sent.
-/// Read from the siginfo, not from a thread local (see [`context`]).
-fn slot_bits(info: *const libc::siginfo_t) -> u64 {
-    if info.is_null() {
-        return context::SlotRef::NONE_BITS;
-    }
-    // SAFETY: as in `weight`.
-    let info = unsafe { &*(info as *const TimerSigInfo) };
-    if info.si_code == libc::SI_TIMER {
-        info.si_value
-    } else {
-        context::SlotRef::NONE_BITS
-    }
-}
-
-/// How many timer periods this signal stands for. When expirations are
-/// detected late (CPU timers are checked at scheduler ticks) the kernel
-/// merges them and reports the extra ones as the overrun count; weighting by
-/// it keeps sample counts proportional to CPU time.
-fn weight(info: *const libc::siginfo_t) -> u32 {
-    if info.is_null() {
-        return 1;
-    }
-    // SAFETY: the kernel passes a full siginfo_t (128 bytes), larger than
-    // TimerSigInfo; for SI_TIMER the `_timer` member is the active one.
-    let info = unsafe { &*(info as *const TimerSigInfo) };
-    if info.si_code == libc::SI_TIMER && info.si_overrun > 0 {
-        (info.si_overrun as u32).saturating_add(1).min(1000)
-    } else {
-        1
-    }
-}
-
-extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: __errno_location returns this thread's errno slot.
-    let errno = unsafe { *libc::__errno_location() };
-    let parity = reclaim::enter();
-    if ACTIVE.load(Ordering::SeqCst) {
-        let buffer = BUFFER.load(Ordering::SeqCst);
-        if let (Some(shared), false) = (SHARED.get(), buffer.is_null()) {
-            // SAFETY: a published buffer stays alive until a grace period
-            // after it was unpublished, and we are counted in `reclaim`.
-            take_sample(
-                shared,
-                unsafe { &*buffer },
-                ctx,
-                weight(info),
-                slot_bits(info),
-            );
-        }
-    }
-    reclaim::exit(parity);
-    // SAFETY: as above; restoring errno keeps the interrupted code's view intact.
-    unsafe { *libc::__errno_location() = errno };
-}
-
-/// Reads pc/sp/fp/lr from the signal context.
-fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
-    if ctx.is_null() {
-        return None;
-    }
-    // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t
-    // describing the interrupted thread; we only read it.
-    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
-    #[cfg(target_arch = "x86_64")]
-    {
-        let g = &uc.uc_mcontext.gregs;
-        Some(Regs {
-            pc: g[libc::REG_RIP as usize] as u64,
-            sp: g[libc::REG_RSP as usize] as u64,
-            fp: g[libc::REG_RBP as usize] as u64,
-            lr: 0,
-        })
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let m = &uc.uc_mcontext;
-        Some(Regs {
-            pc: m.pc,
-            sp: m.sp,
-            fp: m.regs[29],
-            lr: m.regs[30],
-        })
-    }
-}
-
-#[inline]
-fn take_sample(
-    shared: &Shared,
-    buffer: &SampleBuffer,
-    ctx: *mut libc::c_void,
-    weight: u32,
-    slot_bits: u64,
-) {
-    // A local of the handler's own frame: the stack left below it is what
-    // the handler can use (on the interrupted thread's stack, below the
-    // kernel's signal frame).
-    let marker = 0u8;
-    let here = std::hint::black_box(ptr::addr_of!(marker)) as u64;
-    let labels = context::read_in_signal_handler(slot_bits);
-    let Some(regs) = regs_from(ctx) else { return };
-    let Some(mut claim) = buffer.claim() else {
-        return; // counted as dropped by `claim`
-    };
-    let data = buffer.data(&mut claim);
-    data.labels = labels;
-    data.weight = weight;
-    data.frames[0] = regs.pc;
-    data.depth = 1;
-    let unwinder = UNWIND.load(Ordering::SeqCst);
-    let maps = MAPS.load(Ordering::SeqCst);
-    if !unwinder.is_null() && !maps.is_null() {
-        // SAFETY: the unwinder and maps are kept alive while a handler runs
-        // (they are only freed after a grace period with none running).
-        let (state, maps) = unsafe { (&*unwinder, &*maps) };
-        match unwind::plan(maps, regs.sp, here) {
-            Plan::LeafOnly => {
-                buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
-            }
-            Plan::Unwind => {
-                if let Some(slot) = shared.caches.iter().find(|c| {
-                    c.busy
-                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                }) {
-                    // SAFETY: `busy` gives us exclusive use of this cache.
-                    let cache = unsafe { &mut *slot.cache.get() };
-                    data.depth = unwind::unwind(state, maps, cache, regs, &mut data.frames).max(1);
-                    slot.busy.store(false, Ordering::Release);
-                } else {
-                    buffer.leaf_only.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-    buffer.publish(claim);
-}
-
-/// Installs our handler unless a foreign one is installed.
-fn install_handler() -> Result<(), Error> {
-    let ours = on_sigprof as *const () as libc::sighandler_t;
-    // SAFETY: sigaction is plain data; zeroed is valid.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: querying the current action with a valid out-pointer.
-    if unsafe { libc::sigaction(libc::SIGPROF, ptr::null(), &mut old) } != 0 {
-        return Err(Error::new(ErrorKind::Os, "sigaction(SIGPROF) query failed")
-            .with_source(std::io::Error::last_os_error()));
-    }
-    if old.sa_sigaction == ours {
-        return Ok(());
-    }
-    if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
-        return Err(Error::new(
-            ErrorKind::SignalInUse,
-            "another SIGPROF handler is installed (another profiler?); tracing-pyroscope will not replace it",
-        ));
-    }
-    // SAFETY: as above.
-    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
-    new.sa_sigaction = ours;
-    new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: valid pointers; the handler is async-signal-safe (module docs).
-    let rc = unsafe {
-        libc::sigemptyset(&mut new.sa_mask);
-        libc::sigaction(libc::SIGPROF, &new, ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(
-            Error::new(ErrorKind::Os, "sigaction(SIGPROF) install failed")
-                .with_source(std::io::Error::last_os_error()),
-        );
-    }
-    Ok(())
-}
-
-/// The `SIGPROF` action installed now, if it is not ours: one `sigaction`
-/// query, no allocation.
-fn foreign_handler() -> Option<libc::sighandler_t> {
-    let ours = on_sigprof as *const () as libc::sighandler_t;
-    // SAFETY: sigaction is plain data; zeroed is valid.
-    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: querying the current action with a valid out-pointer.
-    if unsafe { libc::sigaction(libc::SIGPROF, ptr::null(), &mut current) } != 0 {
-        return None;
-    }
-    (current.sa_sigaction != ours).then_some(current.sa_sigaction)
-}
-
-/// Names a signal action for a log line: `SIG_DFL`, `SIG_IGN`, or the
-/// handler's address with its symbol and object when the loader knows them.
-fn describe_handler(handler: libc::sighandler_t) -> String {
-    match handler {
-        libc::SIG_DFL => return "SIG_DFL".into(),
-        libc::SIG_IGN => return "SIG_IGN".into(),
-        _ => {}
-    }
-    // SAFETY: Dl_info is plain data; zeroed is valid.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: dladdr only reads the loader's tables (manager thread, not a
-    // signal handler); the strings it returns are owned by the loader.
-    let found = unsafe { libc::dladdr(handler as *const libc::c_void, &mut info) } != 0;
-    let text = |p: *const libc::c_char| {
-        (!p.is_null())
-            // SAFETY: non-null dladdr strings are NUL-terminated.
-            .then(|| {
-                unsafe { std::ffi::CStr::from_ptr(p) }
-                    .to_string_lossy()
-                    .into_owned()
-            })
-    };
-    let mut out = format!("{handler:#x}");
-    if found {
-        if let Some(symbol) = text(info.dli_sname) {
-            out.push_str(&format!(" ({symbol})"));
-        }
-        if let Some(object) = text(info.dli_fname) {
-            out.push_str(&format!(" in {object}"));
-        }
-    }
-    out
-}
-
-fn publish_unwinder(state: UnwindState, retired: &mut Retired) {
-    let old = UNWIND.swap(Box::into_raw(Box::new(state)), Ordering::SeqCst);
-    if !old.is_null() {
-        // SAFETY: `old` came from Box::into_raw in this function.
-        retired.push(Retiree::Unwinder(unsafe { Box::from_raw(old) }));
-    }
-}
-
-fn publish_maps(maps: MapsSnapshot, retired: &mut Retired) {
-    let old = MAPS.swap(Box::into_raw(Box::new(maps)), Ordering::SeqCst);
-    if !old.is_null() {
-        // SAFETY: `old` came from Box::into_raw in this function.
-        retired.push(Retiree::Maps(unsafe { Box::from_raw(old) }));
-    }
 }
 
 /// Sampler counters, all for this sampler only (they start at 0).
@@ -569,7 +268,11 @@ impl Sampler {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name("pyroscope-drain".into())
-                .spawn(move || drain_loop(&buffer, &queue))
+                .spawn(move || {
+                    // Its samples get a root frame naming it (context.rs).
+                    context::mark_profiler_thread(context::ProfilerThread::Drain);
+                    drain_loop(&buffer, &queue)
+                })
         };
         let drainer = match drainer {
             Ok(d) => d,
@@ -699,16 +402,33 @@ impl Sampler {
             return;
         }
         self.stop.stop();
-        // A manager asleep until the process uses CPU time wakes when it
-        // has: use that much (at most `IDLE_WAKE_CPU` and a scheduler tick).
+        // A manager asleep until the process uses CPU time: interrupt its
+        // `clock_nanosleep` (never restarted after a handler) with a
+        // `SIGPROF` of our own, which the handler ignores (it samples only
+        // timer signals). Sent again every millisecond until it is out, in
+        // case it was sent just before the manager went to sleep. Should
+        // another handler have replaced ours, it must not get our signal:
+        // then the process uses the CPU time the manager waits for
+        // (`IDLE_WAKE_CPU`) instead.
         while !manager.is_finished() {
             if self.manager_asleep_on_cpu.load(Ordering::SeqCst) {
-                activity::burn_until(|| {
-                    manager.is_finished() || !self.manager_asleep_on_cpu.load(Ordering::SeqCst)
-                });
-            } else {
-                std::thread::sleep(Duration::from_millis(1));
+                if foreign_handler().is_none() {
+                    // SAFETY: the manager thread is joinable (not joined
+                    // yet), so its pthread_t is valid; our handler is
+                    // installed for SIGPROF.
+                    unsafe {
+                        libc::pthread_kill(
+                            std::os::unix::thread::JoinHandleExt::as_pthread_t(&manager),
+                            libc::SIGPROF,
+                        )
+                    };
+                } else {
+                    activity::burn_until(|| {
+                        manager.is_finished() || !self.manager_asleep_on_cpu.load(Ordering::SeqCst)
+                    });
+                }
             }
+            std::thread::sleep(Duration::from_millis(1));
         }
         let _ = manager.join();
         self.buffer.stop_sleeping();
@@ -730,555 +450,5 @@ impl Drop for Sampler {
     }
 }
 
-fn manage(
-    mut timers: timers::Timers,
-    mut tables: unwind::TablesCache,
-    mut retired: Retired,
-    stop: StopSignal,
-    counters: Arc<RunCounters>,
-    buffer: Arc<SampleBuffer>,
-    asleep_on_cpu: Arc<AtomicBool>,
-) {
-    let mut loader_generation = {
-        let p = UNWIND.load(Ordering::SeqCst);
-        // SAFETY: only this thread replaces or frees UNWIND while running.
-        if p.is_null() {
-            0
-        } else {
-            unsafe { (*p).loader_generation }
-        }
-    };
-    let mut period = SCAN_PERIOD;
-    let mut stale_maps = unwind::STALE_MAPS.load(Ordering::Relaxed);
-    let mut activity = activity::Activity::new(buffer.taken.load(Ordering::Relaxed));
-    let mut listed_claims = context::slot_claims();
-    let mut recycled_checked = std::time::Instant::now();
-    // Set once another SIGPROF handler replaced ours: nothing left to do
-    // but wait for `stop`.
-    let mut displaced = false;
-    // Idle for long enough: sleep until the process uses CPU (see
-    // `activity`), unless the kernel refuses such sleeps.
-    let mut cpu_sleep = false;
-    let mut cpu_sleep_refused = false;
-    let mut idle_looks = 0u32;
-    loop {
-        if cpu_sleep {
-            asleep_on_cpu.store(true, Ordering::SeqCst);
-            if !stop.is_stopped() {
-                cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
-            }
-            asleep_on_cpu.store(false, Ordering::SeqCst);
-            if stop.is_stopped() {
-                break;
-            }
-        } else if stop.wait(period) {
-            break;
-        }
-        cpu_sleep = false;
-        if displaced {
-            period = Duration::from_secs(1);
-            continue;
-        }
-        // Code loaded or unloaded (dlopen, dlclose)? Rebuild the unwinder.
-        // Checked every wake: one allocation-free dl_iterate_phdr step.
-        if unwind::loader_generation() != loader_generation {
-            let state = unwind::build_unwinder(&mut tables);
-            loader_generation = state.loader_generation;
-            publish_unwinder(state, &mut retired);
-            if let Some(maps) = MapsSnapshot::read() {
-                publish_maps(maps, &mut retired);
-            }
-        }
-        // Listing the threads costs in proportion to their number: do it
-        // only when the thread count moved (a new thread: it is armed
-        // within one period), when a sample's stack lay outside the maps
-        // snapshot, or, while the process uses CPU, every
-        // `RECYCLED_CHECK_PERIOD` (a thread that replaced one that exited
-        // within the same period leaves the count unchanged; recycled tids),
-        // or when a thread registered with the label arena.
-        // A look costs one or a few system calls (see `activity`).
-        let look = activity.look(buffer.taken.load(Ordering::Relaxed));
-        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        let stale_moved = stale != stale_maps;
-        let recycled_due = look.busy && recycled_checked.elapsed() >= RECYCLED_CHECK_PERIOD;
-        // A thread that registered with the label arena (its first span
-        // enter) since the last listing: new, even if the count did not move.
-        let claims = context::slot_claims();
-        if look.threads_changed || stale_moved || recycled_due || claims != listed_claims {
-            // Someone installed another SIGPROF handler over ours (another
-            // profiler, a crash reporter): our timers would now feed it. Stop
-            // them, say so once, and leave that handler alone. Checked when
-            // there is work: a process that uses no CPU fires no timers.
-            if let Some(foreign) = foreign_handler() {
-                timers.clear();
-                ACTIVE.store(false, Ordering::SeqCst);
-                counters.threads.store(0, Ordering::Relaxed);
-                counters.handler_conflicts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    target: "tracing_pyroscope",
-                    handler = %describe_handler(foreign),
-                    "another SIGPROF handler replaced tracing-pyroscope's (another profiler?); CPU sampling stopped"
-                );
-                displaced = true;
-                continue;
-            }
-            // New threads (read before their timers are armed, so their
-            // stacks are known by their first sample), or samples whose
-            // stack lay outside the snapshot: read the maps again.
-            // Recycled tids are looked for at most every
-            // `RECYCLED_CHECK_PERIOD` (one `timer_gettime` per thread).
-            let check_recycled = recycled_checked.elapsed() >= RECYCLED_CHECK_PERIOD;
-            if check_recycled {
-                recycled_checked = std::time::Instant::now();
-            }
-            let mut refreshed = false;
-            timers.scan(check_recycled, || {
-                if let Some(maps) = MapsSnapshot::read() {
-                    publish_maps(maps, &mut retired);
-                }
-                refreshed = true;
-            });
-            if !refreshed && stale_moved {
-                if let Some(maps) = MapsSnapshot::read() {
-                    publish_maps(maps, &mut retired);
-                }
-            }
-            stale_maps = stale;
-            // Entries the scan claimed itself count as seen.
-            listed_claims = context::slot_claims();
-            activity.scanned(&look);
-            counters
-                .threads
-                .store(timers.len() as u64, Ordering::Relaxed);
-            counters
-                .timer_errors
-                .store(timers.create_errors, Ordering::Relaxed);
-        }
-        // Busy: look again soon (less often in processes with many
-        // threads, up to once a second). Idle for `IDLE_LOOKS` looks: sleep
-        // until the process uses CPU (no wakes while it stays idle), or,
-        // where the kernel refuses that, back off up to once a second.
-        if look.busy || look.threads_changed || stale_moved {
-            idle_looks = 0;
-            period = scan_period(timers.len());
-        } else if cpu_sleep_refused {
-            period = activity::back_off(period);
-        } else {
-            idle_looks = idle_looks.saturating_add(1);
-            cpu_sleep = idle_looks >= activity::IDLE_LOOKS;
-        }
-        retired.collect();
-        counters
-            .retired
-            .store(retired.len() as u64, Ordering::Relaxed);
-        counters.reclaimed.store(retired.freed(), Ordering::Relaxed);
-    }
-    timers.clear();
-    shut_down(&mut retired, buffer);
-}
-
-/// Returns the heap's free memory to the system where the allocator keeps
-/// it (glibc: `malloc_trim(0)`, which also releases free pages inside its
-/// arenas). The collector calls it after every interval, once the debug
-/// info it read to symbolize and the encoding's buffers are freed: tens of
-/// MB at times, which glibc would otherwise keep mapped for good (its
-/// cost is within the noise of `examples/overhead.rs` at 1 s intervals).
-/// A no-op on other C libraries.
-pub(crate) fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes glibc's arena locks like any malloc call
-    // and only unmaps or advises away free pages; it is called from an
-    // ordinary thread (the collector), never from a signal handler.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Moves samples from the signal buffer to the heap queue whenever the
-/// buffer's wake mark is reached, and sleeps otherwise (no polling: at idle
-/// it never wakes). Nothing slow happens here.
-fn drain_loop(buffer: &SampleBuffer, queue: &Queue) {
-    while !buffer.stopping() {
-        queue.move_from(buffer);
-        buffer.sleep(None);
-    }
-    queue.move_from(buffer);
-}
-
-/// Stops sampling (after the caller deleted the timers): unpublishes the
-/// unwinder, maps and signal buffer, then waits out the handlers still
-/// running before freeing them (or leaks them if one seems stuck).
-fn shut_down(retired: &mut Retired, buffer: Arc<SampleBuffer>) {
-    ACTIVE.store(false, Ordering::SeqCst);
-    let u = UNWIND.swap(ptr::null_mut(), Ordering::SeqCst);
-    let m = MAPS.swap(ptr::null_mut(), Ordering::SeqCst);
-    // Only ours: a later sampler may have published its own meanwhile.
-    let _ = BUFFER.compare_exchange(
-        Arc::as_ptr(&buffer).cast_mut(),
-        ptr::null_mut(),
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    // SAFETY: both came from Box::into_raw and are no longer published.
-    unsafe {
-        if !u.is_null() {
-            retired.push(Retiree::Unwinder(Box::from_raw(u)));
-        }
-        if !m.is_null() {
-            retired.push(Retiree::Maps(Box::from_raw(m)));
-        }
-    }
-    retired.push(Retiree::Buffer(buffer));
-    if !retired.collect_all(Duration::from_secs(2)) {
-        // A handler preempted for seconds: leak rather than risk a use
-        // after free.
-        std::mem::forget(std::mem::take(retired));
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// Tests that start a sampler in this process, or use the grace-period
-    /// counters, take turns.
-    pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
-        static SERIAL: Mutex<()> = Mutex::new(());
-        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` in a forked child and returns its exit status (or 100 +
-    /// the signal that killed it).
-    fn in_child(f: impl FnOnce() -> i32) -> i32 {
-        // SAFETY: the child only runs `f` and then `_exit`s.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let code = f();
-            // SAFETY: ends the child without running the parent's destructors.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            100 + libc::WTERMSIG(status)
-        }
-    }
-
-    #[test]
-    fn a_forked_child_starts_from_a_clean_sampler_state() {
-        // In a first child (so this process's state is untouched), leave the
-        // state a fork can catch mid-flight: a running sampler, a handler
-        // counted as running, a slot being written and a cache in use on
-        // threads that the second fork will not copy.
-        let status = in_child(|| {
-            let mut sampler = match Sampler::start(1000) {
-                Ok(s) => s,
-                Err(_) => return 1,
-            };
-            let state = shared();
-            // SAFETY: the running sampler's buffer, alive while it runs.
-            let buffer = unsafe { &*BUFFER.load(Ordering::SeqCst) };
-            // Claimed and never published: a handler caught mid-write.
-            let _ = buffer.claim();
-            state.caches[0].busy.store(true, Ordering::SeqCst);
-            let parity = reclaim::enter();
-            let status = in_child(|| {
-                let shared = shared();
-                if !reclaim::quiescent()
-                    || ACTIVE.load(Ordering::SeqCst)
-                    || !BUFFER.load(Ordering::SeqCst).is_null()
-                    || shared.caches.iter().any(|c| c.busy.load(Ordering::SeqCst))
-                {
-                    return 2;
-                }
-                // The child's own sampler starts and samples this thread.
-                let Ok(mut own) = Sampler::start(1000) else {
-                    return 3;
-                };
-                let mut x = 1u64;
-                let mut samples = 0;
-                for _ in 0..2000 {
-                    for i in 0..100_000u64 {
-                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-                    }
-                    samples += own.drain(|_, _, _| {});
-                    if samples > 0 {
-                        break;
-                    }
-                }
-                own.stop();
-                if samples == 0 {
-                    return 4;
-                }
-                0
-            });
-            reclaim::exit(parity);
-            state.caches[0].busy.store(false, Ordering::SeqCst);
-            sampler.stop();
-            status
-        });
-        assert_eq!(
-            status, 0,
-            "1: start, 2: dirty state, 3: AlreadyRunning, 4: no samples"
-        );
-    }
-
-    /// Spinning threads for the reclamation test. 64 by default: on a
-    /// 2-core machine 512 spinners starve the manager thread itself, which
-    /// then scans (and retires) only a few times in the whole run. Set
-    /// `SAMPLER_TEST_SPINNERS=512` on a bigger machine.
-    fn spinners() -> usize {
-        std::env::var("SAMPLER_TEST_SPINNERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(64)
-    }
-
-    /// This thread's CPU time in nanoseconds.
-    fn thread_cpu_nanos() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
-
-    /// Spins for 20 ms of its own CPU time, then hands over to a new thread
-    /// and exits, until `stop`: constant CPU load with constant churn, so
-    /// every scan finds new threads and retires the maps snapshot.
-    fn relay(stop: Arc<AtomicBool>, live: Arc<AtomicU64>, exits: Arc<AtomicU64>) {
-        let end = thread_cpu_nanos() + 20_000_000;
-        let mut x = 1u64;
-        while thread_cpu_nanos() < end && !stop.load(Ordering::Relaxed) {
-            for _ in 0..1000 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-            }
-        }
-        if !stop.load(Ordering::Relaxed) {
-            let (s, l, e) = (stop.clone(), live.clone(), exits.clone());
-            let next = std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || relay(s, l, e));
-            if next.is_ok() {
-                live.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        exits.fetch_add(1, Ordering::Relaxed);
-        live.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    #[test]
-    fn retired_snapshots_stay_bounded_under_many_spinning_threads_with_churn() {
-        let _serial = serial();
-        let stop = Arc::new(AtomicBool::new(false));
-        let live = Arc::new(AtomicU64::new(0));
-        let exits = Arc::new(AtomicU64::new(0));
-        for _ in 0..spinners() {
-            let (s, l, e) = (stop.clone(), live.clone(), exits.clone());
-            live.fetch_add(1, Ordering::SeqCst);
-            let spawned = std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || relay(s, l, e));
-            if spawned.is_err() {
-                live.fetch_sub(1, Ordering::SeqCst);
-                break; // the machine's thread limit
-            }
-        }
-        let spinning = live.load(Ordering::SeqCst);
-        let mut sampler = Sampler::start(1000).expect("start");
-        // On a machine with hundreds of cores, some handler is always in
-        // flight, some of them preempted mid-way for a scheduling round.
-        // Two cores rarely show that, so two threads play such handlers,
-        // each counted in for 30 ms, staggered: at every instant at least
-        // one is in flight, as the single-counter scheme could not bear.
-        let stalls: Vec<_> = (0..2u64)
-            .map(|k| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(15 * k));
-                    while !stop.load(Ordering::Relaxed) {
-                        let parity = reclaim::enter();
-                        std::thread::sleep(Duration::from_millis(30));
-                        reclaim::exit(parity);
-                    }
-                })
-            })
-            .collect();
-        let mut peak = 0;
-        let mut samples = 0;
-        let started = std::time::Instant::now();
-        // 8 s, or longer (up to 40 s) on a busy machine until there has
-        // been enough churn to judge.
-        loop {
-            std::thread::sleep(Duration::from_millis(50));
-            let now = sampler.stats();
-            peak = peak.max(now.retired);
-            samples += sampler.drain(|_, _, _| {});
-            let elapsed = started.elapsed();
-            let churned = now.reclaimed + now.retired >= 20;
-            if (elapsed >= Duration::from_secs(8) && churned) || elapsed >= Duration::from_secs(40)
-            {
-                break;
-            }
-        }
-        let stats = sampler.stats();
-        stop.store(true, Ordering::Relaxed);
-        for stall in stalls {
-            let _ = stall.join();
-        }
-        sampler.stop();
-        while live.load(Ordering::SeqCst) > 0 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        println!(
-            "{spinning} spinning threads, {} thread exits: retired peak {peak}, reclaimed {}, samples {samples}, {stats:?}",
-            exits.load(Ordering::Relaxed),
-            stats.reclaimed
-        );
-        assert!(
-            stats.reclaimed + stats.retired >= 20,
-            "too little churn to test: {stats:?}"
-        );
-        assert!(peak <= 16, "retired snapshots piled up: peak {peak}");
-    }
-
-    #[test]
-    fn samples_wait_in_the_heap_queue_while_the_collector_is_busy() {
-        // The collector does slow work (a first debug-info load, a big
-        // encode) and does not drain for seconds: the drain thread moves
-        // samples out of the signal buffer meanwhile. The stall is long
-        // enough to fill the signal buffer several times over (on 2 CPUs
-        // CPU-time timers fire at most ~500 times a second).
-        let _serial = serial();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handles: Vec<_> = (0..8u64)
-            .map(|t| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let begin = thread_cpu_nanos();
-                    let mut x = t;
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..1000 {
-                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                        }
-                    }
-                    thread_cpu_nanos() - begin
-                })
-            })
-            .collect();
-        let mut sampler = Sampler::start(1000).expect("start");
-        let slots = sampler.stats().buffer_slots;
-        let started = std::time::Instant::now();
-        // The stalled collector: no drain until the signals taken exceed
-        // two buffers' worth (or 30 s pass).
-        let signals = |s: SamplerStats| s.taken + s.dropped;
-        while signals(sampler.stats()) < 2 * slots && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        stop.store(true, Ordering::Relaxed);
-        let cpu: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
-        sampler.stop();
-        let mut periods = 0u64;
-        let samples = sampler.drain(|_, _, weight| periods += u64::from(weight));
-        let stats = sampler.stats();
-        println!(
-            "stalled {:?}: {samples} samples ({periods} periods) for {:.2} CPU-s; {stats:?}",
-            started.elapsed(),
-            cpu as f64 / 1e9
-        );
-        assert!(
-            signals(stats) >= 2 * slots,
-            "too few signals to test: {stats:?}"
-        );
-        assert_eq!(
-            stats.dropped, 0,
-            "samples lost while the collector was busy"
-        );
-        assert_eq!(
-            samples as u64, stats.taken,
-            "every sample taken reaches the collector"
-        );
-    }
-
-    #[test]
-    fn scan_period_grows_with_threads_and_is_capped() {
-        assert_eq!(scan_period(0), SCAN_PERIOD);
-        assert_eq!(scan_period(64), SCAN_PERIOD);
-        assert_eq!(scan_period(640), SCAN_PERIOD * 10);
-        assert_eq!(scan_period(1_000_000), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn headroom_is_measured_on_fixed_size_thread_stacks() {
-        std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(|| {
-                let maps = MapsSnapshot::read().expect("read /proc/self/maps");
-                let local = 0u64;
-                let sp = &local as *const u64 as u64;
-                let range = maps
-                    .readable_range(sp)
-                    .expect("the stack is mapped")
-                    .clone();
-                // Near the top of a fresh thread stack: plenty of room.
-                assert!(maps.has_headroom(sp, 16 * 1024));
-                // A stack pointer 1 KiB above the mapping's start has none.
-                assert!(!maps.has_headroom(range.start + 1024, 16 * 1024));
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-
-    #[test]
-    fn headroom_is_measured_from_the_handlers_frame_not_the_interrupted_sp() {
-        // A 256 KiB thread stack. The interrupted code's sp has 20 KiB left,
-        // but the kernel's signal frame (with AVX-512 or AMX state) and the
-        // handler's own frames took 14 KiB of it: the handler's frame is 6
-        // KiB above the stack's bottom. Unwinding (~9 KiB) would overflow.
-        let base = 0x7f00_0000_0000u64;
-        let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
-        let sp = base + 20 * 1024;
-        assert_eq!(unwind::plan(&maps, sp, base + 6 * 1024), Plan::LeafOnly);
-        // The handler's frame just above the headroom it needs (16 KiB in
-        // release): room to unwind.
-        let frame = base + unwind::HANDLER_HEADROOM + 1024;
-        assert_eq!(unwind::plan(&maps, frame - 4096, frame), Plan::Unwind);
-    }
-
-    #[test]
-    fn an_sp_outside_the_snapshot_gets_the_leaf_only_and_a_maps_reread() {
-        // A stack mapped after the snapshot (a new thread, a fiber, the
-        // main stack grown): nothing is known about its bounds.
-        let base = 0x7f00_0000_0000u64;
-        let maps = MapsSnapshot::from_ranges(std::iter::once(base..base + 256 * 1024).collect());
-        let elsewhere = 0x7e00_0000_0000u64;
-        let stale = unwind::STALE_MAPS.load(Ordering::Relaxed);
-        assert_eq!(
-            unwind::plan(&maps, elsewhere, base + 128 * 1024),
-            Plan::LeafOnly
-        );
-        assert!(unwind::STALE_MAPS.load(Ordering::Relaxed) > stale);
-        // A handler frame outside the snapshot has no known headroom.
-        assert_eq!(
-            unwind::plan(&maps, base + 64 * 1024, elsewhere),
-            Plan::LeafOnly
-        );
-    }
-
-    #[test]
-    fn maps_snapshot_bounds_reads_to_mapped_memory() {
-        let maps = MapsSnapshot::read().expect("read /proc/self/maps");
-        let local = 0u64;
-        let addr = &local as *const u64 as u64;
-        let end = maps.readable_range(addr).expect("the stack is mapped").end;
-        assert!(end > addr);
-        assert_eq!(maps.readable_range(8), None, "page zero is never mapped");
-    }
-}
+pub(crate) mod tests;

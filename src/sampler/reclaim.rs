@@ -23,50 +23,116 @@
 //! `SeqCst`); the manager polls the state machine once per scan, so it
 //! never blocks.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{fence, AtomicUsize, Ordering};
 
 use super::unwind::{MapsSnapshot, UnwindState};
 
-/// The grace-period epoch; handlers use its parity.
-static EPOCH: AtomicUsize = AtomicUsize::new(0);
-/// Handlers running, by the epoch parity they read on entry.
-static READERS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// The grace-period epoch (handlers use its parity) and the handlers
+/// running, by the parity they read on entry.
+pub(crate) struct Grace {
+    epoch: AtomicUsize,
+    readers: [AtomicUsize; 2],
+}
+
+impl Grace {
+    #[cfg(not(all(tracing_pyroscope_loom, test)))]
+    const fn new() -> Grace {
+        Grace {
+            epoch: AtomicUsize::new(0),
+            readers: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        }
+    }
+
+    /// Loom's atomics are not `const`.
+    #[cfg(all(tracing_pyroscope_loom, test))]
+    pub(crate) fn new() -> Grace {
+        Grace {
+            epoch: AtomicUsize::new(0),
+            readers: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        }
+    }
+
+    /// A reader starts: returns the parity it counted itself under.
+    #[inline(always)]
+    pub(crate) fn enter(&self) -> usize {
+        let parity = self.epoch.load(Ordering::SeqCst) & 1;
+        self.readers[parity].fetch_add(1, Ordering::SeqCst);
+        // The count is visible before this reader loads any published
+        // pointer: pairs with the fence in `flip` (store-load ordering,
+        // which SeqCst accesses alone give too; the fences state it so
+        // that loom, which models SeqCst fences but not SeqCst accesses
+        // fully, checks it). A locked add is already a full barrier on
+        // x86-64.
+        fence(Ordering::SeqCst);
+        parity
+    }
+
+    /// A reader is done.
+    #[inline(always)]
+    pub(crate) fn exit(&self, parity: usize) {
+        self.readers[parity & 1].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Starts a new epoch; returns the parity that was current.
+    pub(crate) fn flip(&self) -> usize {
+        let parity = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        // Pointers unpublished before the flip are visible before the
+        // counts are read: pairs with the fence in `enter`.
+        fence(Ordering::SeqCst);
+        parity
+    }
+
+    /// `true` once no reader counted under `parity` runs.
+    pub(crate) fn drained(&self, parity: usize) -> bool {
+        self.readers[parity & 1].load(Ordering::SeqCst) == 0
+    }
+
+    fn reset(&self) {
+        self.readers[0].store(0, Ordering::SeqCst);
+        self.readers[1].store(0, Ordering::SeqCst);
+    }
+}
+
+/// The handlers' grace-period state.
+#[cfg(not(all(tracing_pyroscope_loom, test)))]
+static GRACE: Grace = Grace::new();
+#[cfg(all(tracing_pyroscope_loom, test))]
+loom::lazy_static! {
+    static ref GRACE: Grace = Grace::new();
+}
 
 /// Called first thing in the handler; pass the result to [`exit`].
 /// Async-signal-safe: atomics only.
 #[inline(always)]
 pub(crate) fn enter() -> usize {
-    let parity = EPOCH.load(Ordering::SeqCst) & 1;
-    READERS[parity].fetch_add(1, Ordering::SeqCst);
-    parity
+    GRACE.enter()
 }
 
 /// Called last thing in the handler.
 #[inline(always)]
 pub(crate) fn exit(parity: usize) {
-    READERS[parity & 1].fetch_sub(1, Ordering::SeqCst);
+    GRACE.exit(parity)
 }
 
 /// `true` if no handler is counted under either parity.
 #[cfg(test)]
 pub(crate) fn quiescent() -> bool {
-    READERS[0].load(Ordering::SeqCst) == 0 && READERS[1].load(Ordering::SeqCst) == 0
+    GRACE.drained(0) && GRACE.drained(1)
 }
 
 /// In a forked child: handlers counted as running were on threads that do
 /// not exist there. Atomics only.
 pub(crate) fn reset_after_fork() {
-    READERS[0].store(0, Ordering::SeqCst);
-    READERS[1].store(0, Ordering::SeqCst);
+    GRACE.reset();
 }
 
 /// Starts a new epoch; returns the parity that was current.
 fn flip() -> usize {
-    EPOCH.fetch_add(1, Ordering::SeqCst) & 1
+    GRACE.flip()
 }
 
 fn drained(parity: usize) -> bool {
-    READERS[parity & 1].load(Ordering::SeqCst) == 0
+    GRACE.drained(parity)
 }
 
 /// One object a handler may still be reading.
@@ -231,5 +297,52 @@ mod tests {
         }
         retired.collect();
         assert_eq!(retired.len(), 0);
+    }
+}
+
+/// Models of the grace period under loom: every interleaving (within the
+/// preemption bound) of a handler reading a published object and the
+/// manager retiring it. Run by `scripts/test.sh`.
+#[cfg(all(tracing_pyroscope_loom, test))]
+mod loom_models {
+    use super::Grace;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+
+    #[test]
+    fn loom_a_retired_object_is_freed_only_after_its_readers_left() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let grace = Arc::new(Grace::new());
+            // Version 1 is published; the manager retires it for 2.
+            let published = Arc::new(AtomicUsize::new(1));
+            let first = Arc::new(UnsafeCell::new(1u64));
+            let handler = {
+                let (grace, published, first) = (grace.clone(), published.clone(), first.clone());
+                loom::thread::spawn(move || {
+                    let parity = grace.enter();
+                    if published.load(Ordering::SeqCst) == 1 {
+                        // SAFETY (model): loom checks that no free races it.
+                        let value = first.with(|v| unsafe { *v });
+                        assert_eq!(value, 1, "read a freed object");
+                    }
+                    grace.exit(parity);
+                })
+            };
+            published.store(2, Ordering::SeqCst);
+            // The manager's grace period: two flips, each waiting for the
+            // readers of the parity it ended.
+            for _ in 0..2 {
+                let parity = grace.flip();
+                while !grace.drained(parity) {
+                    loom::thread::yield_now();
+                }
+            }
+            // Freed: loom reports a write concurrent with a read.
+            first.with_mut(|v| unsafe { *v = 0 });
+            handler.join().unwrap();
+        });
     }
 }

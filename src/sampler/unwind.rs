@@ -25,15 +25,13 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use framehop::{
-    CacheNative, ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind,
-    UnwindRegsNative, Unwinder, UnwinderNative,
+    CacheNative, ExplicitModuleSectionInfo, Module, MustNotAllocateDuringUnwind, Unwinder,
+    UnwinderNative,
 };
-
-use super::buffer::MAX_FRAMES;
 
 /// Unwind-table bytes: copies owned by the unwinder.
 pub(crate) type Bytes = Arc<[u8]>;
@@ -138,118 +136,6 @@ fn stack_limit() -> Option<u64> {
         return None;
     }
     Some(limit.rlim_cur)
-}
-
-/// Stack the handler needs below its own frame to unwind safely (measured
-/// ~9 KiB in an optimised build, with margin; an unoptimised build's frames
-/// are several times larger, so it asks for more). Checked by the caller
-/// *before* calling [`unwind`], whose own frame holds the unwinder's state.
-pub(crate) const HANDLER_HEADROOM: u64 = if cfg!(debug_assertions) {
-    96 * 1024
-} else {
-    16 * 1024
-};
-
-/// What a handler may do with the interrupted stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Plan {
-    /// Unwind it.
-    Unwind,
-    /// Record the interrupted pc only: the stack pointer lies in no mapping
-    /// of the snapshot (a stack mapped or grown since: the manager reads the
-    /// maps again), or the handler's own stack has no headroom left.
-    LeafOnly,
-}
-
-/// Decides whether a handler whose own frame is at `here` may unwind a
-/// stack whose pointer is `sp`. Headroom is measured from the handler's
-/// frame, not from `sp`: the kernel's signal frame sits between the two,
-/// and it is several KiB (more with AVX-512 or AMX state). No allocation.
-#[inline]
-pub(crate) fn plan(maps: &MapsSnapshot, sp: u64, here: u64) -> Plan {
-    if maps.readable_range(sp).is_none() {
-        STALE_MAPS.fetch_add(1, Ordering::Relaxed);
-        return Plan::LeafOnly;
-    }
-    if !maps.has_headroom(here, HANDLER_HEADROOM) {
-        return Plan::LeafOnly;
-    }
-    Plan::Unwind
-}
-
-/// Registers taken from the interrupted context.
-#[derive(Clone, Copy)]
-pub(crate) struct Regs {
-    pub(crate) pc: u64,
-    pub(crate) sp: u64,
-    pub(crate) fp: u64,
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
-    pub(crate) lr: u64,
-}
-
-/// Unwinds into `out`, leaf first (`out[0]` = pc, then return addresses).
-/// Stack reads are limited to `[sp, end of sp's readable region)`.
-/// No allocation, no locks, no syscalls. Never inlined, so that its large
-/// frame is only pushed after the caller checked the stack headroom.
-#[inline(never)]
-pub(crate) fn unwind(
-    state: &UnwindState,
-    maps: &MapsSnapshot,
-    cache: &mut NativeCache,
-    regs: Regs,
-    out: &mut [u64; MAX_FRAMES],
-) -> usize {
-    let stack_lo = regs.sp;
-    let stack_hi = match maps.readable_range(regs.sp) {
-        Some(range) => range.end,
-        None => {
-            STALE_MAPS.fetch_add(1, Ordering::Relaxed);
-            regs.sp
-        }
-    };
-    let mut read_stack = |addr: u64| -> Result<u64, ()> {
-        if addr < stack_lo
-            || addr.checked_add(8).is_none_or(|end| end > stack_hi)
-            || !addr.is_multiple_of(8)
-        {
-            return Err(());
-        }
-        // SAFETY: `addr..addr+8` lies inside a readable mapping that contains
-        // this thread's stack pointer, i.e. the live stack of the interrupted
-        // thread (which is the thread running this handler), and is aligned.
-        Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
-    };
-    #[cfg(target_arch = "x86_64")]
-    let unwind_regs = UnwindRegsNative::new(regs.pc, regs.sp, regs.fp);
-    // Return addresses may carry pointer-authentication bits (PAC): strip
-    // everything above the highest known code address.
-    #[cfg(target_arch = "aarch64")]
-    let unwind_regs = UnwindRegsNative::new_with_ptr_auth_mask(
-        framehop::aarch64::PtrAuthMask::from_max_known_address(
-            state.unwinder.max_known_code_address(),
-        ),
-        regs.lr,
-        regs.sp,
-        regs.fp,
-    );
-    let mut frames = state
-        .unwinder
-        .iter_frames(regs.pc, unwind_regs, cache, &mut read_stack);
-    let mut n = 0;
-    while n < MAX_FRAMES {
-        match frames.next() {
-            Ok(Some(frame)) => {
-                let address = match frame {
-                    FrameAddress::InstructionPointer(a) => a,
-                    FrameAddress::ReturnAddress(a) => a.get(),
-                };
-                out[n] = address;
-                n += 1;
-            }
-            _ => break,
-        }
-    }
-    n
 }
 
 /// One loaded object as found by `dl_iterate_phdr`, with copies of its
@@ -582,25 +468,5 @@ mod tests {
         unsafe {
             libc::munmap(first as *mut libc::c_void, 8 * PAGE as usize);
         }
-    }
-
-    #[test]
-    fn a_stack_outside_the_snapshot_is_counted_as_stale() {
-        let state = build_unwinder(&mut TablesCache::default());
-        let maps = MapsSnapshot::from_ranges(Vec::new());
-        let mut cache = NativeCache::new_in();
-        let mut out = [0u64; MAX_FRAMES];
-        let local = 0u64;
-        let regs = Regs {
-            pc: build_unwinder as *const () as u64,
-            sp: &local as *const u64 as u64,
-            fp: 0,
-            lr: 0,
-        };
-        let before = STALE_MAPS.load(Ordering::Relaxed);
-        let depth = unwind(&state, &maps, &mut cache, regs, &mut out);
-        assert!(depth >= 1);
-        assert_eq!(out[0], regs.pc);
-        assert!(STALE_MAPS.load(Ordering::Relaxed) > before);
     }
 }

@@ -26,6 +26,7 @@ mod dl_fixture;
 #[path = "../pprof_tool/mod.rs"]
 mod pprof_tool;
 
+mod build_twice;
 mod config_env;
 mod e2e_span_labels;
 mod e2e_tokio_labels;
@@ -44,6 +45,7 @@ mod sampler_labels;
 mod sampler_panic;
 mod sampler_platform;
 mod sampler_scale;
+mod sampler_stack_pool;
 mod sampler_stacks;
 mod sampler_stress;
 mod series_budget;

@@ -1,6 +1,6 @@
 //! The profiler's own threads are named in its profiles: every sample taken
-//! on the collector (`pyroscope-collect`) or the timer manager
-//! (`pyroscope-timer`) ends in a root frame `tracing-pyroscope: …` that
+//! on the collector (`pyroscope-collect`), the timer manager
+//! (`pyroscope-timer`) or the sample drain (`pyroscope-drain`) ends in a root frame `tracing-pyroscope: …` that
 //! says which thread it is, and no sample of the program's own threads
 //! does. The frame is not a label: the samples carry no label for it.
 
@@ -18,6 +18,7 @@ use tracing_pyroscope::context;
 
 const COLLECTOR: &str = "tracing-pyroscope: collector (pyroscope-collect)";
 const TIMERS: &str = "tracing-pyroscope: timer manager (pyroscope-timer)";
+const DRAIN: &str = "tracing-pyroscope: sample drain (pyroscope-drain)";
 
 #[inline(never)]
 fn program_work(nanos: u64) -> u64 {
@@ -90,10 +91,10 @@ fn samples_on_profiler_threads_start_with_a_frame_naming_the_thread() {
         *by_root.entry(root.to_owned()).or_default() += count;
         let has = |needle: &str| stack.iter().any(|f| f.contains(needle));
         if root.starts_with("tracing-pyroscope: ") {
-            // Only the three threads have such a frame, only at the root,
+            // Only the four threads have such a frame, only at the root,
             // and it is no label.
             assert!(
-                [COLLECTOR, TIMERS].contains(&root)
+                [COLLECTOR, TIMERS, DRAIN].contains(&root)
                     || root == "tracing-pyroscope: uploader (pyroscope-upload)",
                 "{root}"
             );
@@ -116,6 +117,12 @@ fn samples_on_profiler_threads_start_with_a_frame_naming_the_thread() {
                 "{stack:?}"
             );
             assert!(!has("tracing_pyroscope::sampler::manage"), "{stack:?}");
+            // The drain thread's work (the collector does the same work
+            // under its own root frame).
+            assert!(
+                !has("tracing_pyroscope::sampler::queue::Queue::move_from"),
+                "{stack:?}"
+            );
         }
         if has("program_work") {
             assert_eq!(keys, ["mark"], "{stack:?}");
