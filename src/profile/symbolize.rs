@@ -34,7 +34,7 @@
 //!   qualified name for it;
 //! - DWARF's bare name (`debug = "line-tables-only"` has nothing else for
 //!   inlined frames), shown without its generic arguments
-//!   ([`frame_name`](super::names::frame_name)): `poll`, not `poll<tokio::runtime::blocking::task::BlockingTask<…>, …>`.
+//!   ([`frame_name`]): `poll`, not `poll<tokio::runtime::blocking::task::BlockingTask<…>, …>`.
 //!   Those arguments name the caller's concrete types, so one function would
 //!   otherwise be as many frames as it has instantiations (closures of
 //!   different callers included), and a flame graph could not merge them.

@@ -84,7 +84,7 @@ pub(crate) struct FileReader {
 /// Unit headers shown in place of the file's, sorted by file position:
 /// each makes a run of units a lookup does not need look like one DWARF 5
 /// type unit, which `addr2line` skips without parsing (see
-/// [`DebugInfo::make_context`]).
+/// [`DebugInfo::make_context`](super::DebugInfo::make_context)).
 pub(super) type Overlay = Vec<(u64, [u8; TYPE_UNIT_HEADER])>;
 
 /// Size of a 32-bit DWARF 5 type unit header.

@@ -540,7 +540,7 @@ impl Symbolizer {
         Some(addr2line::demangle_auto(Cow::Borrowed(&name), None).into_owned())
     }
 
-    /// Interns what [`lookup_raw`] found at `svma` of `object` into a
+    /// Interns the [`RawFrames`] found at `svma` of `object` into a
     /// [`Resolved`] (fallbacks included).
     fn build_resolved(
         &mut self,
