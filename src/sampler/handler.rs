@@ -192,6 +192,7 @@ fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
             sp: g[libc::REG_RSP as usize] as u64,
             fp: g[libc::REG_RBP as usize] as u64,
             lr: 0,
+            r11: g[libc::REG_R11 as usize] as u64,
         })
     }
     #[cfg(target_arch = "aarch64")]
@@ -202,6 +203,7 @@ fn regs_from(ctx: *mut libc::c_void) -> Option<Regs> {
             sp: m.sp,
             fp: m.regs[29],
             lr: m.regs[30],
+            r11: 0,
         })
     }
 }
@@ -329,6 +331,10 @@ pub(crate) struct Regs {
     pub(crate) fp: u64,
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) lr: u64,
+    /// x86-64's `r11`: the bound of an inline stack-probe loop
+    /// ([`probe_loop_entry`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) r11: u64,
 }
 
 /// Unwinds into `out`, leaf first (`out[0]` = pc, then return addresses).
@@ -356,8 +362,15 @@ pub(crate) fn unwind(
         // cannot go away meanwhile.
         Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
     };
+    // Inside an inline stack-probe loop the CFA is `r11`-based, which
+    // framehop cannot follow: unwind from the loop's entry instead, where
+    // it is `rsp`-based again (same frame, same caller).
     #[cfg(target_arch = "x86_64")]
-    let unwind_regs = UnwindRegsNative::new(regs.pc, regs.sp, regs.fp);
+    let (pc, sp) = probe_loop_entry(_cx, regs.pc, regs.r11).unwrap_or((regs.pc, regs.sp));
+    #[cfg(target_arch = "aarch64")]
+    let pc = regs.pc;
+    #[cfg(target_arch = "x86_64")]
+    let unwind_regs = UnwindRegsNative::new(pc, sp, regs.fp);
     // Return addresses may carry pointer-authentication bits (PAC): strip
     // everything above the highest known code address.
     #[cfg(target_arch = "aarch64")]
@@ -371,7 +384,7 @@ pub(crate) fn unwind(
     );
     let mut frames = state
         .unwinder
-        .iter_frames(regs.pc, unwind_regs, cache, &mut read_stack);
+        .iter_frames(pc, unwind_regs, cache, &mut read_stack);
     let mut n = 0;
     while n < MAX_FRAMES {
         match frames.next() {
@@ -387,6 +400,106 @@ pub(crate) fn unwind(
         }
     }
     n
+}
+
+/// LLVM's inline stack probe on x86-64, for frames of 64 KiB or more
+/// (`probe-stack=inline-asm`, Rust's default): the prologue saves the
+/// stack pointer's target in `r11`, then touches one page at a time:
+///
+/// ```text
+/// M:  mov  %rsp, %r11              49 89 e3
+///     sub  $size, %r11             49 81 eb <size: u32>
+/// L:  sub  $0x1000, %rsp           48 81 ec 00 10 00 00
+///     movq $0, (%rsp)              48 c7 04 24 00 00 00 00
+///     cmp  %r11, %rsp              4c 39 dc
+///     jne  L                       75 ec
+/// ```
+///
+/// From `L` until the frame is set up, the CFI gives the CFA as
+/// `r11 + offset`, and framehop follows only `rsp`/`rbp`-based rules, so a
+/// sample there would end at its leaf. At `M` the CFA is `rsp`-based and
+/// `rsp` was `r11 + size`: for a `pc` in the loop (or just after it), the
+/// same frame is unwound from `(M, r11 + size)`. The code is matched
+/// byte for byte, and only within `pc`'s own page (mapped: the thread was
+/// running it). `None` if `pc` is not in such a loop.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn probe_loop_entry(_cx: InHandler, pc: u64, r11: u64) -> Option<(u64, u64)> {
+    const PREFIX: usize = 10; // `mov` and `sub` before `L`
+    const LOOP: usize = 20; // `L` up to the instruction after `jne`
+    let page = PAGE_SIZE.load(Ordering::Relaxed).max(4096);
+    let page_start = pc & !(page - 1);
+    let page_end = page_start.checked_add(page)?;
+    let byte = |addr: u64| -> u8 {
+        // SAFETY: callers pass only addresses in `pc`'s page, which is
+        // mapped and readable (x86-64 has no execute-only pages without
+        // protection keys, which code segments do not use): the
+        // interrupted thread was executing from it.
+        unsafe { ptr::read_volatile(addr as *const u8) }
+    };
+    // `pc` lies anywhere from `L` to the instruction after `jne`.
+    for back in 0..=LOOP as u64 {
+        let Some(l) = pc.checked_sub(back) else { break };
+        let Some(m) = l.checked_sub(PREFIX as u64) else {
+            break;
+        };
+        if m < page_start || l + LOOP as u64 > page_end {
+            continue;
+        }
+        if !matches_probe_loop(|i| byte(m + i as u64)) {
+            continue;
+        }
+        let size = u32::from_le_bytes([byte(m + 6), byte(m + 7), byte(m + 8), byte(m + 9)]);
+        let sp = r11.checked_add(u64::from(size))?;
+        return Some((m, sp));
+    }
+    None
+}
+
+/// Whether the 30 bytes that `at(0..30)` gives are the probe loop of
+/// [`probe_loop_entry`] (its size immediate left out).
+#[cfg(target_arch = "x86_64")]
+fn matches_probe_loop(at: impl Fn(usize) -> u8) -> bool {
+    // `None`: the size immediate, any value.
+    const CODE: [Option<u8>; 30] = {
+        let mut code = [None; 30];
+        let bytes: [(usize, u8); 26] = [
+            (0, 0x49),
+            (1, 0x89),
+            (2, 0xe3),
+            (3, 0x49),
+            (4, 0x81),
+            (5, 0xeb),
+            (10, 0x48),
+            (11, 0x81),
+            (12, 0xec),
+            (13, 0x00),
+            (14, 0x10),
+            (15, 0x00),
+            (16, 0x00),
+            (17, 0x48),
+            (18, 0xc7),
+            (19, 0x04),
+            (20, 0x24),
+            (21, 0x00),
+            (22, 0x00),
+            (23, 0x00),
+            (24, 0x00),
+            (25, 0x4c),
+            (26, 0x39),
+            (27, 0xdc),
+            (28, 0x75),
+            (29, 0xec),
+        ];
+        let mut i = 0;
+        while i < bytes.len() {
+            code[bytes[i].0] = Some(bytes[i].1);
+            i += 1;
+        }
+        code
+    };
+    CODE.iter()
+        .enumerate()
+        .all(|(i, b)| b.is_none_or(|b| at(i) == b))
 }
 
 /// The readable part of one interrupted stack: `[lo, hi)`, 8-byte aligned
@@ -487,6 +600,61 @@ fn pages_mapped(_cx: InHandler, from: u64, to: u64, page: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe loop of `probe_loop_entry`'s docs, `size` = 0x10000, at
+    /// `at` in a page-aligned buffer; returns the buffer.
+    #[cfg(target_arch = "x86_64")]
+    fn probe_code(at: usize) -> Vec<u8> {
+        let page = PAGE_SIZE.load(Ordering::Relaxed).max(4096) as usize;
+        // Twice a page, so that one whole page is page-aligned within it.
+        let mut v = vec![0x90u8; 3 * page];
+        let start = (page - (v.as_ptr() as usize % page)) % page;
+        let code: [u8; 30] = [
+            0x49, 0x89, 0xe3, 0x49, 0x81, 0xeb, 0x00, 0x00, 0x01, 0x00, 0x48, 0x81, 0xec, 0x00,
+            0x10, 0x00, 0x00, 0x48, 0xc7, 0x04, 0x24, 0x00, 0x00, 0x00, 0x00, 0x4c, 0x39, 0xdc,
+            0x75, 0xec,
+        ];
+        v[start + at..start + at + 30].copy_from_slice(&code);
+        v
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_pc_in_a_stack_probe_loop_unwinds_from_the_loops_entry() {
+        let page = PAGE_SIZE.load(Ordering::Relaxed).max(4096) as usize;
+        let code = probe_code(100);
+        let base = code.as_ptr() as u64;
+        let m = base + ((page as u64 - base % page as u64) % page as u64) + 100;
+        let r11 = 0x7f00_0000_0000u64;
+        // Anywhere from `L` (m + 10) to the instruction after `jne`.
+        for pc in m + 10..=m + 30 {
+            assert_eq!(
+                probe_loop_entry(InHandler::for_test(), pc, r11),
+                Some((m, r11 + 0x10000)),
+                "pc at m+{}",
+                pc - m
+            );
+        }
+        // Before the loop, and past it: CFI is rsp-based there.
+        for pc in [m, m + 3, m + 9, m + 31, m + 60] {
+            assert_eq!(probe_loop_entry(InHandler::for_test(), pc, r11), None);
+        }
+        // Other code: no match.
+        let other = vec![0x90u8; 2 * page];
+        let pc = other.as_ptr() as u64 + page as u64;
+        assert_eq!(probe_loop_entry(InHandler::for_test(), pc, r11), None);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_probe_loop_across_a_page_boundary_is_left_alone() {
+        let page = PAGE_SIZE.load(Ordering::Relaxed).max(4096) as usize;
+        // The loop's entry 5 bytes before a page boundary.
+        let code = probe_code(page - 5);
+        let base = code.as_ptr() as u64;
+        let m = base + ((page as u64 - base % page as u64) % page as u64) + page as u64 - 5;
+        assert_eq!(probe_loop_entry(InHandler::for_test(), m + 12, 0), None);
+    }
 
     #[test]
     fn a_stack_outside_the_snapshot_is_counted_as_stale() {

@@ -182,3 +182,82 @@ fn a_thread_nearly_out_of_stack_is_sampled_without_overflowing_it() {
     println!("{samples} samples taken near the bottom of a 128 KiB stack");
     assert!(samples >= 200, "too few samples: {samples}");
 }
+
+/// A frame of 256 KiB: its prologue is LLVM's inline stack-probe loop (one
+/// store per page), where the CFI gives the CFA from `r11`. Nearly all of
+/// its time is in that loop: nothing initialises the buffer.
+#[inline(never)]
+fn big_frame(i: u64) -> u64 {
+    let mut buf = std::mem::MaybeUninit::<[u64; 32 * 1024]>::uninit();
+    black_box(&mut buf);
+    black_box(i)
+}
+
+#[inline(never)]
+fn calls_big_frames(nanos: u64) -> u64 {
+    let end = thread_cpu_nanos() + nanos;
+    let mut x = 0u64;
+    while thread_cpu_nanos() < end {
+        for i in 0..200 {
+            x = x.wrapping_add(big_frame(i));
+        }
+    }
+    x
+}
+
+#[test]
+fn samples_in_a_stack_probe_loop_are_unwound() {
+    isolated!();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("tracing-pyroscope-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_layer, guard) = tracing_pyroscope::Builder::new("probe-test")
+        .profiles_dir(&dir)
+        .sample_rate(1000)
+        .upload_interval(Duration::from_secs(60))
+        .span_labels(["mark"])
+        .build()
+        .expect("start profiler");
+    std::thread::Builder::new()
+        .name("big-frames".into())
+        .spawn(|| {
+            context::with_labels(&[("mark", "big")], || {
+                black_box(calls_big_frames(700_000_000));
+            });
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    drop(guard);
+    let (mut in_big, mut rooted) = (0u64, 0u64);
+    for file in pprof_tool::profile_files(&dir) {
+        for tr in pprof_tool::traces(&file) {
+            if tr.labels.get("mark").map(String::as_str) != Some("big") {
+                continue;
+            }
+            let Some(i) = tr.frames.iter().position(|f| f.ends_with("::big_frame")) else {
+                continue;
+            };
+            in_big += tr.count;
+            let rest = &tr.frames[i + 1..];
+            if rest.first().is_some_and(|f| f.contains("calls_big_frames"))
+                && rest.iter().any(|f| f.contains("thread_start"))
+            {
+                rooted += tr.count;
+            } else if rooted == 0 {
+                println!("broken stack: {:?}", tr.frames);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{rooted}/{in_big} samples in big_frame unwound to the thread's root");
+    if cfg!(debug_assertions) {
+        // Debug builds keep the frame but may probe it differently.
+        return;
+    }
+    assert!(in_big >= 200, "too few samples in big_frame: {in_big}");
+    assert!(
+        rooted as f64 >= 0.99 * in_big as f64,
+        "{rooted}/{in_big} samples in a stack-probe loop unwound"
+    );
+}
