@@ -222,7 +222,7 @@ fn samples_in_a_stack_probe_loop_are_unwound() {
         .name("big-frames".into())
         .spawn(|| {
             context::with_labels(&[("mark", "big")], || {
-                black_box(calls_big_frames(700_000_000));
+                black_box(calls_big_frames(1_500_000_000));
             });
         })
         .unwrap()
