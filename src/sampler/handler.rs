@@ -366,7 +366,7 @@ pub(crate) fn unwind(
     // framehop cannot follow: unwind from the loop's entry instead, where
     // it is `rsp`-based again (same frame, same caller).
     #[cfg(target_arch = "x86_64")]
-    let (pc, sp) = probe_loop_entry(_cx, regs.pc, regs.r11).unwrap_or((regs.pc, regs.sp));
+    let (pc, sp) = probe_loop_entry(_cx, regs.pc, regs.sp, regs.r11).unwrap_or((regs.pc, regs.sp));
     #[cfg(target_arch = "aarch64")]
     let pc = regs.pc;
     #[cfg(target_arch = "x86_64")]
@@ -423,7 +423,13 @@ pub(crate) fn unwind(
 /// byte for byte, and only within `pc`'s own page (mapped: the thread was
 /// running it). `None` if `pc` is not in such a loop.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn probe_loop_entry(_cx: InHandler, pc: u64, r11: u64) -> Option<(u64, u64)> {
+pub(crate) fn probe_loop_entry(_cx: InHandler, pc: u64, sp: u64, r11: u64) -> Option<(u64, u64)> {
+    // In the loop `rsp` steps down a page at a time until it equals `r11`:
+    // this rules out nearly every other sample before a code byte is read.
+    let gap = sp.checked_sub(r11)?;
+    if gap % 4096 != 0 || gap > u64::from(u32::MAX) {
+        return None;
+    }
     const PREFIX: usize = 10; // `mov` and `sub` before `L`
     const LOOP: usize = 20; // `L` up to the instruction after `jne`
     let page = PAGE_SIZE.load(Ordering::Relaxed).max(4096);

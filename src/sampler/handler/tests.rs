@@ -27,7 +27,7 @@ fn a_pc_in_a_stack_probe_loop_unwinds_from_the_loops_entry() {
     // Anywhere from `L` (m + 10) to the instruction after `jne`.
     for pc in m + 10..=m + 30 {
         assert_eq!(
-            probe_loop_entry(InHandler::for_test(), pc, r11),
+            probe_loop_entry(InHandler::for_test(), pc, r11 + 0x3000, r11),
             Some((m, r11 + 0x10000)),
             "pc at m+{}",
             pc - m
@@ -35,12 +35,28 @@ fn a_pc_in_a_stack_probe_loop_unwinds_from_the_loops_entry() {
     }
     // Before the loop, and past it: CFI is rsp-based there.
     for pc in [m, m + 3, m + 9, m + 31, m + 60] {
-        assert_eq!(probe_loop_entry(InHandler::for_test(), pc, r11), None);
+        assert_eq!(
+            probe_loop_entry(InHandler::for_test(), pc, r11 + 0x3000, r11),
+            None
+        );
     }
+    // The loop's code, but `rsp` not a whole number of pages above `r11`:
+    // not in that loop now.
+    assert_eq!(
+        probe_loop_entry(InHandler::for_test(), m + 12, r11 + 0x3008, r11),
+        None
+    );
+    assert_eq!(
+        probe_loop_entry(InHandler::for_test(), m + 12, r11 - 0x1000, r11),
+        None
+    );
     // Other code: no match.
     let other = vec![0x90u8; 2 * page];
     let pc = other.as_ptr() as u64 + page as u64;
-    assert_eq!(probe_loop_entry(InHandler::for_test(), pc, r11), None);
+    assert_eq!(
+        probe_loop_entry(InHandler::for_test(), pc, r11 + 0x3000, r11),
+        None
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -51,7 +67,7 @@ fn a_probe_loop_across_a_page_boundary_is_left_alone() {
     let code = probe_code(page - 5);
     let base = code.as_ptr() as u64;
     let m = base + ((page as u64 - base % page as u64) % page as u64) + page as u64 - 5;
-    assert_eq!(probe_loop_entry(InHandler::for_test(), m + 12, 0), None);
+    assert_eq!(probe_loop_entry(InHandler::for_test(), m + 12, 0, 0), None);
 }
 
 #[test]
