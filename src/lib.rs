@@ -49,7 +49,8 @@
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
-// Unsafe code lives in the sampler only (signal handler, timers, unwinding);
+// Unsafe code lives in the sampler only (signal handler, timers, unwinding)
+// and the global allocator wrapper;
 // everything else is checked by the compiler.
 #![deny(unsafe_code)]
 // Where the sampler cannot run, the collector and exporters are never
@@ -59,6 +60,10 @@
 // Imports run one way, top to bottom (see README's module map):
 // builder → {config, collector, export, layer, sampler} → {profile, stats,
 // sync, secret, context, error}. `report` reads what `export` writes.
+// The global allocator wrapper: `unsafe` to implement `GlobalAlloc`, each
+// block says why it is sound.
+#[allow(unsafe_code)]
+mod alloc;
 mod builder;
 mod collector;
 mod config;
@@ -78,6 +83,7 @@ mod secret;
 mod stats;
 mod sync;
 
+pub use alloc::{Allocator, DEFAULT_ALLOCATION_SAMPLE_BYTES};
 pub use builder::{from_env, Builder};
 pub use collector::ProfilerGuard;
 pub use config::SpanScope;
