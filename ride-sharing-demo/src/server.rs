@@ -26,6 +26,8 @@ struct App {
     requests: AtomicU64,
     /// Contended in eu-north (see [`work::mutex_lock`]).
     lock: Mutex<u64>,
+    /// Routes eu-north keeps (see [`work::cache_route`]).
+    routes: Mutex<work::RouteCache>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +37,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         region,
         requests: AtomicU64::new(0),
         lock: Mutex::new(1),
+        routes: Mutex::default(),
     });
     let (result, stats) = telemetry.run(async |t| serve(args, app.clone(), t).await)?;
     if args.child {
@@ -153,5 +156,18 @@ fn handle(app: &App, vehicle: Vehicle, n: u64) -> u64 {
         };
         eta ^= work::mutex_lock(&app.lock, hold);
     }
-    eta
+    eta ^ allocate(app, vehicle, n)
+}
+
+/// The request's allocations: a car's route (short-lived vectors), and in
+/// eu-north a route cache that grows and is trimmed.
+fn allocate(app: &App, vehicle: Vehicle, n: u64) -> u64 {
+    let mut x = 0;
+    if vehicle == Vehicle::Car {
+        x ^= work::build_route(n);
+    }
+    if app.region == "eu-north" {
+        x ^= work::cache_route(&app.routes, n);
+    }
+    x
 }

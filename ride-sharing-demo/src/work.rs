@@ -94,6 +94,53 @@ pub(crate) fn prepare_order(seed: u64) -> u64 {
     black_box(spin(10, seed))
 }
 
+/// Points of a car's route: a few hundred KiB of short-lived vectors per
+/// request (an allocation profile shows them under `/car`).
+const ROUTE_POINTS: usize = 2048;
+/// Legs a route is planned in: each leg's points are a new vector.
+const ROUTE_LEGS: usize = 8;
+
+/// Plans a car's route: builds each leg's points and the candidate
+/// routes, all dropped before the request returns.
+#[inline(never)]
+pub(crate) fn build_route(seed: u64) -> u64 {
+    let mut legs: Vec<Vec<[u64; 2]>> = Vec::new();
+    for leg in 0..ROUTE_LEGS as u64 {
+        let points: Vec<[u64; 2]> = (0..ROUTE_POINTS as u64)
+            .map(|i| [seed ^ i, leg.wrapping_mul(i)])
+            .collect();
+        legs.push(points);
+    }
+    let labels: Vec<String> = (0..64).map(|i| format!("leg-{seed}-{i}")).collect();
+    black_box(legs.iter().map(Vec::len).sum::<usize>() as u64 ^ labels.len() as u64)
+}
+
+/// Recently planned routes, kept by a region: grows with every request and
+/// is trimmed to its newest half when full (an in-use profile shows what
+/// it holds).
+#[derive(Default)]
+pub(crate) struct RouteCache {
+    routes: std::collections::VecDeque<Vec<u64>>,
+}
+
+/// Routes a [`RouteCache`] holds before it is trimmed (about 16 MiB).
+const CACHE_ROUTES: usize = 512;
+
+/// Keeps this request's route (32 KiB) in the cache, trimming it when full.
+#[inline(never)]
+pub(crate) fn cache_route(cache: &Mutex<RouteCache>, seed: u64) -> u64 {
+    let route: Vec<u64> = (0..4096).map(|i| seed.wrapping_mul(i)).collect();
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.routes.push_back(route);
+    if cache.routes.len() > CACHE_ROUTES {
+        let keep = CACHE_ROUTES / 2;
+        while cache.routes.len() > keep {
+            cache.routes.pop_front();
+        }
+    }
+    cache.routes.len() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +156,15 @@ mod tests {
             find_nearest_vehicle(3, Vehicle::Car),
             find_nearest_vehicle(3, Vehicle::Car)
         );
+    }
+
+    #[test]
+    fn the_route_cache_is_trimmed() {
+        let cache = Mutex::new(RouteCache::default());
+        for i in 0..(CACHE_ROUTES as u64 * 3) {
+            assert!(cache_route(&cache, i) <= CACHE_ROUTES as u64);
+        }
+        assert_eq!(build_route(1), build_route(1));
     }
 
     #[test]

@@ -36,3 +36,77 @@ fn the_live_table_remembers_until_freed_and_the_count_map_guards_frees() {
     }
     assert_eq!(live::len(), base);
 }
+
+/// The lib's tests run with the wrapper installed (inert but for the tests
+/// that switch it on).
+#[global_allocator]
+static GLOBAL: Allocator = Allocator::system();
+
+#[inline(never)]
+fn allocate(total: usize, keep: usize, kept: &mut Vec<Vec<u8>>) {
+    let sizes = [100usize, 1000, 5000, 40_000, 300_000];
+    let mut done = 0;
+    let mut i = 0;
+    while done < total {
+        let n = sizes[i % sizes.len()];
+        i += 1;
+        let v = std::hint::black_box(Vec::<u8>::with_capacity(n));
+        done += n;
+        if done <= keep {
+            kept.push(v);
+        }
+    }
+}
+
+#[test]
+fn sampled_bytes_estimate_what_a_span_allocated_and_kept() {
+    let _serial = crate::sampler::tests::serial();
+    assert!(installed());
+    let sampler = crate::sampler::Sampler::start(100).expect("sampler");
+    let profiler = AllocProfiler::start(32 * 1024, true).expect("allocation profiler");
+    assert!(AllocProfiler::start(32 * 1024, false).is_err(), "one at a time");
+    let span = 0x5eed_0001_u64;
+    let labels = crate::context::SpanLabels::new(span, 7, 0);
+    const TOTAL: usize = 64 << 20;
+    const KEEP: usize = 32 << 20;
+    let mut kept = Vec::new();
+    let before = crate::context::replace(labels);
+    allocate(TOTAL, KEEP, &mut kept);
+    crate::context::restore(before);
+
+    let (mut bytes, mut objects, mut deep) = (0i64, 0i64, 0usize);
+    let mut samples = 0;
+    profiler.drain(|l, stack, v| {
+        if l.span_id == span {
+            bytes += v[1];
+            objects += v[0];
+            samples += 1;
+            if stack.len() >= 4 {
+                deep += 1;
+            }
+        }
+    });
+    let ratio = bytes as f64 / TOTAL as f64;
+    assert!((0.9..1.1).contains(&ratio), "alloc_space {bytes} for {TOTAL}: {ratio}");
+    assert!(objects > 0);
+    assert!(deep * 10 >= samples * 9, "{deep} of {samples} stacks unwound");
+
+    let inuse = |p: &AllocProfiler| {
+        let mut b = 0;
+        p.in_use(|l, _, v| {
+            if l.span_id == span {
+                b += v[3];
+            }
+        });
+        b
+    };
+    let live = inuse(&profiler);
+    let ratio = live as f64 / KEEP as f64;
+    assert!((0.9..1.1).contains(&ratio), "inuse_space {live} for {KEEP}: {ratio}");
+    drop(kept);
+    let live = inuse(&profiler);
+    assert!(live < 2 << 20, "inuse_space {live} after freeing");
+    assert_eq!(profiler.stats().dropped, 0);
+    drop(profiler);
+    drop(sampler);
+}

@@ -173,6 +173,7 @@ impl Fleet {
                 span_labels.push("vehicle".to_string());
             }
             cmd.env("PYROSCOPE_SPAN_LABELS", span_labels.join(","));
+            allocation_profiles(&mut cmd);
         }
         cmd.env("OTEL_SERVICE_NAME", service);
         match profiling {
@@ -339,6 +340,19 @@ impl Drop for Fleet {
                 }
                 let _ = p.child.wait();
             }
+        }
+    }
+}
+
+/// The region services also send allocation and in-use profiles
+/// (`memory`), unless the user's environment says otherwise.
+fn allocation_profiles(cmd: &mut Command) {
+    for var in [
+        "PYROSCOPE_PROFILING_ALLOCATION_ENABLED",
+        "PYROSCOPE_PROFILING_HEAP_ENABLED",
+    ] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, "true");
         }
     }
 }
