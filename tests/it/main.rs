@@ -53,3 +53,7 @@ mod server_acceptance;
 mod span_labels_budget;
 mod symbols_replaced_library;
 mod upload_faults;
+
+/// The sample distance `sampler_stress` profiles allocations at: none here
+/// (the `alloc_stress` binary installs the allocator wrapper and sets it).
+const ALLOCATION_SAMPLE_BYTES: Option<u64> = None;
