@@ -44,7 +44,7 @@ static GLOBAL: Allocator = Allocator::system();
 
 #[inline(never)]
 fn allocate(total: usize, keep: usize, kept: &mut Vec<Vec<u8>>) {
-    let sizes = [100usize, 1000, 5000, 40_000, 300_000];
+    let sizes = [64usize, 256, 1000, 4000, 16_000];
     let mut done = 0;
     let mut i = 0;
     while done < total {

@@ -94,7 +94,7 @@ macro_rules! allocators {
             /// each at once.
             #[inline(never)]
             pub fn $name(total: usize) {
-                let sizes = [96usize, 700, 4000, 24_000, 200_000];
+                let sizes = [64usize, 512, 2048, 8192, 32_768];
                 let mut done = 0;
                 let mut i = 0;
                 while done < total {
@@ -256,7 +256,7 @@ fn next_file(dir: &Path, seen: usize) -> PathBuf {
 pub fn allocate_and_keep(total: usize, keep: usize) -> Vec<Vec<u8>> {
     let mut kept = Vec::new();
     let mut done = 0;
-    let sizes = [96usize, 700, 4000, 24_000, 200_000];
+    let sizes = [64usize, 512, 2048, 8192, 32_768];
     let mut i = 0;
     while done < total {
         let n = sizes[i % sizes.len()];
