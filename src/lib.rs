@@ -83,7 +83,7 @@ mod secret;
 mod stats;
 mod sync;
 
-pub use alloc::{Allocator, DEFAULT_ALLOCATION_SAMPLE_BYTES};
+pub use alloc::Allocator;
 pub use builder::{from_env, Builder};
 pub use collector::ProfilerGuard;
 pub use config::SpanScope;

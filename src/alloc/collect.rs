@@ -181,11 +181,6 @@ impl AllocProfiler {
         })
     }
 
-    /// The mean bytes between samples.
-    pub(crate) fn sample_bytes(&self) -> u64 {
-        self.shared.sample_bytes as u64
-    }
-
     /// Passes the allocations sampled since the last call to `f`: labels,
     /// stack (leaf first) and `[alloc_objects, alloc_space, 0, 0]`, weighted.
     pub(crate) fn drain(&self, mut f: impl FnMut(SpanLabels, &[u64], [i64; 4])) {

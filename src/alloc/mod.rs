@@ -62,9 +62,9 @@ const HEAP: u8 = 4;
 /// load per allocation and free.
 static STATE: AtomicU8 = AtomicU8::new(0);
 
-/// The default mean distance between sampled allocations, in bytes: 512 KiB,
-/// Go's `MemProfileRate`.
-pub const DEFAULT_ALLOCATION_SAMPLE_BYTES: u64 = 512 * 1024;
+/// The default mean distance between sampled allocations (512 KiB, Go's
+/// `MemProfileRate`), until a profiler sets its own.
+const DEFAULT_ALLOCATION_SAMPLE_BYTES: u64 = crate::config::DEFAULT_ALLOCATION_SAMPLE_BYTES;
 
 /// A global allocator that samples allocations for per-span allocation
 /// profiles, wrapping another (the system allocator by default).

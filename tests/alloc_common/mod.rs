@@ -82,7 +82,7 @@ pub fn memory_files(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("memory"))
+                .is_some_and(|n| n.ends_with(".memory.pb.gz"))
         })
         .collect()
 }
