@@ -88,13 +88,14 @@ pub fn memory_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 macro_rules! allocators {
-    ($($name:ident),*) => {
+    ($($name:ident = $salt:literal),*) => {
         $(
             /// Allocates `total` bytes in chunks of several sizes, dropping
-            /// each at once.
+            /// each at once. (The sizes differ a little per function, so the
+            /// linker cannot fold the functions into one.)
             #[inline(never)]
             pub fn $name(total: usize) {
-                let sizes = [64usize, 512, 2048, 8192, 32_768];
+                let sizes = [64usize + $salt, 512, 2048, 8192 + $salt, 32_768];
                 let mut done = 0;
                 let mut i = 0;
                 while done < total {
@@ -110,10 +111,10 @@ macro_rules! allocators {
 }
 
 allocators!(
-    allocate_for_span_0,
-    allocate_for_span_1,
-    allocate_for_span_2,
-    allocate_for_span_3
+    allocate_for_span_0 = 0,
+    allocate_for_span_1 = 8,
+    allocate_for_span_2 = 16,
+    allocate_for_span_3 = 24
 );
 
 /// Per function: (span ids its sampled bytes carry, bytes), and per span
