@@ -162,25 +162,26 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
 #[inline(always)]
 fn on_alloc(p: *mut u8, size: usize) {
     let state = STATE.load(Ordering::Relaxed);
-    if state & SAMPLING != 0 {
-        #[cfg(tp_sampler)]
-        if !p.is_null() {
-            sample::count(p, size, state & HEAP != 0);
+    // Installed and inert: one compare.
+    if state != INSTALLED {
+        if state & SAMPLING != 0 {
+            #[cfg(tp_sampler)]
+            if !p.is_null() {
+                sample::count(p, size, state & HEAP != 0);
+            }
+        } else if state == 0 {
+            mark_installed();
         }
-    } else if state == 0 {
-        mark_installed();
     }
     let _ = (p, size);
 }
 
 #[inline(always)]
 fn on_free(p: *mut u8) {
-    let state = STATE.load(Ordering::Relaxed);
-    if state & HEAP != 0 {
+    // Installed is marked by allocations (a free follows one).
+    if STATE.load(Ordering::Relaxed) & HEAP != 0 {
         #[cfg(tp_sampler)]
         live::forget(p as usize);
-    } else if state == 0 {
-        mark_installed();
     }
     let _ = p;
 }

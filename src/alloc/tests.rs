@@ -110,3 +110,33 @@ fn sampled_bytes_estimate_what_a_span_allocated_and_kept() {
     drop(profiler);
     drop(sampler);
 }
+
+#[test]
+#[ignore = "a measurement"]
+fn cost_per_sample() {
+    let _serial = crate::sampler::tests::serial();
+    let sampler = crate::sampler::Sampler::start(100).expect("sampler");
+    for heap in [false, true] {
+        let profiler = AllocProfiler::start(1, heap).expect("allocation profiler");
+        let before = crate::context::replace(crate::context::SpanLabels::new(1, 2, 0));
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(Vec::<u8>::with_capacity(64));
+        }
+        let took = t.elapsed();
+        crate::context::restore(before);
+        let t = std::time::Instant::now();
+        let mut entries = 0;
+        profiler.drain(|_, _, _| entries += 1);
+        let drain = t.elapsed();
+        let stats = profiler.stats();
+        eprintln!(
+            "heap {heap}: {:.0} ns per sampled alloc+free, drain {:?} ({entries} entries), {stats:?}",
+            took.as_nanos() as f64 / n as f64,
+            drain
+        );
+        drop(profiler);
+    }
+    drop(sampler);
+}
