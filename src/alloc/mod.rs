@@ -126,17 +126,28 @@ fn mark_installed() {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let state = STATE.load(Ordering::Relaxed);
+        if state == INSTALLED {
+            // Inert: a tail call, nothing kept across it.
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { self.inner.alloc(layout) };
+        }
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { self.inner.alloc(layout) };
-        on_alloc(p, layout.size());
+        on_alloc(state, p, layout.size());
         p
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let state = STATE.load(Ordering::Relaxed);
+        if state == INSTALLED {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { self.inner.alloc_zeroed(layout) };
+        }
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { self.inner.alloc_zeroed(layout) };
-        on_alloc(p, layout.size());
+        on_alloc(state, p, layout.size());
         p
     }
 
@@ -152,26 +163,27 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         on_free(ptr);
+        let state = STATE.load(Ordering::Relaxed);
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        on_alloc(p, new_size);
+        if state != INSTALLED {
+            on_alloc(state, p, new_size);
+        }
         p
     }
 }
 
+/// After an allocation while not inert (`state` is not [`INSTALLED`]):
+/// counts it if sampling is on, marks the wrapper installed at its first.
 #[inline(always)]
-fn on_alloc(p: *mut u8, size: usize) {
-    let state = STATE.load(Ordering::Relaxed);
-    // Installed and inert: one compare.
-    if state != INSTALLED {
-        if state & SAMPLING != 0 {
-            #[cfg(tp_sampler)]
-            if !p.is_null() {
-                sample::count(p, size, state & HEAP != 0);
-            }
-        } else if state == 0 {
-            mark_installed();
+fn on_alloc(state: u8, p: *mut u8, size: usize) {
+    if state & SAMPLING != 0 {
+        #[cfg(tp_sampler)]
+        if !p.is_null() {
+            sample::count(p, size, state & HEAP != 0);
         }
+    } else if state == 0 {
+        mark_installed();
     }
     let _ = (p, size);
 }
