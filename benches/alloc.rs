@@ -56,7 +56,10 @@ fn time_pairs<A: GlobalAlloc>(a: &A, n: u64) -> f64 {
 }
 
 fn profiler(allocations: bool) -> ProfilerGuard {
-    let dir = std::env::temp_dir().join(format!("tracing-pyroscope-bench-alloc-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tracing-pyroscope-bench-alloc-{}",
+        std::process::id()
+    ));
     let (_layer, guard) = tracing_pyroscope::Builder::new("bench-alloc")
         .profiles_dir(&dir)
         .allocations(allocations)

@@ -502,9 +502,7 @@ fn start_platform(
     let sampler = Sampler::start(config.sample_rate)?;
     // Allocation sampling, once the sampler's unwinder is published.
     let allocations = (config.allocations || config.heap)
-        .then(|| {
-            crate::alloc::AllocProfiler::start(config.allocation_sample_bytes, config.heap)
-        })
+        .then(|| crate::alloc::AllocProfiler::start(config.allocation_sample_bytes, config.heap))
         .transpose()?;
     crate::context::set_max_names(config.max_span_names);
     crate::context::set_max_label_values(config.max_span_label_values);

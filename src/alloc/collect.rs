@@ -163,10 +163,11 @@ impl AllocProfiler {
             Ok(d) => d,
             Err(e) => {
                 RUNNING.store(false, Ordering::SeqCst);
-                return Err(
-                    Error::new(ErrorKind::Os, "could not spawn the allocation drain thread")
-                        .with_source(e),
-                );
+                return Err(Error::new(
+                    ErrorKind::Os,
+                    "could not spawn the allocation drain thread",
+                )
+                .with_source(e));
             }
         };
         SAMPLE_BYTES.store(sample_bytes, Ordering::Relaxed);

@@ -64,7 +64,10 @@ fn sampled_bytes_estimate_what_a_span_allocated_and_kept() {
     assert!(installed());
     let sampler = crate::sampler::Sampler::start(100).expect("sampler");
     let profiler = AllocProfiler::start(32 * 1024, true).expect("allocation profiler");
-    assert!(AllocProfiler::start(32 * 1024, false).is_err(), "one at a time");
+    assert!(
+        AllocProfiler::start(32 * 1024, false).is_err(),
+        "one at a time"
+    );
     let span = 0x5eed_0001_u64;
     let labels = crate::context::SpanLabels::new(span, 7, 0);
     const TOTAL: usize = 64 << 20;
@@ -87,9 +90,15 @@ fn sampled_bytes_estimate_what_a_span_allocated_and_kept() {
         }
     });
     let ratio = bytes as f64 / TOTAL as f64;
-    assert!((0.9..1.1).contains(&ratio), "alloc_space {bytes} for {TOTAL}: {ratio}");
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "alloc_space {bytes} for {TOTAL}: {ratio}"
+    );
     assert!(objects > 0);
-    assert!(deep * 10 >= samples * 9, "{deep} of {samples} stacks unwound");
+    assert!(
+        deep * 10 >= samples * 9,
+        "{deep} of {samples} stacks unwound"
+    );
 
     let inuse = |p: &AllocProfiler| {
         let mut b = 0;
@@ -102,7 +111,10 @@ fn sampled_bytes_estimate_what_a_span_allocated_and_kept() {
     };
     let live = inuse(&profiler);
     let ratio = live as f64 / KEEP as f64;
-    assert!((0.9..1.1).contains(&ratio), "inuse_space {live} for {KEEP}: {ratio}");
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "inuse_space {live} for {KEEP}: {ratio}"
+    );
     drop(kept);
     let live = inuse(&profiler);
     assert!(live < 2 << 20, "inuse_space {live} after freeing");

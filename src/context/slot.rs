@@ -690,7 +690,7 @@ pub(crate) fn current_without_registering() -> (SpanLabels, Option<std::ops::Ran
         }
         _ => fallback(),
     })
-    .unwrap_or_else(|_| (SpanLabels::NONE, None))
+    .unwrap_or((SpanLabels::NONE, None))
 }
 
 /// Marks this thread's entry as one of the profiler's threads.

@@ -56,7 +56,11 @@ pub fn traces(file: &Path, index: &str) -> Vec<Entry> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(trimmed.len());
         if digits > 0 && trimmed[digits..].starts_with('B') {
-            cleaned.push_str(&format!("{} {}", &trimmed[..digits], &trimmed[digits + 1..]));
+            cleaned.push_str(&format!(
+                "{} {}",
+                &trimmed[..digits],
+                &trimmed[digits + 1..]
+            ));
         } else {
             cleaned.push_str(line);
         }
@@ -298,7 +302,10 @@ pub fn live_heap(test: &str) {
     let live = inuse_of(&file, "keeper");
     let ratio = live as f64 / KEEP as f64;
     eprintln!("inuse_space while keeping: {live} ({ratio:.3} of {KEEP})");
-    assert!((0.9..=1.1).contains(&ratio), "inuse_space {live}, {ratio:.3} of {KEEP}");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "inuse_space {live}, {ratio:.3} of {KEEP}"
+    );
     tracing::info_span!("keeper").in_scope(|| drop(kept));
     let _ = next_file(&dir, memory_files(&dir).len());
     let file = next_file(&dir, memory_files(&dir).len());

@@ -241,7 +241,10 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     assert_eq!(stats.dropped_samples, 0, "samples were lost: {stats:?}");
     if crate::ALLOCATION_SAMPLE_BYTES.is_some() {
         // Allocation samples may be dropped at 1 KiB, but only counted.
-        assert!(stats.allocation_samples > 1000, "too few allocation samples: {stats:?}");
+        assert!(
+            stats.allocation_samples > 1000,
+            "too few allocation samples: {stats:?}"
+        );
     }
     assert!(stats.samples > 1000, "too few samples: {stats:?}");
     assert!(threads_spawned.load(Ordering::Relaxed) > 100);
