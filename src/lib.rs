@@ -20,8 +20,10 @@
 //! [`from_env`] (or [`Builder`], [`Builder::from_env`] to start from the
 //! environment and override in code) returns a [`SpanProfileLayer`] and a
 //! [`ProfilerGuard`] (whose [`Stats`] count what happened); every failure is
-//! an [`Error`]. [`context::with_labels`] labels code outside spans, and
-//! [`report::write_report`] turns a profiles directory into an HTML page.
+//! an [`Error`]. [`context::with_labels`] labels code outside spans,
+//! [`report::write_report`] turns a profiles directory into an HTML page,
+//! and [`Allocator`], installed as the `#[global_allocator]`, samples
+//! allocations for per-span allocation and in-use profiles.
 //! Nothing else is public: the thread slot the sampler reads and the pprof
 //! types stay inside the crate.
 //!
