@@ -26,6 +26,7 @@ mod dl_fixture;
 #[path = "../pprof_tool/mod.rs"]
 mod pprof_tool;
 
+mod alloc_not_installed;
 mod build_twice;
 mod config_env;
 mod e2e_span_labels;
