@@ -64,7 +64,10 @@ pub(crate) fn quote_fare() -> u64 {
     let sent = fare_service()
         .lock()
         .ok()
-        .and_then(|s| s.as_ref().map(|tx| tx.send((theirs, Instant::now() + FARE_DELAY)).is_ok()))
+        .and_then(|s| {
+            s.as_ref()
+                .map(|tx| tx.send((theirs, Instant::now() + FARE_DELAY)).is_ok())
+        })
         .unwrap_or(false);
     if !sent {
         return 0;

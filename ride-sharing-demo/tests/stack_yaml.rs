@@ -150,8 +150,16 @@ fn grafana_provisioning_links_traces_to_profiles() {
         .collect();
     assert_eq!(tempos.len(), 3, "Tempo, Tempo (wall), Tempo (memory)");
     for (uid, name, type_id) in [
-        ("tempo-wall", "Tempo (wall)", "wall:wall:nanoseconds:wall:nanoseconds"),
-        ("tempo-memory", "Tempo (memory)", "memory:alloc_space:bytes:space:bytes"),
+        (
+            "tempo-wall",
+            "Tempo (wall)",
+            "wall:wall:nanoseconds:wall:nanoseconds",
+        ),
+        (
+            "tempo-memory",
+            "Tempo (memory)",
+            "memory:alloc_space:bytes:space:bytes",
+        ),
     ] {
         let other = by_uid(uid);
         assert_eq!(s(&other["name"], "name"), name);

@@ -193,7 +193,10 @@ fn records_carry_otel_ids() {
     });
     let spans = exporter.get_finished_spans().unwrap();
     let root = spans.iter().find(|s| s.name == "otel-record-root").unwrap();
-    let child = spans.iter().find(|s| s.name == "otel-record-child").unwrap();
+    let child = spans
+        .iter()
+        .find(|s| s.name == "otel-record-child")
+        .unwrap();
     let mut records: Vec<SpanIndexRecord> = rx.try_iter().collect();
     // Scope all: every span with its own id is recorded, the child (closed
     // first) with its local parent.

@@ -487,7 +487,15 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
         })
         .collect();
 
-    let service = service_from_file_name(&path);
+    let mut service = service_from_file_name(&path);
+    // Wall and memory files are named `wall-<service>-…`, `memory-<service>-…`.
+    if let Some(rest) = service
+        .strip_prefix(layout.kind)
+        .and_then(|r| r.strip_prefix('-'))
+        .filter(|r| !r.is_empty() && layout.kind != "process_cpu")
+    {
+        service = rest.to_string();
+    }
     let mut file_samples = 0u64;
     let mut stack = String::new();
     let mut values: Vec<(View, SampleValue)> = Vec::with_capacity(4);
@@ -664,7 +672,15 @@ mod tests;
 /// Spans made by hand, for the page's tests.
 #[cfg(test)]
 pub(super) mod tests_support {
-    use super::{Leaf, SampleValue, Span, View};
+    use super::{Data, Leaf, SampleValue, Span, View};
+
+    /// Adds `samples` CPU samples of 10 ms outside any span on `stack`.
+    pub(in crate::report) fn outside(data: &mut Data, stack: &str, samples: u64) {
+        let id = data.stacks.intern(stack);
+        data.outside_spans
+            .add(id, samples, samples, samples * 10 * MS);
+        data.total_samples += samples;
+    }
 
     const MS: u64 = 1_000_000;
 
@@ -705,7 +721,8 @@ pub(super) mod tests_support {
             (2, blocked_ms, Leaf::Blocked),
         ] {
             if ms > 0 {
-                span.profile.add(View::Wall, &value(stack, ms * MS, 1, leaf));
+                span.profile
+                    .add(View::Wall, &value(stack, ms * MS, 1, leaf));
             }
         }
         span

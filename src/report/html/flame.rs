@@ -147,7 +147,12 @@ pub(super) fn totals(profiles: &Profiles) -> String {
     );
     for view in profiles.views() {
         if view != View::Cpu {
-            let _ = write!(out, " · {} {}", view.title(), fmt_total(view, profiles.get(view)));
+            let _ = write!(
+                out,
+                " · {} {}",
+                view.title(),
+                fmt_total(view, profiles.get(view))
+            );
         }
     }
     out

@@ -39,7 +39,11 @@ pub(super) fn write_header(
     spans_without_graph: usize,
 ) {
     let roots = data.spans.values().filter(|s| s.recorded && s.root).count();
-    let children = data.spans.values().filter(|s| s.recorded && !s.root).count();
+    let children = data
+        .spans
+        .values()
+        .filter(|s| s.recorded && !s.root)
+        .count();
     let only_in_samples = data.spans.len() - roots - children;
     let mut kinds: Vec<&str> = data.files.iter().map(|f| f.kind).collect();
     kinds.sort_unstable();
@@ -182,7 +186,10 @@ fn thread_kind(stack: &str) -> &'static str {
         BLOCKING_POOL
     } else if stack.contains("tokio::runtime::scheduler") {
         "tokio workers"
-    } else if stack.split(';').any(|f| f == "main" || f.ends_with("::main")) {
+    } else if stack
+        .split(';')
+        .any(|f| f == "main" || f.ends_with("::main"))
+    {
         "the main thread"
     } else {
         "other threads"
@@ -207,6 +214,43 @@ mod tests {
             thread_kind("tracing-pyroscope: collector (pyroscope-collect);x"),
             "tracing-pyroscope's own threads"
         );
+    }
+
+    #[test]
+    fn cpu_outside_spans_is_said_out_loud_with_the_fix_for_spawn_blocking() {
+        use crate::report::load::tests_support::outside;
+        use crate::report::load::Data;
+        let mut data = Data::default();
+        data.samples_with_span = 31;
+        data.total_samples = 31;
+        outside(
+            &mut data,
+            "start;tokio::runtime::blocking::pool::Inner::run;app::query;sqlite3_step",
+            69,
+        );
+        let mut h = String::new();
+        super::write_lost_attribution(&mut h, &data);
+        assert!(h.contains("Outside any span: 69.0% of CPU"), "{h}");
+        assert!(h.contains("<code>sqlite3_step</code>"), "{h}");
+        assert!(h.contains("id=\"lost-fix\""), "{h}");
+        assert!(h.contains("span.in_scope(f)"), "{h}");
+
+        // Mostly on tokio's workers: no spawn_blocking advice.
+        let mut data = Data::default();
+        outside(
+            &mut data,
+            "start;tokio::runtime::scheduler::multi_thread::worker::run;x",
+            5,
+        );
+        outside(
+            &mut data,
+            "start;tokio::runtime::blocking::pool::Inner::run;y",
+            1,
+        );
+        let mut h = String::new();
+        super::write_lost_attribution(&mut h, &data);
+        assert!(h.contains("Outside any span: 100.0% of CPU"), "{h}");
+        assert!(!h.contains("lost-fix"), "{h}");
     }
 
     #[test]

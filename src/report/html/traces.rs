@@ -132,7 +132,10 @@ fn write_controls(h: &mut String, data: &Data, shown: usize) {
         "</select></label> <label>Sort by <select id=\"sort\">\
          <option value=\"cpu\">CPU time</option><option value=\"dur\">duration</option>\
          <option value=\"start\">newest first</option></select></label> \
-         <span class=\"dim\"><span id=\"shown\">{shown}</span> shown</span></div>",
+         <span class=\"dim\"><span id=\"shown\">{shown}</span> shown</span> \
+         <span class=\"legend dim\">each span's time:<span class=\"seg cpu\"></span>CPU\
+         <span class=\"seg blocked\"></span>blocked<span class=\"seg awaiting\"></span>awaiting\
+         <span class=\"seg rest\"></span>not measured</span></div>",
     );
 }
 

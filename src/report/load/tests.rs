@@ -89,7 +89,10 @@ fn folds_root_to_leaf_with_inlined_frames_expanded() {
     let mut data = Data::default();
     add_profile(&mut data, PathBuf::from("svc-1-2-3.pb.gz"), &profile);
     let span = &data.spans["00f067aa0ba902b7"];
-    assert_eq!(span.profile.cpu.lines(&data.stacks), ["main;outer;inlined 3"]);
+    assert_eq!(
+        span.profile.cpu.lines(&data.stacks),
+        ["main;outer;inlined 3"]
+    );
     assert_eq!(
         span.profile.cpu.total, 30,
         "samples × period without a cpu value"
@@ -114,7 +117,10 @@ fn frame_names_cannot_split_stacks() {
 
 /// A profile with the given sample types; each sample is (frames leaf
 /// first, values, span id).
-fn profile_of(types: &[(&str, &str)], samples: &[(&[&str], &[i64], Option<&str>)]) -> proto::Profile {
+fn profile_of(
+    types: &[(&str, &str)],
+    samples: &[(&[&str], &[i64], Option<&str>)],
+) -> proto::Profile {
     let mut strings: Vec<String> = vec![String::new()];
     let mut intern = |s: &str| -> i64 {
         if let Some(i) = strings.iter().position(|x| x == s) {
@@ -192,7 +198,11 @@ fn reads_cpu_wall_and_memory_profiles_by_their_sample_types() {
         &[("samples", "count"), ("wall", "nanoseconds")],
         &[
             (&["work", "main"], &[2, 20_000_000], Some(SPAN)),
-            (&["[awaiting]", "span dispatch (src/x.rs:1)"], &[1, 30_000_000], Some(SPAN)),
+            (
+                &["[awaiting]", "span dispatch (src/x.rs:1)"],
+                &[1, 30_000_000],
+                Some(SPAN),
+            ),
             (&["[blocked: futex]", "lock"], &[1, 40_000_000], Some(SPAN)),
         ],
     );
@@ -211,10 +221,19 @@ fn reads_cpu_wall_and_memory_profiles_by_their_sample_types() {
     add_profile(&mut data, PathBuf::from("memory-svc-1-2-5.pb.gz"), &memory);
     let kinds: Vec<&str> = data.files.iter().map(|f| f.kind).collect();
     assert_eq!(kinds, ["process_cpu", "wall", "memory"]);
+    let services: Vec<&str> = data.files.iter().map(|f| f.service.as_str()).collect();
+    assert_eq!(
+        services,
+        ["svc", "svc", "svc"],
+        "the kind's file prefix is not the service"
+    );
     let p = &data.spans[SPAN].profile;
     assert_eq!((p.cpu.samples, p.cpu.total), (2, 20_000_000));
     assert_eq!(p.wall.total, 90_000_000);
-    assert_eq!((p.awaiting_nanos, p.blocked_leaf_nanos), (30_000_000, 40_000_000));
+    assert_eq!(
+        (p.awaiting_nanos, p.blocked_leaf_nanos),
+        (30_000_000, 40_000_000)
+    );
     assert_eq!(
         p.wall.lines(&data.stacks),
         [
