@@ -373,13 +373,18 @@ fn read_profile(path: &Path) -> Result<proto::Profile, String> {
 }
 
 /// The service from a file name `<service>-<start_ms>-<pid>-<seq>.pb.gz`
-/// (the service name may itself contain '-').
+/// or `<service>-<start_ms>-<pid>-<seq>.<kind>.pb.gz` (the service name
+/// may itself contain '-').
 pub(super) fn service_from_file_name(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let stem = name.strip_suffix(".pb.gz").unwrap_or(&name);
+    let stem = [".wall", ".memory"]
+        .iter()
+        .find_map(|kind| stem.strip_suffix(kind))
+        .unwrap_or(stem);
     let parts: Vec<&str> = stem.rsplitn(4, '-').collect();
     if parts.len() == 4
         && parts[..3]
@@ -487,15 +492,7 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
         })
         .collect();
 
-    let mut service = service_from_file_name(&path);
-    // Wall and memory files are named `wall-<service>-…`, `memory-<service>-…`.
-    if let Some(rest) = service
-        .strip_prefix(layout.kind)
-        .and_then(|r| r.strip_prefix('-'))
-        .filter(|r| !r.is_empty() && layout.kind != "process_cpu")
-    {
-        service = rest.to_string();
-    }
+    let service = service_from_file_name(&path);
     let mut file_samples = 0u64;
     let mut stack = String::new();
     let mut values: Vec<(View, SampleValue)> = Vec::with_capacity(4);

@@ -3,8 +3,9 @@
 //!
 //! A service that runs with `PYROSCOPE_PROFILES_DIR=DIR` leaves there one
 //! gzipped pprof file per interval and profile type
-//! (`DIR/<service>-<start_ms>-<pid>-<seq>.pb.gz` for CPU, `wall-…` and
-//! `memory-…` for the others, told apart by their sample types) and an index
+//! (`DIR/<service>-<start_ms>-<pid>-<seq>.pb.gz` for CPU, `….wall.pb.gz`
+//! and `….memory.pb.gz` for the others; the report tells them apart by
+//! their sample types) and an index
 //! of its profiled spans (`DIR/spans.jsonl`: local roots, and under scope
 //! `all` every span with its own id).
 //! [`write_report`] turns that directory into a single HTML file that needs no

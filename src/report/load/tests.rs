@@ -217,15 +217,15 @@ fn reads_cpu_wall_and_memory_profiles_by_their_sample_types() {
     );
     let mut data = Data::default();
     add_profile(&mut data, PathBuf::from("svc-1-2-3.pb.gz"), &cpu);
-    add_profile(&mut data, PathBuf::from("wall-svc-1-2-4.pb.gz"), &wall);
-    add_profile(&mut data, PathBuf::from("memory-svc-1-2-5.pb.gz"), &memory);
+    add_profile(&mut data, PathBuf::from("svc-1-2-4.wall.pb.gz"), &wall);
+    add_profile(&mut data, PathBuf::from("svc-1-2-5.memory.pb.gz"), &memory);
     let kinds: Vec<&str> = data.files.iter().map(|f| f.kind).collect();
     assert_eq!(kinds, ["process_cpu", "wall", "memory"]);
     let services: Vec<&str> = data.files.iter().map(|f| f.service.as_str()).collect();
     assert_eq!(
         services,
         ["svc", "svc", "svc"],
-        "the kind's file prefix is not the service"
+        "the kind's file suffix is not the service"
     );
     let p = &data.spans[SPAN].profile;
     assert_eq!((p.cpu.samples, p.cpu.total), (2, 20_000_000));
