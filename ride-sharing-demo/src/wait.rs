@@ -11,7 +11,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -32,25 +32,30 @@ pub(crate) async fn dispatch(vehicle: Vehicle) {
         .await;
 }
 
-/// The fare service's queue: a socket to answer and when.
-fn fare_service() -> &'static Mutex<Option<Sender<(UnixStream, Instant)>>> {
-    static SERVICE: OnceLock<Mutex<Option<Sender<(UnixStream, Instant)>>>> = OnceLock::new();
-    SERVICE.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(UnixStream, Instant)>();
-        let spawned = std::thread::Builder::new()
-            .name("fare-service".into())
-            .spawn(move || {
-                // Requests arrive in due order (each is due FARE_DELAY after
-                // it came), so answering in turn never delays a later one.
-                for (mut stream, due) in rx {
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
+/// A request to the fare service: the socket to answer, and when.
+type FareRequest = (UnixStream, Instant);
+
+/// The fare service's queue (`None` if its thread could not start).
+fn fare_service() -> Option<&'static Sender<FareRequest>> {
+    static SERVICE: OnceLock<Option<Sender<FareRequest>>> = OnceLock::new();
+    SERVICE
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<FareRequest>();
+            let spawned = std::thread::Builder::new()
+                .name("fare-service".into())
+                .spawn(move || {
+                    // Requests arrive in due order (each is due FARE_DELAY after
+                    // it came), so answering in turn never delays a later one.
+                    for (mut stream, due) in rx {
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let _ = stream.write_all(&42u64.to_le_bytes());
                     }
-                    let _ = stream.write_all(&42u64.to_le_bytes());
-                }
-            });
-        Mutex::new(spawned.ok().map(|_| tx))
-    })
+                });
+            spawned.ok().map(|_| tx)
+        })
+        .as_ref()
 }
 
 /// Asks the fare service for a price: a blocking `read` on a socket that
@@ -61,14 +66,8 @@ pub(crate) fn quote_fare() -> u64 {
     let Ok((mine, theirs)) = UnixStream::pair() else {
         return 0;
     };
-    let sent = fare_service()
-        .lock()
-        .ok()
-        .and_then(|s| {
-            s.as_ref()
-                .map(|tx| tx.send((theirs, Instant::now() + FARE_DELAY)).is_ok())
-        })
-        .unwrap_or(false);
+    let sent =
+        fare_service().is_some_and(|tx| tx.send((theirs, Instant::now() + FARE_DELAY)).is_ok());
     if !sent {
         return 0;
     }

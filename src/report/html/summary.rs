@@ -167,7 +167,7 @@ fn write_lost_attribution(h: &mut String, data: &Data) {
 }
 
 /// The five heaviest entries, heaviest first.
-fn top<'a>(map: HashMap<&'a str, u64>) -> Vec<(&'a str, u64)> {
+fn top(map: HashMap<&str, u64>) -> Vec<(&str, u64)> {
     let mut v: Vec<(&str, u64)> = map.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     v.truncate(5);
@@ -220,9 +220,11 @@ mod tests {
     fn cpu_outside_spans_is_said_out_loud_with_the_fix_for_spawn_blocking() {
         use crate::report::load::tests_support::outside;
         use crate::report::load::Data;
-        let mut data = Data::default();
-        data.samples_with_span = 31;
-        data.total_samples = 31;
+        let mut data = Data {
+            samples_with_span: 31,
+            total_samples: 31,
+            ..Data::default()
+        };
         outside(
             &mut data,
             "start;tokio::runtime::blocking::pool::Inner::run;app::query;sqlite3_step",
