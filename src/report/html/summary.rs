@@ -256,6 +256,26 @@ mod tests {
     }
 
     #[test]
+    fn the_header_counts_child_spans_apart_from_local_roots() {
+        use crate::report::load::tests_support::span_with;
+        use crate::report::load::Data;
+        let mut data = Data::default();
+        let root = span_with(10, 0, 0, 0, 0, 0);
+        let mut child = span_with(5, 0, 0, 0, 0, 0);
+        child.span_id = "00000000000000ac".into();
+        child.root = false;
+        data.spans.insert(root.span_id.clone(), root);
+        data.spans.insert(child.span_id.clone(), child);
+        let mut h = String::new();
+        super::write_header(&mut h, &data, std::path::Path::new("d"), 1, 0);
+        assert!(
+            h.contains("2 spans in 1 traces (1 local root, 1 child spans (scope all))"),
+            "{h}"
+        );
+        assert!(!h.contains("root spans"), "{h}");
+    }
+
+    #[test]
     fn style_sheet_can_sit_in_a_style_element() {
         assert!(!super::REPORT_CSS.contains("</"));
     }
