@@ -453,3 +453,32 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
   assert.deepEqual(errors, [], "console errors");
   console.log(`span ${spanId}: CPU ${parts.cpu} + blocked ${parts.blocked} + awaiting ${parts.awaiting} = ${(ratio * 100).toFixed(1)}% of ${parts.dur} ns; wall graph holds ${blockedFn} and [awaiting] under ${awaitSite}; screenshot ${wallScreenshot}`);
 });
+
+// The switch's memory views, when the report has memory profiles (the demo
+// with allocation profiling on): a span's "allocations" and "in-use"
+// buttons each show their own graph and hide the others.
+test("report: a span's allocation and in-use flame graphs", async (t) => {
+  const context = await launch(t);
+  const page = context.pages()[0] || (await context.newPage());
+  await page.goto(pathToFileURL(path.resolve(report)).href, { waitUntil: "load" });
+  const spans = page.locator(".span").filter({ has: page.locator('button.view[data-view="alloc"]') });
+  if ((await spans.count()) === 0) {
+    t.skip("no memory profiles in this report");
+    return;
+  }
+  const span = spans.first();
+  await span.locator("button.toggle").click();
+  for (const view of ["alloc", "inuse"]) {
+    const button = span.locator(`button.view[data-view="${view}"]`);
+    if ((await button.count()) === 0) continue;
+    await button.click();
+    const frame = span.locator(`iframe.fg[data-view="${view}"]`);
+    await frame.waitFor({ state: "visible" });
+    assert.equal(await span.locator(".fg:not([hidden])").count(), 1, `${view}: one graph shown`);
+    const doc = await (await frame.elementHandle()).contentFrame();
+    await doc.waitForFunction(() => typeof details !== "undefined" && details !== undefined);
+    const subtitle = await doc.locator("#frames").evaluate((g) => g.ownerDocument.querySelector("text").textContent);
+    assert.ok((await doc.locator("#frames > g").count()) > 1, `${view}: no frames`);
+    console.log(`${view}: ${subtitle}`);
+  }
+});
