@@ -19,6 +19,7 @@ mod orchestrate;
 mod protocol;
 mod server;
 mod telemetry;
+mod wait;
 mod work;
 
 /// Allocation profiles per request span (`memory` profiles): the sampling

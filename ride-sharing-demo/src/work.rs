@@ -4,7 +4,7 @@
 //! in the flame graphs.
 
 use std::hint::black_box;
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Mutex, PoisonError};
 
 /// Iterations of [`spin`] per work unit; one unit is roughly 0.1–0.3 ms of
 /// CPU on current machines.
@@ -63,27 +63,12 @@ pub(crate) fn check_driver_availability(search_radius: u64) -> u64 {
     black_box(spin(search_radius, 11))
 }
 
-/// Takes the region's shared lock like an adaptive mutex: spin a little,
-/// then yield the CPU between attempts (waiting costs CPU here, which is what
-/// makes contention visible in a CPU profile), then holds it for `hold` units
-/// of work.
+/// Takes the region's shared lock, a blocking `std::sync::Mutex` (waiters
+/// sleep in the kernel: blocked time in the wall profile, none in the CPU
+/// profile), then holds it for `hold` units of work.
 #[inline(never)]
 pub(crate) fn mutex_lock(lock: &Mutex<u64>, hold: u64) -> u64 {
-    let mut attempts = 0u32;
-    let mut guard = loop {
-        match lock.try_lock() {
-            Ok(guard) => break guard,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                attempts = attempts.saturating_add(1);
-                if attempts < 200 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-    };
+    let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
     *guard = spin(hold, *guard);
     *guard
 }

@@ -16,6 +16,9 @@ use crate::protocol::{self, Message, Progress, Totals};
 /// The regions, one service process each.
 pub(super) const REGIONS: [&str; 3] = ["us-east", "eu-north", "ap-south"];
 
+/// Turns the wall profile on (the demo's default: on).
+const WALL_TIME_VAR: &str = "PYROSCOPE_PROFILING_WALLTIME_ENABLED";
+
 /// Environment variables that switch profiling on; removed when it is off.
 const PROFILING_VARS: [&str; 2] = ["PYROSCOPE_PROFILES_DIR", "PYROSCOPE_SERVER_ADDRESS"];
 
@@ -180,6 +183,11 @@ impl Fleet {
             Profiling::On => {
                 cmd.env("PYROSCOPE_PROFILES_DIR", &self.out);
                 cmd.env_remove("PYROSCOPE_PROFILING_ENABLED");
+                // Wall time (CPU, blocked, awaiting per span) is on in the
+                // demo unless the user says otherwise.
+                if std::env::var_os(WALL_TIME_VAR).is_none() {
+                    cmd.env(WALL_TIME_VAR, "true");
+                }
             }
             Profiling::Off => {
                 for var in PROFILING_VARS {
