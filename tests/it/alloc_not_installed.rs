@@ -10,13 +10,14 @@ fn allocations_without_the_wrapper_say_how_to_install_it() {
         std::process::id()
     ));
     for (allocations, heap) in [(true, false), (false, true)] {
-        let err = tracing_pyroscope::Builder::new("alloc-not-installed")
+        let Err(err) = tracing_pyroscope::Builder::new("alloc-not-installed")
             .profiles_dir(&dir)
             .allocations(allocations)
             .heap(heap)
             .build()
-            .err()
-            .expect("an error without the wrapper");
+        else {
+            panic!("started without the wrapper (allocations {allocations}, heap {heap})");
+        };
         assert_eq!(err.kind(), tracing_pyroscope::ErrorKind::Config);
         let message = err.to_string();
         assert!(
