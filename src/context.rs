@@ -44,7 +44,7 @@ pub(crate) use fields::{
 pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
-    claims as slot_claims, read_slot, release_exited, release_slot, set_stack_probe, slot_for_tid,
+    claims as slot_claims, count_sample, read_slot, release_exited, release_slot, set_stack_probe, slot_for_tid,
     slot_is_current, stack_of, SlotRef,
 };
 
@@ -278,6 +278,21 @@ pub(crate) fn replace(labels: SpanLabels) -> SpanLabels {
 #[inline]
 pub(crate) fn restore(labels: SpanLabels) {
     slot::restore(labels);
+}
+
+/// Samples taken of this thread so far, any profile type (wrapping): the
+/// layer compares two readings to learn whether a span got a sample.
+#[inline(always)]
+pub(crate) fn own_samples() -> u32 {
+    slot::own_samples()
+}
+
+/// Counts a sample of the thread whose timer carries `slot_bits`: one
+/// relaxed add, async-signal-safe like [`read_in_signal_handler`].
+#[inline(always)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn count_sample_in_signal_handler(slot_bits: u64) {
+    count_sample(SlotRef::from_bits(slot_bits));
 }
 
 /// This thread's current labels.

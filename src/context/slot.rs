@@ -88,6 +88,11 @@ struct Entry {
     /// called the crate). The handler bounds its stack reads by it.
     stack_lo: AtomicU64,
     stack_hi: AtomicU64,
+    /// Samples taken of the owner so far (any profile type), wrapping: the
+    /// signal handler adds one per CPU sample it records, the wall sampler
+    /// one per blocked or runnable sample. The layer compares it between a
+    /// span's enter and exit (`pyroscope.profile.id`).
+    samples: AtomicU32,
 }
 
 /// An arena entry as one owner period saw it: its index and generation.
@@ -144,6 +149,7 @@ impl Entry {
             copies: [const { [const { AtomicU64::new(0) }; 4] }; 2],
             stack_lo: AtomicU64::new(0),
             stack_hi: AtomicU64::new(0),
+            samples: AtomicU32::new(0),
         }
     }
 
@@ -157,6 +163,7 @@ impl Entry {
             copies: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             stack_lo: AtomicU64::new(0),
             stack_hi: AtomicU64::new(0),
+            samples: AtomicU32::new(0),
         }
     }
 
@@ -320,6 +327,18 @@ pub(crate) fn stack_of(slot: SlotRef) -> Option<std::ops::Range<u64>> {
     let lo = entry.stack_lo.load(Ordering::Relaxed);
     fence(Ordering::Acquire);
     (entry.owner.load(Ordering::Relaxed) == owner && lo < hi).then_some(lo..hi)
+}
+
+/// Counts one sample of the owner of `slot` (if the entry is still its):
+/// one relaxed add. Lock-free, allocation-free, no thread-local access:
+/// callable from the signal handler and from the wall sampler.
+#[inline]
+pub(crate) fn count_sample(slot: SlotRef) {
+    if let Some(e) = entry(slot.index) {
+        if (e.owner.load(Ordering::Relaxed) >> 32) as u32 == slot.generation {
+            e.samples.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// `true` while `slot` is the entry of thread `tid` (not released, not
@@ -671,6 +690,17 @@ pub(super) fn current() -> SpanLabels {
         None => fallback(),
     })
     .unwrap_or_default()
+}
+
+/// Samples taken of this thread so far (wrapping; see [`count_sample`]), 0
+/// for a thread without an entry. The layer compares two readings.
+#[inline(always)]
+pub(super) fn own_samples() -> u32 {
+    MINE.try_with(|m| match m.entry.get() {
+        Some(e) => e.samples.load(Ordering::Relaxed),
+        None => 0,
+    })
+    .unwrap_or(0)
 }
 
 /// Marks this thread's entry as one of the profiler's threads.

@@ -32,6 +32,9 @@ mod resolve;
 mod stack;
 #[cfg(test)]
 mod tests;
+pub(crate) mod wall;
+#[cfg(test)]
+mod wall_tests;
 
 /// The OpenTelemetry attribute linking a span to its profile.
 #[cfg(feature = "otel")]
@@ -58,6 +61,11 @@ pub(crate) struct LayerConfig {
     /// Set when a sink keeps a span index: closed profiled root spans go
     /// here.
     pub(crate) records: Option<SpanIndexQueue>,
+    /// Wall time on: measure awaiting time (`wall.rs`).
+    pub(crate) wall: bool,
+    /// Set `pyroscope.profile.id` at the first enter of every sampled span
+    /// that has an id, samples or not (`PYROSCOPE_PROFILE_ID_ALWAYS`).
+    pub(crate) profile_id_always: bool,
 }
 
 /// The layer to add to a `tracing_subscriber::Registry`: puts the running
@@ -215,6 +223,8 @@ pub(crate) struct LayerConfig {
 pub struct SpanProfileLayer {
     /// `config.is_some()`, read first on the hot path.
     active: bool,
+    /// `config.wall`: awaiting time is measured.
+    wall: bool,
     /// `None`: inert.
     config: Option<LayerConfig>,
     /// The dispatch this layer lives in, to reach the OpenTelemetry layer.
@@ -225,6 +235,7 @@ impl SpanProfileLayer {
     pub(crate) fn new(config: LayerConfig) -> Self {
         SpanProfileLayer {
             active: true,
+            wall: config.wall,
             config: Some(config),
             dispatch: OnceLock::new(),
         }
@@ -233,6 +244,7 @@ impl SpanProfileLayer {
     pub(crate) fn inert() -> Self {
         SpanProfileLayer {
             active: false,
+            wall: false,
             config: None,
             dispatch: OnceLock::new(),
         }
@@ -248,7 +260,28 @@ impl SpanProfileLayer {
             trace_id_label: false,
             span_labels: std::sync::Arc::new([]),
             records: None,
+            wall: false,
+            profile_id_always: false,
         })
+    }
+
+    /// Switches awaiting time (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_wall(mut self, on: bool) -> Self {
+        if let Some(config) = &mut self.config {
+            config.wall = on;
+            self.wall = on;
+        }
+        self
+    }
+
+    /// Switches `PYROSCOPE_PROFILE_ID_ALWAYS` (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_profile_id_always(mut self, on: bool) -> Self {
+        if let Some(config) = &mut self.config {
+            config.profile_id_always = on;
+        }
+        self
     }
 
     /// Lists span fields that become labels (active layers only).
@@ -334,6 +367,7 @@ where
             name,
             resolved: OnceLock::new(),
             fields,
+            profile_id_set: std::sync::atomic::AtomicBool::new(false),
         });
     }
 
@@ -371,15 +405,15 @@ where
             return;
         }
         let span_id = id.into_u64();
-        if !stack::enter_cached(self.key(), span_id) {
+        if !stack::enter_cached(self.key(), span_id, self.wall) {
             self.enter_uncached(span_id, id, &ctx);
         }
     }
 
     #[inline(always)]
-    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        if self.active {
-            stack::exit(id.into_u64());
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        if self.active && stack::exit(id.into_u64(), self.wall) == stack::Exited::Sampled {
+            self.got_sample(id, &ctx);
         }
     }
 
@@ -389,6 +423,9 @@ where
         };
         // Before the Registry can hand this id to a new span.
         stack::closed(id.into_u64());
+        if config.wall {
+            self.close_awaiting(&id, &ctx);
+        }
         let LayerConfig {
             records: Some(records),
             scope,

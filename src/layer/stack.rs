@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::wall;
 use crate::context::{self, SpanLabels};
 
 /// Deeper nesting on one thread leaves the slot unchanged.
@@ -30,6 +31,42 @@ const EMPTY: Entry = Entry {
     saved: SpanLabels::NONE,
 };
 
+/// What the layer tracks of a span beyond its labels, cached with them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Track {
+    /// Its awaiting record (`wall.rs`), 0: none.
+    pub(super) record: u32,
+    /// Its chain (the await site it stands for), 0: none.
+    pub(super) chain: u32,
+    /// Its label owner still waits for its first sample: compare the
+    /// thread's sample count between enter and exit.
+    pub(super) watch: bool,
+}
+
+impl Track {
+    pub(super) const NONE: Track = Track {
+        record: 0,
+        chain: 0,
+        watch: false,
+    };
+}
+
+/// Per entered span, beside its [`Entry`]: its [`Track`], and the
+/// thread's sample count at the enter (when watched).
+#[derive(Clone, Copy)]
+struct Pushed {
+    track: Track,
+    samples: u32,
+    /// Awaiting time was credited at the enter (a sample of the wall type).
+    sampled: bool,
+}
+
+const NOT_PUSHED: Pushed = Pushed {
+    track: Track::NONE,
+    samples: 0,
+    sampled: false,
+};
+
 /// A span's settled labels, valid while `epoch` matches the close counter
 /// of the span's id. `layer` tells apart equal ids of different
 /// subscribers (span ids are per Registry).
@@ -39,6 +76,7 @@ struct Cached {
     span: u64,
     epoch: u64,
     labels: SpanLabels,
+    track: Track,
 }
 
 const NO_CACHE: Cached = Cached {
@@ -46,6 +84,7 @@ const NO_CACHE: Cached = Cached {
     span: 0,
     epoch: 0,
     labels: SpanLabels::NONE,
+    track: Track::NONE,
 };
 
 struct Stack {
@@ -53,7 +92,14 @@ struct Stack {
     /// Enters beyond `CAPACITY` not yet exited.
     overflow: Cell<usize>,
     entries: [Cell<Entry>; CAPACITY],
+    /// Beside each entry.
+    pushed: [Cell<Pushed>; CAPACITY],
     cache: [Cell<Cached>; CACHE],
+    /// Wall time on: the chain of the last exit that directly followed an
+    /// enter (the deepest span of the last poll: the await site).
+    site: Cell<u32>,
+    /// Wall time on: the last operation was an enter.
+    peak: Cell<bool>,
 }
 
 thread_local! {
@@ -63,7 +109,10 @@ thread_local! {
             len: Cell::new(0),
             overflow: Cell::new(0),
             entries: [const { Cell::new(EMPTY) }; CAPACITY],
+            pushed: [const { Cell::new(NOT_PUSHED) }; CAPACITY],
             cache: [const { Cell::new(NO_CACHE) }; CACHE],
+            site: Cell::new(0),
+            peak: Cell::new(false),
         }
     };
 }
@@ -147,20 +196,42 @@ pub(super) fn retarget_innermost(span: u64, labels: SpanLabels) {
 
 /// Caches a span's settled labels for later enters on this thread.
 #[inline]
-pub(super) fn remember(layer: usize, span: u64, epoch: u64, labels: SpanLabels) {
+pub(super) fn remember(layer: usize, span: u64, epoch: u64, labels: SpanLabels, track: Track) {
     let _ = STACK.try_with(|stack| {
         stack.cache[cache_slot(span)].set(Cached {
             layer,
             span,
             epoch,
             labels,
+            track,
         });
+    });
+}
+
+/// Stops watching `span`'s sample count on this thread (its label owner
+/// has its profile id now).
+pub(super) fn unwatch(layer: usize, span: u64) {
+    let _ = STACK.try_with(|stack| {
+        let slot = &stack.cache[cache_slot(span)];
+        let mut cached = slot.get();
+        if cached.span == span && cached.layer == layer {
+            cached.track.watch = false;
+            slot.set(cached);
+        }
+        // Entered spans of this id stop comparing at their exit too.
+        for (entry, pushed) in stack.entries.iter().zip(&stack.pushed) {
+            if entry.get().span == span {
+                let mut p = pushed.get();
+                p.track.watch = false;
+                pushed.set(p);
+            }
+        }
     });
 }
 
 /// Enters with cached labels if this thread has them; `false` if not.
 #[inline(always)]
-pub(super) fn enter_cached(layer: usize, span: u64) -> bool {
+pub(super) fn enter_cached(layer: usize, span: u64, wall: bool) -> bool {
     STACK
         .try_with(|stack| {
             let cached = stack.cache[cache_slot(span)].get();
@@ -170,7 +241,7 @@ pub(super) fn enter_cached(layer: usize, span: u64) -> bool {
             {
                 return false;
             }
-            push(stack, span, cached.labels);
+            push(stack, span, cached.labels, cached.track, wall);
             true
         })
         .unwrap_or(false)
@@ -178,12 +249,12 @@ pub(super) fn enter_cached(layer: usize, span: u64) -> bool {
 
 /// Installs `labels`, remembering what the slot held.
 #[inline]
-pub(super) fn enter(span: u64, labels: SpanLabels) {
-    let _ = STACK.try_with(|stack| push(stack, span, labels));
+pub(super) fn enter(span: u64, labels: SpanLabels, track: Track, wall: bool) {
+    let _ = STACK.try_with(|stack| push(stack, span, labels, track, wall));
 }
 
 #[inline(always)]
-fn push(stack: &Stack, span: u64, labels: SpanLabels) {
+fn push(stack: &Stack, span: u64, labels: SpanLabels, track: Track, wall: bool) {
     let len = stack.len.get();
     if len >= CAPACITY {
         stack.overflow.set(stack.overflow.get() + 1);
@@ -191,31 +262,78 @@ fn push(stack: &Stack, span: u64, labels: SpanLabels) {
     }
     let saved = context::replace(labels);
     stack.entries[len].set(Entry { span, saved });
+    let mut pushed = Pushed {
+        track,
+        samples: 0,
+        sampled: false,
+    };
+    if track.watch {
+        pushed.samples = context::own_samples();
+    }
+    if wall {
+        stack.peak.set(true);
+        if track.record != 0 {
+            pushed.sampled = wall::enter(track.record);
+        }
+    }
+    stack.pushed[len].set(pushed);
     stack.len.set(len + 1);
+}
+
+/// What an exit found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Exited {
+    /// Nothing to do.
+    Done,
+    /// The span got a sample while entered here and its label owner
+    /// waits for its profile id.
+    Sampled,
+}
+
+/// The exit's bookkeeping beyond the slot: the sample count, the await
+/// site, the awaiting record.
+#[inline(always)]
+fn popped(stack: &Stack, pushed: Pushed, wall: bool) -> Exited {
+    if wall {
+        if stack.peak.get() {
+            stack.site.set(pushed.track.chain);
+            stack.peak.set(false);
+        }
+        if pushed.track.record != 0 {
+            wall::exit(pushed.track.record, stack.site.get());
+        }
+    }
+    if pushed.track.watch && (pushed.sampled || context::own_samples() != pushed.samples) {
+        Exited::Sampled
+    } else {
+        Exited::Done
+    }
 }
 
 /// Undoes the topmost enter of `span` on this thread.
 #[inline(always)]
-pub(super) fn exit(span: u64) {
-    let _ = STACK.try_with(|stack| {
-        let len = stack.len.get();
-        if stack.overflow.get() == 0 && len > 0 {
-            let top = stack.entries[len - 1].get();
-            if top.span == span {
-                // The common case: the most recent enter.
-                context::restore(top.saved);
-                stack.len.set(len - 1);
-                return;
+pub(super) fn exit(span: u64, wall: bool) -> Exited {
+    STACK
+        .try_with(|stack| {
+            let len = stack.len.get();
+            if stack.overflow.get() == 0 && len > 0 {
+                let top = stack.entries[len - 1].get();
+                if top.span == span {
+                    // The common case: the most recent enter.
+                    context::restore(top.saved);
+                    stack.len.set(len - 1);
+                    return popped(stack, stack.pushed[len - 1].get(), wall);
+                }
             }
-        }
-        exit_slow(stack, span);
-    });
+            exit_slow(stack, span, wall)
+        })
+        .unwrap_or(Exited::Done)
 }
 
 /// Overflowed stacks, out-of-order exits, and exits without an enter.
 #[cold]
 #[inline(never)]
-fn exit_slow(stack: &Stack, span: u64) {
+fn exit_slow(stack: &Stack, span: u64, wall: bool) -> Exited {
     let len = stack.len.get();
     // A span with an entry is undone from the stack even while enters
     // beyond the capacity are pending: counting its exit against those
@@ -230,9 +348,10 @@ fn exit_slow(stack: &Stack, span: u64) {
         if overflow > 0 {
             stack.overflow.set(overflow - 1);
         }
-        return;
+        return Exited::Done;
     };
     let entry = stack.entries[i].get();
+    let pushed = stack.pushed[i].get();
     if i + 1 == len {
         context::replace(entry.saved);
     } else {
@@ -243,9 +362,11 @@ fn exit_slow(stack: &Stack, span: u64) {
         stack.entries[i + 1].set(above);
         for j in i..len - 1 {
             stack.entries[j].set(stack.entries[j + 1].get());
+            stack.pushed[j].set(stack.pushed[j + 1].get());
         }
     }
     stack.len.set(len - 1);
+    popped(stack, pushed, wall)
 }
 
 #[cfg(test)]

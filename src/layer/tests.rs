@@ -143,6 +143,8 @@ fn records_profiled_local_roots_on_close() {
         trace_id_label: false,
         span_labels: Arc::new([]),
         records: Some(SpanIndexQueue::new(tx, counters.clone())),
+        wall: false,
+        profile_id_always: false,
     });
     let subscriber = tracing_subscriber::registry().with(layer);
     let root_id = tracing::subscriber::with_default(subscriber, || {
@@ -183,6 +185,8 @@ fn records_carry_otel_ids() {
         trace_id_label: false,
         span_labels: Arc::new([]),
         records: Some(SpanIndexQueue::new(tx, Arc::new(Counters::default()))),
+        wall: false,
+        profile_id_always: false,
     });
     let subscriber = tracing_subscriber::registry()
         .with(layer)
