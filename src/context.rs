@@ -295,6 +295,14 @@ pub(crate) fn count_sample_in_signal_handler(slot_bits: u64) {
     count_sample(SlotRef::from_bits(slot_bits));
 }
 
+/// Counts a sample of the calling thread, as the signal handler does.
+#[cfg(test)]
+pub(crate) fn count_own_sample() {
+    if let Some(slot) = slot::own_slot() {
+        count_sample(slot);
+    }
+}
+
 /// This thread's current labels.
 #[inline]
 pub(crate) fn current() -> SpanLabels {

@@ -251,7 +251,9 @@ impl SpanProfileLayer {
     }
 
     /// An active layer without a profiler: it writes the thread slot only
-    /// (`span_name` on, `trace_id` off).
+    /// (`span_name` on, `trace_id` off). No sampler counts samples in these
+    /// tests, so `pyroscope.profile.id` is set at the first enter
+    /// (`PYROSCOPE_PROFILE_ID_ALWAYS`); tests of the default switch it off.
     #[cfg(test)]
     pub(crate) fn with_scope(scope: SpanScope) -> Self {
         Self::new(LayerConfig {
@@ -261,7 +263,7 @@ impl SpanProfileLayer {
             span_labels: std::sync::Arc::new([]),
             records: None,
             wall: false,
-            profile_id_always: false,
+            profile_id_always: true,
         })
     }
 

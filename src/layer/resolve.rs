@@ -140,14 +140,17 @@ impl SpanProfileLayer {
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
-        let record = ctx.span(id).and_then(|span| {
+        let resolved = ctx.span(id).and_then(|span| {
             let ext = span.extensions();
-            ext.get::<SpanData>()
-                .and_then(|d| d.resolved.get())
-                .map(|r| r.record)
+            ext.get::<SpanData>().and_then(|d| d.resolved.get()).copied()
         });
-        if let Some(record) = record.filter(|&r| r != 0) {
-            wall::close(record);
+        if let Some(r) = resolved {
+            if r.chain != 0 {
+                stack::site_closed(r.chain, r.parent_chain);
+            }
+            if r.record != 0 {
+                wall::close(r.record);
+            }
         }
         wall::flush_now_and_then(std::time::Duration::from_secs(1));
     }
@@ -226,11 +229,11 @@ impl SpanProfileLayer {
             } else {
                 parent.map(|p| p.labels).unwrap_or(SpanLabels::NONE)
             };
+            let parent_chain = match (&parent, local_root) {
+                (Some(p), false) => p.chain,
+                _ => 0,
+            };
             let (chain, record) = if config.wall {
-                let parent_chain = match (&parent, local_root) {
-                    (Some(p), false) => p.chain,
-                    _ => 0,
-                };
                 let chain = wall::chain(parent_chain, span.metadata());
                 let record = if own_labels_wanted && labels != SpanLabels::NONE {
                     wall::alloc(chain, labels)
@@ -249,6 +252,7 @@ impl SpanProfileLayer {
                 start,
                 has_otel,
                 chain,
+                parent_chain,
                 record,
             };
             match data.resolved.set(resolved) {
@@ -348,6 +352,8 @@ pub(super) struct Resolved {
     pub(super) has_otel: bool,
     /// Its chain (`wall.rs`): 0 with wall time off.
     pub(super) chain: u32,
+    /// Its parent's chain, 0 for a local root.
+    pub(super) parent_chain: u32,
     /// Its awaiting record (`wall.rs`): 0 for none.
     pub(super) record: u32,
 }

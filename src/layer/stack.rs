@@ -194,6 +194,17 @@ pub(super) fn retarget_innermost(span: u64, labels: SpanLabels) {
     });
 }
 
+/// A span of chain `chain` closed on this thread: if it was the await
+/// site, the site becomes its parent's chain (a finished child is not
+/// what the enclosing span awaits).
+pub(super) fn site_closed(chain: u32, parent_chain: u32) {
+    let _ = STACK.try_with(|stack| {
+        if stack.site.get() == chain {
+            stack.site.set(parent_chain);
+        }
+    });
+}
+
 /// Caches a span's settled labels for later enters on this thread.
 #[inline]
 pub(super) fn remember(layer: usize, span: u64, epoch: u64, labels: SpanLabels, track: Track) {
