@@ -811,15 +811,17 @@ fn profile_id_runs(layer: impl Fn() -> SpanProfileLayer) -> Vec<(Order, Vec<Span
 #[test]
 fn profile_id_only_on_spans_with_samples() {
     for scope in [SpanScope::Root, SpanScope::All] {
-        let runs = profile_id_runs(|| {
-            SpanProfileLayer::with_scope(scope).with_profile_id_always(false)
-        });
+        let runs =
+            profile_id_runs(|| SpanProfileLayer::with_scope(scope).with_profile_id_always(false));
         for (order, spans) in runs {
             let short: Vec<_> = spans.iter().filter(|s| s.name == "short").collect();
             let long: Vec<_> = spans.iter().filter(|s| s.name == "long").collect();
             assert_eq!((short.len(), long.len()), (100, 10));
             let short_with = short.iter().filter(|s| attr(s).is_some()).count();
-            assert_eq!(short_with, 0, "{scope:?} {order:?}: short spans without samples");
+            assert_eq!(
+                short_with, 0,
+                "{scope:?} {order:?}: short spans without samples"
+            );
             for span in long {
                 assert_eq!(attr(span), Some(hex(span_id(span))), "{scope:?} {order:?}");
             }

@@ -142,7 +142,9 @@ impl SpanProfileLayer {
     {
         let resolved = ctx.span(id).and_then(|span| {
             let ext = span.extensions();
-            ext.get::<SpanData>().and_then(|d| d.resolved.get()).copied()
+            ext.get::<SpanData>()
+                .and_then(|d| d.resolved.get())
+                .copied()
         });
         if let Some(r) = resolved {
             if r.chain != 0 {
@@ -152,7 +154,6 @@ impl SpanProfileLayer {
                 wall::close(r.record);
             }
         }
-        wall::flush_now_and_then(std::time::Duration::from_secs(1));
     }
 
     /// Settles a span's labels (once; the first thread to finish wins).

@@ -80,7 +80,10 @@ fn cache_entries_die_with_their_span() {
     assert!(stack::enter_cached(7, 42, false));
     assert_eq!(context::current(), labels(5));
     stack::exit(42, false);
-    assert!(!stack::enter_cached(8, 42, false), "another subscriber's id 42");
+    assert!(
+        !stack::enter_cached(8, 42, false),
+        "another subscriber's id 42"
+    );
     stack::closed(42);
     assert!(!stack::enter_cached(7, 42, false), "span 42 closed");
     assert_eq!(context::current(), base);

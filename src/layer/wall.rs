@@ -22,9 +22,11 @@
 //!   once per (parent chain, callsite) at a span's first enter, off the hot
 //!   path. The time is emitted on the stack (leaf first) `[awaiting]`, the
 //!   site's chain, up to the root.
-//! - **Emission** (off the hot path): accumulated time goes out when the
-//!   span closes and from [`flush`], which also credits episodes still open
-//!   (a span idle for long is counted in the interval it waited in).
+//! - **Emission** (off the hot path): accumulated time goes to the
+//!   collector's `wall` profile (`collector::extra`) when the span closes,
+//!   and from [`flush`], which the collector calls at the end of every
+//!   upload interval and which also credits episodes still open (a span
+//!   idle for long is counted in the interval it waited in).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -33,7 +35,9 @@ use std::time::Instant;
 
 use tracing::Metadata;
 
+use crate::collector::{extra, AWAITING_FRAME};
 use crate::context::SpanLabels;
+use crate::profile::{synthetic_frame, ProfileKind};
 use crate::sync::lock;
 
 /// Records per chunk.
@@ -46,8 +50,6 @@ const CHUNKS: usize = 1024;
 const SITES: usize = 4;
 /// Most chains; later callsites are credited to their parent's chain.
 const MAX_CHAINS: usize = 1 << 16;
-/// The synthetic leaf frame of awaiting time.
-pub(crate) const AWAITING_FRAME: &str = "[awaiting]";
 
 /// The state word's flag: entered on `state & !ENTERED` threads.
 const ENTERED: u64 = 1 << 63;
@@ -122,14 +124,13 @@ impl Record {
         self.episodes[slot].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Credits the open idle episode up to `now` (a flush or the close).
-    fn credit_open(&self, now: u64, closing: bool) {
+    /// Credits the open idle episode up to `now` (a flush).
+    fn credit_open(&self, now: u64) {
         let mut state = self.state.load(Ordering::Acquire);
         while state & ENTERED == 0 && state != 0 {
-            let next = if closing { 0 } else { now.max(1) };
             match self.state.compare_exchange_weak(
                 state,
-                next,
+                now.max(1),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -162,7 +163,11 @@ impl Record {
             let nanos = self.nanos[i].swap(0, Ordering::Relaxed);
             let episodes = self.episodes[i].swap(0, Ordering::Relaxed);
             if nanos > 0 {
-                f(self.sites[i].load(Ordering::Relaxed), nanos, episodes.max(1));
+                f(
+                    self.sites[i].load(Ordering::Relaxed),
+                    nanos,
+                    episodes.max(1),
+                );
             }
         }
     }
@@ -221,8 +226,12 @@ fn pop_free() -> Option<u32> {
         let r = record(index)?;
         let next = u64::from(r.next_free.load(Ordering::Relaxed));
         let tag = (head >> 32).wrapping_add(1);
-        match FREE.compare_exchange_weak(head, (tag << 32) | next, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match FREE.compare_exchange_weak(
+            head,
+            (tag << 32) | next,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => return Some(index),
             Err(other) => head = other,
         }
@@ -285,12 +294,10 @@ pub(super) fn enter(index: u32) -> bool {
             continue;
         }
         let now = if state == 0 { 0 } else { now_nanos() };
-        match r.state.compare_exchange_weak(
-            state,
-            ENTERED | 1,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match r
+            .state
+            .compare_exchange_weak(state, ENTERED | 1, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) if state == 0 => return false,
             Ok(_) => {
                 let nanos = now.saturating_sub(state);
@@ -332,14 +339,17 @@ pub(super) fn exit(index: u32, site: u32) {
     }
 }
 
-/// The span of record `index` closed: credits its last idle episode,
-/// emits what it accumulated and frees the record.
+/// The span of record `index` closed: emits what it accumulated and frees
+/// the record. The time between its last exit and its close is not
+/// awaiting: a future that completed exits and is dropped, and one dropped
+/// while pending is entered once more to drop its inner future
+/// (`Instrumented`), which ends its last awaiting episode.
 pub(super) fn close(index: u32) {
     let Some(r) = record(index) else { return };
     if r.live.swap(0, Ordering::AcqRel) == 0 {
         return;
     }
-    r.credit_open(now_nanos(), true);
+    r.state.store(0, Ordering::Release);
     let labels = r.labels();
     r.take(|site, nanos, episodes| emit(labels, site, nanos, episodes));
     push_free(index);
@@ -355,37 +365,17 @@ pub(crate) fn flush() {
         if r.live.load(Ordering::Acquire) == 0 {
             continue;
         }
-        r.credit_open(now, false);
+        r.credit_open(now);
         let labels = r.labels();
         r.take(|site, nanos, episodes| emit(labels, site, nanos, episodes));
-    }
-}
-
-/// Calls [`flush`] at most once per `period`, from span closes.
-pub(super) fn flush_now_and_then(period: std::time::Duration) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    static CALLS: AtomicU32 = AtomicU32::new(0);
-    if CALLS.fetch_add(1, Ordering::Relaxed) % 64 != 0 {
-        return;
-    }
-    let now = now_nanos();
-    let last = LAST.load(Ordering::Relaxed);
-    if now.saturating_sub(last) < period.as_nanos() as u64 {
-        return;
-    }
-    if LAST
-        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
-    {
-        flush();
     }
 }
 
 /// The interned callsite chains.
 struct Chains {
     ids: HashMap<(u32, usize), u32>,
-    /// `(parent chain, frame name)`; chain `i + 1` is at `i`.
-    nodes: Vec<(u32, String)>,
+    /// `(parent chain, frame name, frame value)`; chain `i + 1` is at `i`.
+    nodes: Vec<(u32, String, u64)>,
 }
 
 fn chains() -> &'static Mutex<Chains> {
@@ -408,15 +398,16 @@ pub(crate) fn site_frame_name(meta: &Metadata<'_>) -> String {
 }
 
 /// The chain of a span at callsite `meta` under `parent` (0: a local root).
-/// Locks (once per thread and pair: a thread-local cache keeps them); call
-/// it off the hot path.
+/// Locks and allocates the first time a thread sees a (parent, callsite)
+/// pair (a thread-local cache keeps them): a span's first enter, off the
+/// hot path.
 pub(super) fn chain(parent: u32, meta: &'static Metadata<'static>) -> u32 {
     thread_local! {
         static SEEN: std::cell::RefCell<HashMap<(u32, usize), u32>> =
             std::cell::RefCell::new(HashMap::new());
     }
     let key = (parent, meta as *const Metadata<'static> as usize);
-    if let Ok(Some(id)) = SEEN.try_with(|seen| seen.borrow().get(&key).copied()) {
+    if let Ok(Some(id)) = SEEN.try_with(|seen| seen.try_borrow().ok()?.get(&key).copied()) {
         return id;
     }
     let id = {
@@ -425,7 +416,9 @@ pub(super) fn chain(parent: u32, meta: &'static Metadata<'static>) -> u32 {
             Some(&id) => id,
             None if table.nodes.len() >= MAX_CHAINS => parent,
             None => {
-                table.nodes.push((parent, site_frame_name(meta)));
+                let name = site_frame_name(meta);
+                let frame = synthetic_frame(&name);
+                table.nodes.push((parent, name, frame));
                 let id = table.nodes.len() as u32;
                 table.ids.insert(key, id);
                 id
@@ -442,26 +435,66 @@ pub(super) fn chain(parent: u32, meta: &'static Metadata<'static>) -> u32 {
     id
 }
 
-/// The frame names of an awaiting stack at `site`, leaf first:
-/// `[awaiting]`, the site, its ancestors up to the local root.
-pub(crate) fn stack_names(site: u32) -> Vec<String> {
+/// The stack of awaiting time at `site`, leaf first: `[awaiting]`, the
+/// site, its ancestors up to the local root; `f` maps a node's (name,
+/// frame value).
+fn stack_of<T>(site: u32, leaf: T, f: impl Fn(&str, u64) -> T) -> Vec<T> {
     let table = lock(chains());
-    let mut names = vec![AWAITING_FRAME.to_string()];
+    let mut stack = vec![leaf];
     let mut chain = site;
-    while let Some((parent, name)) = chain
+    while let Some((parent, name, frame)) = chain
         .checked_sub(1)
         .and_then(|i| table.nodes.get(i as usize))
     {
-        names.push(name.clone());
-        if names.len() > 256 {
+        stack.push(f(name, *frame));
+        if stack.len() > MAX_DEPTH {
             break;
         }
         chain = *parent;
     }
-    names
+    stack
 }
 
-/// One emission: awaiting time of one span at one site.
+/// Deepest span path an awaiting stack shows.
+const MAX_DEPTH: usize = 256;
+
+/// The frame names of the awaiting stack at `site`, leaf first.
+#[cfg(test)]
+pub(crate) fn stack_names(site: u32) -> Vec<String> {
+    stack_of(site, AWAITING_FRAME.to_string(), |name, _| name.to_string())
+}
+
+/// Hands awaiting time to the collector's `wall` profile (refused at once
+/// when no running profiler collects it).
+fn emit(labels: SpanLabels, site: u32, nanos: u64, episodes: u64) {
+    #[cfg(test)]
+    lock(&EMITTED).push(Awaiting {
+        labels,
+        site,
+        nanos,
+        episodes,
+    });
+    if !extra::enabled(ProfileKind::Wall) {
+        return;
+    }
+    static LEAF: OnceLock<u64> = OnceLock::new();
+    let leaf = *LEAF.get_or_init(|| synthetic_frame(AWAITING_FRAME));
+    let frames = stack_of(site, leaf, |_, frame| frame);
+    extra::submit(
+        ProfileKind::Wall,
+        labels,
+        &frames,
+        [
+            i64::try_from(episodes).unwrap_or(i64::MAX),
+            i64::try_from(nanos).unwrap_or(i64::MAX),
+            0,
+            0,
+        ],
+    );
+}
+
+/// One emission: awaiting time of one span at one site (tests).
+#[cfg(test)]
 #[derive(Clone, Debug)]
 pub(crate) struct Awaiting {
     pub(crate) labels: SpanLabels,
@@ -471,29 +504,17 @@ pub(crate) struct Awaiting {
     pub(crate) episodes: u64,
 }
 
-/// Emitted awaiting time not yet taken by the collector.
-static PENDING: Mutex<Vec<Awaiting>> = Mutex::new(Vec::new());
-/// Most emissions kept waiting; more are dropped (counted).
-const MAX_PENDING: usize = 65_536;
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Everything emitted, for the tests (they filter by span id).
+#[cfg(test)]
+static EMITTED: Mutex<Vec<Awaiting>> = Mutex::new(Vec::new());
 
-fn emit(labels: SpanLabels, site: u32, nanos: u64, episodes: u64) {
-    let mut pending = lock(&PENDING);
-    if pending.len() >= MAX_PENDING {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    pending.push(Awaiting {
-        labels,
-        site,
-        nanos,
-        episodes,
-    });
-}
-
-/// Takes the awaiting time emitted so far.
-pub(crate) fn take_pending() -> Vec<Awaiting> {
-    std::mem::take(&mut *lock(&PENDING))
+/// What was emitted with `span_id`, taken.
+#[cfg(test)]
+pub(crate) fn take_emitted(span_id: u64) -> Vec<Awaiting> {
+    let mut all = lock(&EMITTED);
+    let (mine, rest): (Vec<_>, Vec<_>) = all.drain(..).partition(|a| a.labels.span_id == span_id);
+    *all = rest;
+    mine
 }
 
 #[cfg(test)]
