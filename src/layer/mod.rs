@@ -74,9 +74,10 @@ pub(crate) struct LayerConfig {
 /// On every span enter it writes the span's labels (`span_id`, `trace_id`,
 /// `span_name`) into this thread's slot, where the sampler's signal handler reads them at the
 /// moment it takes a sample. On exit it puts back exactly what was there
-/// before. On a profiled span's first enter it also sets the OpenTelemetry
-/// attribute `pyroscope.profile.id` to the same 16-hex id, so Grafana's
-/// "Profiles for this span" finds the samples.
+/// before. Once a profiled span has a sample, it also sets the
+/// OpenTelemetry attribute `pyroscope.profile.id` to the same 16-hex id, so
+/// Grafana's "Profiles for this span" finds the samples (see
+/// [below](#pyroscopeprofileid-only-on-spans-with-samples)).
 ///
 /// You get the layer from [`Builder::build`](crate::Builder::build) or
 /// [`from_env`](crate::from_env); add it to a `Registry`, with or without a
@@ -194,6 +195,66 @@ pub(crate) struct LayerConfig {
 ///   parent's label set once, at its first enter.
 /// - **Without spans**, [`context::with_labels`](crate::context::with_labels)
 ///   labels a block of code the same way.
+///
+/// # `pyroscope.profile.id`: only on spans with samples
+///
+/// The attribute goes on a span only once it has at least one sample of
+/// any profile type, so Grafana never offers a "Profiles for this span"
+/// button that opens an empty graph (most short request spans never get a
+/// CPU sample).
+///
+/// - **When.** At the first *exit* after the span's first sample. The
+///   signal handler counts samples per thread; the layer reads the count
+///   at enter and compares it at exit (a load each, only until the id is
+///   set). A sample taken in a descendant (which carries the root's
+///   `span_id` under scope `root`) sets the root's attribute at the
+///   descendant's exit. With wall time on, awaiting time counts as a
+///   sample, and so do blocked and runnable samples of the wall sampler.
+/// - **Never at creation nor at close.** Setting it in `on_new_span` would
+///   start the OpenTelemetry span early and lose a later `set_parent`; at
+///   `on_close`, tracing-opentelemetry may already have exported the span.
+/// - **Layer order.** Either order works: `tracing-opentelemetry`'s layer
+///   before this one (`registry().with(otel).with(profiling)`) runs its
+///   `on_exit` first and keeps the span open until its close; after this
+///   one, this layer's exit runs first. Both see the attribute before the
+///   span is exported. A sample taken after the span's last exit (a
+///   detached child task still running after its root closed) cannot
+///   mark a span that was already exported.
+/// - **`PYROSCOPE_PROFILE_ID_ALWAYS=true`**
+///   ([`Builder::profile_id_always`](crate::Builder::profile_id_always))
+///   restores "every sampled root span": the attribute is set at the
+///   span's first enter, as Go's and Java's span profilers do.
+///
+/// # Wall time: awaiting
+///
+/// With wall time on (`PYROSCOPE_PROFILING_WALLTIME_ENABLED=true`,
+/// [`Builder::wall_time`](crate::Builder::wall_time)), the layer also
+/// measures *awaiting* time: the time a span is entered on no thread, such
+/// as an `Instrumented` future that returned `Pending` and waits to be
+/// polled again. No thread sampler can see it, since nothing runs; the
+/// layer knows exactly when the span's task is polled and when it is not.
+///
+/// - **Per local root** (per span under scope `all`): the time from the
+///   exit that leaves the span entered on no thread to its next enter,
+///   measured with the monotonic clock, goes into the `wall` profile with
+///   the span's labels (`span_id`, `span_name`, span fields).
+/// - **Its stack** (leaf first): a synthetic frame `[awaiting]`, then the
+///   *await site* (the innermost span exited last before the task went
+///   idle, as `name (file:line)` of its callsite, e.g.
+///   `dispatch (src/work.rs:42)`), then each enclosing span up to the local
+///   root.
+/// - **Which site.** An await inside no instrumented future of its own is
+///   credited to the enclosing span (a child span that already finished
+///   is not the site). `join!` and `select!` poll several branches in one
+///   poll: the branch polled and exited last gets the whole wait.
+/// - **When it is sent.** At the span's close, and at the end of every
+///   upload interval for spans still open (a span idle for minutes shows
+///   in the intervals it waited in). The time between a span's last exit
+///   and its close is not awaiting.
+/// - **Cost.** Enter and exit stay allocation-free and lock-free: a
+///   compare-and-swap on the span's record, and a clock read when the span
+///   leaves or ends an idle episode. With wall time off they do what they
+///   did before (one more branch on a flag). `BENCHMARKS.md` has figures.
 ///
 /// # Save and restore
 ///
