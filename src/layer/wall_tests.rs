@@ -78,7 +78,8 @@ fn a_sleep_awaited_in_a_child_is_awaiting_time_under_that_await_site() {
             )
         });
     assert_ne!(root_id, 0);
-    let stacks = by_stack(&wall::take_emitted(root_id));
+    let emitted = wall::take_emitted(root_id);
+    let stacks = by_stack(&emitted);
     let want = vec![
         "[awaiting]".to_string(),
         site("dispatch", dispatch_line),
@@ -89,6 +90,13 @@ fn a_sleep_awaited_in_a_child_is_awaiting_time_under_that_await_site() {
     // machine), and 300 ms within 2% on an idle one.
     assert_near(stacks[&want], took, 0.02, "[awaiting] against the await");
     assert!(took >= Duration::from_millis(300));
+    // One idle episode at the await site: one sample of `samples/count`.
+    let episodes: u64 = emitted
+        .iter()
+        .filter(|a| wall::stack_names(a.site) == want)
+        .map(|a| a.episodes)
+        .sum();
+    assert_eq!(episodes, 1);
 }
 
 #[test]
