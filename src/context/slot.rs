@@ -433,6 +433,7 @@ pub(crate) fn slot_for_tid(tid: u32) -> Option<SlotRef> {
     // previous owner's generation see it change below.
     e.write(SpanLabels::NONE);
     e.profiler.store(0, Ordering::Relaxed);
+    e.samples.store(0, Ordering::Relaxed);
     // Unknown until the owner registers itself (see `register`).
     e.stack_hi.store(0, Ordering::Relaxed);
     e.stack_lo.store(0, Ordering::Relaxed);
@@ -693,14 +694,12 @@ pub(super) fn current() -> SpanLabels {
 }
 
 /// Samples taken of this thread so far (wrapping; see [`count_sample`]), 0
-/// for a thread without an entry. The layer compares two readings.
+/// for a thread that cannot get an entry. The layer compares two readings.
 #[inline(always)]
 pub(super) fn own_samples() -> u32 {
-    MINE.try_with(|m| match m.entry.get() {
-        Some(e) => e.samples.load(Ordering::Relaxed),
-        None => 0,
-    })
-    .unwrap_or(0)
+    // Registers the thread like `replace` (which comes next), so both
+    // readings are of the same entry.
+    own_entry().map_or(0, |e| e.samples.load(Ordering::Relaxed))
 }
 
 /// Marks this thread's entry as one of the profiler's threads.

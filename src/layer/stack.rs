@@ -271,16 +271,20 @@ fn push(stack: &Stack, span: u64, labels: SpanLabels, track: Track, wall: bool) 
         stack.overflow.set(stack.overflow.get() + 1);
         return;
     }
+    // Read before the labels go in: a sample between the two would carry
+    // the span's labels without being counted as its own.
+    let samples = if track.watch {
+        context::own_samples()
+    } else {
+        0
+    };
     let saved = context::replace(labels);
     stack.entries[len].set(Entry { span, saved });
     let mut pushed = Pushed {
         track,
-        samples: 0,
+        samples,
         sampled: false,
     };
-    if track.watch {
-        pushed.samples = context::own_samples();
-    }
     if wall {
         stack.peak.set(true);
         if track.record != 0 {
@@ -304,7 +308,7 @@ pub(super) enum Exited {
 /// The exit's bookkeeping beyond the slot: the sample count, the await
 /// site, the awaiting record.
 #[inline(always)]
-fn popped(stack: &Stack, pushed: Pushed, wall: bool) -> Exited {
+fn popped(stack: &Stack, pushed: Pushed, samples: u32, wall: bool) -> Exited {
     if wall {
         if stack.peak.get() {
             stack.site.set(pushed.track.chain);
@@ -314,7 +318,7 @@ fn popped(stack: &Stack, pushed: Pushed, wall: bool) -> Exited {
             wall::exit(pushed.track.record, stack.site.get());
         }
     }
-    if pushed.track.watch && (pushed.sampled || context::own_samples() != pushed.samples) {
+    if pushed.track.watch && (pushed.sampled || samples != pushed.samples) {
         Exited::Sampled
     } else {
         Exited::Done
@@ -331,9 +335,13 @@ pub(super) fn exit(span: u64, wall: bool) -> Exited {
                 let top = stack.entries[len - 1].get();
                 if top.span == span {
                     // The common case: the most recent enter.
+                    let pushed = stack.pushed[len - 1].get();
+                    // Read while the labels are still in: a sample counted
+                    // here carries the span's labels.
+                    let samples = own_samples_if(pushed.track.watch);
                     context::restore(top.saved);
                     stack.len.set(len - 1);
-                    return popped(stack, stack.pushed[len - 1].get(), wall);
+                    return popped(stack, pushed, samples, wall);
                 }
             }
             exit_slow(stack, span, wall)
@@ -363,6 +371,7 @@ fn exit_slow(stack: &Stack, span: u64, wall: bool) -> Exited {
     };
     let entry = stack.entries[i].get();
     let pushed = stack.pushed[i].get();
+    let samples = own_samples_if(pushed.track.watch);
     if i + 1 == len {
         context::replace(entry.saved);
     } else {
@@ -377,7 +386,17 @@ fn exit_slow(stack: &Stack, span: u64, wall: bool) -> Exited {
         }
     }
     stack.len.set(len - 1);
-    popped(stack, pushed, wall)
+    popped(stack, pushed, samples, wall)
+}
+
+/// The thread's sample count, if `watch`.
+#[inline(always)]
+fn own_samples_if(watch: bool) -> u32 {
+    if watch {
+        context::own_samples()
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
