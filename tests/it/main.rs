@@ -33,6 +33,7 @@ mod e2e_tokio_labels;
 mod e2e_traces_to_profiles;
 mod local_limits;
 mod no_span_warning;
+mod profile_id_sampled;
 mod profiler_threads;
 mod pyroscope_double;
 mod report;
