@@ -333,6 +333,7 @@ pub(crate) fn stack_of(slot: SlotRef) -> Option<std::ops::Range<u64>> {
 /// one relaxed add. Lock-free, allocation-free, no thread-local access:
 /// callable from the signal handler and from the wall sampler.
 #[inline]
+#[cfg_attr(not(any(tp_sampler, test)), allow(dead_code))]
 pub(crate) fn count_sample(slot: SlotRef) {
     if let Some(e) = entry(slot.index) {
         if (e.owner.load(Ordering::Relaxed) >> 32) as u32 == slot.generation {
