@@ -70,14 +70,14 @@ impl SpanProfileLayer {
         // Watch the sample count until the label owner has its profile
         // id (a child learns that its owner has one at its first sampled
         // exit, in `got_sample`).
-        let track = Track {
-            record: resolved.record,
-            chain: resolved.chain,
-            watch: labels.span_id != 0
+        let track = Track::new(
+            resolved.record,
+            resolved.chain,
+            labels.span_id != 0
                 && resolved.has_otel
                 && !config.profile_id_always
                 && !(resolved.own_id == labels.span_id && id_set),
-        };
+        );
         if resolved.record != 0 {
             wall::set_labels(resolved.record, labels);
         }

@@ -24,48 +24,67 @@ const EPOCHS: usize = 256;
 struct Entry {
     span: u64,
     saved: SpanLabels,
+    /// The span's [`Track`], with [`Track::SAMPLED`] if its enter ended an
+    /// awaiting episode (in what was padding: the entry stays 48 bytes).
+    track: Track,
 }
 
 const EMPTY: Entry = Entry {
     span: 0,
     saved: SpanLabels::NONE,
+    track: Track::NONE,
 };
 
-/// What the layer tracks of a span beyond its labels, cached with them.
+/// What the layer tracks of a span beyond its labels, cached with them:
+/// its awaiting record (`wall.rs`, 0: none), its chain (the await site it
+/// stands for, 0: none) and whether its label owner still waits for its
+/// first sample (compare the thread's sample count between enter and
+/// exit). Eight bytes, so that a cache entry stays 64.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Track {
-    /// Its awaiting record (`wall.rs`), 0: none.
     pub(super) record: u32,
-    /// Its chain (the await site it stands for), 0: none.
-    pub(super) chain: u32,
-    /// Its label owner still waits for its first sample: compare the
-    /// thread's sample count between enter and exit.
-    pub(super) watch: bool,
+    /// The chain, and [`Track::WATCH`].
+    bits: u32,
 }
 
 impl Track {
-    pub(super) const NONE: Track = Track {
-        record: 0,
-        chain: 0,
-        watch: false,
-    };
-}
+    pub(super) const NONE: Track = Track { record: 0, bits: 0 };
+    /// Chains stay below 2^16 (`wall::MAX_CHAINS`): the top bits are free.
+    const WATCH: u32 = 1 << 31;
+    /// On a stack entry: the enter ended an awaiting episode (a sample of
+    /// the wall type).
+    const SAMPLED: u32 = 1 << 30;
+    const FLAGS: u32 = Self::WATCH | Self::SAMPLED;
 
-/// Per entered span, beside its [`Entry`]: its [`Track`], and the
-/// thread's sample count at the enter (when watched).
-#[derive(Clone, Copy)]
-struct Pushed {
-    track: Track,
-    samples: u32,
-    /// Awaiting time was credited at the enter (a sample of the wall type).
-    sampled: bool,
-}
+    pub(super) fn new(record: u32, chain: u32, watch: bool) -> Track {
+        Track {
+            record,
+            bits: (chain & !Self::FLAGS) | if watch { Self::WATCH } else { 0 },
+        }
+    }
 
-const NOT_PUSHED: Pushed = Pushed {
-    track: Track::NONE,
-    samples: 0,
-    sampled: false,
-};
+    #[inline(always)]
+    pub(super) fn chain(self) -> u32 {
+        self.bits & !Self::FLAGS
+    }
+
+    #[inline(always)]
+    pub(super) fn watch(self) -> bool {
+        self.bits & Self::WATCH != 0
+    }
+
+    #[inline(always)]
+    fn sampled(self) -> bool {
+        self.bits & Self::SAMPLED != 0
+    }
+
+    fn unwatched(self) -> Track {
+        Track {
+            bits: self.bits & !Self::WATCH,
+            ..self
+        }
+    }
+}
 
 /// A span's settled labels, valid while `epoch` matches the close counter
 /// of the span's id. `layer` tells apart equal ids of different
@@ -92,8 +111,8 @@ struct Stack {
     /// Enters beyond `CAPACITY` not yet exited.
     overflow: Cell<usize>,
     entries: [Cell<Entry>; CAPACITY],
-    /// Beside each entry.
-    pushed: [Cell<Pushed>; CAPACITY],
+    /// The thread's sample count at each watched entry's enter.
+    samples: [Cell<u32>; CAPACITY],
     cache: [Cell<Cached>; CACHE],
     /// Wall time on: the chain of the last exit that directly followed an
     /// enter (the deepest span of the last poll: the await site).
@@ -109,7 +128,7 @@ thread_local! {
             len: Cell::new(0),
             overflow: Cell::new(0),
             entries: [const { Cell::new(EMPTY) }; CAPACITY],
-            pushed: [const { Cell::new(NOT_PUSHED) }; CAPACITY],
+            samples: [const { Cell::new(0) }; CAPACITY],
             cache: [const { Cell::new(NO_CACHE) }; CACHE],
             site: Cell::new(0),
             peak: Cell::new(false),
@@ -226,15 +245,15 @@ pub(super) fn unwatch(layer: usize, span: u64) {
         let slot = &stack.cache[cache_slot(span)];
         let mut cached = slot.get();
         if cached.span == span && cached.layer == layer {
-            cached.track.watch = false;
+            cached.track = cached.track.unwatched();
             slot.set(cached);
         }
         // Entered spans of this id stop comparing at their exit too.
-        for (entry, pushed) in stack.entries.iter().zip(&stack.pushed) {
-            if entry.get().span == span {
-                let mut p = pushed.get();
-                p.track.watch = false;
-                pushed.set(p);
+        for entry in &stack.entries[..stack.len.get().min(CAPACITY)] {
+            let mut e = entry.get();
+            if e.span == span {
+                e.track = e.track.unwatched();
+                entry.set(e);
             }
         }
     });
@@ -265,33 +284,25 @@ pub(super) fn enter(span: u64, labels: SpanLabels, track: Track, wall: bool) {
 }
 
 #[inline(always)]
-fn push(stack: &Stack, span: u64, labels: SpanLabels, track: Track, wall: bool) {
+fn push(stack: &Stack, span: u64, labels: SpanLabels, mut track: Track, wall: bool) {
     let len = stack.len.get();
     if len >= CAPACITY {
         stack.overflow.set(stack.overflow.get() + 1);
         return;
     }
-    // Read before the labels go in: a sample between the two would carry
-    // the span's labels without being counted as its own.
-    let samples = if track.watch {
-        context::own_samples()
-    } else {
-        0
-    };
+    if track.watch() {
+        // Read before the labels go in: a sample between the two would
+        // carry the span's labels without being counted as its own.
+        stack.samples[len].set(context::own_samples());
+    }
     let saved = context::replace(labels);
-    stack.entries[len].set(Entry { span, saved });
-    let mut pushed = Pushed {
-        track,
-        samples,
-        sampled: false,
-    };
     if wall {
         stack.peak.set(true);
-        if track.record != 0 {
-            pushed.sampled = wall::enter(track.record);
+        if track.record != 0 && wall::enter(track.record) {
+            track.bits |= Track::SAMPLED;
         }
     }
-    stack.pushed[len].set(pushed);
+    stack.entries[len].set(Entry { span, saved, track });
     stack.len.set(len + 1);
 }
 
@@ -305,20 +316,21 @@ pub(super) enum Exited {
     Sampled,
 }
 
-/// The exit's bookkeeping beyond the slot: the sample count, the await
-/// site, the awaiting record.
+/// The exit's bookkeeping beyond the slot: the await site, the awaiting
+/// record, the sample count (`samples`: now; the enter's is in the stack
+/// at `index`).
 #[inline(always)]
-fn popped(stack: &Stack, pushed: Pushed, samples: u32, wall: bool) -> Exited {
+fn popped(stack: &Stack, index: usize, track: Track, samples: u32, wall: bool) -> Exited {
     if wall {
         if stack.peak.get() {
-            stack.site.set(pushed.track.chain);
+            stack.site.set(track.chain());
             stack.peak.set(false);
         }
-        if pushed.track.record != 0 {
-            wall::exit(pushed.track.record, stack.site.get());
+        if track.record != 0 {
+            wall::exit(track.record, stack.site.get());
         }
     }
-    if pushed.track.watch && (pushed.sampled || samples != pushed.samples) {
+    if track.watch() && (track.sampled() || samples != stack.samples[index].get()) {
         Exited::Sampled
     } else {
         Exited::Done
@@ -335,13 +347,15 @@ pub(super) fn exit(span: u64, wall: bool) -> Exited {
                 let top = stack.entries[len - 1].get();
                 if top.span == span {
                     // The common case: the most recent enter.
-                    let pushed = stack.pushed[len - 1].get();
                     // Read while the labels are still in: a sample counted
                     // here carries the span's labels.
-                    let samples = own_samples_if(pushed.track.watch);
+                    let samples = own_samples_if(top.track.watch());
                     context::restore(top.saved);
                     stack.len.set(len - 1);
-                    return popped(stack, pushed, samples, wall);
+                    if top.track.bits == 0 && !wall {
+                        return Exited::Done;
+                    }
+                    return popped(stack, len - 1, top.track, samples, wall);
                 }
             }
             exit_slow(stack, span, wall)
@@ -370,8 +384,8 @@ fn exit_slow(stack: &Stack, span: u64, wall: bool) -> Exited {
         return Exited::Done;
     };
     let entry = stack.entries[i].get();
-    let pushed = stack.pushed[i].get();
-    let samples = own_samples_if(pushed.track.watch);
+    let samples = own_samples_if(entry.track.watch());
+    let at_enter = stack.samples[i].get();
     if i + 1 == len {
         context::replace(entry.saved);
     } else {
@@ -382,11 +396,13 @@ fn exit_slow(stack: &Stack, span: u64, wall: bool) -> Exited {
         stack.entries[i + 1].set(above);
         for j in i..len - 1 {
             stack.entries[j].set(stack.entries[j + 1].get());
-            stack.pushed[j].set(stack.pushed[j + 1].get());
+            stack.samples[j].set(stack.samples[j + 1].get());
         }
     }
     stack.len.set(len - 1);
-    popped(stack, pushed, samples, wall)
+    // Compared with the enter's count, moved away above.
+    stack.samples[len - 1].set(at_enter);
+    popped(stack, len - 1, entry.track, samples, wall)
 }
 
 /// The thread's sample count, if `watch`.
@@ -403,3 +419,8 @@ fn own_samples_if(watch: bool) -> u32 {
 pub(super) fn depth() -> usize {
     STACK.with(|stack| stack.len.get())
 }
+
+// A cache entry is one 64-byte line's worth (copied on every warm enter),
+// and a stack entry kept its size when the track went in.
+const _: () = assert!(std::mem::size_of::<Cached>() == 64);
+const _: () = assert!(std::mem::size_of::<Entry>() == 48);
