@@ -44,8 +44,8 @@ pub(crate) use fields::{
 pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
-    claims as slot_claims, count_sample, read_slot, release_exited, release_slot, set_stack_probe,
-    slot_for_tid, slot_is_current, stack_of, SlotRef,
+    claims as slot_claims, count_sample, current_without_registering, read_slot, release_exited,
+    release_slot, set_stack_probe, slot_for_tid, slot_is_current, stack_of, SlotRef,
 };
 
 /// The sample label keys the crate sets, in the order they are written.
