@@ -512,6 +512,8 @@ fn start_platform(
         trace_id_label: config.trace_id_label,
         span_labels: crate::context::configure_span_labels(&config.span_labels),
         records,
+        wall: config.wall_time,
+        profile_id_always: config.profile_id_always,
     });
     let settings = collector::Settings {
         upload_interval: config.upload_interval,

@@ -423,6 +423,12 @@ mod linux {
                 let samples = self.drain(&mut builder);
                 self.index_spans(false);
                 if interval_clock.elapsed() >= interval {
+                    if self.settings.wall_time {
+                        // Awaiting time of spans still open, into this
+                        // interval.
+                        crate::layer::wall::flush();
+                        self.drain(&mut builder);
+                    }
                     let now = SystemTime::now();
                     let full = std::mem::replace(&mut builder, self.new_builders(now));
                     self.emit(full, now, &mut symbolizer);
@@ -462,6 +468,9 @@ mod linux {
                     .shutdown_timeout
                     .saturating_sub(SHUTDOWN_MARGIN);
             self.sampler.stop();
+            if self.settings.wall_time {
+                crate::layer::wall::flush();
+            }
             self.drain(&mut builder);
             self.index_spans(true);
             self.emit(builder, SystemTime::now(), &mut symbolizer);

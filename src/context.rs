@@ -44,8 +44,8 @@ pub(crate) use fields::{
 pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
-    claims as slot_claims, current_without_registering, read_slot, release_exited, release_slot,
-    set_stack_probe, slot_for_tid, slot_is_current, stack_of, SlotRef,
+    claims as slot_claims, count_sample, current_without_registering, read_slot, release_exited,
+    release_slot, set_stack_probe, slot_for_tid, slot_is_current, stack_of, SlotRef,
 };
 
 /// The sample label keys the crate sets, in the order they are written.
@@ -278,6 +278,29 @@ pub(crate) fn replace(labels: SpanLabels) -> SpanLabels {
 #[inline]
 pub(crate) fn restore(labels: SpanLabels) {
     slot::restore(labels);
+}
+
+/// Samples taken of this thread so far, any profile type (wrapping): the
+/// layer compares two readings to learn whether a span got a sample.
+#[inline(always)]
+pub(crate) fn own_samples() -> u32 {
+    slot::own_samples()
+}
+
+/// Counts a sample of the thread whose timer carries `slot_bits`: one
+/// relaxed add, async-signal-safe like [`read_in_signal_handler`].
+#[inline(always)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn count_sample_in_signal_handler(slot_bits: u64) {
+    count_sample(SlotRef::from_bits(slot_bits));
+}
+
+/// Counts a sample of the calling thread, as the signal handler does.
+#[cfg(test)]
+pub(crate) fn count_own_sample() {
+    if let Some(slot) = slot::own_slot() {
+        count_sample(slot);
+    }
 }
 
 /// This thread's current labels.

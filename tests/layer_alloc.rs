@@ -2,7 +2,8 @@
 //!
 //! A counting global allocator (its own test binary) counts the allocations
 //! made by the current thread while a warmed-up span is entered and exited many
-//! times, with and without our layer, with and without an OTel layer, and
+//! times, with and without our layer (wall time off and on), with and
+//! without an OTel layer, and
 //! spans with two span-label fields (`vehicle`, `region`) and a child
 //! overriding one.
 
@@ -82,12 +83,14 @@ fn measure(dispatch: &Dispatch, fields: bool) -> u64 {
 }
 
 /// An active layer from a real profiler writing into a temporary directory.
-fn profiling(scope: SpanScope) -> (SpanProfileLayer, tracing_pyroscope::ProfilerGuard) {
+/// With `wall`, wall time is on: the layer also measures awaiting time.
+fn profiling(scope: SpanScope, wall: bool) -> (SpanProfileLayer, tracing_pyroscope::ProfilerGuard) {
     let dir = std::env::temp_dir().join(format!("tp-alloc-{}", std::process::id()));
     let (layer, guard) = tracing_pyroscope::Builder::new("alloc-test")
         .profiles_dir(&dir)
         .span_scope(scope)
         .span_labels(["vehicle", "region"])
+        .wall_time(wall)
         .build()
         .expect("start profiling");
     assert!(guard.is_active());
@@ -102,20 +105,24 @@ fn otel_provider() -> SdkTracerProvider {
 
 #[test]
 fn enter_and_exit_do_not_allocate() {
-    for (scope, fields) in [SpanScope::Root, SpanScope::All, SpanScope::None]
+    for (scope, fields, wall) in [SpanScope::Root, SpanScope::All, SpanScope::None]
         .into_iter()
         .flat_map(|s| [(s, false), (s, true)])
+        .flat_map(|(s, f)| [(s, f, false), (s, f, true)])
     {
         // Registry alone, and with our layer.
         let registry = measure(&Dispatch::new(Registry::default()), fields);
         // A real profiler, as users get it; one at a time in a process.
-        let (layer, guard) = profiling(scope);
+        let (layer, guard) = profiling(scope, wall);
         let ours = measure(
             &Dispatch::new(Registry::default().with(layer.clone())),
             fields,
         );
         assert_eq!(registry, 0, "the Registry alone allocates");
-        assert_eq!(ours, 0, "{scope:?}: our layer allocated on enter/exit");
+        assert_eq!(
+            ours, 0,
+            "{scope:?} wall {wall}: our layer allocated on enter/exit"
+        );
 
         // With tracing-opentelemetry: ours adds nothing to what it does.
         let provider = otel_provider();
@@ -138,12 +145,16 @@ fn enter_and_exit_do_not_allocate() {
         assert!(guard.is_active(), "{scope:?}: the layer was active");
         drop(guard);
         eprintln!(
-            "{scope:?} (label fields: {fields}): allocations per {ROUNDS} root+child enter/exit rounds: \
+            "{scope:?} (label fields: {fields}, wall: {wall}): allocations per {ROUNDS} root+child enter/exit rounds: \
              registry {registry}, +ours {ours}, +otel {otel}, +otel+ours {otel_ours}"
         );
-        assert_eq!(
-            otel_ours, otel,
-            "{scope:?}: our layer changed the allocation count with OTel \
+        // Once per span, at the first exit after its first sample (if the
+        // 100 Hz sampler hits the loop), the layer sets
+        // `pyroscope.profile.id`, which allocates in tracing-opentelemetry:
+        // at most the root and the child, a few allocations each.
+        assert!(
+            otel_ours <= otel + 8,
+            "{scope:?} wall {wall}: our layer changed the allocation count with OTel \
              ({otel_ours} vs {otel} for {ROUNDS} rounds)"
         );
     }

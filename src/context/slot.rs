@@ -88,6 +88,11 @@ struct Entry {
     /// called the crate). The handler bounds its stack reads by it.
     stack_lo: AtomicU64,
     stack_hi: AtomicU64,
+    /// Samples taken of the owner so far (any profile type), wrapping: the
+    /// signal handler adds one per CPU sample it records, the wall sampler
+    /// one per blocked or runnable sample. The layer compares it between a
+    /// span's enter and exit (`pyroscope.profile.id`).
+    samples: AtomicU32,
 }
 
 /// An arena entry as one owner period saw it: its index and generation.
@@ -144,6 +149,7 @@ impl Entry {
             copies: [const { [const { AtomicU64::new(0) }; 4] }; 2],
             stack_lo: AtomicU64::new(0),
             stack_hi: AtomicU64::new(0),
+            samples: AtomicU32::new(0),
         }
     }
 
@@ -157,6 +163,7 @@ impl Entry {
             copies: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             stack_lo: AtomicU64::new(0),
             stack_hi: AtomicU64::new(0),
+            samples: AtomicU32::new(0),
         }
     }
 
@@ -322,6 +329,19 @@ pub(crate) fn stack_of(slot: SlotRef) -> Option<std::ops::Range<u64>> {
     (entry.owner.load(Ordering::Relaxed) == owner && lo < hi).then_some(lo..hi)
 }
 
+/// Counts one sample of the owner of `slot` (if the entry is still its):
+/// one relaxed add. Lock-free, allocation-free, no thread-local access:
+/// callable from the signal handler and from the wall sampler.
+#[inline]
+#[cfg_attr(not(any(tp_sampler, test)), allow(dead_code))]
+pub(crate) fn count_sample(slot: SlotRef) {
+    if let Some(e) = entry(slot.index) {
+        if (e.owner.load(Ordering::Relaxed) >> 32) as u32 == slot.generation {
+            e.samples.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// `true` while `slot` is the entry of thread `tid` (not released, not
 /// reused).
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
@@ -414,6 +434,7 @@ pub(crate) fn slot_for_tid(tid: u32) -> Option<SlotRef> {
     // previous owner's generation see it change below.
     e.write(SpanLabels::NONE);
     e.profiler.store(0, Ordering::Relaxed);
+    e.samples.store(0, Ordering::Relaxed);
     // Unknown until the owner registers itself (see `register`).
     e.stack_hi.store(0, Ordering::Relaxed);
     e.stack_lo.store(0, Ordering::Relaxed);
@@ -671,6 +692,15 @@ pub(super) fn current() -> SpanLabels {
         None => fallback(),
     })
     .unwrap_or_default()
+}
+
+/// Samples taken of this thread so far (wrapping; see [`count_sample`]), 0
+/// for a thread that cannot get an entry. The layer compares two readings.
+#[inline(always)]
+pub(super) fn own_samples() -> u32 {
+    // Registers the thread like `replace` (which comes next), so both
+    // readings are of the same entry.
+    own_entry().map_or(0, |e| e.samples.load(Ordering::Relaxed))
 }
 
 /// This thread's labels and the stack it registered, for the allocator's

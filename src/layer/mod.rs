@@ -32,6 +32,9 @@ mod resolve;
 mod stack;
 #[cfg(test)]
 mod tests;
+pub(crate) mod wall;
+#[cfg(test)]
+mod wall_tests;
 
 /// The OpenTelemetry attribute linking a span to its profile.
 #[cfg(feature = "otel")]
@@ -58,6 +61,11 @@ pub(crate) struct LayerConfig {
     /// Set when a sink keeps a span index: closed profiled root spans go
     /// here.
     pub(crate) records: Option<SpanIndexQueue>,
+    /// Wall time on: measure awaiting time (`wall.rs`).
+    pub(crate) wall: bool,
+    /// Set `pyroscope.profile.id` at the first enter of every sampled span
+    /// that has an id, samples or not (`PYROSCOPE_PROFILE_ID_ALWAYS`).
+    pub(crate) profile_id_always: bool,
 }
 
 /// The layer to add to a `tracing_subscriber::Registry`: puts the running
@@ -66,9 +74,10 @@ pub(crate) struct LayerConfig {
 /// On every span enter it writes the span's labels (`span_id`, `trace_id`,
 /// `span_name`) into this thread's slot, where the sampler's signal handler reads them at the
 /// moment it takes a sample. On exit it puts back exactly what was there
-/// before. On a profiled span's first enter it also sets the OpenTelemetry
-/// attribute `pyroscope.profile.id` to the same 16-hex id, so Grafana's
-/// "Profiles for this span" finds the samples.
+/// before. Once a profiled span has a sample, it also sets the
+/// OpenTelemetry attribute `pyroscope.profile.id` to the same 16-hex id, so
+/// Grafana's "Profiles for this span" finds the samples (see
+/// [below](#pyroscopeprofileid-only-on-spans-with-samples)).
 ///
 /// You get the layer from [`Builder::build`](crate::Builder::build) or
 /// [`from_env`](crate::from_env); add it to a `Registry`, with or without a
@@ -187,6 +196,66 @@ pub(crate) struct LayerConfig {
 /// - **Without spans**, [`context::with_labels`](crate::context::with_labels)
 ///   labels a block of code the same way.
 ///
+/// # `pyroscope.profile.id`: only on spans with samples
+///
+/// The attribute goes on a span only once it has at least one sample of
+/// any profile type, so Grafana never offers a "Profiles for this span"
+/// button that opens an empty graph (most short request spans never get a
+/// CPU sample).
+///
+/// - **When.** At the first *exit* after the span's first sample. The
+///   signal handler counts samples per thread; the layer reads the count
+///   at enter and compares it at exit (a load each, only until the id is
+///   set). A sample taken in a descendant (which carries the root's
+///   `span_id` under scope `root`) sets the root's attribute at the
+///   descendant's exit. With wall time on, awaiting time counts as a
+///   sample, and so do blocked and runnable samples of the wall sampler.
+/// - **Never at creation nor at close.** Setting it in `on_new_span` would
+///   start the OpenTelemetry span early and lose a later `set_parent`; at
+///   `on_close`, tracing-opentelemetry may already have exported the span.
+/// - **Layer order.** Either order works: `tracing-opentelemetry`'s layer
+///   before this one (`registry().with(otel).with(profiling)`) runs its
+///   `on_exit` first and keeps the span open until its close; after this
+///   one, this layer's exit runs first. Both see the attribute before the
+///   span is exported. A sample taken after the span's last exit (a
+///   detached child task still running after its root closed) cannot
+///   mark a span that was already exported.
+/// - **`PYROSCOPE_PROFILE_ID_ALWAYS=true`**
+///   ([`Builder::profile_id_always`](crate::Builder::profile_id_always))
+///   restores "every sampled root span": the attribute is set at the
+///   span's first enter, as Go's and Java's span profilers do.
+///
+/// # Wall time: awaiting
+///
+/// With wall time on (`PYROSCOPE_PROFILING_WALLTIME_ENABLED=true`,
+/// [`Builder::wall_time`](crate::Builder::wall_time)), the layer also
+/// measures *awaiting* time: the time a span is entered on no thread, such
+/// as an `Instrumented` future that returned `Pending` and waits to be
+/// polled again. No thread sampler can see it, since nothing runs; the
+/// layer knows exactly when the span's task is polled and when it is not.
+///
+/// - **Per local root** (per span under scope `all`): the time from the
+///   exit that leaves the span entered on no thread to its next enter,
+///   measured with the monotonic clock, goes into the `wall` profile with
+///   the span's labels (`span_id`, `span_name`, span fields).
+/// - **Its stack** (leaf first): a synthetic frame `[awaiting]`, then the
+///   *await site* (the innermost span exited last before the task went
+///   idle, as `name (file:line)` of its callsite, e.g.
+///   `dispatch (src/work.rs:42)`), then each enclosing span up to the local
+///   root.
+/// - **Which site.** An await inside no instrumented future of its own is
+///   credited to the enclosing span (a child span that already finished
+///   is not the site). `join!` and `select!` poll several branches in one
+///   poll: the branch polled and exited last gets the whole wait.
+/// - **When it is sent.** At the span's close, and at the end of every
+///   upload interval for spans still open (a span idle for minutes shows
+///   in the intervals it waited in). The time between a span's last exit
+///   and its close is not awaiting.
+/// - **Cost.** Enter and exit stay allocation-free and lock-free: a
+///   compare-and-swap on the span's record, and a clock read when the span
+///   leaves or ends an idle episode. With wall time off they do what they
+///   did before (one more branch on a flag). `BENCHMARKS.md` has figures.
+///
 /// # Save and restore
 ///
 /// Each thread keeps a small fixed-size stack of `(span, saved labels)`
@@ -215,6 +284,8 @@ pub(crate) struct LayerConfig {
 pub struct SpanProfileLayer {
     /// `config.is_some()`, read first on the hot path.
     active: bool,
+    /// `config.wall`: awaiting time is measured.
+    wall: bool,
     /// `None`: inert.
     config: Option<LayerConfig>,
     /// The dispatch this layer lives in, to reach the OpenTelemetry layer.
@@ -225,6 +296,7 @@ impl SpanProfileLayer {
     pub(crate) fn new(config: LayerConfig) -> Self {
         SpanProfileLayer {
             active: true,
+            wall: config.wall,
             config: Some(config),
             dispatch: OnceLock::new(),
         }
@@ -233,13 +305,16 @@ impl SpanProfileLayer {
     pub(crate) fn inert() -> Self {
         SpanProfileLayer {
             active: false,
+            wall: false,
             config: None,
             dispatch: OnceLock::new(),
         }
     }
 
     /// An active layer without a profiler: it writes the thread slot only
-    /// (`span_name` on, `trace_id` off).
+    /// (`span_name` on, `trace_id` off). No sampler counts samples in these
+    /// tests, so `pyroscope.profile.id` is set at the first enter
+    /// (`PYROSCOPE_PROFILE_ID_ALWAYS`); tests of the default switch it off.
     #[cfg(test)]
     pub(crate) fn with_scope(scope: SpanScope) -> Self {
         Self::new(LayerConfig {
@@ -248,7 +323,28 @@ impl SpanProfileLayer {
             trace_id_label: false,
             span_labels: std::sync::Arc::new([]),
             records: None,
+            wall: false,
+            profile_id_always: true,
         })
+    }
+
+    /// Switches awaiting time (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_wall(mut self, on: bool) -> Self {
+        if let Some(config) = &mut self.config {
+            config.wall = on;
+            self.wall = on;
+        }
+        self
+    }
+
+    /// Switches `PYROSCOPE_PROFILE_ID_ALWAYS` (active layers only).
+    #[cfg(test)]
+    pub(crate) fn with_profile_id_always(mut self, on: bool) -> Self {
+        if let Some(config) = &mut self.config {
+            config.profile_id_always = on;
+        }
+        self
     }
 
     /// Lists span fields that become labels (active layers only).
@@ -334,6 +430,7 @@ where
             name,
             resolved: OnceLock::new(),
             fields,
+            profile_id_set: std::sync::atomic::AtomicBool::new(false),
         });
     }
 
@@ -371,15 +468,15 @@ where
             return;
         }
         let span_id = id.into_u64();
-        if !stack::enter_cached(self.key(), span_id) {
+        if !stack::enter_cached(self.key(), span_id, self.wall) {
             self.enter_uncached(span_id, id, &ctx);
         }
     }
 
     #[inline(always)]
-    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        if self.active {
-            stack::exit(id.into_u64());
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        if self.active && stack::exit(id.into_u64(), self.wall) == stack::Exited::Sampled {
+            self.got_sample(id, &ctx);
         }
     }
 
@@ -389,6 +486,9 @@ where
         };
         // Before the Registry can hand this id to a new span.
         stack::closed(id.into_u64());
+        if config.wall {
+            self.close_awaiting(&id, &ctx);
+        }
         let LayerConfig {
             records: Some(records),
             scope,

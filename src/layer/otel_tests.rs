@@ -772,3 +772,104 @@ fn other_layers_and_events_still_work() {
     assert_eq!(attr(&spans[0]), Some(hex(seen.span_id)));
     assert_eq!(seen.span_id, span_id(&spans[0]));
 }
+
+/// 100 sub-millisecond root spans without a sample and 10 long ones with
+/// samples (counted as the signal handler counts them, some inside a
+/// child): with the default, exactly the 10 carry `pyroscope.profile.id`.
+fn profile_id_runs(layer: impl Fn() -> SpanProfileLayer) -> Vec<(Order, Vec<SpanData>)> {
+    OTEL_ORDERS
+        .into_iter()
+        .map(|order| {
+            let stack = Stack::new(order, layer(), Sampler::AlwaysOn);
+            stack.run(|| {
+                for i in 0..100u64 {
+                    tracing::info_span!("short").in_scope(|| std::hint::black_box(i));
+                }
+                for i in 0..10u64 {
+                    let root = tracing::info_span!("long");
+                    root.in_scope(|| {
+                        burn(i);
+                        if i % 2 == 0 {
+                            context::count_own_sample();
+                        } else {
+                            // A sample inside a child names the root.
+                            tracing::info_span!("long-child").in_scope(|| {
+                                burn(i);
+                                context::count_own_sample();
+                            });
+                        }
+                    });
+                    // A later enter without a sample changes nothing.
+                    root.in_scope(|| burn(i));
+                }
+            });
+            (order, stack.spans())
+        })
+        .collect()
+}
+
+#[test]
+fn profile_id_only_on_spans_with_samples() {
+    for scope in [SpanScope::Root, SpanScope::All] {
+        let runs =
+            profile_id_runs(|| SpanProfileLayer::with_scope(scope).with_profile_id_always(false));
+        for (order, spans) in runs {
+            let short: Vec<_> = spans.iter().filter(|s| s.name == "short").collect();
+            let long: Vec<_> = spans.iter().filter(|s| s.name == "long").collect();
+            assert_eq!((short.len(), long.len()), (100, 10));
+            let short_with = short.iter().filter(|s| attr(s).is_some()).count();
+            assert_eq!(
+                short_with, 0,
+                "{scope:?} {order:?}: short spans without samples"
+            );
+            for span in long {
+                assert_eq!(attr(span), Some(hex(span_id(span))), "{scope:?} {order:?}");
+            }
+            for child in spans.iter().filter(|s| s.name == "long-child") {
+                // Under scope all the child has its own id and the sample.
+                let want = (scope == SpanScope::All).then(|| hex(span_id(child)));
+                assert_eq!(attr(child), want, "{scope:?} {order:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn profile_id_always_restores_every_sampled_root() {
+    let runs = profile_id_runs(|| {
+        SpanProfileLayer::with_scope(SpanScope::Root).with_profile_id_always(true)
+    });
+    for (order, spans) in runs {
+        let roots: Vec<_> = spans.iter().filter(|s| s.name != "long-child").collect();
+        assert_eq!(roots.len(), 110);
+        for span in roots {
+            assert_eq!(attr(span), Some(hex(span_id(span))), "{order:?}");
+        }
+    }
+}
+
+#[test]
+fn awaiting_time_counts_as_a_sample() {
+    for order in OTEL_ORDERS {
+        let layer = SpanProfileLayer::with_scope(SpanScope::Root)
+            .with_profile_id_always(false)
+            .with_wall(true);
+        let stack = Stack::new(order, layer, Sampler::AlwaysOn);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        stack.run(|| {
+            rt.block_on(
+                async {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                .instrument(tracing::info_span!("awaits")),
+            );
+            tracing::info_span!("runs").in_scope(|| burn(1));
+        });
+        let awaits = stack.span("awaits");
+        assert_eq!(attr(&awaits), Some(hex(span_id(&awaits))), "{order:?}");
+        assert_eq!(attr(&stack.span("runs")), None, "{order:?}");
+    }
+}

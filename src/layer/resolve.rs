@@ -3,7 +3,7 @@
 //! under the configured scope, and the `pyroscope.profile.id` attribute.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -14,7 +14,8 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use super::fields::FieldState;
-use super::{stack, LayerConfig, SpanProfileLayer, OTEL_NAME_FIELD};
+use super::stack::Track;
+use super::{stack, wall, LayerConfig, SpanProfileLayer, OTEL_NAME_FIELD};
 use crate::config::SpanScope;
 use crate::context::{self, SpanLabels};
 
@@ -44,17 +45,21 @@ impl SpanProfileLayer {
         let cached = {
             let ext = span.extensions();
             match ext.get::<SpanData>() {
-                Some(data) => data.resolved.get().map(|r| r.labels),
+                Some(data) => data
+                    .resolved
+                    .get()
+                    .map(|r| (*r, data.profile_id_set.load(Ordering::Relaxed))),
                 None => return,
             }
         };
-        let labels = match cached {
-            Some(labels) => labels,
+        let (resolved, id_set) = match cached {
+            Some(cached) => cached,
             None => match self.resolve(config, &span) {
-                Some(resolved) => resolved.labels,
+                Some(resolved) => (resolved, config.profile_id_always),
                 None => return,
             },
         };
+        let labels = resolved.labels;
         // Span labels: the span's own fields merged over its ancestors'
         // (cached in the span; a span without any costs nothing here).
         let labels = if config.span_labels.is_empty() {
@@ -62,8 +67,93 @@ impl SpanProfileLayer {
         } else {
             labels.with_fields(self.slot_fields(&span, labels.name_id))
         };
-        stack::remember(self.key(), span_id, epoch, labels);
-        stack::enter(span_id, labels);
+        // Watch the sample count until the label owner has its profile
+        // id (a child learns that its owner has one at its first sampled
+        // exit, in `got_sample`).
+        let track = Track::new(
+            resolved.record,
+            resolved.chain,
+            labels.span_id != 0
+                && resolved.has_otel
+                && !config.profile_id_always
+                && !(resolved.own_id == labels.span_id && id_set),
+        );
+        if resolved.record != 0 {
+            wall::set_labels(resolved.record, labels);
+        }
+        stack::remember(self.key(), span_id, epoch, labels, track);
+        stack::enter(span_id, labels, track, self.wall);
+    }
+
+    /// A span exited after a sample was taken while it was entered (or it
+    /// ended an awaiting episode), and its label owner (itself, or its
+    /// local root under scope `root`) may still lack `pyroscope.profile.id`:
+    /// set it now, once per owner. Off the hot path: once per span and
+    /// thread at most.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn got_sample<S>(&self, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        stack::unwatch(self.key(), id.into_u64());
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let owner_id = {
+            let ext = span.extensions();
+            match ext.get::<SpanData>().and_then(|d| d.resolved.get()) {
+                Some(r) => r.labels.span_id,
+                None => return,
+            }
+        };
+        if owner_id == 0 {
+            return;
+        }
+        let mut owner = None;
+        for s in span.scope() {
+            let ext = s.extensions();
+            let Some(data) = ext.get::<SpanData>() else {
+                continue;
+            };
+            let Some(r) = data.resolved.get() else {
+                continue;
+            };
+            if r.own_id == owner_id {
+                if r.has_otel && !data.profile_id_set.swap(true, Ordering::AcqRel) {
+                    owner = Some(s.id());
+                }
+                break;
+            }
+        }
+        // No extension guard held: the OpenTelemetry layer takes its own.
+        if let Some(owner) = owner {
+            if let Some(cx) = self.otel_context(&owner) {
+                set_profile_id(&cx, owner_id);
+            }
+        }
+    }
+
+    /// A span closes: its awaiting record (if any) credits the last idle
+    /// episode, emits and is freed.
+    pub(super) fn close_awaiting<S>(&self, id: &Id, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let resolved = ctx.span(id).and_then(|span| {
+            let ext = span.extensions();
+            ext.get::<SpanData>()
+                .and_then(|d| d.resolved.get())
+                .copied()
+        });
+        if let Some(r) = resolved {
+            if r.chain != 0 {
+                stack::site_closed(r.chain, r.parent_chain);
+            }
+            if r.record != 0 {
+                wall::close(r.record);
+            }
+        }
     }
 
     /// Settles a span's labels (once; the first thread to finish wins).
@@ -140,28 +230,57 @@ impl SpanProfileLayer {
             } else {
                 parent.map(|p| p.labels).unwrap_or(SpanLabels::NONE)
             };
+            let parent_chain = match (&parent, local_root) {
+                (Some(p), false) => p.chain,
+                _ => 0,
+            };
+            let (chain, record) = if config.wall {
+                let chain = wall::chain(parent_chain, span.metadata());
+                let record = if own_labels_wanted && labels != SpanLabels::NONE {
+                    wall::alloc(chain, labels)
+                } else {
+                    0
+                };
+                (chain, record)
+            } else {
+                (0, 0)
+            };
             let resolved = Resolved {
                 labels,
                 own_id,
                 otel_trace_id,
                 local_root,
                 start,
+                has_otel,
+                chain,
+                parent_chain,
+                record,
             };
             match data.resolved.set(resolved) {
                 Ok(()) => Ok(resolved),
-                Err(_) => Err(data.resolved.get().copied()),
+                Err(_) => Err((data.resolved.get().copied(), record)),
             }
         };
         match won {
             Ok(resolved) => {
-                if own_id != 0 && has_otel {
+                // By default the id goes on at the first exit after the
+                // span's first sample (`got_sample`).
+                if config.profile_id_always && own_id != 0 && has_otel {
                     if let Some(cx) = &otel {
                         set_profile_id(cx, own_id);
+                        if let Some(data) = span.extensions().get::<SpanData>() {
+                            data.profile_id_set.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
                 Some(resolved)
             }
-            Err(other) => other,
+            Err((other, record)) => {
+                if record != 0 {
+                    wall::close(record);
+                }
+                other
+            }
         }
     }
 }
@@ -213,6 +332,9 @@ pub(super) struct SpanData {
     pub(super) resolved: OnceLock<Resolved>,
     /// Listed span-field values and the span's label-set caches.
     pub(super) fields: FieldState,
+    /// `pyroscope.profile.id` was set (by the first thread to see a
+    /// sample, or at the first enter with `PYROSCOPE_PROFILE_ID_ALWAYS`).
+    pub(super) profile_id_set: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -227,6 +349,14 @@ pub(super) struct Resolved {
     pub(super) local_root: bool,
     /// First enter (only measured in local-directory mode).
     pub(super) start: SystemTime,
+    /// The span has an OpenTelemetry context (its trace id is known).
+    pub(super) has_otel: bool,
+    /// Its chain (`wall.rs`): 0 with wall time off.
+    pub(super) chain: u32,
+    /// Its parent's chain, 0 for a local root.
+    pub(super) parent_chain: u32,
+    /// Its awaiting record (`wall.rs`): 0 for none.
+    pub(super) record: u32,
 }
 
 /// Finds an `otel.name` field value.

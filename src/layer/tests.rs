@@ -1,6 +1,7 @@
 //! Unit tests of the layer: its stack, cache, resolution and span records.
 
 use super::resolve::mint_span_id;
+use super::stack::Track;
 use super::*;
 use crate::context::{self, SpanLabels};
 use crate::stats::Counters;
@@ -15,24 +16,24 @@ fn labels(span_id: u64) -> SpanLabels {
 #[test]
 fn stack_in_order_and_out_of_order() {
     let base = context::replace(labels(1));
-    stack::enter(10, labels(2));
-    stack::enter(11, labels(3));
+    stack::enter(10, labels(2), Track::NONE, false);
+    stack::enter(11, labels(3), Track::NONE, false);
     assert_eq!(context::current(), labels(3));
     // Out of order: 10 exits while 11 runs.
-    stack::exit(10);
+    stack::exit(10, false);
     assert_eq!(context::current(), labels(3));
-    stack::exit(11);
+    stack::exit(11, false);
     assert_eq!(context::current(), labels(1));
     assert_eq!(stack::depth(), 0);
     // Re-entering the same span.
-    stack::enter(10, labels(2));
-    stack::enter(10, labels(2));
-    stack::exit(10);
+    stack::enter(10, labels(2), Track::NONE, false);
+    stack::enter(10, labels(2), Track::NONE, false);
+    stack::exit(10, false);
     assert_eq!(context::current(), labels(2));
-    stack::exit(10);
+    stack::exit(10, false);
     assert_eq!(context::current(), labels(1));
     // Unknown exits change nothing.
-    stack::exit(99);
+    stack::exit(99, false);
     assert_eq!(context::current(), labels(1));
     context::replace(base);
 }
@@ -41,11 +42,11 @@ fn stack_in_order_and_out_of_order() {
 fn stack_overflow_is_bounded_and_recovers() {
     let base = context::current();
     for i in 0..(stack::CAPACITY as u64 + 10) {
-        stack::enter(100 + i, labels(100 + i));
+        stack::enter(100 + i, labels(100 + i), Track::NONE, false);
     }
     assert_eq!(context::current(), labels(100 + stack::CAPACITY as u64 - 1));
     for i in (0..(stack::CAPACITY as u64 + 10)).rev() {
-        stack::exit(100 + i);
+        stack::exit(100 + i, false);
     }
     assert_eq!(context::current(), base);
     assert_eq!(stack::depth(), 0);
@@ -56,16 +57,16 @@ fn out_of_order_exit_while_overflowed_restores_the_slot() {
     let base = context::current();
     let cap = stack::CAPACITY as u64;
     for i in 0..cap {
-        stack::enter(200 + i, labels(200 + i));
+        stack::enter(200 + i, labels(200 + i), Track::NONE, false);
     }
     // One enter beyond the capacity, then the topmost stacked span exits
     // before it (out of order).
-    stack::enter(900, labels(900));
-    stack::exit(200 + cap - 1);
+    stack::enter(900, labels(900), Track::NONE, false);
+    stack::exit(200 + cap - 1, false);
     assert_eq!(context::current(), labels(200 + cap - 2));
-    stack::exit(900);
+    stack::exit(900, false);
     for i in (0..cap - 1).rev() {
-        stack::exit(200 + i);
+        stack::exit(200 + i, false);
     }
     assert_eq!(context::current(), base);
     assert_eq!(stack::depth(), 0);
@@ -75,13 +76,16 @@ fn out_of_order_exit_while_overflowed_restores_the_slot() {
 fn cache_entries_die_with_their_span() {
     let base = context::current();
     let epoch = stack::epoch(42);
-    stack::remember(7, 42, epoch, labels(5));
-    assert!(stack::enter_cached(7, 42));
+    stack::remember(7, 42, epoch, labels(5), Track::NONE);
+    assert!(stack::enter_cached(7, 42, false));
     assert_eq!(context::current(), labels(5));
-    stack::exit(42);
-    assert!(!stack::enter_cached(8, 42), "another subscriber's id 42");
+    stack::exit(42, false);
+    assert!(
+        !stack::enter_cached(8, 42, false),
+        "another subscriber's id 42"
+    );
     stack::closed(42);
-    assert!(!stack::enter_cached(7, 42), "span 42 closed");
+    assert!(!stack::enter_cached(7, 42, false), "span 42 closed");
     assert_eq!(context::current(), base);
 }
 
@@ -143,6 +147,8 @@ fn records_profiled_local_roots_on_close() {
         trace_id_label: false,
         span_labels: Arc::new([]),
         records: Some(SpanIndexQueue::new(tx, counters.clone())),
+        wall: false,
+        profile_id_always: false,
     });
     let subscriber = tracing_subscriber::registry().with(layer);
     let root_id = tracing::subscriber::with_default(subscriber, || {
@@ -183,6 +189,8 @@ fn records_carry_otel_ids() {
         trace_id_label: false,
         span_labels: Arc::new([]),
         records: Some(SpanIndexQueue::new(tx, Arc::new(Counters::default()))),
+        wall: false,
+        profile_id_always: false,
     });
     let subscriber = tracing_subscriber::registry()
         .with(layer)

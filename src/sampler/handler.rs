@@ -15,7 +15,8 @@
 //! the unwinder's cache to the same rule. What the handler calls outside
 //! this file is as small: the signal buffer's `claim`/`publish`
 //! (`buffer.rs`, atomics), `reclaim::enter`/`exit` (two atomic adds), the
-//! label arena's `read_slot`/`stack_of` (`context/slot.rs`, atomic loads)
+//! label arena's `read_slot`/`stack_of`/`count_sample` (`context/slot.rs`,
+//! atomic loads and one relaxed add)
 //! and the maps snapshot's lookups (`unwind.rs`, a binary search).
 //!
 //! Stack reads stay on the interrupted thread's live stack:
@@ -228,6 +229,8 @@ fn take_sample(
     let Some(mut claim) = buffer.claim() else {
         return; // counted as dropped by `claim`
     };
+    // The layer reads this count to learn that a span got a sample.
+    context::count_sample_in_signal_handler(slot_bits);
     let data = buffer.data(&mut claim);
     data.labels = labels;
     data.weight = weight;

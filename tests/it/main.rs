@@ -34,6 +34,7 @@ mod e2e_tokio_labels;
 mod e2e_traces_to_profiles;
 mod local_limits;
 mod no_span_warning;
+mod profile_id_sampled;
 mod profiler_threads;
 mod pyroscope_double;
 mod report;
@@ -54,6 +55,7 @@ mod server_acceptance;
 mod span_labels_budget;
 mod symbols_replaced_library;
 mod upload_faults;
+mod wall_awaiting;
 
 /// The sample distance `sampler_stress` profiles allocations at: none here
 /// (the `alloc_stress` binary installs the allocator wrapper and sets it).
