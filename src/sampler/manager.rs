@@ -6,6 +6,11 @@
 use super::handler::on_sigprof;
 use super::*;
 
+/// With wall time on: how long no thread may be seen inside a span before
+/// the manager ticks more slowly, and how slowly.
+const WALL_IDLE_AFTER: Duration = Duration::from_secs(1);
+const WALL_IDLE_TICK: Duration = Duration::from_millis(10);
+
 /// Installs our handler unless a foreign one is installed.
 pub(super) fn install_handler() -> Result<(), Error> {
     let ours = on_sigprof as *const () as libc::sighandler_t;
@@ -106,6 +111,7 @@ pub(super) fn publish_maps(maps: MapsSnapshot, retired: &mut Retired) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn manage(
     mut timers: timers::Timers,
     mut tables: unwind::TablesCache,
@@ -114,6 +120,7 @@ pub(super) fn manage(
     counters: Arc<RunCounters>,
     buffer: Arc<SampleBuffer>,
     asleep_on_cpu: Arc<AtomicBool>,
+    mut wall: Option<(wall::Wall<wall::Os>, Duration)>,
 ) {
     let mut loader_generation = {
         let p = UNWIND.load(Ordering::SeqCst);
@@ -137,8 +144,29 @@ pub(super) fn manage(
     let mut cpu_sleep = false;
     let mut cpu_sleep_refused = false;
     let mut idle_looks = 0u32;
+    // Wall time on: the manager also ticks at the sample rate (see
+    // `wall`), at most every `WALL_IDLE_TICK` while no thread was inside a
+    // span for `WALL_IDLE_AFTER`; the thread scans keep their own period.
+    let mut next_scan = std::time::Instant::now();
+    let mut wall_seen = std::time::Instant::now();
     loop {
-        if cpu_sleep {
+        if let Some((w, tick)) = wall.as_mut() {
+            let now = std::time::Instant::now();
+            let tick = if now.duration_since(wall_seen) < WALL_IDLE_AFTER {
+                *tick
+            } else {
+                (*tick).max(WALL_IDLE_TICK)
+            };
+            if stop.wait(tick.min(next_scan.saturating_duration_since(now))) {
+                break;
+            }
+            if w.tick() {
+                wall_seen = std::time::Instant::now();
+            }
+            if std::time::Instant::now() < next_scan {
+                continue;
+            }
+        } else if cpu_sleep {
             asleep_on_cpu.store(true, Ordering::SeqCst);
             if !stop.is_stopped() {
                 cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
@@ -153,6 +181,7 @@ pub(super) fn manage(
         cpu_sleep = false;
         if displaced {
             period = Duration::from_secs(1);
+            next_scan = std::time::Instant::now() + period;
             continue;
         }
         // Code loaded or unloaded (dlopen, dlclose)? Rebuild the unwinder.
@@ -237,7 +266,9 @@ pub(super) fn manage(
         if look.busy || look.threads_changed || stale_moved {
             idle_looks = 0;
             period = scan_period(timers.len());
-        } else if cpu_sleep_refused {
+        } else if cpu_sleep_refused || wall.is_some() {
+            // With wall time on the manager ticks anyway: no sleep on CPU
+            // time.
             period = activity::back_off(period);
         } else {
             idle_looks = idle_looks.saturating_add(1);
@@ -248,6 +279,10 @@ pub(super) fn manage(
             .retired
             .store(retired.len() as u64, Ordering::Relaxed);
         counters.reclaimed.store(retired.freed(), Ordering::Relaxed);
+        next_scan = std::time::Instant::now() + period;
+    }
+    if let Some((w, _)) = wall.as_mut() {
+        w.flush();
     }
     timers.clear();
     shut_down(&mut retired, buffer);

@@ -58,6 +58,7 @@ mod reclaim;
 mod stack;
 mod timers;
 mod unwind;
+pub(crate) mod wall;
 
 use buffer::SampleBuffer;
 pub(crate) use images::loaded_images;
@@ -184,6 +185,17 @@ pub(crate) struct SamplerStats {
     pub(crate) buffer_slots: u64,
 }
 
+/// How to start a [`Sampler`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    /// CPU samples per CPU-second of each thread; also the wall sampler's
+    /// ticks per second.
+    pub(crate) rate_hz: u32,
+    /// Measure the blocked and runnable time of threads inside spans
+    /// ([`wall`]).
+    pub(crate) wall: bool,
+}
+
 /// Counters one sampler's manager thread keeps.
 #[derive(Default)]
 struct RunCounters {
@@ -222,6 +234,15 @@ impl std::fmt::Debug for Sampler {
 impl Sampler {
     /// Starts sampling every thread at `rate_hz` samples per CPU-second.
     pub(crate) fn start(rate_hz: u32) -> Result<Sampler, Error> {
+        Self::start_with(Options {
+            rate_hz,
+            wall: false,
+        })
+    }
+
+    /// Starts sampling with `options`.
+    pub(crate) fn start_with(options: Options) -> Result<Sampler, Error> {
+        let rate_hz = options.rate_hz;
         if rate_hz == 0 {
             return Err(Error::config("sample_rate", "0", "1 to 1000 (Hz)"));
         }
@@ -234,7 +255,7 @@ impl Sampler {
                 "a tracing-pyroscope profiler is already running in this process",
             ));
         }
-        match Self::start_inner(rate_hz) {
+        match Self::start_inner(rate_hz, options.wall) {
             Ok(s) => Ok(s),
             Err(e) => {
                 RUNNING.store(false, Ordering::SeqCst);
@@ -243,7 +264,7 @@ impl Sampler {
         }
     }
 
-    fn start_inner(rate_hz: u32) -> Result<Sampler, Error> {
+    fn start_inner(rate_hz: u32, wall: bool) -> Result<Sampler, Error> {
         shared();
         install_handler()?;
         let mut retired = Retired::default();
@@ -321,6 +342,7 @@ impl Sampler {
                         counters,
                         buffer,
                         asleep_on_cpu,
+                        wall.then(|| (wall::start(), Duration::from_nanos(period_nanos))),
                     )
                 })
         };
