@@ -102,6 +102,8 @@ impl Builder {
     /// Default of [`profiles_dir_max_age`](Builder::profiles_dir_max_age)
     /// (24 h).
     pub const DEFAULT_PROFILES_DIR_MAX_AGE: Duration = config::DEFAULT_PROFILES_DIR_MAX_AGE;
+    /// Default mean bytes between sampled allocations (Go's `MemProfileRate`).
+    pub const DEFAULT_ALLOCATION_SAMPLE_BYTES: u64 = config::DEFAULT_ALLOCATION_SAMPLE_BYTES;
 
     /// A builder for the service `application_name` (Pyroscope's
     /// `service_name`; make it equal to OTel's `service.name`), with every
@@ -325,6 +327,52 @@ impl Builder {
         self
     }
 
+    /// The `wall` profile, beside the CPU profile: each span's wall time
+    /// split into running (the CPU samples), blocked (one stack per
+    /// blocking episode, read without a signal), `[runnable]` and
+    /// `[awaiting]` (an async span's task waiting to be polled). Off by
+    /// default; `PYROSCOPE_PROFILING_WALLTIME_ENABLED`.
+    pub fn wall_time(mut self, on: bool) -> Self {
+        self.config.wall_time = on;
+        self
+    }
+
+    /// The `memory` profile's allocations (`alloc_objects`, `alloc_space`),
+    /// sampled every [`allocation_sample_bytes`](Builder::allocation_sample_bytes)
+    /// on average by `tracing_pyroscope::Allocator`, which must be the
+    /// `#[global_allocator]`. Off by default;
+    /// `PYROSCOPE_PROFILING_ALLOCATION_ENABLED`.
+    pub fn allocations(mut self, on: bool) -> Self {
+        self.config.allocations = on;
+        self
+    }
+
+    /// The `memory` profile's live heap (`inuse_objects`, `inuse_space`):
+    /// sampled allocations not yet freed. Off by default;
+    /// `PYROSCOPE_PROFILING_HEAP_ENABLED`.
+    pub fn heap(mut self, on: bool) -> Self {
+        self.config.heap = on;
+        self
+    }
+
+    /// Mean bytes between sampled allocations, 512 B to 1 GiB. Default
+    /// [`DEFAULT_ALLOCATION_SAMPLE_BYTES`](Builder::DEFAULT_ALLOCATION_SAMPLE_BYTES)
+    /// (512 KiB, Go's `MemProfileRate`); `PYROSCOPE_ALLOCATION_SAMPLE_BYTES`.
+    pub fn allocation_sample_bytes(mut self, bytes: u64) -> Self {
+        self.config.allocation_sample_bytes = bytes;
+        self.config.names.allocation_sample_bytes = BUILDER_NAMES.allocation_sample_bytes;
+        self
+    }
+
+    /// Set `pyroscope.profile.id` on every sampled root span at its first
+    /// enter, as the Go and Java SDKs do, instead of only on spans that got
+    /// at least one sample (so that Grafana never offers an empty
+    /// profile). Default off; `PYROSCOPE_PROFILE_ID_ALWAYS`.
+    pub fn profile_id_always(mut self, on: bool) -> Self {
+        self.config.profile_id_always = on;
+        self
+    }
+
     /// `false` turns everything off: an inert layer and a no-op guard.
     pub fn enabled(mut self, on: bool) -> Self {
         self.config.enabled = on;
@@ -465,6 +513,9 @@ fn start_platform(
         labels: config.labels,
         records: records_rx,
         max_span_ids: config.max_span_ids,
+        wall_time: config.wall_time,
+        memory_period: (config.allocations || config.heap)
+            .then_some(config.allocation_sample_bytes),
     };
     let guard = collector::start(sampler, sinks, settings, counters).map_err(|e| {
         Error::new(ErrorKind::Os, "could not spawn the collector thread").with_source(e)

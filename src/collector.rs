@@ -29,8 +29,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::export::{Sink, SpanIndexRecord};
+use crate::profile::ProfileKind;
 use crate::stats::{Counters, Stats};
 use crate::sync::StopSignal;
+
+pub(crate) mod extra;
 
 /// Stops profiling when dropped: stops the timers, encodes the last partial
 /// interval and flushes it, within the shutdown timeout (default 5 s) even if
@@ -121,28 +124,55 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_millis(250);
 #[derive(Debug, Default)]
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
 struct SpanTally {
-    /// Samples, and the interval of the last one.
-    spans: HashMap<u64, (u64, u32)>,
+    /// What each span got, and the interval of its last sample.
+    spans: HashMap<u64, (SpanCost, u32)>,
     /// Intervals ended so far.
     interval: u32,
 }
 
+/// What one span's samples add up to, for its span index record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) struct SpanCost {
+    /// CPU samples (each one period of CPU time).
+    pub(crate) cpu_samples: u64,
+    /// Wall time off CPU: blocked and runnable.
+    pub(crate) off_cpu_nanos: u64,
+    /// Wall time awaiting (the span's task polled on no thread).
+    pub(crate) awaiting_nanos: u64,
+    /// Sampled bytes allocated (weighted).
+    pub(crate) alloc_bytes: u64,
+}
+
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+impl SpanCost {
+    fn add(&mut self, other: SpanCost) {
+        self.cpu_samples = self.cpu_samples.saturating_add(other.cpu_samples);
+        self.off_cpu_nanos = self.off_cpu_nanos.saturating_add(other.off_cpu_nanos);
+        self.awaiting_nanos = self.awaiting_nanos.saturating_add(other.awaiting_nanos);
+        self.alloc_bytes = self.alloc_bytes.saturating_add(other.alloc_bytes);
+    }
+}
+
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
 impl SpanTally {
-    fn add(&mut self, span_id: u64, weight: u64) {
+    fn add(&mut self, span_id: u64, cost: SpanCost) {
         if self.spans.len() >= MAX_TALLIED_SPANS && !self.spans.contains_key(&span_id) {
             return;
         }
-        let entry = self.spans.entry(span_id).or_insert((0, self.interval));
-        entry.0 += weight;
+        let entry = self
+            .spans
+            .entry(span_id)
+            .or_insert((SpanCost::default(), self.interval));
+        entry.0.add(cost);
         entry.1 = self.interval;
     }
 
     /// The span's samples so far, forgetting it.
-    fn take(&mut self, span_id: u64) -> u64 {
+    fn take(&mut self, span_id: u64) -> SpanCost {
         self.spans
             .remove(&span_id)
-            .map_or(0, |(samples, _)| samples)
+            .map_or(SpanCost::default(), |(cost, _)| cost)
     }
 
     /// Ends an interval: forgets ids without a sample in the last
@@ -153,6 +183,16 @@ impl SpanTally {
         self.spans
             .retain(|_, (_, last)| now.wrapping_sub(*last) < TALLY_INTERVALS);
     }
+}
+
+/// The leaf frame of awaiting time (wall profile).
+pub(crate) const AWAITING_FRAME: &str = "[awaiting]";
+
+/// `true` for a sample of an application thread inside a span: the
+/// samples the wall profile covers.
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+fn in_span(labels: &crate::context::SpanLabels) -> bool {
+    labels.profiler_thread().is_none() && (labels.span_id != 0 || labels.name_id != 0)
 }
 
 /// Upload intervals with samples of the application's threads, none of
@@ -245,6 +285,36 @@ mod linux {
         pub(crate) records: Receiver<SpanIndexRecord>,
         /// Distinct span ids one interval keeps.
         pub(crate) max_span_ids: usize,
+        /// Collect the `wall` profile.
+        pub(crate) wall_time: bool,
+        /// Collect the `memory` profile, with this mean distance in bytes
+        /// between sampled allocations (its period).
+        pub(crate) memory_period: Option<u64>,
+    }
+
+    /// One interval's profiles, one builder per kind collected.
+    struct Builders {
+        cpu: ProfileBuilder,
+        wall: Option<ProfileBuilder>,
+        memory: Option<ProfileBuilder>,
+    }
+
+    impl Builders {
+        fn of(&mut self, kind: ProfileKind) -> Option<&mut ProfileBuilder> {
+            match kind {
+                ProfileKind::Cpu => Some(&mut self.cpu),
+                ProfileKind::Wall => self.wall.as_mut(),
+                ProfileKind::Memory => self.memory.as_mut(),
+            }
+        }
+
+        fn span_id_overflows(&self) -> u64 {
+            [Some(&self.cpu), self.wall.as_ref(), self.memory.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(ProfileBuilder::span_id_overflows)
+                .sum()
+        }
     }
 
     /// Starts the collector thread over a running sampler.
@@ -255,7 +325,16 @@ mod linux {
         counters: Arc<Counters>,
     ) -> std::io::Result<ProfilerGuard> {
         let index = sinks.iter().any(|s| s.keeps_span_index());
+        let mut kinds = vec![ProfileKind::Cpu];
+        if settings.wall_time {
+            kinds.push(ProfileKind::Wall);
+        }
+        if settings.memory_period.is_some() {
+            kinds.push(ProfileKind::Memory);
+        }
+        extra::set_kinds(&kinds);
         let collector = Collector {
+            awaiting_frame: crate::profile::synthetic_frame(AWAITING_FRAME),
             period_nanos: sampler.period_nanos(),
             sampler,
             sinks,
@@ -264,6 +343,7 @@ mod linux {
             counters: counters.clone(),
             pending: Vec::new(),
             span_samples: SpanTally::default(),
+            base_extra_dropped: extra::dropped(),
             base_name_overflows: crate::context::name_overflows(),
             base_label_overflows: (
                 crate::context::value_overflows(),
@@ -319,6 +399,10 @@ mod linux {
         budget_clock: Instant,
         /// Whether any span was ever seen, for the one no-span warning.
         spanless: SpanlessWatch,
+        /// The frame value of [`AWAITING_FRAME`].
+        awaiting_frame: u64,
+        /// Extra samples dropped (process-wide) when this run started.
+        base_extra_dropped: u64,
     }
 
     impl Collector {
@@ -328,7 +412,7 @@ mod linux {
                 .take()
                 .unwrap_or_else(|| Symbolizer::with_images(crate::sampler::loaded_images));
             let mut interval_clock = Instant::now();
-            let mut builder = self.new_builder(SystemTime::now());
+            let mut builder = self.new_builders(SystemTime::now());
             let interval = self.settings.upload_interval;
             let mut backoff = DRAIN_PERIOD;
             let mut wait = DRAIN_PERIOD;
@@ -337,7 +421,7 @@ mod linux {
                 self.index_spans(false);
                 if interval_clock.elapsed() >= interval {
                     let now = SystemTime::now();
-                    let full = std::mem::replace(&mut builder, self.new_builder(now));
+                    let full = std::mem::replace(&mut builder, self.new_builders(now));
                     self.emit(full, now, &mut symbolizer);
                     self.span_samples.next_interval();
                     if self.spanless.end_interval() {
@@ -378,34 +462,86 @@ mod linux {
             self.drain(&mut builder);
             self.index_spans(true);
             self.emit(builder, SystemTime::now(), &mut symbolizer);
+            extra::set_kinds(&[]);
             for sink in std::mem::take(&mut self.sinks) {
                 sink.shutdown(deadline);
             }
             *lock(&SYMBOLIZER) = Some(symbolizer);
         }
 
-        fn new_builder(&self, start: SystemTime) -> ProfileBuilder {
-            ProfileBuilder::new(start, self.period_nanos as i64, self.settings.max_span_ids)
+        fn new_builders(&self, start: SystemTime) -> Builders {
+            let new = |kind, period: u64| {
+                ProfileBuilder::new(
+                    kind,
+                    start,
+                    i64::try_from(period).unwrap_or(i64::MAX),
+                    self.settings.max_span_ids,
+                )
+            };
+            Builders {
+                cpu: new(ProfileKind::Cpu, self.period_nanos),
+                wall: self
+                    .settings
+                    .wall_time
+                    .then(|| new(ProfileKind::Wall, self.period_nanos)),
+                memory: self
+                    .settings
+                    .memory_period
+                    .map(|bytes| new(ProfileKind::Memory, bytes)),
+            }
         }
 
         /// Returns the number of samples taken.
-        fn drain(&mut self, builder: &mut ProfileBuilder) -> usize {
+        fn drain(&mut self, builders: &mut Builders) -> usize {
             let span_samples = &mut self.span_samples;
             let spanless = &mut self.spanless;
             let tally = self.index;
+            let Builders { cpu, wall, .. } = builders;
+            let period = i64::try_from(self.period_nanos).unwrap_or(i64::MAX);
             let samples = self.sampler.drain(|labels, frames, weight| {
                 spanless.sample(&labels);
+                // A thread in a span is running: its wall time is its CPU
+                // time, on the same stack.
+                if let Some(wall) = wall.as_mut() {
+                    if in_span(&labels) {
+                        wall.add_values(
+                            labels,
+                            frames,
+                            ProfileKind::timer_values(u64::from(weight), period),
+                        );
+                    }
+                }
                 // The index counts only what the profile labels.
-                let labels = builder.add(labels, frames, u64::from(weight));
+                let labels = cpu.add(labels, frames, u64::from(weight));
                 if tally && labels.span_id != 0 {
-                    span_samples.add(labels.span_id, u64::from(weight));
+                    let cost = SpanCost {
+                        cpu_samples: u64::from(weight),
+                        ..SpanCost::default()
+                    };
+                    span_samples.add(labels.span_id, cost);
                 }
             });
+            let mut extras = 0;
+            for sample in extra::take() {
+                let Some(builder) = builders.of(sample.kind) else {
+                    continue;
+                };
+                extras += 1;
+                let labels = builder.add_values(sample.labels, &sample.frames, sample.values);
+                if tally && labels.span_id != 0 {
+                    let cost = self.cost_of(sample.kind, &sample.frames, sample.values);
+                    self.span_samples.add(labels.span_id, cost);
+                }
+            }
+            let samples = samples + extras;
             let stats = self.sampler.stats();
             let c = &self.counters;
             // The sampler's counters are its own run's (they start at 0).
             Counters::set(&c.samples, stats.taken);
-            Counters::set(&c.dropped_samples, stats.dropped);
+            Counters::set(
+                &c.dropped_samples,
+                stats.dropped + extra::dropped().saturating_sub(self.base_extra_dropped),
+            );
             Counters::set(&c.sigprof_conflicts, stats.handler_conflicts);
             Counters::set(&c.sampled_threads, stats.threads);
             Counters::set(
@@ -419,7 +555,7 @@ mod linux {
             );
             Counters::set(
                 &c.span_id_overflows,
-                self.id_overflows + builder.span_id_overflows(),
+                self.id_overflows + builders.span_id_overflows(),
             );
             Counters::set(
                 &c.label_set_overflows,
@@ -450,7 +586,10 @@ mod linux {
                 return;
             }
             for record in &mut ready {
-                record.cpu_samples = record.span_id().map_or(0, |id| self.span_samples.take(id));
+                let cost = record
+                    .span_id()
+                    .map_or(SpanCost::default(), |id| self.span_samples.take(id));
+                record.set_cost(cost, self.period_nanos);
             }
             let elapsed = self.budget_clock.elapsed().as_secs_f64();
             self.budget_clock = Instant::now();
@@ -459,7 +598,7 @@ mod linux {
             let before = ready.len();
             let budget = &mut self.unsampled_budget;
             ready.retain(|record| {
-                if record.cpu_samples > 0 {
+                if record.has_samples() {
                     return true;
                 }
                 let keep = *budget >= 1.0;
@@ -488,13 +627,45 @@ mod linux {
             }
         }
 
-        fn emit(&mut self, builder: ProfileBuilder, end: SystemTime, symbolizer: &mut Symbolizer) {
-            self.id_overflows += builder.span_id_overflows();
-            let profiles = if builder.is_empty() {
-                Vec::new()
-            } else {
-                builder.finish(end, symbolizer)
-            };
+        /// What one extra sample adds to its span's index record.
+        fn cost_of(
+            &self,
+            kind: ProfileKind,
+            frames: &[u64],
+            values: crate::profile::Values,
+        ) -> SpanCost {
+            let value = u64::try_from(values[1]).unwrap_or(0);
+            match kind {
+                ProfileKind::Cpu => SpanCost {
+                    cpu_samples: u64::try_from(values[0]).unwrap_or(0),
+                    ..SpanCost::default()
+                },
+                ProfileKind::Wall if frames.first() == Some(&self.awaiting_frame) => SpanCost {
+                    awaiting_nanos: value,
+                    ..SpanCost::default()
+                },
+                ProfileKind::Wall => SpanCost {
+                    off_cpu_nanos: value,
+                    ..SpanCost::default()
+                },
+                ProfileKind::Memory => SpanCost {
+                    alloc_bytes: value,
+                    ..SpanCost::default()
+                },
+            }
+        }
+
+        fn emit(&mut self, builders: Builders, end: SystemTime, symbolizer: &mut Symbolizer) {
+            self.id_overflows += builders.span_id_overflows();
+            let mut profiles = Vec::new();
+            for builder in [Some(builders.cpu), builders.wall, builders.memory]
+                .into_iter()
+                .flatten()
+            {
+                if !builder.is_empty() {
+                    profiles.extend(builder.finish(end, symbolizer));
+                }
+            }
             // The debug info of the objects used last is kept, within a
             // bound (`Symbolizer::end_interval`); the rest is let go. The
             // host's heap is left to its allocator (no `malloc_trim`: it
@@ -508,6 +679,7 @@ mod linux {
                 Counters::bump(&self.counters.profiles);
                 tracing::debug!(
                     target: "tracing_pyroscope",
+                    kind = profile.kind.name(),
                     samples = profile.samples,
                     bytes = profile.gzipped.len(),
                     seconds = profile

@@ -56,39 +56,49 @@ fn the_profilers_own_samples_are_not_the_applications() {
 #[test]
 fn a_tally_is_kept_while_its_span_gets_samples_and_forgotten_after() {
     let mut tally = SpanTally::default();
-    tally.add(1, 2);
-    tally.add(2, 1);
+    tally.add(1, cpu(2));
+    tally.add(2, cpu(1));
     // Span 1 keeps getting samples for longer than the horizon; span 2
     // (never closed, or its record dropped) gets none after the first.
     for _ in 0..TALLY_INTERVALS * 2 {
         tally.next_interval();
-        tally.add(1, 1);
+        tally.add(1, cpu(1));
     }
-    assert_eq!(tally.take(2), 0, "span 2's tally was forgotten");
-    assert_eq!(tally.take(1), 2 + u64::from(TALLY_INTERVALS) * 2);
-    assert_eq!(tally.take(1), 0, "taking forgets");
+    assert_eq!(tally.take(2).cpu_samples, 0, "span 2's tally was forgotten");
+    assert_eq!(
+        tally.take(1).cpu_samples,
+        2 + u64::from(TALLY_INTERVALS) * 2
+    );
+    assert_eq!(tally.take(1).cpu_samples, 0, "taking forgets");
     // Within the horizon a span's samples are all there.
-    tally.add(3, 5);
+    tally.add(3, cpu(5));
     for _ in 0..TALLY_INTERVALS - 1 {
         tally.next_interval();
     }
-    assert_eq!(tally.take(3), 5);
+    assert_eq!(tally.take(3).cpu_samples, 5);
 }
 
 #[test]
 fn a_full_tally_takes_no_new_ids_but_counts_known_ones() {
     let mut tally = SpanTally::default();
     for id in 1..=MAX_TALLIED_SPANS as u64 {
-        tally.add(id, 1);
+        tally.add(id, cpu(1));
     }
-    tally.add(u64::MAX, 1);
-    tally.add(1, 1);
-    assert_eq!(tally.take(u64::MAX), 0);
-    assert_eq!(tally.take(1), 2);
+    tally.add(u64::MAX, cpu(1));
+    tally.add(1, cpu(1));
+    assert_eq!(tally.take(u64::MAX).cpu_samples, 0);
+    assert_eq!(tally.take(1).cpu_samples, 2);
     // Room again once stale ids age out.
     for _ in 0..TALLY_INTERVALS {
         tally.next_interval();
     }
-    tally.add(u64::MAX, 1);
-    assert_eq!(tally.take(u64::MAX), 1);
+    tally.add(u64::MAX, cpu(1));
+    assert_eq!(tally.take(u64::MAX).cpu_samples, 1);
+}
+
+fn cpu(samples: u64) -> SpanCost {
+    SpanCost {
+        cpu_samples: samples,
+        ..SpanCost::default()
+    }
 }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use percent_encoding::percent_decode_str;
 
 use super::validate::{Names, ENV_NAMES};
-use super::{Config, SpanScope, MAX_SPAN_IDS_MAX, MAX_SPAN_NAMES_MAX, SAMPLE_RATE_MAX};
+use super::{
+    Config, SpanScope, ALLOCATION_SAMPLE_BYTES_MIN, MAX_SPAN_IDS_MAX, MAX_SPAN_NAMES_MAX,
+    SAMPLE_RATE_MAX,
+};
 use crate::error::Error;
 use crate::secret::Secret;
 use std::time::Duration;
@@ -134,6 +137,29 @@ pub(crate) fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, E
     }
     if let Some(v) = get("PYROSCOPE_TRACE_ID_LABEL") {
         config.trace_id_label = parse_bool("PYROSCOPE_TRACE_ID_LABEL", &v)?;
+    }
+    if let Some(v) = get("PYROSCOPE_PROFILING_WALLTIME_ENABLED") {
+        config.wall_time = parse_bool("PYROSCOPE_PROFILING_WALLTIME_ENABLED", &v)?;
+    }
+    if let Some(v) = get("PYROSCOPE_PROFILING_ALLOCATION_ENABLED") {
+        config.allocations = parse_bool("PYROSCOPE_PROFILING_ALLOCATION_ENABLED", &v)?;
+    }
+    if let Some(v) = get("PYROSCOPE_PROFILING_HEAP_ENABLED") {
+        config.heap = parse_bool("PYROSCOPE_PROFILING_HEAP_ENABLED", &v)?;
+    }
+    if let Some(v) = get("PYROSCOPE_ALLOCATION_SAMPLE_BYTES") {
+        config.allocation_sample_bytes = parse_size(&v).ok_or_else(|| {
+            Error::config(
+                "PYROSCOPE_ALLOCATION_SAMPLE_BYTES",
+                &v,
+                &format!(
+                    "a size from {ALLOCATION_SAMPLE_BYTES_MIN} bytes to 1GiB such as 512KiB, 32KiB or a number of bytes"
+                ),
+            )
+        })?;
+    }
+    if let Some(v) = get("PYROSCOPE_PROFILE_ID_ALWAYS") {
+        config.profile_id_always = parse_bool("PYROSCOPE_PROFILE_ID_ALWAYS", &v)?;
     }
 
     config.names = Names {

@@ -82,6 +82,18 @@ pub(crate) struct Config {
     pub(crate) profiles_dir_max_age: Duration,
     /// Bound on how long dropping the guard may take.
     pub(crate) shutdown_timeout: Duration,
+    /// The `wall` profile (running, blocked, runnable and awaiting time of
+    /// spans).
+    pub(crate) wall_time: bool,
+    /// The `memory` profile's allocations (needs [`crate::Allocator`]).
+    pub(crate) allocations: bool,
+    /// The `memory` profile's live heap (`inuse_*`).
+    pub(crate) heap: bool,
+    /// Mean bytes between sampled allocations.
+    pub(crate) allocation_sample_bytes: u64,
+    /// `pyroscope.profile.id` on every sampled root span at its first
+    /// enter, not only on spans that got a sample.
+    pub(crate) profile_id_always: bool,
     /// What each field is called in error messages (environment variables
     /// or builder methods).
     pub(crate) names: Names,
@@ -100,6 +112,11 @@ pub(crate) const UPLOAD_INTERVAL_MAX: Duration = Duration::from_secs(600);
 /// series per tenant).
 pub(crate) const MAX_SPAN_NAMES_MAX: usize = 500;
 pub(crate) const SHUTDOWN_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// Default mean distance between sampled allocations: Go's `MemProfileRate`.
+pub(crate) const DEFAULT_ALLOCATION_SAMPLE_BYTES: u64 = 512 * 1024;
+/// Bounds of the mean distance between sampled allocations.
+pub(crate) const ALLOCATION_SAMPLE_BYTES_MIN: u64 = 512;
+pub(crate) const ALLOCATION_SAMPLE_BYTES_MAX: u64 = 1 << 30;
 /// Default cap on distinct span ids per interval
 /// ([`Builder::DEFAULT_MAX_SPAN_IDS`]). At the
 /// default 100 Hz and 10 s interval a busy thread takes 1000 samples per
@@ -148,6 +165,11 @@ impl Config {
             profiles_dir_max_size: Builder::DEFAULT_PROFILES_DIR_MAX_SIZE,
             profiles_dir_max_age: Builder::DEFAULT_PROFILES_DIR_MAX_AGE,
             shutdown_timeout: Builder::DEFAULT_SHUTDOWN_TIMEOUT,
+            wall_time: false,
+            allocations: false,
+            heap: false,
+            allocation_sample_bytes: Builder::DEFAULT_ALLOCATION_SAMPLE_BYTES,
+            profile_id_always: false,
             names: BUILDER_NAMES,
         }
     }

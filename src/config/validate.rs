@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use super::{
-    Config, FIXED_SERIES_LABELS, MAX_LABEL_NAME_LEN, MAX_LABEL_VALUE_LEN, MAX_SERIES_LABELS,
-    MAX_SPAN_IDS_MAX, MAX_SPAN_NAMES_MAX, PROFILES_DIR_MAX_AGE_MIN, PROFILES_DIR_MAX_SIZE_MIN,
-    SAMPLE_RATE_MAX, SHUTDOWN_TIMEOUT_MAX, UPLOAD_INTERVAL_MAX, UPLOAD_INTERVAL_MIN,
+    Config, ALLOCATION_SAMPLE_BYTES_MAX, ALLOCATION_SAMPLE_BYTES_MIN, FIXED_SERIES_LABELS,
+    MAX_LABEL_NAME_LEN, MAX_LABEL_VALUE_LEN, MAX_SERIES_LABELS, MAX_SPAN_IDS_MAX,
+    MAX_SPAN_NAMES_MAX, PROFILES_DIR_MAX_AGE_MIN, PROFILES_DIR_MAX_SIZE_MIN, SAMPLE_RATE_MAX,
+    SHUTDOWN_TIMEOUT_MAX, UPLOAD_INTERVAL_MAX, UPLOAD_INTERVAL_MIN,
 };
 use crate::context::keys;
 use crate::error::Error;
@@ -31,6 +32,7 @@ pub(crate) struct Names {
     pub(crate) max_span_ids: &'static str,
     pub(crate) profiles_dir_max_size: &'static str,
     pub(crate) profiles_dir_max_age: &'static str,
+    pub(crate) allocation_sample_bytes: &'static str,
 }
 
 pub(crate) const ENV_NAMES: Names = Names {
@@ -50,6 +52,7 @@ pub(crate) const ENV_NAMES: Names = Names {
     max_span_ids: "PYROSCOPE_MAX_SPAN_IDS",
     profiles_dir_max_size: "PYROSCOPE_PROFILES_DIR_MAX_SIZE",
     profiles_dir_max_age: "PYROSCOPE_PROFILES_DIR_MAX_AGE",
+    allocation_sample_bytes: "PYROSCOPE_ALLOCATION_SAMPLE_BYTES",
 };
 
 pub(crate) const BUILDER_NAMES: Names = Names {
@@ -69,6 +72,7 @@ pub(crate) const BUILDER_NAMES: Names = Names {
     max_span_ids: "Builder::max_span_ids",
     profiles_dir_max_size: "Builder::profiles_dir_max_size",
     profiles_dir_max_age: "Builder::profiles_dir_max_age",
+    allocation_sample_bytes: "Builder::allocation_sample_bytes",
 };
 
 /// Label names the crate sets itself (series labels and sample labels), so
@@ -183,6 +187,17 @@ impl Config {
                 names.profiles_dir_max_size,
                 &self.profiles_dir_max_size.to_string(),
                 "a size of at least 64KiB, e.g. 512MiB, 2GiB or 100MB",
+            ));
+        }
+        if !(ALLOCATION_SAMPLE_BYTES_MIN..=ALLOCATION_SAMPLE_BYTES_MAX)
+            .contains(&self.allocation_sample_bytes)
+        {
+            return Err(Error::config(
+                names.allocation_sample_bytes,
+                &self.allocation_sample_bytes.to_string(),
+                &format!(
+                    "a size from {ALLOCATION_SAMPLE_BYTES_MIN} bytes to 1GiB, e.g. 512KiB or 32KiB"
+                ),
             ));
         }
         if self.profiles_dir_max_age < PROFILES_DIR_MAX_AGE_MIN {

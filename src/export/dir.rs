@@ -193,8 +193,9 @@ impl DirSink {
         self.total = total;
     }
 
-    /// Writes `DIR/<service>-<start_unix_ms>-<pid>-<seq>.pb.gz` atomically
-    /// and returns its path.
+    /// Writes `DIR/<service>-<start_unix_ms>-<pid>-<seq><kind>.pb.gz`
+    /// atomically and returns its path; `<kind>` is empty for CPU
+    /// profiles, `.wall` or `.memory` for the others.
     pub(crate) fn write_profile(&self, service: &str, p: &EncodedProfile) -> io::Result<PathBuf> {
         let start_ms = p
             .start
@@ -202,7 +203,12 @@ impl DirSink {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{start_ms}-{}-{seq}.pb.gz", file_safe(service), self.pid);
+        let name = format!(
+            "{}-{start_ms}-{}-{seq}{}.pb.gz",
+            file_safe(service),
+            self.pid,
+            p.kind.file_suffix()
+        );
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let written = fs::write(&tmp, &p.gzipped).and_then(|()| fs::rename(&tmp, &path));

@@ -61,6 +61,18 @@ pub(crate) struct SpanIndexRecord {
     /// CPU samples that carried this span's id.
     #[serde(default)]
     pub(crate) cpu_samples: u64,
+    /// The CPU sampling period, so that `cpu_samples` reads as time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) cpu_period_nanos: u64,
+    /// Wall time off CPU (blocked and runnable), from the `wall` profile.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) off_cpu_nanos: u64,
+    /// Wall time awaiting (the span's task polled on no thread).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) awaiting_nanos: u64,
+    /// Bytes allocated, from the `memory` profile's samples (weighted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) alloc_bytes: u64,
     /// The process that wrote the line.
     #[serde(default)]
     pub(crate) pid: u32,
@@ -89,6 +101,25 @@ impl SpanIndexRecord {
     /// The span id as a number; `None` if the line holds no valid id.
     pub(crate) fn span_id(&self) -> Option<u64> {
         normalize_hex(&self.span_id, 16).and_then(|h| u64::from_str_radix(&h, 16).ok())
+    }
+
+    /// Fills in what the span's samples add up to.
+    #[cfg_attr(not(tp_sampler), allow(dead_code))]
+    pub(crate) fn set_cost(&mut self, cost: crate::collector::SpanCost, period_nanos: u64) {
+        self.cpu_samples = cost.cpu_samples;
+        self.cpu_period_nanos = period_nanos;
+        self.off_cpu_nanos = cost.off_cpu_nanos;
+        self.awaiting_nanos = cost.awaiting_nanos;
+        self.alloc_bytes = cost.alloc_bytes;
+    }
+
+    /// `true` if the span got a sample of any profile type.
+    #[cfg_attr(not(tp_sampler), allow(dead_code))]
+    pub(crate) fn has_samples(&self) -> bool {
+        self.cpu_samples > 0
+            || self.off_cpu_nanos > 0
+            || self.awaiting_nanos > 0
+            || self.alloc_bytes > 0
     }
 
     /// One JSON line, without the newline.
@@ -120,6 +151,10 @@ pub(crate) fn normalize_hex(s: &str, len: usize) -> Option<String> {
     let ok = s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
     let lower = s.to_ascii_lowercase();
     (ok && lower.bytes().any(|b| b != b'0')).then_some(lower)
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::encode::{Chunk, Header, MAX_PROFILE_BYTES, MAX_SAMPLES_PER_PROFILE, MAX_STACK_DEPTH};
+use super::kind::{ProfileKind, Values};
 use super::symbolize::{lookup_address, Resolved, Symbolizer};
+use super::synthetic::is_synthetic;
 use super::EncodedProfile;
 use crate::context::SpanLabels;
 
@@ -24,10 +26,11 @@ use crate::context::SpanLabels;
 /// once, so adding a repeated stack allocates nothing.
 #[derive(Debug)]
 pub(crate) struct ProfileBuilder {
+    kind: ProfileKind,
     start: SystemTime,
     period_nanos: i64,
     stack_ids: HashMap<Box<[u64]>, usize>,
-    counts: HashMap<(usize, SpanLabels), u64>,
+    counts: HashMap<(usize, SpanLabels), Values>,
     samples: u64,
     /// Distinct span ids kept so far, at most `max_span_ids`.
     span_ids: HashSet<u64>,
@@ -37,11 +40,18 @@ pub(crate) struct ProfileBuilder {
 }
 
 impl ProfileBuilder {
-    /// An empty profile for the interval starting at `start`; every sample
-    /// stands for `period_nanos` of CPU time; at most `max_span_ids`
-    /// distinct span ids keep their label.
-    pub(crate) fn new(start: SystemTime, period_nanos: i64, max_span_ids: usize) -> Self {
+    /// An empty profile of `kind` for the interval starting at `start`,
+    /// whose pprof `period` is `period_nanos` (nanoseconds of CPU or wall
+    /// time per timer sample; bytes between allocation samples); at most
+    /// `max_span_ids` distinct span ids keep their label.
+    pub(crate) fn new(
+        kind: ProfileKind,
+        start: SystemTime,
+        period_nanos: i64,
+        max_span_ids: usize,
+    ) -> Self {
         ProfileBuilder {
+            kind,
             start,
             period_nanos,
             stack_ids: HashMap::new(),
@@ -68,6 +78,28 @@ impl ProfileBuilder {
         if count == 0 {
             return labels;
         }
+        self.add_values(
+            labels,
+            frames,
+            ProfileKind::timer_values(count, self.period_nanos),
+        )
+    }
+
+    /// Adds a sample of a stack with `labels` and `values` (in the kind's
+    /// sample-type order; the first is its count): the general form of
+    /// [`add`](Self::add), for wall and memory samples, whose values are
+    /// not a whole number of periods. Frames may be synthetic
+    /// ([`synthetic_frame`](super::synthetic_frame)).
+    pub(crate) fn add_values(
+        &mut self,
+        labels: SpanLabels,
+        frames: &[u64],
+        values: Values,
+    ) -> SpanLabels {
+        if values.iter().all(|&v| v == 0) {
+            return labels;
+        }
+        let count = u64::try_from(values[0]).unwrap_or(0);
         let labels = self.cap_span_id(labels, count);
         let depth = MAX_STACK_DEPTH - usize::from(labels.profiler_thread().is_some());
         let stack = &frames[..frames.len().min(depth)];
@@ -79,8 +111,10 @@ impl ProfileBuilder {
                 id
             }
         };
-        let total = self.counts.entry((id, labels)).or_insert(0);
-        *total = total.saturating_add(count);
+        let total = self.counts.entry((id, labels)).or_insert([0; 4]);
+        for (t, v) in total.iter_mut().zip(values) {
+            *t = t.saturating_add(v);
+        }
         self.samples = self.samples.saturating_add(count);
         labels
     }
@@ -140,10 +174,10 @@ impl ProfileBuilder {
         for (stack, id) in self.stack_ids {
             stacks[id] = stack;
         }
-        let mut entries: Vec<((usize, SpanLabels), u64)> = self.counts.into_iter().collect();
+        let mut entries: Vec<((usize, SpanLabels), Values)> = self.counts.into_iter().collect();
         entries.sort_unstable_by_key(|&((stack, labels), _)| (stack, labels));
 
-        let header = Header::new(self.start, end, self.period_nanos);
+        let header = Header::new(self.kind, self.start, end, self.period_nanos);
         let mut out = Vec::new();
         let mut chunk = Chunk::new(&header);
         // New addresses are symbolized in address order first (see
@@ -161,14 +195,21 @@ impl ProfileBuilder {
                     stack
                         .iter()
                         .enumerate()
+                        .filter(|&(_, &addr)| !is_synthetic(addr))
                         .map(|(i, &addr)| lookup_address(addr, i > 0))
                 }),
         );
         let mut resolved: Vec<(u64, bool, Arc<Resolved>)> = Vec::new();
-        for ((stack_id, labels), count) in entries {
+        let no_symbol = Arc::new(Resolved::default());
+        for ((stack_id, labels), values) in entries {
             resolved.clear();
             let own = labels.profiler_thread().is_some();
             for (i, &addr) in stacks[stack_id].iter().enumerate() {
+                if is_synthetic(addr) {
+                    // The encoder names it; nothing to look up.
+                    resolved.push((addr, false, no_symbol.clone()));
+                    continue;
+                }
                 let is_return = i > 0;
                 let probe = lookup_address(addr, is_return);
                 let r = if own {
@@ -184,13 +225,13 @@ impl ProfileBuilder {
                 chunk = Chunk::new(&header);
             }
             let checkpoint = chunk.checkpoint();
-            chunk.add_sample(&resolved, labels, count, self.period_nanos);
+            chunk.add_sample(&resolved, labels, values);
             if chunk.size > MAX_PROFILE_BYTES && checkpoint.samples > 0 {
                 // Does not fit: undo, close this profile, start the next.
                 chunk.rollback(checkpoint);
                 out.extend(chunk.encode(&header));
                 chunk = Chunk::new(&header);
-                chunk.add_sample(&resolved, labels, count, self.period_nanos);
+                chunk.add_sample(&resolved, labels, values);
             }
         }
         out.extend(chunk.encode(&header));

@@ -25,9 +25,11 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
+use super::kind::{ProfileKind, Values};
 use super::names::readable;
 use super::proto;
 use super::symbolize::Resolved;
+use super::synthetic::{is_synthetic, synthetic_name};
 use super::EncodedProfile;
 use crate::context::{keys, ProfilerThread, SpanLabels};
 
@@ -60,6 +62,7 @@ pub(crate) fn decode_gzipped(bytes: &[u8]) -> std::io::Result<proto::Profile> {
 
 /// What every profile of one interval shares.
 pub(super) struct Header {
+    kind: ProfileKind,
     start: SystemTime,
     end: SystemTime,
     time_nanos: i64,
@@ -68,9 +71,15 @@ pub(super) struct Header {
 }
 
 impl Header {
-    pub(super) fn new(start: SystemTime, end: SystemTime, period_nanos: i64) -> Self {
+    pub(super) fn new(
+        kind: ProfileKind,
+        start: SystemTime,
+        end: SystemTime,
+        period_nanos: i64,
+    ) -> Self {
         let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         Header {
+            kind,
             start,
             end,
             time_nanos: start.duration_since(UNIX_EPOCH).map(nanos).unwrap_or(0),
@@ -99,6 +108,8 @@ const SYNTHETIC_MAPPING_KEY: u64 = u64::MAX;
 enum LocationKey {
     Address(u64, bool),
     Root(ProfilerThread),
+    /// A [`synthetic_frame`](super::synthetic_frame) value.
+    Synthetic(u64),
 }
 
 /// The rollback point of a [`Chunk`] before adding one sample.
@@ -154,25 +165,23 @@ impl Chunk {
             new_labels: Vec::new(),
         };
         chunk.string(""); // string_table[0] must be "".
-        let samples = chunk.string("samples");
-        let count = chunk.string("count");
-        let cpu = chunk.string("cpu");
-        let nanoseconds = chunk.string("nanoseconds");
+        let mut value_type = |(t, u): (&str, &str)| proto::ValueType {
+            r#type: chunk.string(t),
+            unit: chunk.string(u),
+        };
+        // CPU's strings come first, in the order they always had.
+        let sample_type: Vec<proto::ValueType> = header
+            .kind
+            .sample_types()
+            .iter()
+            .map(|&t| value_type(t))
+            .collect();
+        let period_type = value_type(header.kind.period_type());
         for key in keys::ALL {
             chunk.string(key);
         }
-        let cpu_ns = proto::ValueType {
-            r#type: cpu,
-            unit: nanoseconds,
-        };
-        chunk.profile.sample_type = vec![
-            proto::ValueType {
-                r#type: samples,
-                unit: count,
-            },
-            cpu_ns,
-        ];
-        chunk.profile.period_type = Some(cpu_ns);
+        chunk.profile.sample_type = sample_type;
+        chunk.profile.period_type = Some(period_type);
         chunk.profile.period = header.period_nanos;
         chunk.profile.time_nanos = header.time_nanos;
         chunk.profile.duration_nanos = header.duration_nanos;
@@ -334,7 +343,11 @@ impl Chunk {
 
     /// The root frame of samples taken on `thread`.
     fn root_location(&mut self, thread: ProfilerThread) -> u64 {
-        let key = LocationKey::Root(thread);
+        self.synthetic_location(LocationKey::Root(thread), thread.frame_name())
+    }
+
+    /// A frame named `name` in the synthetic mapping, at address 0.
+    fn synthetic_location(&mut self, key: LocationKey, name: &str) -> u64 {
         if let Some(&id) = self.locations.get(&key) {
             return id;
         }
@@ -359,7 +372,7 @@ impl Chunk {
                 id
             }
         };
-        let name: Arc<str> = Arc::from(thread.frame_name());
+        let name: Arc<str> = Arc::from(name);
         let line = vec![proto::Line {
             function_id: self.function(&name, &Arc::from("")),
             line: 0,
@@ -409,26 +422,35 @@ impl Chunk {
         &mut self,
         stack: &[(u64, bool, Arc<Resolved>)],
         labels: SpanLabels,
-        count: u64,
-        period_nanos: i64,
+        values: Values,
     ) {
         let mut location_id: Vec<u64> = stack
             .iter()
-            .map(|(addr, is_return, r)| self.location(*addr, *is_return, r))
+            .map(|(addr, is_return, r)| {
+                if is_synthetic(*addr) {
+                    let name = synthetic_name(*addr);
+                    let name = name.as_deref().unwrap_or("[unknown]");
+                    self.synthetic_location(LocationKey::Synthetic(*addr), name)
+                } else {
+                    self.location(*addr, *is_return, r)
+                }
+            })
             .collect();
         if let Some(thread) = labels.profiler_thread() {
             location_id.push(self.root_location(thread)); // leaf first: root last
         }
         let label = self.labels(labels);
-        let count_i = i64::try_from(count).unwrap_or(i64::MAX);
+        let n = self.profile.sample_type.len();
         let sample = proto::Sample {
             location_id,
-            value: vec![count_i, count_i.saturating_mul(period_nanos)],
+            value: values[..n].to_vec(),
             label,
         };
         self.size += field_len(sample.encoded_len());
         self.profile.sample.push(sample);
-        self.total = self.total.saturating_add(count);
+        self.total = self
+            .total
+            .saturating_add(u64::try_from(values[0]).unwrap_or(0));
     }
 
     /// Gzips the profile; `None` if it has no sample.
@@ -448,6 +470,7 @@ impl Chunk {
         gz.write_all(&raw).ok()?;
         let gzipped = gz.finish().ok()?;
         Some(EncodedProfile {
+            kind: header.kind,
             gzipped,
             start: header.start,
             end: header.end,

@@ -34,16 +34,20 @@ mod aggregate;
 #[cfg(tp_sampler)]
 mod dwarf;
 mod encode;
+mod kind;
 mod names;
 #[cfg(test)]
 mod proptests;
 pub(crate) mod proto;
 mod symbolize;
+mod synthetic;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use aggregate::ProfileBuilder;
+pub(crate) use kind::{ProfileKind, Values};
 pub(crate) use symbolize::{LoadedImage, Symbolizer};
+pub(crate) use synthetic::synthetic_frame;
 
 /// What [`encode_synthetic`] measured.
 #[cfg(test)]
@@ -69,7 +73,12 @@ pub(crate) struct SyntheticEncoding {
 pub(crate) fn encode_synthetic(pairs: usize, stacks: usize, depth: usize) -> SyntheticEncoding {
     let base = encode_synthetic as *const () as u64;
     let stacks = stacks.max(1);
-    let mut builder = ProfileBuilder::new(SystemTime::now(), 10_000_000, pairs.max(1));
+    let mut builder = ProfileBuilder::new(
+        crate::profile::ProfileKind::Cpu,
+        SystemTime::now(),
+        10_000_000,
+        pairs.max(1),
+    );
     let mut frames = Vec::with_capacity(depth);
     for i in 0..pairs {
         frames.clear();
@@ -93,6 +102,8 @@ pub(crate) fn encode_synthetic(pairs: usize, stacks: usize, depth: usize) -> Syn
 /// One gzipped pprof profile, ready for a sink.
 #[derive(Clone, Debug)]
 pub(crate) struct EncodedProfile {
+    /// Its profile type (`__name__`, sample types).
+    pub(crate) kind: ProfileKind,
     /// gzip of an encoded `proto::Profile`.
     pub(crate) gzipped: Vec<u8>,
     /// Start of the interval (`time_nanos`).

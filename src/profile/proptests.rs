@@ -317,7 +317,8 @@ fn encoder_round_trips_and_the_double_accepts_it() {
             case.set(case.get() + 1);
             let start = SystemTime::now();
             let end = start + Duration::from_secs(10);
-            let mut builder = ProfileBuilder::new(start, period, usize::MAX);
+            let mut builder =
+                ProfileBuilder::new(crate::profile::ProfileKind::Cpu, start, period, usize::MAX);
             for (stack, labels, count) in &samples {
                 builder.add(*labels, stack, *count);
             }
@@ -377,7 +378,12 @@ fn intervals_past_the_sample_limit_split_and_round_trip() {
                 .collect();
             let start = SystemTime::now();
             let end = start + Duration::from_secs(10);
-            let mut builder = ProfileBuilder::new(start, 10_000_000, usize::MAX);
+            let mut builder = ProfileBuilder::new(
+                crate::profile::ProfileKind::Cpu,
+                start,
+                10_000_000,
+                usize::MAX,
+            );
             for (stack, labels, count) in &samples {
                 builder.add(*labels, stack, *count);
             }

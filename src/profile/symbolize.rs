@@ -107,7 +107,7 @@ pub(crate) struct LoadedImage {
 }
 
 /// Everything known about one address.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Resolved {
     /// Never empty; innermost (inlined) frame first.
     pub(crate) frames: Vec<SymbolFrame>,

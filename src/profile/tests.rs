@@ -82,7 +82,12 @@ mod encoding {
 
     fn build_labelled() -> (Vec<EncodedProfile>, u32) {
         let name_id = context::intern_name("GET /car");
-        let mut b = ProfileBuilder::new(at(1_700_000_000), PERIOD, 1_000_000);
+        let mut b = ProfileBuilder::new(
+            crate::profile::ProfileKind::Cpu,
+            at(1_700_000_000),
+            PERIOD,
+            1_000_000,
+        );
         assert!(b.is_empty());
         let stack = real_stack();
         let span = SpanLabels::new(
@@ -106,7 +111,7 @@ mod encoding {
     fn span_ids_past_the_cap_keep_stack_and_name_but_lose_the_id() {
         let name_id = context::intern_name("capped");
         let stack = real_stack();
-        let mut b = ProfileBuilder::new(at(100), PERIOD, 3);
+        let mut b = ProfileBuilder::new(crate::profile::ProfileKind::Cpu, at(100), PERIOD, 3);
         // Ten spans, each sampled twice (the second time once more after
         // the cap is full: a kept span keeps its id for the whole interval).
         for id in 1..=10u64 {
@@ -256,7 +261,12 @@ mod encoding {
     fn the_profilers_own_samples_are_named_without_reading_debug_info() {
         let stack = real_stack();
         let collector = SpanLabels::NONE.on_profiler_thread(ProfilerThread::Collector);
-        let mut b = ProfileBuilder::new(at(100), PERIOD, usize::MAX);
+        let mut b = ProfileBuilder::new(
+            crate::profile::ProfileKind::Cpu,
+            at(100),
+            PERIOD,
+            usize::MAX,
+        );
         b.add(collector, &stack, 3);
         let mut sym = Symbolizer::new();
         let out = b.finish(at(110), &mut sym);
@@ -272,7 +282,12 @@ mod encoding {
             "named from the symbol table: {names:?}"
         );
         // An application sample at the same addresses reads debug info.
-        let mut b = ProfileBuilder::new(at(110), PERIOD, usize::MAX);
+        let mut b = ProfileBuilder::new(
+            crate::profile::ProfileKind::Cpu,
+            at(110),
+            PERIOD,
+            usize::MAX,
+        );
         b.add(SpanLabels::NONE, &stack, 3);
         let out = b.finish(at(120), &mut sym);
         assert!(
@@ -300,7 +315,12 @@ mod encoding {
         // A span entered on a profiler thread (a custom sink's code, say).
         let collector_in_span = span.on_profiler_thread(ProfilerThread::Collector);
         let stack = real_stack();
-        let mut b = ProfileBuilder::new(at(100), PERIOD, usize::MAX);
+        let mut b = ProfileBuilder::new(
+            crate::profile::ProfileKind::Cpu,
+            at(100),
+            PERIOD,
+            usize::MAX,
+        );
         b.add(SpanLabels::NONE, &stack, 1);
         b.add(span, &stack, 2);
         b.add(collector, &stack, 3);
@@ -387,8 +407,82 @@ mod encoding {
     }
 
     #[test]
+    fn wall_and_memory_profiles_carry_their_types_values_and_synthetic_frames() {
+        use crate::profile::{synthetic_frame, ProfileKind};
+        let span = SpanLabels::new(0x99, 0, context::intern_name("GET /car"));
+        let stack = real_stack();
+        let awaiting = synthetic_frame("[awaiting]");
+        let site = synthetic_frame("dispatch (src/work.rs:42)");
+        let blocked = synthetic_frame("[blocked: futex]");
+        let mut wall = ProfileBuilder::new(ProfileKind::Wall, at(100), PERIOD, usize::MAX);
+        wall.add(span, &stack, 2); // running: two periods
+        wall.add_values(span, &[awaiting, site], [1, 300_000_000, 0, 0]);
+        let mut blocked_stack = vec![blocked];
+        blocked_stack.extend(&stack);
+        wall.add_values(span, &blocked_stack, [1, 7_000, 0, 0]);
+        wall.add_values(span, &blocked_stack, [1, 3_000, 0, 0]); // aggregated
+        let mut sym = Symbolizer::new();
+        let out = wall.finish(at(110), &mut sym);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, ProfileKind::Wall);
+        let p = decode_gzipped(&out[0].gzipped).expect("decodes");
+        let types: Vec<(&str, &str)> = p
+            .sample_type
+            .iter()
+            .map(|t| (string(&p, t.r#type), string(&p, t.unit)))
+            .collect();
+        assert_eq!(types, [("samples", "count"), ("wall", "nanoseconds")]);
+        let period = p.period_type.expect("a period type");
+        assert_eq!(
+            (string(&p, period.r#type), string(&p, period.unit)),
+            ("wall", "nanoseconds")
+        );
+        let mut seen: Vec<(Vec<i64>, Vec<String>)> = p
+            .sample
+            .iter()
+            .map(|s| (s.value.clone(), stack_names(&p, s)))
+            .collect();
+        seen.sort();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[0].0, [1, 300_000_000]);
+        assert_eq!(seen[0].1, ["[awaiting]", "dispatch (src/work.rs:42)"]);
+        assert_eq!(seen[1].0, [2, 10_000]);
+        assert_eq!(seen[2].0, [2, 2 * PERIOD]);
+        assert_eq!(seen[1].1[0], "[blocked: futex]");
+        assert_eq!(seen[1].1[1..], seen[2].1[..], "blocked on the real stack");
+        // Synthetic frames sit at address 0 in the synthetic mapping.
+        for l in &p.location {
+            let name = string(&p, p.function[l.line[0].function_id as usize - 1].name);
+            let m = &p.mapping[l.mapping_id as usize - 1];
+            assert_eq!(
+                string(&p, m.filename) == SYNTHETIC_MAPPING,
+                name.starts_with('[') || name.starts_with("dispatch"),
+                "{name}"
+            );
+        }
+
+        let mut memory = ProfileBuilder::new(ProfileKind::Memory, at(100), 524_288, usize::MAX);
+        memory.add_values(span, &stack, [3, 3 * 4096, 1, 4096]);
+        let out = memory.finish(at(110), &mut sym);
+        assert_eq!(out[0].kind, ProfileKind::Memory);
+        let p = decode_gzipped(&out[0].gzipped).expect("decodes");
+        let types: Vec<&str> = p.sample_type.iter().map(|t| string(&p, t.r#type)).collect();
+        assert_eq!(
+            types,
+            [
+                "alloc_objects",
+                "alloc_space",
+                "inuse_objects",
+                "inuse_space"
+            ]
+        );
+        assert_eq!(p.period, 524_288);
+        assert_eq!(p.sample[0].value, [3, 3 * 4096, 1, 4096]);
+    }
+
+    #[test]
     fn empty_interval_gives_no_profile() {
-        let b = ProfileBuilder::new(at(10), PERIOD, 1_000_000);
+        let b = ProfileBuilder::new(crate::profile::ProfileKind::Cpu, at(10), PERIOD, 1_000_000);
         let mut sym = Symbolizer::new();
         assert!(b.finish(at(20), &mut sym).is_empty());
     }
@@ -501,7 +595,8 @@ mod encoding {
 
     #[test]
     fn splits_more_than_16000_samples() {
-        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
+        let mut b =
+            ProfileBuilder::new(crate::profile::ProfileKind::Cpu, at(100), PERIOD, 1_000_000);
         let leaf = addr_of(leaf_function_for_profile_test);
         let caller = addr_of(caller_function_for_profile_test);
         let n = 40_000u64;
@@ -535,7 +630,8 @@ mod encoding {
     #[test]
     fn splits_profiles_larger_than_4_mib() {
         // 2000 samples of 200 distinct frames each: far over 4 MiB at once.
-        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
+        let mut b =
+            ProfileBuilder::new(crate::profile::ProfileKind::Cpu, at(100), PERIOD, 1_000_000);
         let mut stack = vec![0u64; 200];
         for i in 0..2000u64 {
             for (j, f) in stack.iter_mut().enumerate() {
@@ -573,7 +669,8 @@ mod encoding {
 
     #[test]
     fn truncates_deep_stacks_keeping_the_leaf() {
-        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
+        let mut b =
+            ProfileBuilder::new(crate::profile::ProfileKind::Cpu, at(100), PERIOD, 1_000_000);
         let stack: Vec<u64> = (0..1500u64).map(|i| 0x2000_0000 + i * 32).collect();
         b.add(SpanLabels::NONE, &stack, 1);
         // Same first 1000 frames: aggregated with the truncated one.
@@ -595,7 +692,8 @@ mod encoding {
     #[test]
     fn leaf_and_return_addresses_are_distinct_locations() {
         let leaf = addr_of(leaf_function_for_profile_test);
-        let mut b = ProfileBuilder::new(at(100), PERIOD, 1_000_000);
+        let mut b =
+            ProfileBuilder::new(crate::profile::ProfileKind::Cpu, at(100), PERIOD, 1_000_000);
         // The same address as a leaf pc and as a return address.
         b.add(SpanLabels::NONE, &[leaf + 1], 1);
         b.add(SpanLabels::NONE, &[leaf + 100, leaf + 1], 1);
@@ -657,7 +755,12 @@ mod bench {
         let mut sym = Symbolizer::new();
         for round in 0..3 {
             let t = Instant::now();
-            let mut b = ProfileBuilder::new(UNIX_EPOCH, 10_000_000, 1_000_000);
+            let mut b = ProfileBuilder::new(
+                crate::profile::ProfileKind::Cpu,
+                UNIX_EPOCH,
+                10_000_000,
+                1_000_000,
+            );
             for i in 0..8000usize {
                 let labels = SpanLabels::new((i % 50) as u64 + 1, (i % 50) as u128 + 7, 0);
                 b.add(labels, &stacks[(i * 13) % stacks.len()], 1);

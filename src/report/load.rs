@@ -224,13 +224,18 @@ fn read_profile(path: &Path) -> Result<proto::Profile, String> {
 }
 
 /// The service from a file name `<service>-<start_ms>-<pid>-<seq>.pb.gz`
-/// (the service name may itself contain '-').
+/// or `<service>-<start_ms>-<pid>-<seq>.<kind>.pb.gz` (the service name
+/// may itself contain '-').
 pub(super) fn service_from_file_name(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let stem = name.strip_suffix(".pb.gz").unwrap_or(&name);
+    let stem = [".wall", ".memory"]
+        .iter()
+        .find_map(|kind| stem.strip_suffix(kind))
+        .unwrap_or(stem);
     let parts: Vec<&str> = stem.rsplitn(4, '-').collect();
     if parts.len() == 4
         && parts[..3]

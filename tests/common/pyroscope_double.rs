@@ -22,7 +22,8 @@
 //!   samples; ≤ 100 labels per sample; ids not 0; one value per sample
 //!   type; string indexes in range; no dangling or duplicate location,
 //!   function or mapping ids; the type Grafana queries
-//!   ([`GRAFANA_PROFILE_TYPE`]) among its profile types;
+//!   (the one for its `__name__`: [`GRAFANA_PROFILE_TYPE`] for `process_cpu`,
+//!   `wall:wall:nanoseconds:wall:nanoseconds`, `memory:alloc_space:bytes:space:bytes`) among its profile types;
 //! - series, after the split by sample labels (`profile_id` renamed
 //!   `span_id`; `span_id` taken out; `trace_id` taken out only with
 //!   [`ServerVersion::V2_1`]; a series label wins over a sample label of
@@ -62,6 +63,7 @@ use tokio::sync::watch;
 
 use super::pprof::{maybe_gunzip, Profile};
 use rules::{parse_span_id, sanitize_label_name, MAX_STACK_DEPTH};
+#[allow(unused_imports)] // the tests in tests/it use it, the crate's own do not
 pub use rules::{ServerVersion, GRAFANA_PROFILE_TYPE};
 
 // ---- Push protobuf (push/v1/push.proto, types/v1/types.proto) ----
@@ -697,7 +699,12 @@ impl Batch {
             .iter()
             .find(|(n, _)| n == "__name__")
             .map_or("", |(_, v)| v.as_str());
-        rules::check_profile_type(name, &profile, GRAFANA_PROFILE_TYPE)?;
+        let required = rules::grafana_type_for(name).ok_or_else(|| {
+            ApiError::bad(format!(
+                "unexpected __name__ {name:?}: not a type Grafana queries"
+            ))
+        })?;
+        rules::check_profile_type(name, &profile, required)?;
         let types = rules::profile_type_ids(name, &profile);
 
         // PROTOCOL "Deep stacks": the leaf end goes (location_id[0] is

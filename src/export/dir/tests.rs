@@ -21,6 +21,7 @@ fn tempdir(name: &str) -> PathBuf {
 fn profile(bytes: &[u8], start_ms: u64) -> EncodedProfile {
     let start = UNIX_EPOCH + Duration::from_millis(start_ms);
     EncodedProfile {
+        kind: crate::profile::ProfileKind::Cpu,
         gzipped: bytes.to_vec(),
         start,
         end: start + Duration::from_secs(10),

@@ -12,7 +12,7 @@
 //! # The request
 //!
 //! A gzipped protobuf `PushRequest` with one series. Series labels:
-//! `__name__=process_cpu`, `service_name`, `process.runtime.name=rust` and
+//! `__name__` (`process_cpu`, `wall` or `memory`, the profile's kind), `service_name`, `process.runtime.name=rust` and
 //! the static labels. The sample's `raw_profile` is our gzipped pprof
 //! unchanged (the server detects gzip); per-sample labels such as `span_id`
 //! live inside it. Headers: `Content-Type: application/proto`,

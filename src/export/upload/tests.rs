@@ -155,6 +155,7 @@ fn config(url: &str) -> UploadSettings {
 fn profile(tag: &[u8]) -> EncodedProfile {
     let now = SystemTime::now();
     EncodedProfile {
+        kind: crate::profile::ProfileKind::Cpu,
         gzipped: tag.to_vec(),
         start: now,
         end: now,

@@ -65,6 +65,13 @@ pub(super) fn series_labels(
     out
 }
 
+/// Sets the series' `__name__` (the profile type's name).
+pub(super) fn set_profile_name(labels: &mut [proto::LabelPair], name: &str) {
+    if let Some(pair) = labels.iter_mut().find(|p| p.name == "__name__") {
+        pair.value = name.to_string();
+    }
+}
+
 /// The gzipped `PushRequest` carrying one gzipped pprof `raw_profile`.
 pub(super) fn push_body(
     labels: &[proto::LabelPair],

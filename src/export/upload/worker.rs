@@ -215,9 +215,12 @@ impl Worker {
         self.ledger.settle(&self.counters.dropped_profiles);
     }
 
-    /// The gzipped `PushRequest` for one profile.
+    /// The gzipped `PushRequest` for one profile, its series named by its
+    /// kind (`__name__`).
     fn body(&mut self, profile: EncodedProfile) -> std::io::Result<Vec<u8>> {
-        wire::push_body(&self.target.labels, profile.gzipped, self.rng.uuid_v4())
+        let mut labels = self.target.labels.clone();
+        wire::set_profile_name(&mut labels, profile.kind.name());
+        wire::push_body(&labels, profile.gzipped, self.rng.uuid_v4())
     }
 
     fn attempt(

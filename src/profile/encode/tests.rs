@@ -28,6 +28,7 @@ const NAMES: [(&str, &str); 5] = [
 /// entry (leaf first).
 fn profile() -> EncodedProfile {
     let header = Header::new(
+        crate::profile::ProfileKind::Cpu,
         UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         UNIX_EPOCH + Duration::from_secs(1_700_000_010),
         10_000_000,
@@ -55,7 +56,7 @@ fn profile() -> EncodedProfile {
         })
         .collect();
     let mut chunk = Chunk::new(&header);
-    chunk.add_sample(&stack, SpanLabels::NONE, 3, 10_000_000);
+    chunk.add_sample(&stack, SpanLabels::NONE, [3, 30_000_000, 0, 0]);
     chunk.encode(&header).expect("one sample")
 }
 

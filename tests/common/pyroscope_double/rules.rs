@@ -43,6 +43,21 @@ pub const REJECT_NEWER_THAN_NANOS: i64 = 600_000_000_000;
 /// PROTOCOL, "The query Grafana makes" and "Profile type": the type id
 /// Grafana's "Profiles for this span" queries.
 pub const GRAFANA_PROFILE_TYPE: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+/// The wall profile type Pyroscope derives for Java's wall profiles.
+pub const GRAFANA_WALL_TYPE: &str = "wall:wall:nanoseconds:wall:nanoseconds";
+/// Go's allocation profile type, which Grafana's UI knows.
+pub const GRAFANA_ALLOC_TYPE: &str = "memory:alloc_space:bytes:space:bytes";
+
+/// The type Grafana queries for a series `__name__`, for the names this
+/// crate sends; `None` for any other name.
+pub fn grafana_type_for(name: &str) -> Option<&'static str> {
+    match name {
+        "process_cpu" => Some(GRAFANA_PROFILE_TYPE),
+        "wall" => Some(GRAFANA_WALL_TYPE),
+        "memory" => Some(GRAFANA_ALLOC_TYPE),
+        _ => None,
+    }
+}
 
 /// Which server's sample-label rules to apply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
