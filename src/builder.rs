@@ -496,7 +496,10 @@ fn start_platform(
         .then(|| SpanIndexQueue::new(records_tx, counters.clone()));
     // Process-wide limits only once this profiler is the one running: a
     // second `build` (`AlreadyRunning`) leaves the first one's alone.
-    let sampler = Sampler::start(config.sample_rate)?;
+    let sampler = Sampler::start_with(crate::sampler::Options {
+        rate_hz: config.sample_rate,
+        wall: config.wall_time,
+    })?;
     crate::context::set_max_names(config.max_span_names);
     crate::context::set_max_label_values(config.max_span_label_values);
     let layer = SpanProfileLayer::new(LayerConfig {

@@ -233,6 +233,7 @@ impl std::fmt::Debug for Sampler {
 
 impl Sampler {
     /// Starts sampling every thread at `rate_hz` samples per CPU-second.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn start(rate_hz: u32) -> Result<Sampler, Error> {
         Self::start_with(Options {
             rate_hz,

@@ -67,15 +67,19 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::Mutex;
 
 use framehop::{FrameAddress, UnwindRegsNative, Unwinder};
 
 use super::buffer::MAX_FRAMES;
 use super::unwind::NativeCache;
 use super::{MAPS, UNWIND};
+use crate::collector::extra;
 use crate::context::{self, SlotRef, SlotView, SpanLabels};
+use crate::profile::{synthetic_frame, ProfileKind};
 
 /// In-span threads checked per tick, at most.
 pub(crate) const THREADS_PER_TICK: usize = 8;
@@ -368,6 +372,7 @@ impl<P: Probe> Wall<P> {
     }
 
     /// Counters so far.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn stats(&self) -> WallStats {
         self.stats
     }
@@ -595,31 +600,33 @@ impl<P: Probe> Wall<P> {
     }
 }
 
-/// Records waiting for the collector, and those dropped at the bound.
-static RECORDS: Mutex<Vec<Record>> = Mutex::new(Vec::new());
-static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Records held for the collector, at most.
-const MAX_RECORDS: usize = 16 * 1024;
-
-/// Hands a record to the collector (a bounded queue; drops are counted).
-pub(crate) fn submit(record: Record) {
-    let mut queue = crate::sync::lock(&RECORDS);
-    if queue.len() < MAX_RECORDS {
-        queue.push(record);
-    } else {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-    }
+/// Hands records to the collector's wall profile, each as one sample
+/// `[1, nanos]` whose leaf is its synthetic frame.
+fn collector_sink() -> Box<dyn FnMut(Record) + Send> {
+    let mut leaves: HashMap<Leaf, u64> = HashMap::new();
+    let mut frames = Vec::new();
+    Box::new(move |r: Record| {
+        let leaf = *leaves
+            .entry(r.leaf)
+            .or_insert_with(|| synthetic_frame(&r.leaf.name()));
+        frames.clear();
+        frames.push(leaf);
+        frames.extend_from_slice(&r.frames);
+        let nanos = i64::try_from(r.nanos).unwrap_or(i64::MAX);
+        let samples = i64::try_from(r.samples).unwrap_or(i64::MAX);
+        extra::submit(ProfileKind::Wall, r.labels, &frames, [samples, nanos, 0, 0]);
+    })
 }
 
-/// Takes the records handed on so far.
+/// Records of this crate's own tests (the collector's queue is
+/// process-wide, and its tests use it).
+#[cfg(test)]
+static RECORDS: Mutex<Vec<Record>> = Mutex::new(Vec::new());
+
+/// Takes the records handed on so far (tests).
+#[cfg(test)]
 pub(crate) fn take_records() -> Vec<Record> {
     std::mem::take(&mut *crate::sync::lock(&RECORDS))
-}
-
-/// Records dropped at the queue's bound so far.
-#[allow(dead_code)]
-pub(crate) fn dropped_records() -> u64 {
-    DROPPED.load(Ordering::Relaxed)
 }
 
 /// The real system: the label arena, `/proc/self/task`, the thread CPU
@@ -716,6 +723,22 @@ impl Os {
         }
         n as usize
     }
+}
+
+/// Copies our own memory at `addr` into `out` with `process_vm_readv`
+/// (an unmapped address fails, never faults); `true` if all of it was read.
+fn read_own(pid: libc::pid_t, addr: u64, out: &mut [u8]) -> bool {
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: out.len(),
+    };
+    // SAFETY: `local` is `out`; the kernel checks `remote`.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    n >= 0 && n as usize == out.len()
 }
 
 impl Probe for Os {
@@ -823,7 +846,13 @@ impl Probe for Os {
                 _ if !base_found && before.bp() == 0 => {
                     base_found = true;
                     regs = before;
-                    match frame_base(copy, sp, before.sp()) {
+                    let pid = self.pid;
+                    let is_return = |ret: u64| {
+                        let mut before = [0u8; 8];
+                        read_own(pid, ret.wrapping_sub(8), &mut before) && after_call(&before)
+                    };
+                    let found = frame_base(copy, sp, before.sp(), is_return);
+                    match found {
                         Some(bp) => regs.set_bp(bp),
                         None => break,
                     }
@@ -839,30 +868,64 @@ impl Probe for Os {
 /// The frame pointer of the frame whose stack pointer is `frame_sp`, found
 /// in `copy` (a stack copied from `copy_at`): the lowest 8-aligned slot at
 /// or above `frame_sp` (within 4 KiB) that holds a frame record, i.e. a
-/// saved frame pointer further up this stack (or 0) followed by a return
-/// address outside it. A guess, used only where the kernel does not show
-/// the register: a wrong one ends the stack early or adds a frame.
-fn frame_base(copy: &[u8], copy_at: u64, frame_sp: u64) -> Option<u64> {
+/// saved frame pointer (0 or further up the stack, if any slot has one)
+/// followed by a return address (`is_return`: right after a call
+/// instruction). A guess, used only where
+/// the kernel does not show the register: a wrong one ends the stack early
+/// or skips frames.
+#[cfg(target_arch = "x86_64")]
+fn frame_base(
+    copy: &[u8],
+    copy_at: u64,
+    frame_sp: u64,
+    mut is_return: impl FnMut(u64) -> bool,
+) -> Option<u64> {
     let word = |addr: u64| -> Option<u64> {
         let offset = usize::try_from(addr.checked_sub(copy_at)?).ok()?;
         Some(u64::from_le_bytes(copy.get(offset..offset + 8)?.try_into().ok()?))
     };
     let top = copy_at + copy.len() as u64;
     let first = (frame_sp + 7) & !7;
-    (0..512u64).map(|i| first + i * 8).find(|&at| {
+    let slots = || (0..512u64).map(|i| first + i * 8);
+    let mut record = |at: u64, strict: bool| -> bool {
         let (Some(saved), Some(ret)) = (word(at), word(at + 8)) else {
             return false;
         };
-        let saved_ok = saved == 0 || (saved > at && saved < top && saved % 8 == 0);
-        let ret_ok = ret > 0x1000 && !(copy_at..top).contains(&ret);
-        saved_ok && saved != 0 && ret_ok
-    })
+        // A saved frame pointer is 0 (the outermost) or higher up this
+        // stack, unless the caller uses the register for something else
+        // (code built without frame pointers): tried first, then not.
+        let saved_ok = !strict || saved == 0 || (saved > at && saved < top && saved % 8 == 0);
+        saved_ok && ret > 0x1000 && !(copy_at..top).contains(&ret) && is_return(ret)
+    };
+    slots()
+        .find(|&at| record(at, true))
+        .or_else(|| slots().find(|&at| record(at, false)))
 }
 
-/// A wall sampler over the real system, handing its records to
-/// [`submit`].
+/// `true` if the bytes before `ret` end with an x86-64 call instruction:
+/// `call rel32`, `call *reg`, `call *disp8(reg)`, `call *disp32(reg)`,
+/// `call *disp32(%rip)`, with or without a REX prefix.
+#[cfg(target_arch = "x86_64")]
+fn after_call(before: &[u8; 8]) -> bool {
+    let b = |back: usize| before[8 - back];
+    let modrm_call = |m: u8, modbits: u8| m & 0xc0 == modbits && (m >> 3) & 7 == 2;
+    b(5) == 0xe8
+        || (b(2) == 0xff && modrm_call(b(1), 0xc0))
+        || (b(3) == 0xff && modrm_call(b(2), 0x40))
+        || (b(4) == 0xff && modrm_call(b(3), 0x40) && b(3) & 7 == 4)
+        || (b(6) == 0xff && (b(5) == 0x15 || modrm_call(b(5), 0x80)))
+        || (b(7) == 0xff && modrm_call(b(6), 0x80) && b(6) & 7 == 4)
+}
+
+/// A wall sampler over the real system, handing its records to the
+/// collector (`collector::extra`).
 pub(crate) fn start() -> Wall<Os> {
-    Wall::new(Os::default(), Box::new(submit))
+    #[cfg(not(test))]
+    let out = collector_sink();
+    #[cfg(test)]
+    let out: Box<dyn FnMut(Record) + Send> =
+        Box::new(|r| crate::sync::lock(&RECORDS).push(r));
+    Wall::new(Os::default(), out)
 }
 
 #[cfg(test)]

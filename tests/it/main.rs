@@ -53,3 +53,4 @@ mod server_acceptance;
 mod span_labels_budget;
 mod symbols_replaced_library;
 mod upload_faults;
+mod wall_blocked;

@@ -496,6 +496,59 @@ fn a_sleeping_span_is_blocked_for_its_sleep_on_its_stack() {
 
 #[inline(never)]
 fn sleep_200_ms_in_a_span() {
+    // Work after the call: not a tail call, so this frame stays.
+    let start = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    std::hint::black_box(());
+    std::hint::black_box(start.elapsed());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn return_addresses_follow_call_instructions() {
+    let ends = |tail: &[u8]| {
+        let mut before = [0x90u8; 8];
+        before[8 - tail.len()..].copy_from_slice(tail);
+        after_call(&before)
+    };
+    assert!(ends(&[0xe8, 1, 2, 3, 4])); // call rel32
+    assert!(ends(&[0xff, 0xd0])); // call *%rax
+    assert!(ends(&[0x41, 0xff, 0xd3])); // call *%r11
+    assert!(ends(&[0xff, 0x50, 0x08])); // call *8(%rax)
+    assert!(ends(&[0xff, 0x15, 1, 2, 3, 4])); // call *disp(%rip)
+    assert!(ends(&[0xff, 0x90, 1, 2, 3, 4])); // call *disp32(%rax)
+    assert!(!ends(&[0x48, 0x89, 0xe5])); // mov %rsp, %rbp
+    assert!(!ends(&[0, 0, 0, 0, 0, 0, 0, 0]));
+    assert!(!ends(&[0xff, 0xe0])); // jmp *%rax
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_frame_record_is_found_above_the_stack_pointer() {
+    let at = 0x7000_0000u64;
+    let bytes = |words: &[u64]| -> Vec<u8> { words.iter().flat_map(|w| w.to_le_bytes()).collect() };
+    // sp: locals (a pointer up the stack, a number, a function's address
+    // not after a call, a stale return address after a number), then the
+    // frame record (saved frame pointer 0).
+    let copy = bytes(&[
+        at + 0x28,
+        200_000_000,
+        0x40_2000,
+        200_000_000,
+        0x40_1005,
+        0,
+        0x40_1005,
+        0,
+    ]);
+    assert_eq!(
+        frame_base(&copy, at, at, |ret| ret == 0x40_1005),
+        Some(at + 0x28)
+    );
+    // No record with a plausible saved frame pointer: the first return
+    // address will do.
+    let copy = bytes(&[5, 200_000_000, 0x40_1005, 0]);
+    assert_eq!(
+        frame_base(&copy, at, at, |ret| ret == 0x40_1005),
+        Some(at + 0x8)
+    );
+    assert_eq!(frame_base(&copy, at, at, |_| false), None);
 }
