@@ -54,3 +54,4 @@ mod span_labels_budget;
 mod symbols_replaced_library;
 mod upload_faults;
 mod wall_blocked;
+mod wall_eintr;
