@@ -7,9 +7,8 @@ use super::handler::on_sigprof;
 use super::*;
 
 /// With wall time on: how long no thread may be seen inside a span before
-/// the manager ticks more slowly, and how slowly.
+/// the manager stops ticking at the sample rate.
 const WALL_IDLE_AFTER: Duration = Duration::from_secs(1);
-const WALL_IDLE_TICK: Duration = Duration::from_millis(10);
 
 /// Installs our handler unless a foreign one is installed.
 pub(super) fn install_handler() -> Result<(), Error> {
@@ -144,20 +143,18 @@ pub(super) fn manage(
     let mut cpu_sleep = false;
     let mut cpu_sleep_refused = false;
     let mut idle_looks = 0u32;
-    // Wall time on: the manager also ticks at the sample rate (see
-    // `wall`), at most every `WALL_IDLE_TICK` while no thread was inside a
-    // span for `WALL_IDLE_AFTER`; the thread scans keep their own period.
+    // Wall time on: while a thread was inside a span within
+    // `WALL_IDLE_AFTER`, the manager also ticks at the sample rate (see
+    // `wall`), the thread scans keeping their own period. Otherwise it
+    // keeps its usual cadence (no wakes at idle) and looks for threads in
+    // spans whenever it wakes.
     let mut next_scan = std::time::Instant::now();
     let mut wall_seen = std::time::Instant::now();
     loop {
-        if let Some((w, tick)) = wall.as_mut() {
+        let wall_hot = wall_seen.elapsed() < WALL_IDLE_AFTER;
+        if let Some((w, tick)) = wall.as_mut().filter(|_| wall_hot) {
             let now = std::time::Instant::now();
-            let tick = if now.duration_since(wall_seen) < WALL_IDLE_AFTER {
-                *tick
-            } else {
-                (*tick).max(WALL_IDLE_TICK)
-            };
-            if stop.wait(tick.min(next_scan.saturating_duration_since(now))) {
+            if stop.wait((*tick).min(next_scan.saturating_duration_since(now))) {
                 break;
             }
             if w.tick() {
@@ -166,17 +163,24 @@ pub(super) fn manage(
             if std::time::Instant::now() < next_scan {
                 continue;
             }
-        } else if cpu_sleep {
-            asleep_on_cpu.store(true, Ordering::SeqCst);
-            if !stop.is_stopped() {
-                cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
-            }
-            asleep_on_cpu.store(false, Ordering::SeqCst);
-            if stop.is_stopped() {
+        } else {
+            if cpu_sleep {
+                asleep_on_cpu.store(true, Ordering::SeqCst);
+                if !stop.is_stopped() {
+                    cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
+                }
+                asleep_on_cpu.store(false, Ordering::SeqCst);
+                if stop.is_stopped() {
+                    break;
+                }
+            } else if stop.wait(period) {
                 break;
             }
-        } else if stop.wait(period) {
-            break;
+            if let Some((w, _)) = wall.as_mut() {
+                if w.tick() {
+                    wall_seen = std::time::Instant::now();
+                }
+            }
         }
         cpu_sleep = false;
         if displaced {
@@ -266,9 +270,7 @@ pub(super) fn manage(
         if look.busy || look.threads_changed || stale_moved {
             idle_looks = 0;
             period = scan_period(timers.len());
-        } else if cpu_sleep_refused || wall.is_some() {
-            // With wall time on the manager ticks anyway: no sleep on CPU
-            // time.
+        } else if cpu_sleep_refused {
             period = activity::back_off(period);
         } else {
             idle_looks = idle_looks.saturating_add(1);
