@@ -13,6 +13,10 @@
 //!   buffer ([`buffer`]). Installed with `SA_RESTART | SA_SIGINFO`; calls
 //!   that Linux never restarts (`epoll_wait`, `nanosleep`, …) may return
 //!   `EINTR`, as under any signal-based profiler.
+//! - [`wall`] (wall time on): the manager also measures the blocked and
+//!   runnable time of threads inside spans, with stacks read from `/proc`
+//!   and our own memory, never with a signal: no application call fails
+//!   with `EINTR` because of it.
 //! - [`queue`]: the drain thread (`pyroscope-drain`) moves samples from the
 //!   signal buffer to a bounded aggregating queue when the handler wakes
 //!   it; the collector takes the queue in O(1), so its slow work never

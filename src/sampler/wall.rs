@@ -125,7 +125,7 @@ pub(crate) enum SyscallState {
     Blocked { sp: u64, pc: u64 },
     /// Blocked in system call `nr` (`nr a1 .. a6 sp pc`).
     In {
-        nr: i64,
+        nr: libc::c_long,
         args: [u64; 6],
         sp: u64,
         pc: u64,
@@ -143,7 +143,7 @@ pub(crate) fn parse_syscall(text: &str) -> Option<SyscallState> {
     if first == "running" {
         return Some(SyscallState::Running);
     }
-    let nr: i64 = first.parse().ok()?;
+    let nr: libc::c_long = first.parse().ok()?;
     if nr < 0 {
         let sp = hex(words.next()?)?;
         let pc = hex(words.next()?)?;
@@ -178,12 +178,12 @@ pub(crate) fn parse_voluntary_switches(text: &str) -> Option<u64> {
 
 /// The name of system call `nr` on this architecture, for the calls a
 /// thread commonly blocks in.
-pub(crate) fn syscall_name(nr: i64) -> Option<&'static str> {
+pub(crate) fn syscall_name(nr: libc::c_long) -> Option<&'static str> {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         SYSCALL_NAMES
             .iter()
-            .find(|(n, _)| *n == nr as libc::c_long)
+            .find(|(n, _)| *n == nr)
             .map(|(_, name)| *name)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -409,8 +409,7 @@ impl<P: Probe> Wall<P> {
             checked += 1;
             self.check(index, view, now);
         }
-        if now.saturating_sub(self.last_flush) >= FLUSH_NANOS || self.pending.len() >= MAX_PENDING
-        {
+        if now.saturating_sub(self.last_flush) >= FLUSH_NANOS || self.pending.len() >= MAX_PENDING {
             self.flush();
         }
         seen || !self.threads.is_empty()
@@ -602,6 +601,7 @@ impl<P: Probe> Wall<P> {
 
 /// Hands records to the collector's wall profile, each as one sample
 /// `[1, nanos]` whose leaf is its synthetic frame.
+#[cfg_attr(test, allow(dead_code))]
 fn collector_sink() -> Box<dyn FnMut(Record) + Send> {
     let mut leaves: HashMap<Leaf, u64> = HashMap::new();
     let mut frames = Vec::new();
@@ -807,7 +807,9 @@ impl Probe for Os {
         let copy = &self.copy[..got];
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let offset = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
-            let bytes = copy.get(offset..offset.checked_add(8).ok_or(())?).ok_or(())?;
+            let bytes = copy
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
         #[cfg(target_arch = "x86_64")]
@@ -882,7 +884,9 @@ fn frame_base(
 ) -> Option<u64> {
     let word = |addr: u64| -> Option<u64> {
         let offset = usize::try_from(addr.checked_sub(copy_at)?).ok()?;
-        Some(u64::from_le_bytes(copy.get(offset..offset + 8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(
+            copy.get(offset..offset + 8)?.try_into().ok()?,
+        ))
     };
     let top = copy_at + copy.len() as u64;
     let first = (frame_sp + 7) & !7;
@@ -923,8 +927,7 @@ pub(crate) fn start() -> Wall<Os> {
     #[cfg(not(test))]
     let out = collector_sink();
     #[cfg(test)]
-    let out: Box<dyn FnMut(Record) + Send> =
-        Box::new(|r| crate::sync::lock(&RECORDS).push(r));
+    let out: Box<dyn FnMut(Record) + Send> = Box::new(|r| crate::sync::lock(&RECORDS).push(r));
     Wall::new(Os::default(), out)
 }
 

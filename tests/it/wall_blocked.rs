@@ -28,9 +28,7 @@ fn nanos_of(text: &str) -> f64 {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .unwrap_or_else(|_| panic!("value {text:?}"));
+    let number: f64 = number.parse().unwrap_or_else(|_| panic!("value {text:?}"));
     let scale = match unit {
         "ns" | "" => 1.0,
         "us" | "µs" => 1e3,
@@ -165,7 +163,9 @@ fn a_sleeping_span_is_blocked_for_its_sleep_and_a_busy_one_is_not() {
         t.labels.get("span_name").map(String::as_str) == Some("sleepy")
             && t.frames.first().map(String::as_str) == Some("[blocked: clock_nanosleep]")
             && t.frames.iter().any(|f| f.contains("nanosleep"))
-            && t.frames.iter().any(|f| f.contains("wall_test_sleeps_200_ms"))
+            && t.frames
+                .iter()
+                .any(|f| f.contains("wall_test_sleeps_200_ms"))
     });
     assert!(
         through,

@@ -9,7 +9,6 @@
 //! can fail.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -342,7 +341,13 @@ fn a_per_tick_signal_does_interrupt() {
         let i = KINDS.iter().position(|k| *k == kind).unwrap();
         counts.interrupted[i].load(Ordering::Relaxed)
     };
-    for kind in ["socket_read", "clock_nanosleep", "futex", "epoll_wait", "poll"] {
+    for kind in [
+        "socket_read",
+        "clock_nanosleep",
+        "futex",
+        "epoll_wait",
+        "poll",
+    ] {
         assert!(interrupted(kind) > 0, "{kind} never interrupted: {text}");
     }
 }

@@ -38,16 +38,19 @@ fn status_gives_voluntary_switches() {
 
 #[test]
 fn schedstat_gives_cpu_and_run_queue_delay() {
-    assert_eq!(parse_schedstat("998974 1030669 2\n"), Some((998_974, 1_030_669)));
+    assert_eq!(
+        parse_schedstat("998974 1030669 2\n"),
+        Some((998_974, 1_030_669))
+    );
     assert_eq!(parse_schedstat("12"), None);
 }
 
 #[test]
 fn common_blocking_calls_have_names() {
-    assert_eq!(syscall_name(libc::SYS_futex as i64), Some("futex"));
-    assert_eq!(syscall_name(libc::SYS_read as i64), Some("read"));
+    assert_eq!(syscall_name(libc::SYS_futex), Some("futex"));
+    assert_eq!(syscall_name(libc::SYS_read), Some("read"));
     assert_eq!(
-        syscall_name(libc::SYS_clock_nanosleep as i64),
+        syscall_name(libc::SYS_clock_nanosleep),
         Some("clock_nanosleep")
     );
     #[cfg(target_arch = "x86_64")]
@@ -138,7 +141,7 @@ fn span(id: u64) -> SpanLabels {
 
 fn in_call(nr: libc::c_long) -> Option<SyscallState> {
     Some(SyscallState::In {
-        nr: nr as i64,
+        nr,
         args: [0; 6],
         sp: 0x1000,
         pc: 0x2000,
@@ -161,7 +164,10 @@ type Out = Arc<StdMutex<Vec<Record>>>;
 fn wall(fake: &Shared) -> (Wall<Shared>, Out) {
     let out: Out = Arc::default();
     let sink = out.clone();
-    let w = Wall::new(fake.clone(), Box::new(move |r| sink.lock().unwrap().push(r)));
+    let w = Wall::new(
+        fake.clone(),
+        Box::new(move |r| sink.lock().unwrap().push(r)),
+    );
     (w, out)
 }
 
@@ -169,9 +175,7 @@ fn wall(fake: &Shared) -> (Wall<Shared>, Out) {
 fn totals(out: &Out) -> HashMap<(u64, String), u64> {
     let mut totals = HashMap::new();
     for r in out.lock().unwrap().iter() {
-        *totals
-            .entry((r.labels.span_id, r.leaf.name()))
-            .or_default() += r.nanos;
+        *totals.entry((r.labels.span_id, r.leaf.name())).or_default() += r.nanos;
     }
     totals
 }
@@ -207,7 +211,7 @@ fn a_blocking_episode_is_unwound_once_and_weighted_by_its_time() {
     assert_eq!(f.syscall_reads, 2, "read before and after the copy");
     assert_eq!(w.stats().episodes, 1);
     let records = out.lock().unwrap();
-    assert!(records.iter().all(|r| &*r.frames == [0x2000, 0x3000]));
+    assert!(records.iter().all(|r| *r.frames == [0x2000, 0x3000]));
 }
 
 #[test]
@@ -262,7 +266,9 @@ fn runnable_time_is_the_run_queue_delay_or_a_still_clock_outside_a_call() {
     assert_eq!(fake.0.lock().unwrap().syscall_reads, reads);
     // Half on CPU, no run-queue delay yet, running now, never slept: in
     // the run queue (its delay shows only once it runs again).
-    advance(&fake, 10 * MS, |f| f.threads[0].as_mut().unwrap().cpu += 5 * MS);
+    advance(&fake, 10 * MS, |f| {
+        f.threads[0].as_mut().unwrap().cpu += 5 * MS
+    });
     w.tick();
     // The same, but it slept: blocked somewhere earlier (call unknown).
     advance(&fake, 10 * MS, |f| {
@@ -470,7 +476,10 @@ fn a_sleeping_span_is_blocked_for_its_sleep_on_its_stack() {
     let mut on_stack = false;
     for r in records.iter().filter(|r| r.labels.span_id == 0x51ee9) {
         assert!(
-            matches!(r.leaf, Leaf::Blocked(Some("clock_nanosleep" | "nanosleep")) | Leaf::Runnable),
+            matches!(
+                r.leaf,
+                Leaf::Blocked(Some("clock_nanosleep" | "nanosleep")) | Leaf::Runnable
+            ),
             "{:?}",
             r.leaf
         );
@@ -489,9 +498,15 @@ fn a_sleeping_span_is_blocked_for_its_sleep_on_its_stack() {
             }
         }
     }
-    assert!(on_stack, "no stack through the test's function: {records:#?}");
+    assert!(
+        on_stack,
+        "no stack through the test's function: {records:#?}"
+    );
     let busy_blocked = sum(0xb05, true);
-    assert!(busy_blocked < 20 * MS, "a busy span blocked {busy_blocked} ns");
+    assert!(
+        busy_blocked < 20 * MS,
+        "a busy span blocked {busy_blocked} ns"
+    );
 }
 
 #[inline(never)]
