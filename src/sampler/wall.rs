@@ -725,6 +725,7 @@ impl Os {
     }
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// Copies our own memory at `addr` into `out` with `process_vm_readv`
 /// (an unmapped address fails, never faults); `true` if all of it was read.
 fn read_own(pid: libc::pid_t, addr: u64, out: &mut [u8]) -> bool {
@@ -830,8 +831,10 @@ impl Probe for Os {
         // The kernel shows no frame pointer either: the first frame that
         // needs one (code built with frame pointers) gets one found on the
         // stack (see `frame_base`), once.
+        #[cfg(target_arch = "x86_64")]
         let mut base_found = false;
         while out.len() < MAX_FRAMES {
+            #[cfg(target_arch = "x86_64")]
             let before = regs;
             match state
                 .unwinder
@@ -862,7 +865,6 @@ impl Probe for Os {
                 _ => break,
             }
         }
-        let _ = base_found;
         Some(out)
     }
 }
