@@ -4,7 +4,13 @@
 //!
 //! The CPU part of a span's wall time is its CPU samples (the handler's);
 //! this module adds the rest. It runs from the manager thread
-//! (`pyroscope-timer`) when wall time is on, once per sample period:
+//! (`pyroscope-timer`) when wall time is on: once per sample period while
+//! some thread was inside a span within the last second, otherwise at the
+//! manager's usual wakes (none while the process is idle, so idle cost is
+//! unchanged). A thread that enters a span while the manager sleeps is
+//! noticed at its next wake (at most one scan period in a busy process, or
+//! once the process has used 1 ms of CPU); its blocked time before that is
+//! not counted.
 //!
 //! - **Which threads**: the label arena's entries (`context::slot`) owned by
 //!   a live thread whose labels hold a span (a span id or a span name).
@@ -16,7 +22,9 @@
 //!   [`ENTRIES_PER_TICK`] entries are looked at to find them. With more
 //!   threads in spans each is checked less often, not less exactly: every
 //!   check weighs what it credits by the wall time since that thread's own
-//!   previous check.
+//!   previous check. A thread's first check in a span only starts the
+//!   clock: with N threads in spans, up to N / [`THREADS_PER_TICK`] ticks
+//!   of a new span's start go uncounted.
 //! - **A check**: the thread's CPU clock (`clock_gettime` on the clock id
 //!   the kernel derives from its tid). Off-CPU time is the wall time since
 //!   the previous check minus the CPU time used meanwhile. It is credited
@@ -41,14 +49,22 @@
 //!   episode's first check is reused, and each later check of the same
 //!   episode adds the time since the previous one to it. No file is read
 //!   and nothing is unwound again.
+//! - **Frame pointers**: the kernel shows only pc and sp. Where a frame's
+//!   unwind rule needs the frame pointer (code built with frame pointers,
+//!   such as std's), one is looked for on the copied stack: the lowest
+//!   frame record above the frame's stack pointer whose return address
+//!   follows a call instruction (x86-64; on aarch64, whose leaf return
+//!   address is in `lr`, which is not shown either, such stacks end early).
 //! - **Runnable**: a thread whose CPU clock stands still while the kernel
 //!   says it is not in a system call but "running" is waiting for a CPU; its
 //!   time goes on its last known stack with a leaf `[runnable]`. For a
 //!   thread that also ran since its last check, the runnable part is the
 //!   growth of its run-queue delay (`/proc/self/task/TID/schedstat`), the
-//!   rest is blocked; blocked time of at most 1/16 of the interval (a busy
-//!   thread's short waits) goes on its last stack and call without reading
-//!   the syscall file.
+//!   rest is blocked (but runnable if it is running now and its voluntary
+//!   context switches did not move: the delay of a wait still going on
+//!   shows only once it runs); blocked time of at most 1/16 of the interval
+//!   (a busy thread's short waits) goes on its last stack and call without
+//!   reading the syscall file.
 //! - **No stack to be had** (the syscall file or `process_vm_readv` is not
 //!   available, another architecture's registers, a thread that never
 //!   registered its stack and lies outside the maps snapshot): the time
@@ -59,7 +75,9 @@
 //!   system call of the application can fail with `EINTR` because of it
 //!   (`tests/it/wall_eintr.rs`).
 //! - **Output**: the time is added up per (labels, leaf, stack) and handed
-//!   on once a second (and when the sampler stops) as one record each.
+//!   on once a second (and when the sampler stops) to the collector's wall
+//!   profile, one sample each: `[1, nanoseconds]`, with the synthetic leaf
+//!   frame above the unwound stack.
 //!
 //! Cost figures (manager CPU with many blocked threads) are in
 //! BENCHMARKS.md, "Wall time: blocked threads".
