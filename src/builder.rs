@@ -415,6 +415,9 @@ fn start(config: Config) -> Result<(SpanProfileLayer, ProfilerGuard), Error> {
     if sinks.is_empty() {
         return off();
     }
+    if (config.allocations || config.heap) && !crate::alloc::installed() {
+        return Err(Error::new(ErrorKind::Config, crate::alloc::NOT_INSTALLED));
+    }
     start_platform(config, sinks, counters)
 }
 
@@ -500,6 +503,10 @@ fn start_platform(
         rate_hz: config.sample_rate,
         wall: config.wall_time,
     })?;
+    // Allocation sampling, once the sampler's unwinder is published.
+    let allocations = (config.allocations || config.heap)
+        .then(|| crate::alloc::AllocProfiler::start(config.allocation_sample_bytes, config.heap))
+        .transpose()?;
     crate::context::set_max_names(config.max_span_names);
     crate::context::set_max_label_values(config.max_span_label_values);
     let layer = SpanProfileLayer::new(LayerConfig {
@@ -519,6 +526,7 @@ fn start_platform(
         wall_time: config.wall_time,
         memory_period: (config.allocations || config.heap)
             .then_some(config.allocation_sample_bytes),
+        allocations: allocations.map(|a| (a, config.allocations)),
     };
     let guard = collector::start(sampler, sinks, settings, counters).map_err(|e| {
         Error::new(ErrorKind::Os, "could not spawn the collector thread").with_source(e)

@@ -290,6 +290,9 @@ mod linux {
         /// Collect the `memory` profile, with this mean distance in bytes
         /// between sampled allocations (its period).
         pub(crate) memory_period: Option<u64>,
+        /// The running allocation sampler, and whether the profile gets
+        /// its allocations (else only the live heap).
+        pub(crate) allocations: Option<(crate::alloc::AllocProfiler, bool)>,
     }
 
     /// One interval's profiles, one builder per kind collected.
@@ -533,7 +536,7 @@ mod linux {
                     self.span_samples.add(labels.span_id, cost);
                 }
             }
-            let samples = samples + extras;
+            let samples = samples + extras + self.drain_allocations(builders);
             let stats = self.sampler.stats();
             let c = &self.counters;
             // The sampler's counters are its own run's (they start at 0).
@@ -655,7 +658,50 @@ mod linux {
             }
         }
 
+        /// Allocation samples since the last drain into the memory
+        /// profile; returns how many entries.
+        fn drain_allocations(&mut self, builders: &mut Builders) -> usize {
+            let (Some((allocs, with_allocs)), Some(memory)) =
+                (&self.settings.allocations, builders.memory.as_mut())
+            else {
+                return 0;
+            };
+            let (tally, spans) = (self.index, &mut self.span_samples);
+            let mut n = 0;
+            allocs.drain(|labels, frames, values| {
+                if !*with_allocs {
+                    return;
+                }
+                n += 1;
+                let labels = memory.add_values(labels, frames, values);
+                if tally && labels.span_id != 0 {
+                    let cost = SpanCost {
+                        alloc_bytes: u64::try_from(values[1]).unwrap_or(0),
+                        ..SpanCost::default()
+                    };
+                    spans.add(labels.span_id, cost);
+                }
+            });
+            let stats = allocs.stats();
+            Counters::set(&self.counters.allocation_samples, stats.samples);
+            Counters::set(&self.counters.dropped_allocation_samples, stats.dropped);
+            n
+        }
+
+        /// The live heap at the interval's end into its memory profile.
+        fn allocations_in_use(&mut self, builders: &mut Builders) {
+            if let (Some((allocs, _)), Some(memory)) =
+                (&self.settings.allocations, builders.memory.as_mut())
+            {
+                allocs.in_use(|labels, frames, values| {
+                    memory.add_values(labels, frames, values);
+                });
+            }
+        }
+
         fn emit(&mut self, builders: Builders, end: SystemTime, symbolizer: &mut Symbolizer) {
+            let mut builders = builders;
+            self.allocations_in_use(&mut builders);
             self.id_overflows += builders.span_id_overflows();
             let mut profiles = Vec::new();
             for builder in [Some(builders.cpu), builders.wall, builders.memory]

@@ -44,8 +44,9 @@ pub(crate) use fields::{
 pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
-    claims as slot_claims, read_slot, release_exited, release_slot, set_stack_probe, slot_for_tid,
-    slot_is_current, slots_used, stack_of, view as slot_view, SlotRef, SlotView,
+    claims as slot_claims, current_without_registering, read_slot, release_exited, release_slot,
+    set_stack_probe, slot_for_tid, slot_is_current, slots_used, stack_of, view as slot_view,
+    SlotRef, SlotView,
 };
 
 /// The sample label keys the crate sets, in the order they are written.

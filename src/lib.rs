@@ -20,8 +20,10 @@
 //! [`from_env`] (or [`Builder`], [`Builder::from_env`] to start from the
 //! environment and override in code) returns a [`SpanProfileLayer`] and a
 //! [`ProfilerGuard`] (whose [`Stats`] count what happened); every failure is
-//! an [`Error`]. [`context::with_labels`] labels code outside spans, and
-//! [`report::write_report`] turns a profiles directory into an HTML page.
+//! an [`Error`]. [`context::with_labels`] labels code outside spans,
+//! [`report::write_report`] turns a profiles directory into an HTML page,
+//! and [`Allocator`], installed as the `#[global_allocator]`, samples
+//! allocations for per-span allocation and in-use profiles.
 //! Nothing else is public: the thread slot the sampler reads and the pprof
 //! types stay inside the crate.
 //!
@@ -49,7 +51,8 @@
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
-// Unsafe code lives in the sampler only (signal handler, timers, unwinding);
+// Unsafe code lives in the sampler only (signal handler, timers, unwinding)
+// and the global allocator wrapper;
 // everything else is checked by the compiler.
 #![deny(unsafe_code)]
 // Where the sampler cannot run, the collector and exporters are never
@@ -59,6 +62,10 @@
 // Imports run one way, top to bottom (see README's module map):
 // builder → {config, collector, export, layer, sampler} → {profile, stats,
 // sync, secret, context, error}. `report` reads what `export` writes.
+// The global allocator wrapper: `unsafe` to implement `GlobalAlloc`, each
+// block says why it is sound.
+#[allow(unsafe_code)]
+mod alloc;
 mod builder;
 mod collector;
 mod config;
@@ -78,6 +85,7 @@ mod secret;
 mod stats;
 mod sync;
 
+pub use alloc::Allocator;
 pub use builder::{from_env, Builder};
 pub use collector::ProfilerGuard;
 pub use config::SpanScope;

@@ -68,6 +68,13 @@ pub struct Stats {
     /// object's identity (the file at its path was replaced or rewritten
     /// since it was loaded), so its symbols were not read.
     pub symbol_mismatches: u64,
+    /// Allocations sampled by [`Allocator`](crate::Allocator) (allocation
+    /// profiling on).
+    pub allocation_samples: u64,
+    /// Allocation samples lost: the sample buffer was full, the interval
+    /// had too many distinct stacks, or (heap profiling) the live-block
+    /// table was full, so the block counts as allocated but not in use.
+    pub dropped_allocation_samples: u64,
 }
 
 /// Shared atomic counters behind [`Stats`].
@@ -93,6 +100,8 @@ pub(crate) struct Counters {
     pub(crate) spans_unindexed: AtomicU64,
     pub(crate) files_evicted: AtomicU64,
     pub(crate) symbol_mismatches: AtomicU64,
+    pub(crate) allocation_samples: AtomicU64,
+    pub(crate) dropped_allocation_samples: AtomicU64,
 }
 
 impl Counters {
@@ -135,6 +144,8 @@ impl Counters {
             spans_unindexed: r(&self.spans_unindexed),
             files_evicted: r(&self.files_evicted),
             symbol_mismatches: r(&self.symbol_mismatches),
+            allocation_samples: r(&self.allocation_samples),
+            dropped_allocation_samples: r(&self.dropped_allocation_samples),
         }
     }
 }

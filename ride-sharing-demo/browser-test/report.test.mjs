@@ -85,7 +85,7 @@ function assertLabels(labels, when) {
   assert.deepEqual(labels.overflow, [], `${when}: labels wider than their frames`);
 }
 
-test("report: open, zoom and search a span's flame graph", async (t) => {
+async function launch(t) {
   assert.ok(report, "set REPORT to the report.html to test");
   assert.ok(fs.existsSync(report), `no such file: ${report}`);
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "report-chromium-"));
@@ -108,7 +108,11 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
     await context.close();
     fs.rmSync(userDataDir, { recursive: true, force: true });
   });
+  return context;
+}
 
+test("report: open, zoom and search a span's flame graph", async (t) => {
+  const context = await launch(t);
   const page = context.pages()[0] || (await context.newPage());
   const errors = [];
   const requests = [];
@@ -144,7 +148,7 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
   const spanId = await span.getAttribute("data-span-id");
   const label = await span.locator(".label").getAttribute("title");
 
-  const iframe = span.locator("iframe.fg");
+  const iframe = span.locator('iframe.fg[data-view="cpu"]');
   assert.equal(await iframe.isVisible(), false, "the flame graph starts hidden");
   assert.equal(await iframe.getAttribute("srcdoc"), null, "and is not loaded before it is opened");
   await span.locator("button.toggle").click();
@@ -298,7 +302,7 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
   assert.ok((await views.count()) >= 2, `the span-label view has fewer than two values of ${labelKey}`);
   const labelText = async (view) => {
     const toggle = view.locator("button.toggle");
-    const lframe = view.locator("iframe.fg");
+    const lframe = view.locator('iframe.fg[data-view="cpu"]');
     assert.equal(await lframe.isVisible(), false, "a label's flame graph starts hidden");
     await toggle.click();
     await lframe.waitFor({ state: "visible" });
@@ -330,4 +334,151 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
   assert.deepEqual(errors, [], "console errors");
   assert.deepEqual(requests, [], "network requests");
   console.log(`opened ${label} (span ${spanId}): ${fn} present under ${hotPath.length} qualified frames (${expected}), zoom ok, search ${matched.trim()}; opened ${labelValue} (${labelOnlyFn} present) and ${otherLabel} (absent); screenshots ${screenshot} ${flameScreenshot}`);
+});
+
+// The wall view: WALL_SPAN (a regexp, default "^GET /car$") in WALL_REGION
+// (default eu-north), the heaviest such span with wall samples:
+// - its breakdown bar's CPU + blocked + awaiting is its duration within 5%
+//   (as numbers and as drawn), and no span's CPU is drawn longer than it;
+// - its profile-type switch opens the wall flame graph in place (the CPU
+//   graph hidden), which holds the blocked function WALL_BLOCKED_FUNCTION
+//   (default mutex_lock) and `[awaiting]` directly under the await site's
+//   span WALL_AWAIT_SITE (default dispatch);
+// - the services section offers the wall graph too;
+// - a screenshot goes to WALL_SCREENSHOT (default REPORT's dir/report-wall.png).
+test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown", async (t) => {
+  const wallSpan = new RegExp(process.env.WALL_SPAN || "^GET /car$");
+  const wallRegion = process.env.WALL_REGION || "eu-north";
+  const blockedFn = process.env.WALL_BLOCKED_FUNCTION || "mutex_lock";
+  const awaitSite = process.env.WALL_AWAIT_SITE || "dispatch";
+  const wallScreenshot =
+    process.env.WALL_SCREENSHOT || path.join(path.dirname(report || "."), "report-wall.png");
+  const context = await launch(t);
+  const page = context.pages()[0] || (await context.newPage());
+  const errors = [];
+  page.on("console", (m) => {
+    if (m.type() === "error") errors.push(`console: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
+  await page.goto(pathToFileURL(path.resolve(report)).href, { waitUntil: "load" });
+  await page.locator("#traces").waitFor();
+
+  // No span's CPU is drawn longer than the span, and no bar overflows.
+  const overdrawn = await page.evaluate(() =>
+    Array.from(document.querySelectorAll(".breakdown"))
+      .map((b) => ({
+        dur: Number(b.dataset.dur),
+        sum: Number(b.dataset.cpu) + Number(b.dataset.blocked) + Number(b.dataset.awaiting),
+        cpu: Number(b.dataset.cpu),
+      }))
+      .filter((b) => b.cpu > b.dur || b.sum > b.dur),
+  );
+  assert.deepEqual(overdrawn, [], "breakdown bars longer than their spans");
+
+  const candidates = page.locator(".span").filter({ has: page.locator('button.view[data-view="wall"]') });
+  const n = await candidates.count();
+  assert.ok(n > 0, "no span has a wall flame graph (is PYROSCOPE_PROFILING_WALLTIME_ENABLED on?)");
+  let span = null;
+  for (let i = 0; i < n && span === null; i++) {
+    const s = candidates.nth(i);
+    const name = (await s.locator(".label").getAttribute("title")) || "";
+    const where = (await s.locator(".label .dim").textContent()) || "";
+    if (wallSpan.test(name) && where.includes(`region ${wallRegion}`)) span = s;
+  }
+  assert.ok(span, `no span named like ${wallSpan} in ${wallRegion} has a wall flame graph`);
+  const spanId = await span.getAttribute("data-span-id");
+
+  // The breakdown: numbers, then as drawn.
+  const bar = span.locator(".breakdown");
+  const parts = await bar.evaluate((b) => {
+    const width = b.getBoundingClientRect().width;
+    const drawn = {};
+    for (const s of b.querySelectorAll(".seg")) {
+      drawn[s.classList[1]] = s.getBoundingClientRect().width / width;
+    }
+    return {
+      dur: Number(b.dataset.dur),
+      cpu: Number(b.dataset.cpu),
+      blocked: Number(b.dataset.blocked),
+      awaiting: Number(b.dataset.awaiting),
+      drawn,
+      title: b.getAttribute("title"),
+    };
+  });
+  const sum = parts.cpu + parts.blocked + parts.awaiting;
+  const ratio = sum / parts.dur;
+  assert.ok(parts.dur > 0, `span ${spanId}: no duration`);
+  assert.ok(Math.abs(ratio - 1) <= 0.05, `span ${spanId}: CPU + blocked + awaiting = ${sum} ns is ${(ratio * 100).toFixed(1)}% of its ${parts.dur} ns (${parts.title})`);
+  const drawnSum = (parts.drawn.cpu || 0) + (parts.drawn.blocked || 0) + (parts.drawn.awaiting || 0);
+  assert.ok(Math.abs(drawnSum - ratio) <= 0.01, `drawn ${drawnSum} vs ${ratio}`);
+  assert.ok(parts.blocked > 0, `span ${spanId}: no blocked time (${parts.title})`);
+  assert.ok(parts.awaiting > 0, `span ${spanId}: no awaiting time (${parts.title})`);
+
+  // The switch: open the panel (CPU first), then the wall graph.
+  await span.locator("button.toggle").click();
+  const wallButton = span.locator('button.view[data-view="wall"]');
+  await wallButton.click();
+  assert.equal(await wallButton.getAttribute("aria-pressed"), "true");
+  const wallFrame = span.locator('iframe.fg[data-view="wall"]');
+  await wallFrame.waitFor({ state: "visible" });
+  assert.equal(await span.locator('.fg[data-view="cpu"]').isVisible(), false, "the CPU graph is hidden");
+  const frame = await (await wallFrame.elementHandle()).contentFrame();
+  await frame.waitForFunction(() => typeof details !== "undefined" && details !== undefined);
+  const frames = await frame.evaluate(() =>
+    Array.from(document.querySelectorAll("#frames > g")).map((g) => {
+      const r = g.querySelector("rect");
+      return {
+        name: g.querySelector("title").textContent.replace(/ \([^(]*\)$/, ""),
+        x: parseFloat(r.getAttribute("x")),
+        w: parseFloat(r.getAttribute("width")),
+        y: parseFloat(r.getAttribute("y")),
+      };
+    }),
+  );
+  assert.ok(frames.some((f) => f.name.includes(blockedFn)), `wall graph of ${spanId} lacks ${blockedFn}`);
+  const awaiting = frames.filter((f) => f.name === "[awaiting]");
+  assert.ok(awaiting.length > 0, `wall graph of ${spanId} lacks [awaiting]`);
+  for (const a of awaiting) {
+    // Icicle: the caller is the frame just above, covering it.
+    const callers = frames
+      .filter((f) => f.y < a.y && f.x <= a.x + 1e-6 && f.x + f.w >= a.x + a.w - 1e-6)
+      .sort((p, q) => q.y - p.y);
+    assert.ok(callers.length > 0 && callers[0].name.includes(awaitSite), `[awaiting] is not under ${awaitSite}: ${callers.map((c) => c.name)}`);
+  }
+  await span.scrollIntoViewIfNeeded();
+  await page.screenshot({ path: wallScreenshot, fullPage: false });
+
+  // The services section has the switch too.
+  assert.ok((await page.locator('#services button.view[data-view="wall"]').count()) > 0, "no service wall graph");
+  assert.deepEqual(errors, [], "console errors");
+  console.log(`span ${spanId}: CPU ${parts.cpu} + blocked ${parts.blocked} + awaiting ${parts.awaiting} = ${(ratio * 100).toFixed(1)}% of ${parts.dur} ns; wall graph holds ${blockedFn} and [awaiting] under ${awaitSite}; screenshot ${wallScreenshot}`);
+});
+
+// The switch's memory views, when the report has memory profiles (the demo
+// with allocation profiling on): a span's "allocations" and "in-use"
+// buttons each show their own graph and hide the others.
+test("report: a span's allocation and in-use flame graphs", async (t) => {
+  const context = await launch(t);
+  const page = context.pages()[0] || (await context.newPage());
+  await page.goto(pathToFileURL(path.resolve(report)).href, { waitUntil: "load" });
+  const spans = page.locator(".span").filter({ has: page.locator('button.view[data-view="alloc"]') });
+  if ((await spans.count()) === 0) {
+    t.skip("no memory profiles in this report");
+    return;
+  }
+  const span = spans.first();
+  await span.locator("button.toggle").click();
+  for (const view of ["alloc", "inuse"]) {
+    const button = span.locator(`button.view[data-view="${view}"]`);
+    if ((await button.count()) === 0) continue;
+    await button.click();
+    const frame = span.locator(`iframe.fg[data-view="${view}"]`);
+    await frame.waitFor({ state: "visible" });
+    assert.equal(await span.locator(".fg:not([hidden])").count(), 1, `${view}: one graph shown`);
+    const doc = await (await frame.elementHandle()).contentFrame();
+    await doc.waitForFunction(() => typeof details !== "undefined" && details !== undefined);
+    const subtitle = await doc.locator("#frames").evaluate((g) => g.ownerDocument.querySelector("text").textContent);
+    assert.ok((await doc.locator("#frames > g").count()) > 1, `${view}: no frames`);
+    console.log(`${view}: ${subtitle}`);
+  }
 });

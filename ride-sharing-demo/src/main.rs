@@ -19,7 +19,15 @@ mod orchestrate;
 mod protocol;
 mod server;
 mod telemetry;
+mod wait;
 mod work;
+
+/// Allocation profiles per request span (`memory` profiles): the sampling
+/// wrapper around the system allocator, inert unless
+/// `PYROSCOPE_PROFILING_ALLOCATION_ENABLED=true` (the fleet sets it for the
+/// region services).
+#[global_allocator]
+static GLOBAL: tracing_pyroscope::Allocator = tracing_pyroscope::Allocator::system();
 
 fn main() -> ExitCode {
     let args = match args::parse(std::env::args().skip(1)) {

@@ -16,6 +16,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::args::Args;
 use crate::protocol::{self, Message, Totals, Unit};
 use crate::telemetry;
+use crate::wait;
 use crate::work::{self, Vehicle};
 
 /// In eu-north, every Nth request holds the region lock for long.
@@ -26,6 +27,8 @@ struct App {
     requests: AtomicU64,
     /// Contended in eu-north (see [`work::mutex_lock`]).
     lock: Mutex<u64>,
+    /// Routes eu-north keeps (see [`work::cache_route`]).
+    routes: Mutex<work::RouteCache>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +38,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         region,
         requests: AtomicU64::new(0),
         lock: Mutex::new(1),
+        routes: Mutex::default(),
     });
     let (result, stats) = telemetry.run(async |t| serve(args, app.clone(), t).await)?;
     if args.child {
@@ -119,11 +123,17 @@ async fn order(
     let n = app.requests.fetch_add(1, Ordering::Relaxed);
     let work_span = span.clone();
     let work_app = app.clone();
-    // The work runs on a blocking thread, inside the same span.
-    let done =
+    let done = async move {
+        if vehicle == Vehicle::Car {
+            // Cars wait for a dispatcher (awaiting, under `dispatch`).
+            wait::dispatch(vehicle).await;
+        }
+        // The work runs on a blocking thread, inside the same span.
         tokio::task::spawn_blocking(move || work_span.in_scope(|| handle(&work_app, vehicle, n)))
-            .instrument(span)
-            .await;
+            .await
+    }
+    .instrument(span)
+    .await;
     match done {
         Ok(eta) => (
             StatusCode::OK,
@@ -139,13 +149,15 @@ async fn order(
 }
 
 fn handle(app: &App, vehicle: Vehicle, n: u64) -> u64 {
-    let mut eta = work::find_nearest_vehicle(vehicle.search_radius(), vehicle);
+    // A blocking socket read (blocked, in `read`).
+    let mut eta = wait::quote_fare();
+    eta ^= work::find_nearest_vehicle(vehicle.search_radius(), vehicle);
     if vehicle == Vehicle::Car {
         eta ^= work::check_driver_availability(vehicle.search_radius() / 2);
     }
     if app.region == "eu-north" {
         // Every request takes the region lock; every Nth holds it long, so
-        // concurrent requests spin in mutex_lock.
+        // concurrent requests block in mutex_lock.
         let hold = if n.is_multiple_of(LONG_LOCK_EVERY) {
             100
         } else {
@@ -153,5 +165,18 @@ fn handle(app: &App, vehicle: Vehicle, n: u64) -> u64 {
         };
         eta ^= work::mutex_lock(&app.lock, hold);
     }
-    eta
+    eta ^ allocate(app, vehicle, n)
+}
+
+/// The request's allocations: a car's route (short-lived vectors), and in
+/// eu-north a route cache that grows and is trimmed.
+fn allocate(app: &App, vehicle: Vehicle, n: u64) -> u64 {
+    let mut x = 0;
+    if vehicle == Vehicle::Car {
+        x ^= work::build_route(n);
+    }
+    if app.region == "eu-north" {
+        x ^= work::cache_route(&app.routes, n);
+    }
+    x
 }

@@ -4,7 +4,7 @@
 //! in the flame graphs.
 
 use std::hint::black_box;
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Mutex, PoisonError};
 
 /// Iterations of [`spin`] per work unit; one unit is roughly 0.1–0.3 ms of
 /// CPU on current machines.
@@ -63,27 +63,12 @@ pub(crate) fn check_driver_availability(search_radius: u64) -> u64 {
     black_box(spin(search_radius, 11))
 }
 
-/// Takes the region's shared lock like an adaptive mutex: spin a little,
-/// then yield the CPU between attempts (waiting costs CPU here, which is what
-/// makes contention visible in a CPU profile), then holds it for `hold` units
-/// of work.
+/// Takes the region's shared lock, a blocking `std::sync::Mutex` (waiters
+/// sleep in the kernel: blocked time in the wall profile, none in the CPU
+/// profile), then holds it for `hold` units of work.
 #[inline(never)]
 pub(crate) fn mutex_lock(lock: &Mutex<u64>, hold: u64) -> u64 {
-    let mut attempts = 0u32;
-    let mut guard = loop {
-        match lock.try_lock() {
-            Ok(guard) => break guard,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                attempts = attempts.saturating_add(1);
-                if attempts < 200 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-    };
+    let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
     *guard = spin(hold, *guard);
     *guard
 }
@@ -92,6 +77,53 @@ pub(crate) fn mutex_lock(lock: &Mutex<u64>, hold: u64) -> u64 {
 #[inline(never)]
 pub(crate) fn prepare_order(seed: u64) -> u64 {
     black_box(spin(10, seed))
+}
+
+/// Points of a car's route: a few hundred KiB of short-lived vectors per
+/// request (an allocation profile shows them under `/car`).
+const ROUTE_POINTS: usize = 2048;
+/// Legs a route is planned in: each leg's points are a new vector.
+const ROUTE_LEGS: usize = 8;
+
+/// Plans a car's route: builds each leg's points and the candidate
+/// routes, all dropped before the request returns.
+#[inline(never)]
+pub(crate) fn build_route(seed: u64) -> u64 {
+    let mut legs: Vec<Vec<[u64; 2]>> = Vec::new();
+    for leg in 0..ROUTE_LEGS as u64 {
+        let points: Vec<[u64; 2]> = (0..ROUTE_POINTS as u64)
+            .map(|i| [seed ^ i, leg.wrapping_mul(i)])
+            .collect();
+        legs.push(points);
+    }
+    let labels: Vec<String> = (0..64).map(|i| format!("leg-{seed}-{i}")).collect();
+    black_box(legs.iter().map(Vec::len).sum::<usize>() as u64 ^ labels.len() as u64)
+}
+
+/// Recently planned routes, kept by a region: grows with every request and
+/// is trimmed to its newest half when full (an in-use profile shows what
+/// it holds).
+#[derive(Default)]
+pub(crate) struct RouteCache {
+    routes: std::collections::VecDeque<Vec<u64>>,
+}
+
+/// Routes a [`RouteCache`] holds before it is trimmed (about 16 MiB).
+const CACHE_ROUTES: usize = 512;
+
+/// Keeps this request's route (32 KiB) in the cache, trimming it when full.
+#[inline(never)]
+pub(crate) fn cache_route(cache: &Mutex<RouteCache>, seed: u64) -> u64 {
+    let route: Vec<u64> = (0..4096).map(|i| seed.wrapping_mul(i)).collect();
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.routes.push_back(route);
+    if cache.routes.len() > CACHE_ROUTES {
+        let keep = CACHE_ROUTES / 2;
+        while cache.routes.len() > keep {
+            cache.routes.pop_front();
+        }
+    }
+    cache.routes.len() as u64
 }
 
 #[cfg(test)]
@@ -109,6 +141,15 @@ mod tests {
             find_nearest_vehicle(3, Vehicle::Car),
             find_nearest_vehicle(3, Vehicle::Car)
         );
+    }
+
+    #[test]
+    fn the_route_cache_is_trimmed() {
+        let cache = Mutex::new(RouteCache::default());
+        for i in 0..(CACHE_ROUTES as u64 * 3) {
+            assert!(cache_route(&cache, i) <= CACHE_ROUTES as u64);
+        }
+        assert_eq!(build_route(1), build_route(1));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! - each span's flame graph holds only its own samples: no `/bike` or
 //!   `/scooter` span shows the car-only function, no span outside eu-north
 //!   shows eu-north's `mutex_lock`, no client span shows server work;
+//! - `GET /car` in eu-north explains itself: its breakdown bar (CPU +
+//!   blocked + awaiting) is its duration within 5%, and its wall graph has
+//!   blocked time in `mutex_lock` and `[awaiting]` under `dispatch`, for at
+//!   least half of those spans;
 //! - client and server root spans share trace ids (and a recorded remote
 //!   parent of a server span is the client span);
 //! - the per-vehicle view (span label `vehicle`, from the request span's
@@ -35,8 +39,12 @@ struct ReportSpan {
     name: String,
     region: Option<String>,
     samples: u64,
-    /// The flame graph document, if the span has one.
+    /// The CPU flame graph document, if the span has one.
     graph: Option<String>,
+    /// The wall flame graph document, if the span has one.
+    wall: Option<String>,
+    /// The breakdown bar: (duration, CPU, blocked, awaiting), nanoseconds.
+    breakdown: Option<(u64, u64, u64, u64)>,
 }
 
 fn attr<'a>(s: &'a str, name: &str, quote: char) -> Option<&'a str> {
@@ -71,10 +79,27 @@ fn parse_report(html: &str) -> Vec<ReportSpan> {
             name: unescape(attr(block, "title", '"').unwrap()),
             region,
             samples: attr(block, "data-samples", '"').unwrap().parse().unwrap(),
-            graph: attr(block, "data-srcdoc", '\'').map(unescape),
+            graph: view_graph(block, "cpu"),
+            wall: view_graph(block, "wall"),
+            breakdown: block.find("<div class=\"breakdown\"").map(|at| {
+                let bar = &block[at..];
+                let n = |name: &str| attr(bar, name, '"').unwrap().parse::<u64>().unwrap();
+                (
+                    n("data-dur"),
+                    n("data-cpu"),
+                    n("data-blocked"),
+                    n("data-awaiting"),
+                )
+            }),
         });
     }
     spans
+}
+
+/// The flame graph of one profile type (`data-view`) in a span's block.
+fn view_graph(block: &str, view: &str) -> Option<String> {
+    let at = block.find(&format!("<iframe class=\"fg\" data-view=\"{view}\""))?;
+    attr(&block[at..], "data-srcdoc", '\'').map(unescape)
 }
 
 /// The flame graph of the report's span-label view `key=value`.
@@ -263,7 +288,7 @@ fn demo_report_shows_each_span_with_its_own_profile() {
     }
 
     // Frames read like the code: on the hot path of `GET /car` spans (every
-    // frame with at least a tenth of the span's samples) each frame has its
+    // frame with at least a tenth of the span's samples, and two) each frame has its
     // path, e.g. `tokio::runtime::task::harness::Harness::poll`, not
     // `poll`. Only objects without symbols (libc's thread start) are named
     // by offset, and the compiler's own symbols have no path.
@@ -276,7 +301,9 @@ fn demo_report_shows_each_span_with_its_own_profile() {
             .find(|(name, _)| name == "all")
             .map_or(0, |(_, n)| *n);
         assert!(total > 0, "no root frame in {}'s graph", s.id);
-        for (name, samples) in frames.iter().filter(|(_, n)| n * 10 >= total) {
+        // A single sample is no hot path (a libc leaf such as `socketpair`
+        // can take one of a short span's few samples).
+        for (name, samples) in frames.iter().filter(|(_, n)| n * 10 >= total && *n >= 2) {
             if name == "all" {
                 continue;
             }
@@ -359,10 +386,45 @@ fn demo_report_shows_each_span_with_its_own_profile() {
         !html.contains("data-label=\"region="),
         "region is a static label, not a span label"
     );
+
+    // Why is `GET /car` slow in eu-north? Its time adds up (CPU + blocked +
+    // awaiting within 5% of its duration), with blocked time in the region
+    // lock and awaiting time under the dispatch step, in its wall graph.
+    let eu_cars: Vec<&ReportSpan> = spans
+        .iter()
+        .filter(|s| s.name == "GET /car" && s.region.as_deref() == Some("eu-north"))
+        .collect();
+    assert!(
+        eu_cars.len() >= 3,
+        "{} GET /car spans in eu-north",
+        eu_cars.len()
+    );
+    let mut explained = 0;
+    for s in &eu_cars {
+        let (dur, cpu, blocked, awaiting) = s.breakdown.expect("a breakdown bar");
+        assert!(cpu + blocked + awaiting <= dur, "{s:?}");
+        let Some(wall) = s.wall.as_deref() else {
+            continue;
+        };
+        let adds_up = (cpu + blocked + awaiting) as f64 >= 0.95 * dur as f64;
+        let mutex_blocked = blocked > 0 && wall.contains(MUTEX);
+        let awaits_dispatch = awaiting > 0
+            && graph_frames(wall)
+                .iter()
+                .any(|(name, _)| name.contains("dispatch"))
+            && wall.contains("[awaiting]");
+        explained += usize::from(adds_up && mutex_blocked && awaits_dispatch);
+    }
+    assert!(
+        explained * 2 >= eu_cars.len(),
+        "{explained} of {} GET /car spans in eu-north add up with blocked time in {MUTEX} and awaiting under dispatch (wall time on?)",
+        eu_cars.len()
+    );
     eprintln!(
-        "demo: {} spans, {} with flame graphs, {cars_with_driver}/{cars} /car spans show {DRIVER}, {eu_mutex} eu-north spans show {MUTEX}; ran {elapsed:?}",
+        "demo: {} spans, {} with flame graphs, {cars_with_driver}/{cars} /car spans show {DRIVER}, {eu_mutex} eu-north spans show {MUTEX}, {explained}/{} eu-north GET /car spans add up (CPU, blocked in {MUTEX}, awaiting under dispatch); ran {elapsed:?}",
         spans.len(),
-        with_graph.len()
+        with_graph.len(),
+        eu_cars.len()
     );
     assert_pprof_names_are_readable(&out);
     let _ = std::fs::remove_dir_all(&out);
@@ -413,8 +475,15 @@ fn assert_pprof_names_are_readable(out: &Path) {
     assert!(!files.is_empty(), "no pprof files in {}", out.display());
     let mut names = std::collections::BTreeSet::new();
     for file in &files {
+        // Memory profiles (the region services' allocations) have other
+        // sample types.
+        let index = if file.to_string_lossy().ends_with(".memory.pb.gz") {
+            "-sample_index=alloc_space"
+        } else {
+            "-sample_index=samples"
+        };
         let output = Command::new(pprof())
-            .args(["-traces", "-sample_index=samples"])
+            .args(["-traces", index])
             .arg(file)
             .env("PPROF_BINARY_PATH", "/nonexistent")
             .output()

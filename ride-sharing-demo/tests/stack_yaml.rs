@@ -132,8 +132,47 @@ fn grafana_provisioning_links_traces_to_profiles() {
         assert_eq!(found.len(), 1, "exactly one {t} data source");
         found[0]
     };
-    let tempo = by_type("tempo");
     let pyroscope = by_type("grafana-pyroscope-datasource");
+    let by_uid = |uid: &str| {
+        sources
+            .iter()
+            .find(|d| d["uid"].as_str() == Some(uid))
+            .unwrap_or_else(|| panic!("no data source with uid {uid}"))
+    };
+    let tempo = by_uid("tempo");
+    assert_eq!(tempo["isDefault"].as_bool(), Some(true));
+
+    // One Tempo data source per profile type, the same but for the type:
+    // "Tempo (wall)" and "Tempo (memory)".
+    let tempos: Vec<&Yaml> = sources
+        .iter()
+        .filter(|d| d["type"].as_str() == Some("tempo"))
+        .collect();
+    assert_eq!(tempos.len(), 3, "Tempo, Tempo (wall), Tempo (memory)");
+    for (uid, name, type_id) in [
+        (
+            "tempo-wall",
+            "Tempo (wall)",
+            "wall:wall:nanoseconds:wall:nanoseconds",
+        ),
+        (
+            "tempo-memory",
+            "Tempo (memory)",
+            "memory:alloc_space:bytes:space:bytes",
+        ),
+    ] {
+        let other = by_uid(uid);
+        assert_eq!(s(&other["name"], "name"), name);
+        assert_eq!(other["url"], tempo["url"]);
+        let mut expected = tempo["jsonData"]["tracesToProfiles"].clone();
+        if let Some(v) = expected
+            .as_mut_hash()
+            .and_then(|h| h.get_mut(&Yaml::String("profileTypeId".into())))
+        {
+            *v = Yaml::String(type_id.into());
+        }
+        assert_eq!(other["jsonData"]["tracesToProfiles"], expected, "{name}");
+    }
 
     // Exactly the block from the protocol notes.
     assert_eq!(
@@ -261,6 +300,14 @@ fn compose_runs_grafana_tempo_pyroscope_regions_and_load() {
             Some("http://tempo:4318"),
             "{name}"
         );
+        if REGIONS.contains(&name) {
+            // The region services push wall profiles ("Tempo (wall)").
+            assert_eq!(
+                get("PYROSCOPE_PROFILING_WALLTIME_ENABLED").as_deref(),
+                Some("true"),
+                "{name}"
+            );
+        }
         let otel_name =
             get("OTEL_SERVICE_NAME").unwrap_or_else(|| panic!("{name}: OTEL_SERVICE_NAME"));
         if let Some(app) = get("PYROSCOPE_APPLICATION_NAME") {

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     match tracing_pyroscope::report::write_report(&dir, &out) {
         Ok(summary) => {
             println!(
-                "{} root spans in {} traces, {} pprof files, {} samples ({} with a span id), {} span flame graphs",
+                "{} spans in {} traces, {} pprof files, {} CPU samples ({} with a span id), {} span flame graphs",
                 summary.spans,
                 summary.traces,
                 summary.files,

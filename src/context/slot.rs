@@ -721,6 +721,26 @@ pub(super) fn current() -> SpanLabels {
     .unwrap_or_default()
 }
 
+/// This thread's labels and the stack it registered, for the allocator's
+/// sampled path: never registers, allocates, locks or makes a system call
+/// (a thread without an entry, or whose entry changed owner, reads its
+/// fallback labels). Const thread locals without destructors only, so it
+/// works during thread exit too.
+#[inline]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn current_without_registering() -> (SpanLabels, Option<std::ops::Range<u64>>) {
+    let fallback = || (FALLBACK.try_with(Cell::get).unwrap_or_default(), None);
+    MINE.try_with(|m| match m.entry.get() {
+        Some(e) if e.owner.load(Ordering::Relaxed) == m.owner.get() => {
+            let hi = e.stack_hi.load(Ordering::Acquire);
+            let lo = e.stack_lo.load(Ordering::Relaxed);
+            (e.read_own(), (lo < hi).then_some(lo..hi))
+        }
+        _ => fallback(),
+    })
+    .unwrap_or((SpanLabels::NONE, None))
+}
+
 /// Marks this thread's entry as one of the profiler's threads.
 pub(super) fn mark_profiler_thread(thread: ProfilerThread) {
     if let Some(e) = own_entry() {

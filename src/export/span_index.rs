@@ -1,7 +1,9 @@
-//! The span index: one JSON line per profiled root span, `spans.jsonl`.
+//! The span index: one JSON line per profiled span, `spans.jsonl`.
 //!
-//! The layer emits a [`SpanIndexRecord`] when a profiled local root span
-//! closes and hands it to a [`SpanIndexQueue`] (bounded, never blocks, drops
+//! The layer emits a [`SpanIndexRecord`] when a profiled span closes: a
+//! local root under scope `root`, every span that has its own `span_id`
+//! under scope `all` (a child's record has `"root":false` and its local
+//! parent's id in `parent_span_id`). It hands it to a [`SpanIndexQueue`] (bounded, never blocks, drops
 //! counted). The collector adds what only it knows (the span's CPU samples,
 //! the service and its static labels) and gives the batch to the sinks that
 //! keep an index; the directory sink appends it to [`SPANS_FILE`]. The local
@@ -35,16 +37,21 @@ pub(crate) fn is_span_index_file(name: &str) -> bool {
 }
 
 /// One line of the span index.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SpanIndexRecord {
     /// 16 lowercase hex digits.
     pub(crate) span_id: String,
     /// 32 lowercase hex digits; `None` without an OpenTelemetry layer.
     #[serde(default)]
     pub(crate) trace_id: Option<String>,
-    /// The remote parent's span id, when known.
+    /// The parent's span id, when known: a child span's local parent (scope
+    /// `all`); for a local root, its remote parent (not known today).
     #[serde(default)]
     pub(crate) parent_span_id: Option<String>,
+    /// A local root. Absent in lines written before scope `all` indexed
+    /// child spans, which were all local roots.
+    #[serde(default = "yes")]
+    pub(crate) root: bool,
     /// The span's name (`otel.name` if set).
     #[serde(default)]
     pub(crate) name: String,
@@ -78,6 +85,28 @@ pub(crate) struct SpanIndexRecord {
     pub(crate) pid: u32,
 }
 
+impl Default for SpanIndexRecord {
+    fn default() -> Self {
+        SpanIndexRecord {
+            span_id: String::new(),
+            trace_id: None,
+            parent_span_id: None,
+            root: true,
+            name: String::new(),
+            service: String::new(),
+            labels: BTreeMap::new(),
+            start_unix_nanos: None,
+            end_unix_nanos: None,
+            cpu_samples: 0,
+            cpu_period_nanos: 0,
+            off_cpu_nanos: 0,
+            awaiting_nanos: 0,
+            alloc_bytes: 0,
+            pid: 0,
+        }
+    }
+}
+
 impl SpanIndexRecord {
     /// A closed span as the layer knows it; the collector fills the rest.
     pub(crate) fn closed_span(
@@ -91,6 +120,7 @@ impl SpanIndexRecord {
             span_id: span_id_hex(span_id),
             trace_id: (trace_id != 0).then(|| trace_id_hex(trace_id)),
             parent_span_id: None,
+            root: true,
             name,
             start_unix_nanos: Some(unix_nanos(start)),
             end_unix_nanos: Some(unix_nanos(end)),
@@ -153,6 +183,10 @@ pub(crate) fn normalize_hex(s: &str, len: usize) -> Option<String> {
     (ok && lower.bytes().any(|b| b != b'0')).then_some(lower)
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -206,6 +240,21 @@ mod tests {
         assert_eq!(SpanIndexRecord::from_line(line.as_bytes()), Some(r.clone()));
         assert_eq!(r.span_id(), Some(0xab));
         assert_eq!(r.end_unix_nanos, Some(12));
+    }
+
+    #[test]
+    fn a_line_without_root_is_a_local_root() {
+        let r = SpanIndexRecord::from_line(br#"{"span_id":"00000000000000ab"}"#).unwrap();
+        assert!(r.root);
+        let child = SpanIndexRecord {
+            span_id: "00000000000000ac".into(),
+            parent_span_id: Some("00000000000000ab".into()),
+            root: false,
+            ..SpanIndexRecord::default()
+        };
+        let back = SpanIndexRecord::from_line(child.to_line().as_bytes()).unwrap();
+        assert!(!back.root);
+        assert_eq!(back.parent_span_id.as_deref(), Some("00000000000000ab"));
     }
 
     #[test]

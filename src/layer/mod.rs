@@ -410,17 +410,32 @@ where
         let Some(resolved) = data.resolved.get() else {
             return;
         };
-        if !resolved.local_root || resolved.own_id == 0 {
+        // Scope `all`: every span with its own id is indexed (a child with
+        // its local parent's id); otherwise local roots only.
+        if resolved.own_id == 0 || (!resolved.local_root && *scope != SpanScope::All) {
             return;
         }
         // The remote parent's id is inside tracing-opentelemetry's private
         // span data, not reachable through its public API: left unset.
-        records.record(SpanIndexRecord::closed_span(
+        let mut record = SpanIndexRecord::closed_span(
             resolved.own_id,
             resolved.otel_trace_id,
             data.name.to_string(),
             resolved.start,
             SystemTime::now(),
-        ));
+        );
+        if !resolved.local_root {
+            record.root = false;
+            record.parent_span_id = span
+                .parent()
+                .and_then(|p| {
+                    p.extensions()
+                        .get::<SpanData>()
+                        .and_then(|d| d.resolved.get().map(|r| r.own_id))
+                })
+                .filter(|&id| id != 0)
+                .map(crate::context::span_id_hex);
+        }
+        records.record(record);
     }
 }

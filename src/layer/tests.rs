@@ -193,13 +193,28 @@ fn records_carry_otel_ids() {
     });
     let spans = exporter.get_finished_spans().unwrap();
     let root = spans.iter().find(|s| s.name == "otel-record-root").unwrap();
-    let records: Vec<SpanIndexRecord> = rx.try_iter().collect();
-    // Scope all: only local roots are recorded.
-    assert_eq!(records.len(), 1, "{records:?}");
+    let child = spans
+        .iter()
+        .find(|s| s.name == "otel-record-child")
+        .unwrap();
+    let mut records: Vec<SpanIndexRecord> = rx.try_iter().collect();
+    // Scope all: every span with its own id is recorded, the child (closed
+    // first) with its local parent.
+    assert_eq!(records.len(), 2, "{records:?}");
+    let child_record = records.remove(0);
+    let root_id = u64::from_be_bytes(root.span_context.span_id().to_bytes());
     assert_eq!(
-        records[0].span_id(),
-        Some(u64::from_be_bytes(root.span_context.span_id().to_bytes()))
+        child_record.span_id(),
+        Some(u64::from_be_bytes(child.span_context.span_id().to_bytes()))
     );
+    assert!(!child_record.root);
+    assert_eq!(child_record.name, "otel-record-child");
+    assert_eq!(
+        child_record.parent_span_id,
+        Some(context::span_id_hex(root_id))
+    );
+    assert!(records[0].root);
+    assert_eq!(records[0].span_id(), Some(root_id));
     assert_eq!(
         records[0].trace_id,
         Some(context::trace_id_hex(u128::from_be_bytes(

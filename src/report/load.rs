@@ -43,20 +43,80 @@ impl Stacks {
     }
 }
 
+/// What a profile measures: the report keeps one [`Folded`] per view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum View {
+    /// `process_cpu`: `cpu/nanoseconds`.
+    Cpu,
+    /// `wall`: `wall/nanoseconds` (running, blocked, `[runnable]`,
+    /// `[awaiting]`).
+    Wall,
+    /// `memory`: `alloc_space/bytes`.
+    Alloc,
+    /// `memory`: `inuse_space/bytes`.
+    Inuse,
+}
+
+impl View {
+    pub(crate) const ALL: [View; 4] = [View::Cpu, View::Wall, View::Alloc, View::Inuse];
+
+    /// The short name used in the page's attributes (`data-view`).
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            View::Cpu => "cpu",
+            View::Wall => "wall",
+            View::Alloc => "alloc",
+            View::Inuse => "inuse",
+        }
+    }
+
+    /// The button's text.
+    pub(crate) fn title(self) -> &'static str {
+        match self {
+            View::Cpu => "CPU",
+            View::Wall => "wall",
+            View::Alloc => "allocations",
+            View::Inuse => "in-use",
+        }
+    }
+
+    /// The pprof sample type (and unit) this view reads.
+    fn sample_type(self) -> (&'static str, &'static str) {
+        match self {
+            View::Cpu => ("cpu", "nanoseconds"),
+            View::Wall => ("wall", "nanoseconds"),
+            View::Alloc => ("alloc_space", "bytes"),
+            View::Inuse => ("inuse_space", "bytes"),
+        }
+    }
+
+    /// Bytes (memory) rather than nanoseconds (CPU, wall).
+    pub(crate) fn is_bytes(self) -> bool {
+        matches!(self, View::Alloc | View::Inuse)
+    }
+}
+
 /// Samples folded by stack, with totals.
 #[derive(Debug, Default)]
 pub(super) struct Folded {
-    /// Stack id → samples.
+    /// Stack id → weight: samples (CPU), microseconds (wall) or bytes
+    /// (memory).
     pub(super) stacks: HashMap<u32, u64>,
+    /// Samples (the `samples`, `alloc_objects` or `inuse_objects` value).
     pub(super) samples: u64,
-    pub(super) cpu_nanos: u64,
+    /// Nanoseconds (CPU, wall) or bytes (memory).
+    pub(super) total: u64,
 }
 
 impl Folded {
-    fn add(&mut self, stack: u32, samples: u64, cpu_nanos: u64) {
-        *self.stacks.entry(stack).or_insert(0) += samples;
+    fn add(&mut self, stack: u32, weight: u64, samples: u64, total: u64) {
+        *self.stacks.entry(stack).or_insert(0) += weight;
         self.samples += samples;
-        self.cpu_nanos += cpu_nanos;
+        self.total += total;
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.stacks.values().all(|&w| w == 0)
     }
 
     /// Folded lines `a;b;c N`, sorted (inferno requires sorted input).
@@ -70,6 +130,81 @@ impl Folded {
         lines.sort_unstable();
         lines
     }
+}
+
+/// One [`Folded`] per view.
+#[derive(Debug, Default)]
+pub(super) struct Profiles {
+    pub(super) cpu: Folded,
+    pub(super) wall: Folded,
+    pub(super) alloc: Folded,
+    pub(super) inuse: Folded,
+    /// Wall nanoseconds whose leaf frame is `[awaiting]`.
+    pub(super) awaiting_nanos: u64,
+    /// Wall nanoseconds whose leaf is `[blocked…` or `[runnable]`.
+    pub(super) blocked_leaf_nanos: u64,
+}
+
+impl Profiles {
+    pub(super) fn get(&self, view: View) -> &Folded {
+        match view {
+            View::Cpu => &self.cpu,
+            View::Wall => &self.wall,
+            View::Alloc => &self.alloc,
+            View::Inuse => &self.inuse,
+        }
+    }
+
+    fn get_mut(&mut self, view: View) -> &mut Folded {
+        match view {
+            View::Cpu => &mut self.cpu,
+            View::Wall => &mut self.wall,
+            View::Alloc => &mut self.alloc,
+            View::Inuse => &mut self.inuse,
+        }
+    }
+
+    fn add(&mut self, view: View, value: &SampleValue) {
+        self.get_mut(view)
+            .add(value.stack, value.weight, value.samples, value.total);
+        if view == View::Wall {
+            match value.leaf {
+                Leaf::Awaiting => self.awaiting_nanos += value.total,
+                Leaf::Blocked => self.blocked_leaf_nanos += value.total,
+                Leaf::Other => {}
+            }
+        }
+    }
+
+    /// The views that hold samples, in [`View::ALL`]'s order.
+    pub(super) fn views(&self) -> Vec<View> {
+        View::ALL
+            .into_iter()
+            .filter(|&v| !self.get(v).is_empty())
+            .collect()
+    }
+
+    /// Samples of any view.
+    pub(super) fn any_samples(&self) -> bool {
+        View::ALL.iter().any(|&v| !self.get(v).is_empty())
+    }
+}
+
+/// What a wall sample's leaf frame says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaf {
+    Awaiting,
+    Blocked,
+    Other,
+}
+
+/// One sample's contribution to a view.
+struct SampleValue {
+    stack: u32,
+    weight: u64,
+    samples: u64,
+    total: u64,
+    leaf: Leaf,
 }
 
 /// One root span: from `spans.jsonl`, from samples, or both.
@@ -87,7 +222,12 @@ pub(super) struct Span {
     pub(super) end: Option<u64>,
     /// In `spans.jsonl` (not only seen in samples).
     pub(super) recorded: bool,
-    pub(super) profile: Folded,
+    /// A local root (a record without `root` is one: older writers indexed
+    /// only local roots); `false` for a child span under scope `all`.
+    pub(super) root: bool,
+    pub(super) profile: Profiles,
+    /// The CPU profile's period, nanoseconds (0 if no CPU sample).
+    pub(super) cpu_period: u64,
 }
 
 /// One pprof file that was read.
@@ -95,6 +235,8 @@ pub(super) struct Span {
 pub(super) struct FileInfo {
     pub(super) path: PathBuf,
     pub(super) service: String,
+    /// The profile types the file holds (`process_cpu`, `wall`, `memory`).
+    pub(super) kind: &'static str,
     pub(super) samples: u64,
     /// Unix nanoseconds (`time_nanos`), 0 if unset.
     pub(super) start: i64,
@@ -108,15 +250,20 @@ pub(super) struct Data {
     /// Span id → span.
     pub(super) spans: HashMap<String, Span>,
     /// Service → all of its samples.
-    pub(super) services: BTreeMap<String, Folded>,
+    pub(super) services: BTreeMap<String, Profiles>,
     pub(super) files: Vec<FileInfo>,
     /// File and why it was skipped.
     pub(super) skipped_files: Vec<(PathBuf, String)>,
     pub(super) skipped_span_lines: usize,
+    /// CPU samples in all files.
     pub(super) total_samples: u64,
+    /// CPU samples that carry a `span_id`.
     pub(super) samples_with_span: u64,
+    /// CPU samples without a `span_id` (stacks and samples): lost
+    /// attribution.
+    pub(super) outside_spans: Folded,
     /// Span-field label key → value → its samples (all services).
-    pub(super) labels: BTreeMap<String, BTreeMap<String, Folded>>,
+    pub(super) labels: BTreeMap<String, BTreeMap<String, Profiles>>,
 }
 
 pub(super) fn load(dir: &Path) -> Result<Data, Error> {
@@ -197,7 +344,9 @@ fn read_spans(path: &Path, data: &mut Data) -> Result<(), Error> {
             start: record.start_unix_nanos,
             end: record.end_unix_nanos,
             recorded: true,
-            profile: Folded::default(),
+            root: record.root,
+            profile: Profiles::default(),
+            cpu_period: 0,
         };
     }
     Ok(())
@@ -248,6 +397,54 @@ pub(super) fn service_from_file_name(path: &Path) -> String {
     }
 }
 
+/// Where each view's values sit in a profile's samples: (view, index of
+/// its count, index of its value), and the view's value per sample when the
+/// profile has no value of its own (the period: a `samples`-only profile is
+/// read as CPU).
+struct Layout {
+    views: Vec<(View, Option<usize>, Option<usize>)>,
+    period: u64,
+    kind: &'static str,
+}
+
+impl Layout {
+    fn of(profile: &proto::Profile, string: impl Fn(i64) -> String) -> Layout {
+        let types: Vec<(String, String)> = profile
+            .sample_type
+            .iter()
+            .map(|t| (string(t.r#type), string(t.unit)))
+            .collect();
+        let index = |name: &str| types.iter().position(|(t, _)| t == name);
+        let mut views = Vec::new();
+        for view in View::ALL {
+            let (name, unit) = view.sample_type();
+            let Some(value) = types.iter().position(|(t, u)| t == name && u == unit) else {
+                continue;
+            };
+            let count = match view {
+                View::Cpu | View::Wall => index("samples"),
+                View::Alloc => index("alloc_objects"),
+                View::Inuse => index("inuse_objects"),
+            };
+            views.push((view, count, Some(value)));
+        }
+        if views.is_empty() {
+            // Only `samples/count`: CPU samples of `period` nanoseconds each.
+            views.push((View::Cpu, Some(index("samples").unwrap_or(0)), None));
+        }
+        let kind = match views.first().map(|v| v.0) {
+            Some(View::Wall) => "wall",
+            Some(View::Alloc | View::Inuse) => "memory",
+            _ => "process_cpu",
+        };
+        Layout {
+            views,
+            period: u64::try_from(profile.period).unwrap_or(0),
+            kind,
+        }
+    }
+}
+
 fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
     let strings = &profile.string_table;
     let string = |i: i64| -> &str {
@@ -257,15 +454,7 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
             .map(String::as_str)
             .unwrap_or("")
     };
-    let type_index = |wanted: &str| {
-        profile
-            .sample_type
-            .iter()
-            .position(|t| string(t.r#type) == wanted)
-    };
-    let count_index = type_index("samples").unwrap_or(0);
-    let cpu_index = type_index("cpu");
-    let period = u64::try_from(profile.period).unwrap_or(0);
+    let layout = Layout::of(profile, |i| string(i).to_string());
 
     // Function id → name; location id → its frames, caller first, joined by ';'.
     let functions: HashMap<u64, String> = profile
@@ -306,6 +495,7 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
     let service = service_from_file_name(&path);
     let mut file_samples = 0u64;
     let mut stack = String::new();
+    let mut values: Vec<(View, SampleValue)> = Vec::with_capacity(4);
     for sample in &profile.sample {
         let value = |i: usize| {
             sample
@@ -313,14 +503,6 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
                 .get(i)
                 .and_then(|&v| u64::try_from(v).ok())
                 .unwrap_or(0)
-        };
-        let samples = value(count_index);
-        if samples == 0 {
-            continue;
-        }
-        let cpu_nanos = match cpu_index {
-            Some(i) => value(i),
-            None => samples.saturating_mul(period),
         };
         stack.clear();
         // location_id is leaf first.
@@ -336,13 +518,62 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
         if stack.is_empty() {
             stack.push_str("[unknown]");
         }
+        let leaf_name = stack.rsplit(';').next().unwrap_or("");
+        let leaf = if leaf_name == "[awaiting]" {
+            Leaf::Awaiting
+        } else if leaf_name.starts_with("[blocked") || leaf_name == "[runnable]" {
+            Leaf::Blocked
+        } else {
+            Leaf::Other
+        };
+        values.clear();
+        for &(view, count_index, value_index) in &layout.views {
+            let samples = count_index.map_or(0, value);
+            let total = match value_index {
+                Some(i) => value(i),
+                None => samples.saturating_mul(layout.period),
+            };
+            if samples == 0 && total == 0 {
+                continue;
+            }
+            let weight = match view {
+                View::Cpu => samples.max(1),
+                // Microseconds: the graph's tooltips stay readable.
+                View::Wall => total.div_ceil(1000),
+                View::Alloc | View::Inuse => total,
+            };
+            if weight == 0 {
+                continue;
+            }
+            values.push((
+                view,
+                SampleValue {
+                    stack: 0,
+                    weight,
+                    samples,
+                    total,
+                    leaf,
+                },
+            ));
+        }
+        if values.is_empty() {
+            continue;
+        }
         let stack_id = data.stacks.intern(&stack);
-        file_samples += samples;
-        data.total_samples += samples;
-        data.services
-            .entry(service.clone())
-            .or_default()
-            .add(stack_id, samples, cpu_nanos);
+        for (_, v) in &mut values {
+            v.stack = stack_id;
+        }
+        let cpu_samples: u64 = values
+            .iter()
+            .filter(|(view, _)| *view == View::Cpu)
+            .map(|(_, v)| v.samples)
+            .sum();
+        file_samples += values.iter().map(|(_, v)| v.samples).max().unwrap_or(0);
+        data.total_samples += cpu_samples;
+        let service_profiles = data.services.entry(service.clone()).or_default();
+        for (view, v) in &values {
+            service_profiles.add(*view, v);
+        }
 
         let mut span_id = None;
         let mut span_name = None;
@@ -354,14 +585,24 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
                 keys::TRACE_ID => trace_id = normalize_hex(string(label.str), 32),
                 "" => {}
                 // Any other string label is a span-field label.
-                key if label.str != 0 => add_label(&mut data.labels, key, string(label.str), |f| {
-                    f.add(stack_id, samples, cpu_nanos)
+                key if label.str != 0 => add_label(&mut data.labels, key, string(label.str), |p| {
+                    for (view, v) in &values {
+                        p.add(*view, v);
+                    }
                 }),
                 _ => {}
             }
         }
-        let Some(span_id) = span_id else { continue };
-        data.samples_with_span += samples;
+        let Some(span_id) = span_id else {
+            for (view, v) in &values {
+                if *view == View::Cpu {
+                    data.outside_spans
+                        .add(v.stack, v.weight, v.samples, v.total);
+                }
+            }
+            continue;
+        };
+        data.samples_with_span += cpu_samples;
         let span = data.spans.entry(span_id.clone()).or_insert_with(|| Span {
             span_id,
             ..Span::default()
@@ -379,11 +620,17 @@ fn add_profile(data: &mut Data, path: PathBuf, profile: &proto::Profile) {
                 span.service = service.clone();
             }
         }
-        span.profile.add(stack_id, samples, cpu_nanos);
+        for (view, v) in &values {
+            span.profile.add(*view, v);
+            if *view == View::Cpu && v.samples > 0 {
+                span.cpu_period = v.total / v.samples;
+            }
+        }
     }
     data.files.push(FileInfo {
         path,
         service,
+        kind: layout.kind,
         samples: file_samples,
         start: profile.time_nanos,
         duration_nanos: profile.duration_nanos,
@@ -396,10 +643,10 @@ const MAX_LABEL_KEYS: usize = 64;
 const MAX_LABEL_VALUES: usize = 1000;
 
 fn add_label(
-    labels: &mut BTreeMap<String, BTreeMap<String, Folded>>,
+    labels: &mut BTreeMap<String, BTreeMap<String, Profiles>>,
     key: &str,
     value: &str,
-    add: impl FnOnce(&mut Folded),
+    add: impl FnOnce(&mut Profiles),
 ) {
     if !labels.contains_key(key) && labels.len() >= MAX_LABEL_KEYS {
         return;
@@ -418,3 +665,63 @@ fn frame_name(name: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Spans made by hand, for the page's tests.
+#[cfg(test)]
+pub(super) mod tests_support {
+    use super::{Data, Leaf, SampleValue, Span, View};
+
+    /// Adds `samples` CPU samples of 10 ms outside any span on `stack`.
+    pub(in crate::report) fn outside(data: &mut Data, stack: &str, samples: u64) {
+        let id = data.stacks.intern(stack);
+        data.outside_spans
+            .add(id, samples, samples, samples * 10 * MS);
+        data.total_samples += samples;
+    }
+
+    const MS: u64 = 1_000_000;
+
+    /// A span of `dur_ms` with `cpu_ms` of CPU in `cpu_samples` samples and
+    /// `wall_ms` of wall time, of which `awaiting_ms` is `[awaiting]` and
+    /// `blocked_ms` has a `[blocked…]` leaf.
+    pub(in crate::report) fn span_with(
+        dur_ms: u64,
+        cpu_ms: u64,
+        cpu_samples: u64,
+        wall_ms: u64,
+        awaiting_ms: u64,
+        blocked_ms: u64,
+    ) -> Span {
+        let mut span = Span {
+            span_id: "00000000000000ab".into(),
+            start: Some(1),
+            end: Some(1 + dur_ms * MS),
+            recorded: true,
+            root: true,
+            ..Span::default()
+        };
+        let value = |stack, total: u64, samples, leaf| SampleValue {
+            stack,
+            weight: total.div_ceil(1000).max(1),
+            samples,
+            total,
+            leaf,
+        };
+        if cpu_samples > 0 {
+            span.profile
+                .add(View::Cpu, &value(0, cpu_ms * MS, cpu_samples, Leaf::Other));
+        }
+        let running = wall_ms.saturating_sub(awaiting_ms + blocked_ms);
+        for (stack, ms, leaf) in [
+            (0, running, Leaf::Other),
+            (1, awaiting_ms, Leaf::Awaiting),
+            (2, blocked_ms, Leaf::Blocked),
+        ] {
+            if ms > 0 {
+                span.profile
+                    .add(View::Wall, &value(stack, ms * MS, 1, leaf));
+            }
+        }
+        span
+    }
+}

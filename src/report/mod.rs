@@ -2,19 +2,31 @@
 //! Grafana's trace view, built from a profiles directory.
 //!
 //! A service that runs with `PYROSCOPE_PROFILES_DIR=DIR` leaves there one
-//! gzipped pprof file per interval (`DIR/<service>-<start_ms>-<pid>-<seq>.pb.gz`)
-//! and an index of its profiled root spans (`DIR/spans.jsonl`).
+//! gzipped pprof file per interval and profile type
+//! (`DIR/<service>-<start_ms>-<pid>-<seq>.pb.gz` for CPU, `….wall.pb.gz`
+//! and `….memory.pb.gz` for the others; the report tells them apart by
+//! their sample types) and an index
+//! of its profiled spans (`DIR/spans.jsonl`: local roots, and under scope
+//! `all` every span with its own id).
 //! [`write_report`] turns that directory into a single HTML file that needs no
 //! network, no CDN and no server:
 //!
 //! - **Traces as rows.** Root spans that share a trace id (for example a
 //!   client's `OrderVehicle` span and the server's request span) form one row
-//!   with a small waterfall. Each root span shows its name, service, region,
-//!   duration, CPU time (samples × period), trace id and span id.
+//!   with a small waterfall. Each span shows its name, service, region,
+//!   duration, CPU time, trace id and span id, and a bar that splits its
+//!   duration into CPU, blocked and awaiting (the last two from the wall
+//!   profile). CPU is never drawn longer than the span; with fewer than five
+//!   samples it is marked as an estimate, with its sample count.
+//! - **Lost attribution, said out loud.** The header gives the share of CPU
+//!   that ran outside any span, its top functions and threads, and the fix
+//!   when most of it ran in tokio's blocking pool.
 //! - **A flame graph per span.** The "profile" toggle opens, in place, an
 //!   interactive [inferno](https://docs.rs/inferno) flame graph (zoom and
 //!   search) built **only** from the samples whose `span_id` label is that
-//!   span's id, like Grafana's embedded flame graph. Each graph lives in its
+//!   span's id, like Grafana's embedded flame graph, with a switch between
+//!   the profile types present: CPU, wall, allocations (`alloc_space`) and
+//!   in-use (`inuse_space`). Each graph lives in its
 //!   own `<iframe srcdoc>` so the graphs' scripts and element ids cannot clash,
 //!   and it is created only when opened. To keep the page small, only the
 //!   200 heaviest spans get one (the page says so).
@@ -64,10 +76,10 @@ pub(crate) const MAX_TRACE_ROWS: usize = 5000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReportSummary {
-    /// Root spans shown: those in `spans.jsonl` plus span ids that occur
-    /// only in samples.
+    /// Spans shown: those in `spans.jsonl` plus span ids that occur only in
+    /// samples.
     pub spans: usize,
-    /// Rows: traces (root spans grouped by trace id; a span without a trace
+    /// Rows: traces (spans grouped by trace id; a span without a trace
     /// id is a row of its own).
     pub traces: usize,
     /// pprof files read.
@@ -76,9 +88,9 @@ pub struct ReportSummary {
     pub skipped_files: usize,
     /// Lines of `spans.jsonl` skipped (partial or malformed).
     pub skipped_span_lines: usize,
-    /// Samples in all files (sum of the `samples` values).
+    /// CPU samples in all files (sum of the `samples` values).
     pub samples: u64,
-    /// Samples that carry a `span_id` label.
+    /// CPU samples that carry a `span_id` label.
     pub samples_with_span: u64,
     /// Per-span flame graphs written (at most 200, the heaviest spans).
     pub span_flame_graphs: usize,

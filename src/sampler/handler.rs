@@ -67,8 +67,9 @@ pub(super) struct InHandler {
 
 impl InHandler {
     /// # Safety
-    /// Only in the signal handler, or in a test that calls handler code.
-    unsafe fn new() -> InHandler {
+    /// Only in the signal handler, in code held to its rules
+    /// (`here.rs`), or in a test that calls handler code.
+    pub(super) unsafe fn new() -> InHandler {
         InHandler {
             _not_send: PhantomData,
         }

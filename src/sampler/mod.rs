@@ -55,6 +55,7 @@ use crate::{Error, ErrorKind};
 mod activity;
 mod buffer;
 mod handler;
+mod here;
 mod images;
 mod manager;
 mod queue;
@@ -64,7 +65,8 @@ mod timers;
 mod unwind;
 pub(crate) mod wall;
 
-use buffer::SampleBuffer;
+pub(crate) use buffer::{SampleBuffer, MAX_FRAMES};
+pub(crate) use here::unwind_here;
 pub(crate) use images::loaded_images;
 use manager::{
     drain_loop, foreign_handler, install_handler, manage, publish_maps, publish_unwinder, shut_down,

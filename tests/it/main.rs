@@ -26,6 +26,7 @@ mod dl_fixture;
 #[path = "../pprof_tool/mod.rs"]
 mod pprof_tool;
 
+mod alloc_not_installed;
 mod build_twice;
 mod config_env;
 mod e2e_span_labels;
@@ -55,3 +56,7 @@ mod symbols_replaced_library;
 mod upload_faults;
 mod wall_blocked;
 mod wall_eintr;
+
+/// The sample distance `sampler_stress` profiles allocations at: none here
+/// (the `alloc_stress` binary installs the allocator wrapper and sets it).
+const ALLOCATION_SAMPLE_BYTES: Option<u64> = None;

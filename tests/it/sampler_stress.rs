@@ -52,6 +52,11 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
         .sample_rate(1000)
         .upload_interval(Duration::from_secs(1))
         .span_labels(["mark", "worker"])
+        // The `alloc_stress` binary runs this test again with the
+        // allocator wrapper installed and allocation profiling on.
+        .allocations(crate::ALLOCATION_SAMPLE_BYTES.is_some())
+        .heap(crate::ALLOCATION_SAMPLE_BYTES.is_some())
+        .allocation_sample_bytes(crate::ALLOCATION_SAMPLE_BYTES.unwrap_or(512 * 1024))
         .build()
         .expect("start profiler");
 
@@ -234,6 +239,13 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     );
     assert_eq!(eintr.load(Ordering::Relaxed), 0, "EINTR reached read/write");
     assert_eq!(stats.dropped_samples, 0, "samples were lost: {stats:?}");
+    if crate::ALLOCATION_SAMPLE_BYTES.is_some() {
+        // Allocation samples may be dropped at 1 KiB, but only counted.
+        assert!(
+            stats.allocation_samples > 1000,
+            "too few allocation samples: {stats:?}"
+        );
+    }
     assert!(stats.samples > 1000, "too few samples: {stats:?}");
     assert!(threads_spawned.load(Ordering::Relaxed) > 100);
     assert!(dl_cycles.load(Ordering::Relaxed) > 50);
@@ -259,6 +271,9 @@ fn stress_malloc_thread_churn_and_blocking_syscalls() {
     // is neither (cut to the leaf, or stopped midway) is a failed unwind.
     let traces: Vec<_> = pprof_tool::profile_files(&dir)
         .iter()
+        // CPU profiles (the allocation profiles' stacks start in the
+        // allocator, and have another sample type).
+        .filter(|file| !file.to_string_lossy().ends_with(".memory.pb.gz"))
         .flat_map(|file| pprof_tool::traces(file))
         .collect();
     let through_entry = |frames: &[String]| {

@@ -67,7 +67,7 @@ pub(crate) fn demo(args: &Args) -> Result<(), BoxError> {
 
     let summary = tracing_pyroscope::report::write_report(&out, &out.join("report.html"))?;
     eprintln!(
-        "report: {} root spans in {} traces, {} pprof files, {} samples ({} with a span id), {} span flame graphs",
+        "report: {} spans in {} traces, {} pprof files, {} CPU samples ({} with a span id), {} span flame graphs",
         summary.spans,
         summary.traces,
         summary.files,

@@ -16,6 +16,9 @@ use crate::protocol::{self, Message, Progress, Totals};
 /// The regions, one service process each.
 pub(super) const REGIONS: [&str; 3] = ["us-east", "eu-north", "ap-south"];
 
+/// Turns the wall profile on (the demo's default: on).
+const WALL_TIME_VAR: &str = "PYROSCOPE_PROFILING_WALLTIME_ENABLED";
+
 /// Environment variables that switch profiling on; removed when it is off.
 const PROFILING_VARS: [&str; 2] = ["PYROSCOPE_PROFILES_DIR", "PYROSCOPE_SERVER_ADDRESS"];
 
@@ -173,12 +176,18 @@ impl Fleet {
                 span_labels.push("vehicle".to_string());
             }
             cmd.env("PYROSCOPE_SPAN_LABELS", span_labels.join(","));
+            allocation_profiles(&mut cmd);
         }
         cmd.env("OTEL_SERVICE_NAME", service);
         match profiling {
             Profiling::On => {
                 cmd.env("PYROSCOPE_PROFILES_DIR", &self.out);
                 cmd.env_remove("PYROSCOPE_PROFILING_ENABLED");
+                // Wall time (CPU, blocked, awaiting per span) is on in the
+                // demo unless the user says otherwise.
+                if std::env::var_os(WALL_TIME_VAR).is_none() {
+                    cmd.env(WALL_TIME_VAR, "true");
+                }
             }
             Profiling::Off => {
                 for var in PROFILING_VARS {
@@ -339,6 +348,19 @@ impl Drop for Fleet {
                 }
                 let _ = p.child.wait();
             }
+        }
+    }
+}
+
+/// The region services also send allocation and in-use profiles
+/// (`memory`), unless the user's environment says otherwise.
+fn allocation_profiles(cmd: &mut Command) {
+    for var in [
+        "PYROSCOPE_PROFILING_ALLOCATION_ENABLED",
+        "PYROSCOPE_PROFILING_HEAP_ENABLED",
+    ] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, "true");
         }
     }
 }

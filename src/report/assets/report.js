@@ -29,7 +29,27 @@
   q.addEventListener("input", apply);
   svc.addEventListener("change", apply);
   sort.addEventListener("change", resort);
+  function load(frame) {
+    if (frame && frame.hasAttribute("data-srcdoc") && !frame.hasAttribute("srcdoc")) {
+      var js = document.getElementById("inferno-js").textContent;
+      frame.setAttribute("srcdoc", frame.getAttribute("data-srcdoc").replace(MARKER, function () { return js; }));
+    }
+  }
   document.addEventListener("click", function (e) {
+    var v = e.target.closest ? e.target.closest("button.view") : null;
+    if (v) {
+      // The profile-type switch: show this type's graph, hide the others.
+      var p = v.closest(".profile");
+      var want = v.getAttribute("data-view");
+      p.querySelectorAll("button.view").forEach(function (o) {
+        o.setAttribute("aria-pressed", o === v ? "true" : "false");
+      });
+      p.querySelectorAll(".fg").forEach(function (f) {
+        f.hidden = f.getAttribute("data-view") !== want;
+        if (!f.hidden && f.tagName === "IFRAME") load(f);
+      });
+      return;
+    }
     var b = e.target.closest ? e.target.closest("button.toggle") : null;
     if (!b) return;
     var panel = document.getElementById(b.getAttribute("aria-controls"));
@@ -37,10 +57,6 @@
     var open = panel.hidden;
     panel.hidden = !open;
     b.setAttribute("aria-expanded", open ? "true" : "false");
-    var frame = panel.querySelector("iframe[data-srcdoc]");
-    if (open && frame && !frame.hasAttribute("srcdoc")) {
-      var js = document.getElementById("inferno-js").textContent;
-      frame.setAttribute("srcdoc", frame.getAttribute("data-srcdoc").replace(MARKER, function () { return js; }));
-    }
+    if (open) load(panel.querySelector("iframe.fg:not([hidden])"));
   });
 })();

@@ -20,9 +20,10 @@ pub(super) fn write(h: &mut String, data: &Data, dir: &Path) {
         let start = u64::try_from(file.start).unwrap_or(0);
         let _ = writeln!(
             h,
-            "<li><code class=\"cmd\">pprof -http=: {cmd}</code> <span class=\"dim\">{service} · {samples} samples · {when} · {secs:.1} s</span></li>",
+            "<li><code class=\"cmd\">pprof -http=: {cmd}</code> <span class=\"dim\">{service} · {kind} · {samples} samples · {when} · {secs:.1} s</span></li>",
             cmd = esc(&shell_quote(&full.display().to_string())),
             service = esc(&file.service),
+            kind = file.kind,
             samples = file.samples,
             when = if start > 0 { fmt_time(start) } else { "time unknown".to_string() },
             secs = file.duration_nanos as f64 / 1e9,

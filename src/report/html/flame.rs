@@ -17,8 +17,8 @@
 
 use std::fmt::Write as _;
 
-use super::text::{esc, esc_single_quoted, fmt_duration};
-use crate::report::load::{Folded, Stacks};
+use super::text::{esc, esc_single_quoted, fmt_bytes, fmt_duration};
+use crate::report::load::{Folded, Profiles, Stacks, View};
 
 /// Marks where inferno's (identical in every graph) script goes in a
 /// flame graph's `srcdoc`; the page holds the script once and puts it back
@@ -70,13 +70,14 @@ impl<'a> Flames<'a> {
     }
 
     /// The "profile" toggle (closing the head row opened by the caller),
-    /// `after_head`, then a hidden panel holding a lazily loaded flame graph
-    /// iframe.
+    /// `after_head`, then a hidden panel: a switch between the profile
+    /// types that hold samples here (CPU, wall, allocations, in-use), each
+    /// a lazily loaded flame graph iframe (`data-view`), CPU first.
     pub(super) fn push_panel(
         &mut self,
         h: &mut String,
         target: &PanelFor<'_>,
-        folded: &Folded,
+        profiles: &Profiles,
         title: &str,
         after_head: &str,
     ) {
@@ -87,30 +88,94 @@ impl<'a> Flames<'a> {
              aria-controls=\"{panel}\">profile</button></div></div>{after_head}\
              <div class=\"profile\" id=\"{panel}\" hidden>"
         );
-        match flame_graph(folded, self.stacks, title) {
-            Some((doc, height, js)) if self.shared_js.as_ref().is_none_or(|s| *s == js) => {
-                self.shared_js.get_or_insert(js);
-                // Single-quoted: the SVG is full of double quotes, so only '&'
-                // and '\'' need escaping, which keeps the page small.
-                let _ = write!(
-                    h,
-                    "<iframe class=\"fg\" data-{kind}=\"{key}\" data-srcdoc='{doc}' height=\"{height}\" \
-                     title=\"{t}\"></iframe>",
-                    key = esc(key),
-                    doc = esc_single_quoted(&doc),
-                    t = esc(title),
-                );
-            }
-            _ => h.push_str("<p class=\"empty\">Could not draw this flame graph.</p>"),
+        let views = profiles.views();
+        if views.is_empty() {
+            h.push_str("<p class=\"empty\">No samples.</p></div>");
+            return;
+        }
+        h.push_str("<div class=\"views\" role=\"group\" aria-label=\"profile type\">");
+        for (i, view) in views.iter().enumerate() {
+            let _ = write!(
+                h,
+                "<button class=\"view\" type=\"button\" data-view=\"{v}\" aria-pressed=\"{p}\">{t}</button>",
+                v = view.key(),
+                p = i == 0,
+                t = view.title(),
+            );
         }
         h.push_str("</div>");
+        for (i, &view) in views.iter().enumerate() {
+            let folded = profiles.get(view);
+            let graph_title = format!("{title} · {}", view.title());
+            match flame_graph(folded, self.stacks, &graph_title, view) {
+                Some((doc, height, js)) if self.shared_js.as_ref().is_none_or(|s| *s == js) => {
+                    self.shared_js.get_or_insert(js);
+                    // Single-quoted: the SVG is full of double quotes, so only '&'
+                    // and '\'' need escaping, which keeps the page small.
+                    let _ = write!(
+                        h,
+                        "<iframe class=\"fg\" data-view=\"{v}\" data-{kind}=\"{key}\" data-srcdoc='{doc}' \
+                         height=\"{height}\" title=\"{t}\"{hidden}></iframe>",
+                        v = view.key(),
+                        key = esc(key),
+                        doc = esc_single_quoted(&doc),
+                        t = esc(&graph_title),
+                        hidden = if i == 0 { "" } else { " hidden" },
+                    );
+                }
+                _ => {
+                    let _ = write!(
+                        h,
+                        "<p class=\"empty fg\" data-view=\"{v}\"{hidden}>Could not draw this flame graph.</p>",
+                        v = view.key(),
+                        hidden = if i == 0 { "" } else { " hidden" },
+                    );
+                }
+            }
+        }
+        h.push_str("</div>");
+    }
+}
+
+/// The totals of every view that holds samples: `CPU 1.2 s (300 samples) ·
+/// wall 3.40 s · allocations 12.0 MiB · in-use 3.0 MiB`.
+pub(super) fn totals(profiles: &Profiles) -> String {
+    let mut out = format!(
+        "CPU {} ({} samples)",
+        fmt_duration(profiles.cpu.total),
+        profiles.cpu.samples
+    );
+    for view in profiles.views() {
+        if view != View::Cpu {
+            let _ = write!(
+                out,
+                " · {} {}",
+                view.title(),
+                fmt_total(view, profiles.get(view))
+            );
+        }
+    }
+    out
+}
+
+/// A view's total as text: a duration, or bytes.
+pub(super) fn fmt_total(view: View, folded: &Folded) -> String {
+    if view.is_bytes() {
+        fmt_bytes(folded.total)
+    } else {
+        fmt_duration(folded.total)
     }
 }
 
 /// An HTML document (for `srcdoc`) holding inferno's interactive SVG with
 /// its static script replaced by [`INFERNO_JS_MARKER`], the SVG's height in
 /// pixels, and the script taken out.
-fn flame_graph(folded: &Folded, stacks: &Stacks, title: &str) -> Option<(String, usize, String)> {
+fn flame_graph(
+    folded: &Folded,
+    stacks: &Stacks,
+    title: &str,
+    view: View,
+) -> Option<(String, usize, String)> {
     let lines = folded.lines(stacks);
     if lines.is_empty() {
         return None;
@@ -118,11 +183,17 @@ fn flame_graph(folded: &Folded, stacks: &Stacks, title: &str) -> Option<(String,
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_string();
     options.subtitle = Some(format!(
-        "{} samples · CPU {}",
+        "{} samples · {} {}",
         folded.samples,
-        fmt_duration(folded.cpu_nanos)
+        view.title(),
+        fmt_total(view, folded)
     ));
-    options.count_name = "samples".to_string();
+    options.count_name = match view {
+        View::Cpu => "samples",
+        View::Wall => "µs",
+        View::Alloc | View::Inuse => "bytes",
+    }
+    .to_string();
     options.hash = true;
     // Root at the top, leaves below (an icicle graph), as Grafana draws
     // flame graphs.

@@ -5,10 +5,10 @@
 
 use std::fmt::Write as _;
 
-use super::flame::{Flames, PanelFor};
-use super::text::{esc, fmt_duration, percent};
+use super::flame::{totals, Flames, PanelFor};
+use super::text::{esc, percent};
 use super::Data;
-use crate::report::load::Folded;
+use crate::report::load::Profiles;
 
 /// At most this many values of one key get a flame graph (the heaviest);
 /// the page says how many were left out.
@@ -24,8 +24,12 @@ pub(super) fn write(h: &mut String, data: &Data, flames: &mut Flames<'_>) {
         );
     }
     for (k, (key, values)) in data.labels.iter().enumerate() {
-        let mut values: Vec<(&String, &Folded)> = values.iter().collect();
-        values.sort_by(|a, b| b.1.samples.cmp(&a.1.samples).then_with(|| a.0.cmp(b.0)));
+        let mut values: Vec<(&String, &Profiles)> = values.iter().collect();
+        values.sort_by(|a, b| {
+            (b.1.cpu.samples, b.1.wall.total, b.1.alloc.total)
+                .cmp(&(a.1.cpu.samples, a.1.wall.total, a.1.alloc.total))
+                .then_with(|| a.0.cmp(b.0))
+        });
         let _ = writeln!(
             h,
             "<div class=\"label-key\" data-label-key=\"{key_attr}\"><h3>{key}</h3>\
@@ -41,12 +45,11 @@ pub(super) fn write(h: &mut String, data: &Data, flames: &mut Flames<'_>) {
                 h,
                 "<div class=\"service label-value\" data-label=\"{attr}\">\
                  <div class=\"service-head\"><b>{shown}</b> \
-                 <span class=\"dim\">{samples} samples ({pct} of all) · CPU {cpu}</span> ",
+                 <span class=\"dim\">{totals} · {pct} of all CPU samples</span> ",
                 attr = esc(&label),
                 shown = esc(&label),
-                samples = folded.samples,
-                pct = percent(folded.samples, data.total_samples),
-                cpu = fmt_duration(folded.cpu_nanos),
+                totals = esc(&totals(folded)),
+                pct = percent(folded.cpu.samples, data.total_samples),
             );
             let panel = format!("lbl-{k}-{v}");
             let title = format!("{label}: all samples");

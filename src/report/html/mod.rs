@@ -19,6 +19,7 @@ use std::path::Path;
 use super::load::{Data, Span};
 use super::{MAX_SPAN_FLAME_GRAPHS, MAX_TRACE_ROWS};
 
+mod breakdown;
 mod files;
 mod flame;
 mod labels;
@@ -49,12 +50,11 @@ impl<'a> SpanGraphs<'a> {
         let mut by_weight: Vec<&Span> = data
             .spans
             .values()
-            .filter(|s| s.profile.samples > 0)
+            .filter(|s| s.profile.any_samples())
             .collect();
         by_weight.sort_by(|a, b| {
-            b.profile
-                .samples
-                .cmp(&a.profile.samples)
+            span_weight(b)
+                .cmp(&span_weight(a))
                 .then_with(|| a.span_id.cmp(&b.span_id))
         });
         SpanGraphs {
@@ -75,6 +75,12 @@ impl<'a> SpanGraphs<'a> {
     fn left_out(&self) -> usize {
         self.with_samples.saturating_sub(self.with_graph.len())
     }
+}
+
+/// How heavy a span is: CPU samples, then wall time, then bytes allocated.
+fn span_weight(span: &Span) -> (u64, u64, u64) {
+    let p = &span.profile;
+    (p.cpu.samples, p.wall.total, p.alloc.total)
 }
 
 pub(super) fn render(data: &Data, dir: &Path) -> Page {

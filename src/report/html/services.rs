@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::flame::{Flames, PanelFor};
-use super::text::{esc, fmt_duration};
+use super::flame::{totals, Flames, PanelFor};
+use super::text::esc;
 use super::Data;
 
 pub(super) fn write(h: &mut String, data: &Data, flames: &mut Flames<'_>) {
@@ -16,10 +16,9 @@ pub(super) fn write(h: &mut String, data: &Data, flames: &mut Flames<'_>) {
         let _ = write!(
             h,
             "<div class=\"service\"><div class=\"service-head\"><b>{name}</b> \
-             <span class=\"dim\">{samples} samples · CPU {cpu}</span> ",
+             <span class=\"dim\">{totals}</span> ",
             name = esc(service),
-            samples = folded.samples,
-            cpu = fmt_duration(folded.cpu_nanos),
+            totals = esc(&totals(folded)),
         );
         let panel = format!("svc-{i}");
         let title = format!("{service}: all samples");

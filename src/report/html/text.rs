@@ -57,6 +57,19 @@ pub(super) fn fmt_duration(nanos: u64) -> String {
     }
 }
 
+pub(super) fn fmt_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if bytes < 1 << 30 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else {
+        format!("{:.2} GiB", b / 1073741824.0)
+    }
+}
+
 pub(super) fn unix_nanos_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -117,6 +130,8 @@ mod tests {
         assert_eq!(fmt_duration(1_500_000), "1.5 ms");
         assert_eq!(fmt_duration(2_500_000_000), "2.50 s");
         assert_eq!(fmt_duration(0), "0 ms");
+        assert_eq!(fmt_bytes(512), "512 B");
+        assert_eq!(fmt_bytes(3 << 19), "1.5 MiB");
         assert_eq!(percent(1, 3), "33.3%");
         assert_eq!(percent(0, 0), "–");
     }

@@ -1,10 +1,12 @@
 //! The traces section: filter and sort controls, then one row per trace
-//! (root spans grouped by trace id) with a waterfall of its root spans;
-//! each span row can open the span's own flame graph.
+//! (spans grouped by trace id) with a waterfall of its spans (local roots;
+//! under scope `all` their child spans too); each span row shows where its
+//! time went ([`Breakdown`]) and can open the span's own flame graphs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
+use super::breakdown::Breakdown;
 use super::flame::{Flames, PanelFor};
 use super::text::{esc, fmt_duration, fmt_time};
 use super::{Data, Span, SpanGraphs};
@@ -59,8 +61,8 @@ pub(super) fn group(data: &Data) -> Vec<Trace<'_>> {
         let Some(trace) = traces.get_mut(index) else {
             continue;
         };
-        trace.cpu_nanos += span.profile.cpu_nanos;
-        trace.samples += span.profile.samples;
+        trace.cpu_nanos += span.profile.cpu.total;
+        trace.samples += span.profile.cpu.samples;
         if let Some(s) = span.start {
             trace.start = Some(trace.start.map_or(s, |t| t.min(s)));
         }
@@ -130,7 +132,10 @@ fn write_controls(h: &mut String, data: &Data, shown: usize) {
         "</select></label> <label>Sort by <select id=\"sort\">\
          <option value=\"cpu\">CPU time</option><option value=\"dur\">duration</option>\
          <option value=\"start\">newest first</option></select></label> \
-         <span class=\"dim\"><span id=\"shown\">{shown}</span> shown</span></div>",
+         <span class=\"dim\"><span id=\"shown\">{shown}</span> shown</span> \
+         <span class=\"legend dim\">each span's time:<span class=\"seg cpu\"></span>CPU\
+         <span class=\"seg blocked\"></span>blocked<span class=\"seg awaiting\"></span>awaiting\
+         <span class=\"seg rest\"></span>not measured</span></div>",
     );
 }
 
@@ -155,7 +160,7 @@ fn write_trace_head(h: &mut String, trace: &Trace<'_>) {
         h,
         "<section class=\"trace\" data-cpu=\"{cpu}\" data-dur=\"{dur}\" data-start=\"{start}\" \
          data-names=\"{names}\" data-services=\"{svcs}\">\n<div class=\"trace-head\">\
-         <b>{first}</b> <span class=\"dim\">trace {tid} · {n} root span{plural} · {dur_s} · CPU {cpu_s}{when}</span></div>\n",
+         <b>{first}</b> <span class=\"dim\">trace {tid} · {n} span{plural} · {dur_s} · CPU {cpu_s}{when}</span></div>\n",
         cpu = trace.cpu_nanos,
         dur = trace.duration().unwrap_or(0),
         start = trace.start.unwrap_or(0),
@@ -199,19 +204,28 @@ fn write_span(
         (Some(s0), Some(s1)) => fmt_duration(s1.saturating_sub(s0)),
         _ => "?".to_string(),
     };
+    let breakdown = Breakdown::of(span);
+    let (cpu, estimate) = match &breakdown {
+        Some(b) => (b.cpu_text(), b.estimate),
+        None => (fmt_duration(span.profile.cpu.total), false),
+    };
     let _ = write!(
         h,
-        "<div class=\"span\" data-span-id=\"{id}\" data-samples=\"{samples}\"><div class=\"span-row\">\
-         <div class=\"label\" title=\"{name_attr}\">{name} <span class=\"dim\">{service}{region}</span></div>\
+        "<div class=\"span{child}\" data-span-id=\"{id}\" data-samples=\"{samples}\"><div class=\"span-row\">\
+         <div class=\"label\" title=\"{name_attr}\">{arrow}{name} <span class=\"dim\">{service}{region}</span></div>\
          <div class=\"track\">{bar}</div>\
-         <div class=\"num\">{duration}</div><div class=\"num\" title=\"{samples} samples\">CPU {cpu}</div>",
+         <div class=\"parts\">{parts}</div>\
+         <div class=\"num\">{duration}</div><div class=\"num cpu{est}\" title=\"{samples} CPU samples\">CPU {cpu}</div>",
+        child = if span.recorded && !span.root { " child" } else { "" },
+        arrow = if span.recorded && !span.root { "↳ " } else { "" },
         id = span.span_id,
         name_attr = esc(&span.name),
         name = esc(display_name(&span.name)),
         service = esc(&span.service),
         bar = waterfall_bar(trace, span),
-        samples = span.profile.samples,
-        cpu = fmt_duration(span.profile.cpu_nanos),
+        parts = breakdown.map(|b| b.bar()).unwrap_or_default(),
+        samples = span.profile.cpu.samples,
+        est = if estimate { " estimate" } else { "" },
     );
     let ids = span_ids(span);
     let with_graph = graphs.has_graph(span);
@@ -224,7 +238,7 @@ fn write_span(
         };
         flames.push_panel(h, &target, &span.profile, &title, &ids);
     } else {
-        let why = if span.profile.samples == 0 {
+        let why = if !span.profile.any_samples() {
             "no samples"
         } else {
             "not among the heaviest"

@@ -1,0 +1,199 @@
+//! Cost of the allocator wrapper, against the bare system allocator in the
+//! same run.
+//!
+//! - `alloc+free 64 B`: `System` directly, against the wrapper (the global
+//!   allocator here) inert (no profiler) and with allocation and heap
+//!   profiling on at the default 512 KiB distance (the average over
+//!   sampled and unsampled calls). Targets: inert ≤ 1.05×, on ≤ 1.15× or
+//!   ≤ +2 ns.
+//! - `malloc-heavy`: 8 threads building and dropping `Vec`s (grown element
+//!   by element) and `String`s (`format!`), process CPU time, with a
+//!   profiler sampling CPU only against one also profiling allocations and
+//!   the live heap. Target: ≤ +2 % CPU. `bulk` allocates far more bytes
+//!   per CPU-second (vectors filled at once): the sampler's cost is per
+//!   byte allocated, so this is its worst case.
+//!
+//! The machine is shared, so the figures come from interleaved rounds (the
+//! profiler started and stopped between them), each kind's minimum; a
+//! criterion group follows for the 64 B case.
+//!
+//! ```text
+//! cargo bench --bench alloc -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use tracing_pyroscope::{Allocator, ProfilerGuard};
+
+#[global_allocator]
+static GLOBAL: Allocator = Allocator::system();
+
+const LAYOUT: Layout = match Layout::from_size_align(64, 8) {
+    Ok(l) => l,
+    Err(_) => panic!("layout"),
+};
+
+#[inline(always)]
+fn pair<A: GlobalAlloc>(a: &A) {
+    // SAFETY: a non-zero layout; the block is freed with the same layout.
+    unsafe {
+        let p = a.alloc(LAYOUT);
+        black_box(p);
+        a.dealloc(p, LAYOUT);
+    }
+}
+
+/// Nanoseconds per alloc+free pair over `n` pairs.
+fn time_pairs<A: GlobalAlloc>(a: &A, n: u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        pair(a);
+    }
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn profiler(allocations: bool) -> ProfilerGuard {
+    let dir = std::env::temp_dir().join(format!(
+        "tracing-pyroscope-bench-alloc-{}",
+        std::process::id()
+    ));
+    let (_layer, guard) = tracing_pyroscope::Builder::new("bench-alloc")
+        .profiles_dir(&dir)
+        .allocations(allocations)
+        .heap(allocations)
+        .upload_interval(Duration::from_secs(1))
+        .build()
+        .expect("profiler");
+    guard
+}
+
+/// This process's CPU time.
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// 8 threads building and dropping vectors and strings; returns the
+/// process CPU time it took. `bulk`: each round instead fills one vector
+/// of up to 4 KiB at once (about 10 GB of allocation per CPU-second, the
+/// most a sampler pays for: its cost is per byte allocated).
+fn malloc_heavy(rounds: u64, bulk: bool) -> Duration {
+    let start = cpu_time();
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            s.spawn(move || {
+                let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut keep: Vec<Vec<u64>> = Vec::with_capacity(64);
+                for i in 0..rounds {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let n = (x % 512) as usize + 1;
+                    let v: Vec<u64> = if bulk {
+                        (0..n as u64).collect()
+                    } else {
+                        // Grown element by element, as most code does.
+                        let mut v = Vec::new();
+                        for j in 0..(n / 8) as u64 {
+                            v.push(j ^ x);
+                        }
+                        v
+                    };
+                    let mut names: Vec<String> = Vec::new();
+                    for j in 0..if bulk { 1 } else { 8 } {
+                        names.push(format!("order-{i}-{j}-{}", v.len()));
+                    }
+                    black_box(names.iter().map(String::len).sum::<usize>());
+                    if keep.len() == 64 {
+                        keep.swap_remove((x % 64) as usize);
+                    }
+                    keep.push(v);
+                }
+                black_box(keep.len());
+            });
+        }
+    });
+    cpu_time() - start
+}
+
+fn interleaved() {
+    // Short alternating runs: the minimum of each is what interference
+    // on a shared machine barely moves.
+    const PAIRS: u64 = 500_000;
+    const ALTERNATIONS: usize = 10;
+    const ROUNDS: usize = 8;
+    const HEAVY: u64 = 200_000;
+    let mut best = [f64::MAX; 4];
+    let mut heavy = [Duration::MAX; 2];
+    let mut bulk = [Duration::MAX; 2];
+    for _ in 0..ROUNDS {
+        for _ in 0..ALTERNATIONS {
+            best[0] = best[0].min(time_pairs(&System, PAIRS));
+            best[1] = best[1].min(time_pairs(&GLOBAL, PAIRS));
+        }
+        let guard = profiler(false);
+        heavy[0] = heavy[0].min(malloc_heavy(HEAVY, false));
+        bulk[0] = bulk[0].min(malloc_heavy(HEAVY, true));
+        drop(guard);
+        let guard = profiler(true);
+        for _ in 0..ALTERNATIONS {
+            best[2] = best[2].min(time_pairs(&System, PAIRS));
+            best[3] = best[3].min(time_pairs(&GLOBAL, PAIRS));
+        }
+        heavy[1] = heavy[1].min(malloc_heavy(HEAVY, false));
+        bulk[1] = bulk[1].min(malloc_heavy(HEAVY, true));
+        drop(guard);
+    }
+    println!(
+        "alloc+free 64 B: system {:.2} ns, wrapper inert {:.2} ns ({:.3}x)",
+        best[0],
+        best[1],
+        best[1] / best[0]
+    );
+    println!(
+        "alloc+free 64 B, allocation+heap profiling on: system {:.2} ns, wrapper {:.2} ns ({:.3}x, {:+.2} ns)",
+        best[2],
+        best[3],
+        best[3] / best[2],
+        best[3] - best[2]
+    );
+    println!(
+        "malloc-heavy, 8 threads: CPU profiling only {:.3} s, with allocation+heap profiling {:.3} s ({:+.2}%)",
+        heavy[0].as_secs_f64(),
+        heavy[1].as_secs_f64(),
+        (heavy[1].as_secs_f64() / heavy[0].as_secs_f64() - 1.0) * 100.0
+    );
+    println!(
+        "bulk (up to 4 KiB filled at once), 8 threads: CPU profiling only {:.3} s, with allocation+heap profiling {:.3} s ({:+.2}%)",
+        bulk[0].as_secs_f64(),
+        bulk[1].as_secs_f64(),
+        (bulk[1].as_secs_f64() / bulk[0].as_secs_f64() - 1.0) * 100.0
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    // Not when cargo only checks that the benches run (`--test`, `--list`).
+    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+        interleaved();
+    }
+    let mut group = c.benchmark_group("alloc+free 64 B");
+    group.bench_function("system", |b| b.iter(|| pair(&System)));
+    group.bench_function("wrapper inert", |b| b.iter(|| pair(&GLOBAL)));
+    let guard = profiler(true);
+    group.bench_function("system, profiling on", |b| b.iter(|| pair(&System)));
+    group.bench_function("wrapper, allocation+heap profiling", |b| {
+        b.iter(|| pair(&GLOBAL))
+    });
+    drop(guard);
+    group.finish();
+    c.final_summary();
+}
