@@ -499,7 +499,10 @@ fn start_platform(
         .then(|| SpanIndexQueue::new(records_tx, counters.clone()));
     // Process-wide limits only once this profiler is the one running: a
     // second `build` (`AlreadyRunning`) leaves the first one's alone.
-    let sampler = Sampler::start(config.sample_rate)?;
+    let sampler = Sampler::start_with(crate::sampler::Options {
+        rate_hz: config.sample_rate,
+        wall: config.wall_time,
+    })?;
     // Allocation sampling, once the sampler's unwinder is published.
     let allocations = (config.allocations || config.heap)
         .then(|| crate::alloc::AllocProfiler::start(config.allocation_sample_bytes, config.heap))

@@ -45,7 +45,8 @@ pub(crate) use fields::{fields_of, DEFAULT_MAX_LABEL_VALUES};
 #[cfg_attr(not(tp_sampler), allow(unused_imports))]
 pub(crate) use slot::{
     claims as slot_claims, count_sample, current_without_registering, read_slot, release_exited,
-    release_slot, set_stack_probe, slot_for_tid, slot_is_current, stack_of, SlotRef,
+    release_slot, set_stack_probe, slot_for_tid, slot_is_current, slots_used, stack_of,
+    view as slot_view, SlotRef, SlotView,
 };
 
 /// The sample label keys the crate sets, in the order they are written.

@@ -69,6 +69,9 @@ const CHUNKS: usize = 512;
 const READ_ATTEMPTS: usize = 16;
 
 static ARENA: [OnceLock<Box<[Entry]>>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
+/// Entries ever handed out (the registry's `used`), for [`view`]'s
+/// callers: indexes below it are in allocated chunks.
+static USED: AtomicU32 = AtomicU32::new(0);
 
 /// One thread's labels. On its own cache lines: only its thread writes it.
 #[repr(align(64))]
@@ -350,6 +353,50 @@ pub(crate) fn slot_is_current(slot: SlotRef, tid: u32) -> bool {
         .is_some_and(|e| e.owner.load(Ordering::Acquire) == owner_word(slot.generation, tid))
 }
 
+/// One owned entry as another thread sees it: what the wall-time sampler
+/// walks (`sampler::wall`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) struct SlotView {
+    /// The entry and its owner's generation.
+    pub(crate) slot: SlotRef,
+    /// The owner's kernel thread id.
+    pub(crate) tid: u32,
+    /// Its labels now.
+    pub(crate) labels: SpanLabels,
+    /// `true` on the profiler's own threads.
+    pub(crate) profiler: bool,
+}
+
+/// How many entries [`view`] may find: indexes `0..slots_used()`. One
+/// atomic load.
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn slots_used() -> u32 {
+    USED.load(Ordering::Acquire)
+}
+
+/// The entry at `index` if a thread owns it: its owner and labels (a
+/// sequence-locked read, as [`read_slot`]). Atomics only: no lock, no
+/// allocation, no system call. `None` for a free entry, an index past
+/// [`slots_used`], or a read that kept racing its owner's writes.
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) fn view(index: u32) -> Option<SlotView> {
+    let e = entry(index)?;
+    let owner = e.owner.load(Ordering::Acquire);
+    let tid = owner as u32;
+    if tid == 0 {
+        return None;
+    }
+    let generation = (owner >> 32) as u32;
+    let labels = e.read(generation, || ())?;
+    Some(SlotView {
+        slot: SlotRef { index, generation },
+        tid,
+        labels,
+        profiler: labels.profiler_thread().is_some(),
+    })
+}
+
 /// Who holds which entry. Locked only off the hot path.
 struct Registry {
     /// The process the table describes; a forked child starts over.
@@ -425,6 +472,7 @@ pub(crate) fn slot_for_tid(tid: u32) -> Option<SlotRef> {
             }
             ARENA[index as usize / CHUNK].get_or_init(new_chunk);
             reg.used += 1;
+            USED.store(reg.used, Ordering::Release);
             index
         }
     };

@@ -6,6 +6,10 @@
 use super::handler::on_sigprof;
 use super::*;
 
+/// With wall time on: how long no thread may be seen inside a span before
+/// the manager stops ticking at the sample rate.
+const WALL_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Installs our handler unless a foreign one is installed.
 pub(super) fn install_handler() -> Result<(), Error> {
     let ours = on_sigprof as *const () as libc::sighandler_t;
@@ -106,6 +110,7 @@ pub(super) fn publish_maps(maps: MapsSnapshot, retired: &mut Retired) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn manage(
     mut timers: timers::Timers,
     mut tables: unwind::TablesCache,
@@ -114,6 +119,7 @@ pub(super) fn manage(
     counters: Arc<RunCounters>,
     buffer: Arc<SampleBuffer>,
     asleep_on_cpu: Arc<AtomicBool>,
+    mut wall: Option<(wall::Wall<wall::Os>, Duration)>,
 ) {
     let mut loader_generation = {
         let p = UNWIND.load(Ordering::SeqCst);
@@ -137,22 +143,49 @@ pub(super) fn manage(
     let mut cpu_sleep = false;
     let mut cpu_sleep_refused = false;
     let mut idle_looks = 0u32;
+    // Wall time on: while a thread was inside a span within
+    // `WALL_IDLE_AFTER`, the manager also ticks at the sample rate (see
+    // `wall`), the thread scans keeping their own period. Otherwise it
+    // keeps its usual cadence (no wakes at idle) and looks for threads in
+    // spans whenever it wakes.
+    let mut next_scan = std::time::Instant::now();
+    let mut wall_seen = std::time::Instant::now();
     loop {
-        if cpu_sleep {
-            asleep_on_cpu.store(true, Ordering::SeqCst);
-            if !stop.is_stopped() {
-                cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
-            }
-            asleep_on_cpu.store(false, Ordering::SeqCst);
-            if stop.is_stopped() {
+        let wall_hot = wall_seen.elapsed() < WALL_IDLE_AFTER;
+        if let Some((w, tick)) = wall.as_mut().filter(|_| wall_hot) {
+            let now = std::time::Instant::now();
+            if stop.wait((*tick).min(next_scan.saturating_duration_since(now))) {
                 break;
             }
-        } else if stop.wait(period) {
-            break;
+            if w.tick() {
+                wall_seen = std::time::Instant::now();
+            }
+            if std::time::Instant::now() < next_scan {
+                continue;
+            }
+        } else {
+            if cpu_sleep {
+                asleep_on_cpu.store(true, Ordering::SeqCst);
+                if !stop.is_stopped() {
+                    cpu_sleep_refused = !activity::sleep_until_cpu_used(activity::IDLE_WAKE_CPU);
+                }
+                asleep_on_cpu.store(false, Ordering::SeqCst);
+                if stop.is_stopped() {
+                    break;
+                }
+            } else if stop.wait(period) {
+                break;
+            }
+            if let Some((w, _)) = wall.as_mut() {
+                if w.tick() {
+                    wall_seen = std::time::Instant::now();
+                }
+            }
         }
         cpu_sleep = false;
         if displaced {
             period = Duration::from_secs(1);
+            next_scan = std::time::Instant::now() + period;
             continue;
         }
         // Code loaded or unloaded (dlopen, dlclose)? Rebuild the unwinder.
@@ -248,6 +281,10 @@ pub(super) fn manage(
             .retired
             .store(retired.len() as u64, Ordering::Relaxed);
         counters.reclaimed.store(retired.freed(), Ordering::Relaxed);
+        next_scan = std::time::Instant::now() + period;
+    }
+    if let Some((w, _)) = wall.as_mut() {
+        w.flush();
     }
     timers.clear();
     shut_down(&mut retired, buffer);

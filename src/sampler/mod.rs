@@ -13,6 +13,10 @@
 //!   buffer ([`buffer`]). Installed with `SA_RESTART | SA_SIGINFO`; calls
 //!   that Linux never restarts (`epoll_wait`, `nanosleep`, …) may return
 //!   `EINTR`, as under any signal-based profiler.
+//! - [`wall`] (wall time on): the manager also measures the blocked and
+//!   runnable time of threads inside spans, with stacks read from `/proc`
+//!   and our own memory, never with a signal: no application call fails
+//!   with `EINTR` because of it.
 //! - [`queue`]: the drain thread (`pyroscope-drain`) moves samples from the
 //!   signal buffer to a bounded aggregating queue when the handler wakes
 //!   it; the collector takes the queue in O(1), so its slow work never
@@ -59,6 +63,7 @@ mod reclaim;
 mod stack;
 mod timers;
 mod unwind;
+pub(crate) mod wall;
 
 pub(crate) use buffer::{SampleBuffer, MAX_FRAMES};
 pub(crate) use here::unwind_here;
@@ -186,6 +191,17 @@ pub(crate) struct SamplerStats {
     pub(crate) buffer_slots: u64,
 }
 
+/// How to start a [`Sampler`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    /// CPU samples per CPU-second of each thread; also the wall sampler's
+    /// ticks per second.
+    pub(crate) rate_hz: u32,
+    /// Measure the blocked and runnable time of threads inside spans
+    /// ([`wall`]).
+    pub(crate) wall: bool,
+}
+
 /// Counters one sampler's manager thread keeps.
 #[derive(Default)]
 struct RunCounters {
@@ -223,7 +239,17 @@ impl std::fmt::Debug for Sampler {
 
 impl Sampler {
     /// Starts sampling every thread at `rate_hz` samples per CPU-second.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn start(rate_hz: u32) -> Result<Sampler, Error> {
+        Self::start_with(Options {
+            rate_hz,
+            wall: false,
+        })
+    }
+
+    /// Starts sampling with `options`.
+    pub(crate) fn start_with(options: Options) -> Result<Sampler, Error> {
+        let rate_hz = options.rate_hz;
         if rate_hz == 0 {
             return Err(Error::config("sample_rate", "0", "1 to 1000 (Hz)"));
         }
@@ -236,7 +262,7 @@ impl Sampler {
                 "a tracing-pyroscope profiler is already running in this process",
             ));
         }
-        match Self::start_inner(rate_hz) {
+        match Self::start_inner(rate_hz, options.wall) {
             Ok(s) => Ok(s),
             Err(e) => {
                 RUNNING.store(false, Ordering::SeqCst);
@@ -245,7 +271,7 @@ impl Sampler {
         }
     }
 
-    fn start_inner(rate_hz: u32) -> Result<Sampler, Error> {
+    fn start_inner(rate_hz: u32, wall: bool) -> Result<Sampler, Error> {
         shared();
         install_handler()?;
         let mut retired = Retired::default();
@@ -323,6 +349,7 @@ impl Sampler {
                         counters,
                         buffer,
                         asleep_on_cpu,
+                        wall.then(|| (wall::start(), Duration::from_nanos(period_nanos))),
                     )
                 })
         };

@@ -56,6 +56,8 @@ mod span_labels_budget;
 mod symbols_replaced_library;
 mod upload_faults;
 mod wall_awaiting;
+mod wall_blocked;
+mod wall_eintr;
 
 /// The sample distance `sampler_stress` profiles allocations at: none here
 /// (the `alloc_stress` binary installs the allocator wrapper and sets it).
