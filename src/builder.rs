@@ -526,6 +526,9 @@ fn start_platform(
         records: records_rx,
         max_span_ids: config.max_span_ids,
         wall_time: config.wall_time,
+        flush_awaiting: config
+            .wall_time
+            .then_some(crate::layer::wall::flush as fn()),
         memory_period: (config.allocations || config.heap)
             .then_some(config.allocation_sample_bytes),
         allocations: allocations.map(|a| (a, config.allocations)),

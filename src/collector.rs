@@ -28,12 +28,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::export::{Sink, SpanIndexRecord};
+use crate::export::{Sink, SpanCost, SpanIndexRecord};
 use crate::profile::ProfileKind;
 use crate::stats::{Counters, Stats};
 use crate::sync::StopSignal;
-
-pub(crate) mod extra;
 
 /// Stops profiling when dropped: stops the timers, encodes the last partial
 /// interval and flushes it, within the shutdown timeout (default 5 s) even if
@@ -130,30 +128,6 @@ struct SpanTally {
     interval: u32,
 }
 
-/// What one span's samples add up to, for its span index record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(not(tp_sampler), allow(dead_code))]
-pub(crate) struct SpanCost {
-    /// CPU samples (each one period of CPU time).
-    pub(crate) cpu_samples: u64,
-    /// Wall time off CPU: blocked and runnable.
-    pub(crate) off_cpu_nanos: u64,
-    /// Wall time awaiting (the span's task polled on no thread).
-    pub(crate) awaiting_nanos: u64,
-    /// Sampled bytes allocated (weighted).
-    pub(crate) alloc_bytes: u64,
-}
-
-#[cfg_attr(not(tp_sampler), allow(dead_code))]
-impl SpanCost {
-    fn add(&mut self, other: SpanCost) {
-        self.cpu_samples = self.cpu_samples.saturating_add(other.cpu_samples);
-        self.off_cpu_nanos = self.off_cpu_nanos.saturating_add(other.off_cpu_nanos);
-        self.awaiting_nanos = self.awaiting_nanos.saturating_add(other.awaiting_nanos);
-        self.alloc_bytes = self.alloc_bytes.saturating_add(other.alloc_bytes);
-    }
-}
-
 #[cfg_attr(not(tp_sampler), allow(dead_code))]
 impl SpanTally {
     fn add(&mut self, span_id: u64, cost: SpanCost) {
@@ -184,9 +158,6 @@ impl SpanTally {
             .retain(|_, (_, last)| now.wrapping_sub(*last) < TALLY_INTERVALS);
     }
 }
-
-/// The leaf frame of awaiting time (wall profile).
-pub(crate) const AWAITING_FRAME: &str = "[awaiting]";
 
 /// `true` for a sample of an application thread inside a span: the
 /// samples the wall profile covers.
@@ -287,6 +258,9 @@ mod linux {
         pub(crate) max_span_ids: usize,
         /// Collect the `wall` profile.
         pub(crate) wall_time: bool,
+        /// Hands the layer's awaiting time of spans still open to the
+        /// wall profile (called at each interval's end and at shutdown).
+        pub(crate) flush_awaiting: Option<fn()>,
         /// Collect the `memory` profile, with this mean distance in bytes
         /// between sampled allocations (its period).
         pub(crate) memory_period: Option<u64>,
@@ -335,9 +309,9 @@ mod linux {
         if settings.memory_period.is_some() {
             kinds.push(ProfileKind::Memory);
         }
-        extra::set_kinds(&kinds);
+        crate::profile::extra::set_kinds(&kinds);
         let collector = Collector {
-            awaiting_frame: crate::profile::synthetic_frame(AWAITING_FRAME),
+            awaiting_frame: crate::profile::synthetic_frame(crate::profile::AWAITING_FRAME),
             period_nanos: sampler.period_nanos(),
             sampler,
             sinks,
@@ -346,7 +320,7 @@ mod linux {
             counters: counters.clone(),
             pending: Vec::new(),
             span_samples: SpanTally::default(),
-            base_extra_dropped: extra::dropped(),
+            base_extra_dropped: crate::profile::extra::dropped(),
             base_name_overflows: crate::context::name_overflows(),
             base_label_overflows: (
                 crate::context::value_overflows(),
@@ -423,10 +397,10 @@ mod linux {
                 let samples = self.drain(&mut builder);
                 self.index_spans(false);
                 if interval_clock.elapsed() >= interval {
-                    if self.settings.wall_time {
+                    if let Some(flush) = self.settings.flush_awaiting {
                         // Awaiting time of spans still open, into this
                         // interval.
-                        crate::layer::wall::flush();
+                        flush();
                         self.drain(&mut builder);
                     }
                     let now = SystemTime::now();
@@ -468,13 +442,13 @@ mod linux {
                     .shutdown_timeout
                     .saturating_sub(SHUTDOWN_MARGIN);
             self.sampler.stop();
-            if self.settings.wall_time {
-                crate::layer::wall::flush();
+            if let Some(flush) = self.settings.flush_awaiting {
+                flush();
             }
             self.drain(&mut builder);
             self.index_spans(true);
             self.emit(builder, SystemTime::now(), &mut symbolizer);
-            extra::set_kinds(&[]);
+            crate::profile::extra::set_kinds(&[]);
             for sink in std::mem::take(&mut self.sinks) {
                 sink.shutdown(deadline);
             }
@@ -534,7 +508,7 @@ mod linux {
                 }
             });
             let mut extras = 0;
-            for sample in extra::take() {
+            for sample in crate::profile::extra::take() {
                 let Some(builder) = builders.of(sample.kind) else {
                     continue;
                 };
@@ -552,7 +526,8 @@ mod linux {
             Counters::set(&c.samples, stats.taken);
             Counters::set(
                 &c.dropped_samples,
-                stats.dropped + extra::dropped().saturating_sub(self.base_extra_dropped),
+                stats.dropped
+                    + crate::profile::extra::dropped().saturating_sub(self.base_extra_dropped),
             );
             Counters::set(&c.sigprof_conflicts, stats.handler_conflicts);
             Counters::set(&c.sampled_threads, stats.threads);

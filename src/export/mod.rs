@@ -30,7 +30,7 @@ pub(crate) mod span_index;
 pub(crate) mod upload;
 
 pub(crate) use dir::DirSink;
-pub(crate) use span_index::SpanIndexRecord;
+pub(crate) use span_index::{SpanCost, SpanIndexRecord};
 #[cfg(feature = "upload")]
 pub(crate) use upload::{UploadSettings, Uploader};
 

@@ -36,6 +36,30 @@ pub(crate) fn is_span_index_file(name: &str) -> bool {
     name == SPANS_FILE || (name.starts_with("spans-") && name.ends_with(".jsonl"))
 }
 
+/// What one span's samples add up to, for its span index record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+pub(crate) struct SpanCost {
+    /// CPU samples (each one period of CPU time).
+    pub(crate) cpu_samples: u64,
+    /// Wall time off CPU: blocked and runnable.
+    pub(crate) off_cpu_nanos: u64,
+    /// Wall time awaiting (the span's task polled on no thread).
+    pub(crate) awaiting_nanos: u64,
+    /// Sampled bytes allocated (weighted).
+    pub(crate) alloc_bytes: u64,
+}
+
+#[cfg_attr(not(tp_sampler), allow(dead_code))]
+impl SpanCost {
+    pub(crate) fn add(&mut self, other: SpanCost) {
+        self.cpu_samples = self.cpu_samples.saturating_add(other.cpu_samples);
+        self.off_cpu_nanos = self.off_cpu_nanos.saturating_add(other.off_cpu_nanos);
+        self.awaiting_nanos = self.awaiting_nanos.saturating_add(other.awaiting_nanos);
+        self.alloc_bytes = self.alloc_bytes.saturating_add(other.alloc_bytes);
+    }
+}
+
 /// One line of the span index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SpanIndexRecord {
@@ -135,7 +159,7 @@ impl SpanIndexRecord {
 
     /// Fills in what the span's samples add up to.
     #[cfg_attr(not(tp_sampler), allow(dead_code))]
-    pub(crate) fn set_cost(&mut self, cost: crate::collector::SpanCost, period_nanos: u64) {
+    pub(crate) fn set_cost(&mut self, cost: SpanCost, period_nanos: u64) {
         self.cpu_samples = cost.cpu_samples;
         self.cpu_period_nanos = period_nanos;
         self.off_cpu_nanos = cost.off_cpu_nanos;

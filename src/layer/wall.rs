@@ -23,7 +23,7 @@
 //!   path. The time is emitted on the stack (leaf first) `[awaiting]`, the
 //!   site's chain, up to the root.
 //! - **Emission** (off the hot path): accumulated time goes to the
-//!   collector's `wall` profile (`collector::extra`) when the span closes,
+//!   collector's `wall` profile (`profile::extra`) when the span closes,
 //!   and from [`flush`], which the collector calls at the end of every
 //!   upload interval and which also credits episodes still open (a span
 //!   idle for long is counted in the interval it waited in).
@@ -35,8 +35,8 @@ use std::time::Instant;
 
 use tracing::Metadata;
 
-use crate::collector::{extra, AWAITING_FRAME};
 use crate::context::SpanLabels;
+use crate::profile::{extra, AWAITING_FRAME};
 use crate::profile::{synthetic_frame, ProfileKind};
 use crate::sync::lock;
 

@@ -34,6 +34,7 @@ mod aggregate;
 #[cfg(tp_sampler)]
 mod dwarf;
 mod encode;
+pub(crate) mod extra;
 mod kind;
 mod names;
 #[cfg(test)]
@@ -45,6 +46,7 @@ mod synthetic;
 mod tests;
 
 pub(crate) use aggregate::ProfileBuilder;
+pub(crate) use extra::AWAITING_FRAME;
 pub(crate) use kind::{ProfileKind, Values};
 pub(crate) use symbolize::{LoadedImage, Symbolizer};
 pub(crate) use synthetic::synthetic_frame;

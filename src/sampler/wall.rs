@@ -95,8 +95,8 @@ use framehop::{FrameAddress, UnwindRegsNative, Unwinder};
 use super::buffer::MAX_FRAMES;
 use super::unwind::NativeCache;
 use super::{MAPS, UNWIND};
-use crate::collector::extra;
 use crate::context::{self, SlotRef, SlotView, SpanLabels};
+use crate::profile::extra;
 use crate::profile::{synthetic_frame, ProfileKind};
 
 /// In-span threads checked per tick, at most.
@@ -947,7 +947,7 @@ fn after_call(before: &[u8; 8]) -> bool {
 }
 
 /// A wall sampler over the real system, handing its records to the
-/// collector (`collector::extra`).
+/// collector (`profile::extra`).
 pub(crate) fn start() -> Wall<Os> {
     #[cfg(not(test))]
     let out = collector_sink();

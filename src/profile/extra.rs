@@ -13,9 +13,12 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use super::{ProfileKind, Values};
 use crate::context::SpanLabels;
-use crate::profile::{ProfileKind, Values};
 use crate::sync::lock;
+
+/// The leaf frame of awaiting time (wall profile).
+pub(crate) const AWAITING_FRAME: &str = "[awaiting]";
 
 /// Most samples waiting for the collector.
 #[allow(dead_code)] // until its producers (wall sampler, layer) use it
