@@ -43,8 +43,9 @@ struct ReportSpan {
     graph: Option<String>,
     /// The wall flame graph document, if the span has one.
     wall: Option<String>,
-    /// The breakdown bar: (duration, CPU, blocked, awaiting), nanoseconds.
-    breakdown: Option<(u64, u64, u64, u64)>,
+    /// The breakdown bar: (duration, CPU, blocked, awaiting, as sampled),
+    /// nanoseconds.
+    breakdown: Option<(u64, u64, u64, u64, u64)>,
 }
 
 fn attr<'a>(s: &'a str, name: &str, quote: char) -> Option<&'a str> {
@@ -89,6 +90,7 @@ fn parse_report(html: &str) -> Vec<ReportSpan> {
                     n("data-cpu"),
                     n("data-blocked"),
                     n("data-awaiting"),
+                    n("data-measured"),
                 )
             }),
         });
@@ -401,12 +403,13 @@ fn demo_report_shows_each_span_with_its_own_profile() {
     );
     let mut explained = 0;
     for s in &eu_cars {
-        let (dur, cpu, blocked, awaiting) = s.breakdown.expect("a breakdown bar");
+        let (dur, cpu, blocked, awaiting, measured) = s.breakdown.expect("a breakdown bar");
         assert!(cpu + blocked + awaiting <= dur, "{s:?}");
         let Some(wall) = s.wall.as_deref() else {
             continue;
         };
-        let adds_up = (cpu + blocked + awaiting) as f64 >= 0.95 * dur as f64;
+        let adds_up = (cpu + blocked + awaiting) as f64 >= 0.95 * dur as f64
+            && measured as f64 <= 1.05 * dur as f64;
         let mutex_blocked = blocked > 0 && wall.contains(MUTEX);
         let awaits_dispatch = awaiting > 0
             && graph_frames(wall)
