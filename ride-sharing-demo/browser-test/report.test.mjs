@@ -342,9 +342,10 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
 //   (as sampled, and as drawn, which is never longer than the span), and no
 //   span's CPU is drawn longer than it;
 // - its profile-type switch opens the wall flame graph in place (the CPU
-//   graph hidden), which holds the blocked function WALL_BLOCKED_FUNCTION
-//   (default mutex_lock) and `[awaiting]` directly under span frames, one
-//   of them the await site's span WALL_AWAIT_SITE (default dispatch);
+//   graph hidden), which holds WALL_BLOCKED_FUNCTION (default mutex_lock),
+//   blocked time in the lock (a WALL_BLOCKED_FRAME, default
+//   lock_contended) and `[awaiting]` directly under span frames, one of
+//   them the await site's span WALL_AWAIT_SITE (default dispatch);
 // - the services section offers the wall graph too;
 // - a screenshot goes to WALL_SCREENSHOT (default REPORT's dir/report-wall.png).
 test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown", async (t) => {
@@ -352,6 +353,7 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
   const wallRegion = process.env.WALL_REGION || "eu-north";
   const blockedFn = process.env.WALL_BLOCKED_FUNCTION || "mutex_lock";
   const awaitSite = process.env.WALL_AWAIT_SITE || "dispatch";
+  const blockedLeaf = process.env.WALL_BLOCKED_FRAME || "lock_contended";
   const wallScreenshot =
     process.env.WALL_SCREENSHOT || path.join(path.dirname(report || "."), "report-wall.png");
   const context = await launch(t);
@@ -379,12 +381,17 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
   const candidates = page.locator(".span").filter({ has: page.locator('button.view[data-view="wall"]') });
   const n = await candidates.count();
   assert.ok(n > 0, "no span has a wall flame graph (is PYROSCOPE_PROFILING_WALLTIME_ENABLED on?)");
+  // The first such span (heaviest first) that blocked in the lock, if any.
   let span = null;
-  for (let i = 0; i < n && span === null; i++) {
+  let blockedInLock = false;
+  for (let i = 0; i < n && !blockedInLock; i++) {
     const s = candidates.nth(i);
     const name = (await s.locator(".label").getAttribute("title")) || "";
     const where = (await s.locator(".label .dim").textContent()) || "";
-    if (wallSpan.test(name) && where.includes(`region ${wallRegion}`)) span = s;
+    if (!wallSpan.test(name) || !where.includes(`region ${wallRegion}`)) continue;
+    const doc = (await s.locator('iframe.fg[data-view="wall"]').getAttribute("data-srcdoc")) || "";
+    blockedInLock = doc.includes(blockedLeaf);
+    if (span === null || blockedInLock) span = s;
   }
   assert.ok(span, `no span named like ${wallSpan} in ${wallRegion} has a wall flame graph`);
   const spanId = await span.getAttribute("data-span-id");
@@ -440,7 +447,14 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
       };
     }),
   );
+  // Blocked in the lock: the wall graph has WALL_BLOCKED_FUNCTION (default
+  // mutex_lock) and a WALL_BLOCKED_FRAME (default lock_contended: the only
+  // std Mutex the request contends on is the region lock).
   assert.ok(frames.some((f) => f.name.includes(blockedFn)), `wall graph of ${spanId} lacks ${blockedFn}`);
+  assert.ok(
+    frames.some((f) => f.name.includes(blockedLeaf)),
+    `no ${wallSpan} span in ${wallRegion} shows blocked time in the lock (${blockedLeaf}): ${spanId}`,
+  );
   const awaiting = frames.filter((f) => f.name === "[awaiting]");
   assert.ok(awaiting.length > 0, `wall graph of ${spanId} lacks [awaiting]`);
   // Icicle: a frame's caller is the frame just above it, covering it. Each

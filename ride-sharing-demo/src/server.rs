@@ -26,7 +26,7 @@ struct App {
     region: String,
     requests: AtomicU64,
     /// Contended in eu-north (see [`work::mutex_lock`]), where a roster
-    /// sync holds it half of the time ([`wait::every`]).
+    /// sync holds it three quarters of the time ([`wait::every`]).
     lock: Mutex<u64>,
 }
 
