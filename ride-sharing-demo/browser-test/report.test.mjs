@@ -339,11 +339,13 @@ test("report: open, zoom and search a span's flame graph", async (t) => {
 // The wall view: WALL_SPAN (a regexp, default "^GET /car$") in WALL_REGION
 // (default eu-north), the heaviest such span with wall samples:
 // - its breakdown bar's CPU + blocked + awaiting is its duration within 5%
-//   (as numbers and as drawn), and no span's CPU is drawn longer than it;
+//   (as sampled, and as drawn, which is never longer than the span), and no
+//   span's CPU is drawn longer than it;
 // - its profile-type switch opens the wall flame graph in place (the CPU
-//   graph hidden), which holds the blocked function WALL_BLOCKED_FUNCTION
-//   (default mutex_lock) and `[awaiting]` directly under the await site's
-//   span WALL_AWAIT_SITE (default dispatch);
+//   graph hidden), which holds WALL_BLOCKED_FUNCTION (default mutex_lock),
+//   blocked time in the lock (a WALL_BLOCKED_FRAME, default
+//   lock_contended) and `[awaiting]` directly under span frames, one of
+//   them the await site's span WALL_AWAIT_SITE (default dispatch);
 // - the services section offers the wall graph too;
 // - a screenshot goes to WALL_SCREENSHOT (default REPORT's dir/report-wall.png).
 test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown", async (t) => {
@@ -351,6 +353,7 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
   const wallRegion = process.env.WALL_REGION || "eu-north";
   const blockedFn = process.env.WALL_BLOCKED_FUNCTION || "mutex_lock";
   const awaitSite = process.env.WALL_AWAIT_SITE || "dispatch";
+  const blockedLeaf = process.env.WALL_BLOCKED_FRAME || "lock_contended";
   const wallScreenshot =
     process.env.WALL_SCREENSHOT || path.join(path.dirname(report || "."), "report-wall.png");
   const context = await launch(t);
@@ -378,12 +381,17 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
   const candidates = page.locator(".span").filter({ has: page.locator('button.view[data-view="wall"]') });
   const n = await candidates.count();
   assert.ok(n > 0, "no span has a wall flame graph (is PYROSCOPE_PROFILING_WALLTIME_ENABLED on?)");
+  // The first such span (heaviest first) that blocked in the lock, if any.
   let span = null;
-  for (let i = 0; i < n && span === null; i++) {
+  let blockedInLock = false;
+  for (let i = 0; i < n && !blockedInLock; i++) {
     const s = candidates.nth(i);
     const name = (await s.locator(".label").getAttribute("title")) || "";
     const where = (await s.locator(".label .dim").textContent()) || "";
-    if (wallSpan.test(name) && where.includes(`region ${wallRegion}`)) span = s;
+    if (!wallSpan.test(name) || !where.includes(`region ${wallRegion}`)) continue;
+    const doc = (await s.locator('iframe.fg[data-view="wall"]').getAttribute("data-srcdoc")) || "";
+    blockedInLock = doc.includes(blockedLeaf);
+    if (span === null || blockedInLock) span = s;
   }
   assert.ok(span, `no span named like ${wallSpan} in ${wallRegion} has a wall flame graph`);
   const spanId = await span.getAttribute("data-span-id");
@@ -401,6 +409,7 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
       cpu: Number(b.dataset.cpu),
       blocked: Number(b.dataset.blocked),
       awaiting: Number(b.dataset.awaiting),
+      measured: Number(b.dataset.measured),
       drawn,
       title: b.getAttribute("title"),
     };
@@ -409,6 +418,9 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
   const ratio = sum / parts.dur;
   assert.ok(parts.dur > 0, `span ${spanId}: no duration`);
   assert.ok(Math.abs(ratio - 1) <= 0.05, `span ${spanId}: CPU + blocked + awaiting = ${sum} ns is ${(ratio * 100).toFixed(1)}% of its ${parts.dur} ns (${parts.title})`);
+  // Drawn parts never exceed the span; as sampled they may not overcount it
+  // by more than 5% either.
+  assert.ok(parts.measured <= 1.05 * parts.dur, `span ${spanId}: sampled CPU + blocked + awaiting = ${parts.measured} ns is ${((parts.measured / parts.dur) * 100).toFixed(1)}% of its ${parts.dur} ns`);
   const drawnSum = (parts.drawn.cpu || 0) + (parts.drawn.blocked || 0) + (parts.drawn.awaiting || 0);
   assert.ok(Math.abs(drawnSum - ratio) <= 0.01, `drawn ${drawnSum} vs ${ratio}`);
   assert.ok(parts.blocked > 0, `span ${spanId}: no blocked time (${parts.title})`);
@@ -435,23 +447,35 @@ test("report: a span's wall flame graph and its CPU/blocked/awaiting breakdown",
       };
     }),
   );
+  // Blocked in the lock: the wall graph has WALL_BLOCKED_FUNCTION (default
+  // mutex_lock) and a WALL_BLOCKED_FRAME (default lock_contended: the only
+  // std Mutex the request contends on is the region lock).
   assert.ok(frames.some((f) => f.name.includes(blockedFn)), `wall graph of ${spanId} lacks ${blockedFn}`);
+  assert.ok(
+    frames.some((f) => f.name.includes(blockedLeaf)),
+    `no ${wallSpan} span in ${wallRegion} shows blocked time in the lock (${blockedLeaf}): ${spanId}`,
+  );
   const awaiting = frames.filter((f) => f.name === "[awaiting]");
   assert.ok(awaiting.length > 0, `wall graph of ${spanId} lacks [awaiting]`);
-  for (const a of awaiting) {
-    // Icicle: the caller is the frame just above, covering it.
-    const callers = frames
+  // Icicle: a frame's caller is the frame just above it, covering it. Each
+  // `[awaiting]` sits under a span frame (`name (file.rs:line)`): the await
+  // site, or the span itself for an uninstrumented await (the blocking
+  // task's join handle); the dispatch step is one of them.
+  const callerOf = (a) =>
+    frames
       .filter((f) => f.y < a.y && f.x <= a.x + 1e-6 && f.x + f.w >= a.x + a.w - 1e-6)
-      .sort((p, q) => q.y - p.y);
-    assert.ok(callers.length > 0 && callers[0].name.includes(awaitSite), `[awaiting] is not under ${awaitSite}: ${callers.map((c) => c.name)}`);
-  }
+      .sort((p, q) => q.y - p.y)[0];
+  const sites = awaiting.map((a) => (callerOf(a) || { name: "" }).name);
+  assert.deepEqual(sites.filter((n) => !/\(.*\.rs:\d+\)$/.test(n)), [], `[awaiting] under a frame that is no span: ${sites}`);
+  assert.ok(sites.some((n) => n.includes(awaitSite)), `no [awaiting] under ${awaitSite}: ${sites}`);
   await span.scrollIntoViewIfNeeded();
-  await page.screenshot({ path: wallScreenshot, fullPage: false });
+  await page.waitForTimeout(300);
+  await span.screenshot({ path: wallScreenshot });
 
   // The services section has the switch too.
   assert.ok((await page.locator('#services button.view[data-view="wall"]').count()) > 0, "no service wall graph");
   assert.deepEqual(errors, [], "console errors");
-  console.log(`span ${spanId}: CPU ${parts.cpu} + blocked ${parts.blocked} + awaiting ${parts.awaiting} = ${(ratio * 100).toFixed(1)}% of ${parts.dur} ns; wall graph holds ${blockedFn} and [awaiting] under ${awaitSite}; screenshot ${wallScreenshot}`);
+  console.log(`span ${spanId}: CPU ${parts.cpu} + blocked ${parts.blocked} + awaiting ${parts.awaiting} = ${(ratio * 100).toFixed(1)}% of ${parts.dur} ns drawn, ${((parts.measured / parts.dur) * 100).toFixed(1)}% as sampled; wall graph holds ${blockedFn} and [awaiting] under ${awaitSite}; screenshot ${wallScreenshot}`);
 });
 
 // The switch's memory views, when the report has memory profiles (the demo

@@ -6,7 +6,9 @@
 //!   blocking socket `read`, on the blocking thread that carries the
 //!   request's span;
 //! - eu-north's region lock is a blocking `std::sync::Mutex`
-//!   ([`crate::work::mutex_lock`]).
+//!   ([`crate::work::mutex_lock`]), which a roster sync ([`every`]) holds
+//!   for [`ROSTER_SYNC`] at a time while it waits on I/O, so most requests
+//!   block on it.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -23,6 +25,22 @@ pub(crate) const DISPATCH: Duration = Duration::from_millis(30);
 
 /// How long the fare service takes to answer.
 pub(crate) const FARE_DELAY: Duration = Duration::from_millis(8);
+
+/// How long eu-north's roster sync holds the region lock at a time.
+pub(crate) const ROSTER_SYNC: Duration = Duration::from_millis(45);
+
+/// How long the roster sync then leaves the lock free.
+pub(crate) const ROSTER_PAUSE: Duration = Duration::from_millis(15);
+
+/// Runs `f` on a thread of its own, again and again, [`ROSTER_PAUSE`] apart.
+pub(crate) fn every(name: &str, f: impl Fn() + Send + 'static) {
+    let _ = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            f();
+            std::thread::sleep(ROSTER_PAUSE);
+        });
+}
 
 /// `/car` waits for the dispatcher: the request's task is idle (entered on
 /// no thread) for [`DISPATCH`], under the `dispatch` span.

@@ -5,10 +5,10 @@
 //! - each span's flame graph holds only its own samples: no `/bike` or
 //!   `/scooter` span shows the car-only function, no span outside eu-north
 //!   shows eu-north's `mutex_lock`, no client span shows server work;
-//! - `GET /car` in eu-north explains itself: its breakdown bar (CPU +
-//!   blocked + awaiting) is its duration within 5%, and its wall graph has
-//!   blocked time in `mutex_lock` and `[awaiting]` under `dispatch`, for at
-//!   least half of those spans;
+//! - `GET /car` in eu-north explains itself: for at least half of those
+//!   spans the breakdown bar (CPU + blocked + awaiting) is the duration
+//!   within 5% and the wall graph has `[awaiting]` under `dispatch`; at
+//!   least one has blocked time in `mutex_lock` (`lock_contended`);
 //! - client and server root spans share trace ids (and a recorded remote
 //!   parent of a server span is the client span);
 //! - the per-vehicle view (span label `vehicle`, from the request span's
@@ -43,8 +43,9 @@ struct ReportSpan {
     graph: Option<String>,
     /// The wall flame graph document, if the span has one.
     wall: Option<String>,
-    /// The breakdown bar: (duration, CPU, blocked, awaiting), nanoseconds.
-    breakdown: Option<(u64, u64, u64, u64)>,
+    /// The breakdown bar: (duration, CPU, blocked, awaiting, as sampled),
+    /// nanoseconds.
+    breakdown: Option<(u64, u64, u64, u64, u64)>,
 }
 
 fn attr<'a>(s: &'a str, name: &str, quote: char) -> Option<&'a str> {
@@ -89,6 +90,7 @@ fn parse_report(html: &str) -> Vec<ReportSpan> {
                     n("data-cpu"),
                     n("data-blocked"),
                     n("data-awaiting"),
+                    n("data-measured"),
                 )
             }),
         });
@@ -399,29 +401,35 @@ fn demo_report_shows_each_span_with_its_own_profile() {
         "{} GET /car spans in eu-north",
         eu_cars.len()
     );
-    let mut explained = 0;
+    let (mut explained, mut blocked_in_lock) = (0, 0);
     for s in &eu_cars {
-        let (dur, cpu, blocked, awaiting) = s.breakdown.expect("a breakdown bar");
+        let (dur, cpu, blocked, awaiting, measured) = s.breakdown.expect("a breakdown bar");
         assert!(cpu + blocked + awaiting <= dur, "{s:?}");
         let Some(wall) = s.wall.as_deref() else {
             continue;
         };
-        let adds_up = (cpu + blocked + awaiting) as f64 >= 0.95 * dur as f64;
-        let mutex_blocked = blocked > 0 && wall.contains(MUTEX);
+        let adds_up = (cpu + blocked + awaiting) as f64 >= 0.95 * dur as f64
+            && measured as f64 <= 1.05 * dur as f64;
+        let mutex_blocked = blocked > 0 && wall.contains(MUTEX) && wall.contains("lock_contended");
         let awaits_dispatch = awaiting > 0
             && graph_frames(wall)
                 .iter()
                 .any(|(name, _)| name.contains("dispatch"))
             && wall.contains("[awaiting]");
-        explained += usize::from(adds_up && mutex_blocked && awaits_dispatch);
+        explained += usize::from(adds_up && awaits_dispatch);
+        blocked_in_lock += usize::from(mutex_blocked);
     }
     assert!(
         explained * 2 >= eu_cars.len(),
-        "{explained} of {} GET /car spans in eu-north add up with blocked time in {MUTEX} and awaiting under dispatch (wall time on?)",
+        "{explained} of {} GET /car spans in eu-north add up with awaiting under dispatch (wall time on?)",
         eu_cars.len()
     );
+    assert!(
+        blocked_in_lock >= 1,
+        "no GET /car span in eu-north shows blocked time in {MUTEX} (lock_contended)"
+    );
     eprintln!(
-        "demo: {} spans, {} with flame graphs, {cars_with_driver}/{cars} /car spans show {DRIVER}, {eu_mutex} eu-north spans show {MUTEX}, {explained}/{} eu-north GET /car spans add up (CPU, blocked in {MUTEX}, awaiting under dispatch); ran {elapsed:?}",
+        "demo: {} spans, {} with flame graphs, {cars_with_driver}/{cars} /car spans show {DRIVER}, {eu_mutex} eu-north spans show {MUTEX}, {explained}/{} eu-north GET /car spans add up with awaiting under dispatch, {blocked_in_lock} blocked in {MUTEX}; ran {elapsed:?}",
         spans.len(),
         with_graph.len(),
         eu_cars.len()

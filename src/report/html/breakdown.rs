@@ -37,6 +37,9 @@ pub(super) struct Breakdown {
     pub(super) cpu_samples: u64,
     /// CPU as the samples weigh it, before clamping to the duration.
     pub(super) cpu_sampled: u64,
+    /// CPU + blocked + awaiting as sampled, before clamping to the
+    /// duration (more than `duration` when the samples overcount it).
+    pub(super) measured: u64,
 }
 
 impl Breakdown {
@@ -51,16 +54,20 @@ impl Breakdown {
         };
         let cpu_sampled = p.cpu.total;
         let cpu = cpu_sampled.min(duration);
-        let (awaiting, blocked) = if wall {
+        let (awaiting, blocked, measured) = if wall {
             let awaiting = p.awaiting_nanos.min(duration - cpu);
             let off_cpu = p
                 .wall
                 .total
                 .saturating_sub(cpu_sampled.saturating_add(p.awaiting_nanos))
                 .max(p.blocked_leaf_nanos);
-            (awaiting, off_cpu.min(duration - cpu - awaiting))
+            (
+                awaiting,
+                off_cpu.min(duration - cpu - awaiting),
+                cpu_sampled + off_cpu + p.awaiting_nanos,
+            )
         } else {
-            (0, 0)
+            (0, 0, cpu_sampled)
         };
         Some(Breakdown {
             duration,
@@ -72,6 +79,7 @@ impl Breakdown {
                 && (p.cpu.samples < ESTIMATE_BELOW_SAMPLES || cpu_sampled > duration),
             cpu_samples: p.cpu.samples,
             cpu_sampled,
+            measured,
         })
     }
 
@@ -137,8 +145,8 @@ impl Breakdown {
         }
         let mut h = format!(
             "<div class=\"breakdown\" data-dur=\"{}\" data-cpu=\"{}\" data-blocked=\"{}\" \
-             data-awaiting=\"{}\" data-wall=\"{}\" title=\"{}\">",
-            self.duration, self.cpu, self.blocked, self.awaiting, self.wall, title
+             data-awaiting=\"{}\" data-measured=\"{}\" data-wall=\"{}\" title=\"{}\">",
+            self.duration, self.cpu, self.blocked, self.awaiting, self.measured, self.wall, title
         );
         for (class, part) in [
             ("cpu", self.cpu),
@@ -183,6 +191,7 @@ mod tests {
         let b = Breakdown::of(&span_with(50, 10, 10, 80, 60, 0)).unwrap();
         assert_eq!(b.cpu + b.blocked + b.awaiting, 50_000_000);
         assert_eq!(b.unmeasured(), 0);
+        assert_eq!(b.measured, 80_000_000, "as sampled, before clamping");
         // Blocked leaves count even when CPU covers the wall.
         let b = Breakdown::of(&span_with(100, 50, 50, 60, 0, 30)).unwrap();
         assert_eq!(b.blocked, 30_000_000);
