@@ -58,6 +58,7 @@ mod upload_faults;
 mod wall_awaiting;
 mod wall_blocked;
 mod wall_eintr;
+mod wall_sums;
 
 /// The sample distance `sampler_stress` profiles allocations at: none here
 /// (the `alloc_stress` binary installs the allocator wrapper and sets it).
