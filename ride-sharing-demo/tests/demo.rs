@@ -483,8 +483,14 @@ fn assert_pprof_names_are_readable(out: &Path) {
     assert!(!files.is_empty(), "no pprof files in {}", out.display());
     let mut names = std::collections::BTreeSet::new();
     for file in &files {
+        // Memory profiles count `alloc_objects`, the others `samples`.
+        let index = if file.to_string_lossy().ends_with(".memory.pb.gz") {
+            "-sample_index=alloc_objects"
+        } else {
+            "-sample_index=samples"
+        };
         let output = Command::new(pprof())
-            .args(["-traces", "-sample_index=samples"])
+            .args(["-traces", index])
             .arg(file)
             .env("PPROF_BINARY_PATH", "/nonexistent")
             .output()
