@@ -376,7 +376,7 @@ mod linux {
         budget_clock: Instant,
         /// Whether any span was ever seen, for the one no-span warning.
         spanless: SpanlessWatch,
-        /// The frame value of [`AWAITING_FRAME`].
+        /// The frame value of [`AWAITING_FRAME`](crate::profile::AWAITING_FRAME).
         awaiting_frame: u64,
         /// Extra samples dropped (process-wide) when this run started.
         base_extra_dropped: u64,
