@@ -24,7 +24,7 @@
 //!   over the bound is measured again, up to 3 pairs (a leak over the bound
 //!   shows in every pair, the demo's noise in some). This run profiles CPU
 //!   only: the bound is the CPU profiler's. With the wall and memory
-//!   profiles on as well, the growth after the first minute was 0.4–9.2 %
+//!   profiles on as well, the growth after the first minute was up to 9.2 %
 //!   of a process (BENCHMARKS.md, "Soak with wall time and allocations"),
 //!   over the bound; bounding it is open work.
 //!
