@@ -701,7 +701,9 @@ impl Batch {
             .map_or("", |(_, v)| v.as_str());
         let required = rules::grafana_type_for(name).ok_or_else(|| {
             ApiError::bad(format!(
-                "unexpected __name__ {name:?}: not a type Grafana queries"
+                "unexpected __name__ {name:?}: the types Grafana queries are {GRAFANA_PROFILE_TYPE:?}, {:?} and {:?}",
+                rules::GRAFANA_WALL_TYPE,
+                rules::GRAFANA_ALLOC_TYPE
             ))
         })?;
         rules::check_profile_type(name, &profile, required)?;
