@@ -706,7 +706,6 @@ mod linux {
                 symbolizer.symbol_mismatches(),
             );
             for profile in profiles {
-                Counters::bump(&self.counters.profiles);
                 tracing::debug!(
                     target: "tracing_pyroscope",
                     kind = profile.kind.name(),
@@ -723,6 +722,10 @@ mod linux {
                 for sink in &mut self.sinks {
                     sink.send(&profile);
                 }
+                // Counted once the sinks hold it (queued, written or
+                // dropped), so `profiles` never runs ahead of what they
+                // account for.
+                Counters::bump(&self.counters.profiles);
             }
         }
     }
