@@ -71,7 +71,7 @@ const READ_ATTEMPTS: usize = 16;
 static ARENA: [OnceLock<Box<[Entry]>>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
 /// Entries ever handed out (the registry's `used`), for [`view`]'s
 /// callers: indexes below it are in allocated chunks.
-static USED: AtomicU32 = AtomicU32::new(0);
+static USED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// One thread's labels. On its own cache lines: only its thread writes it.
 #[repr(align(64))]
