@@ -13,9 +13,10 @@
 //!   per CPU-second (vectors filled at once): the sampler's cost is per
 //!   byte allocated, so this is its worst case.
 //!
-//! The machine is shared, so the figures come from interleaved rounds (the
-//! profiler started and stopped between them), each kind's minimum; a
-//! criterion group follows for the 64 B case.
+//! The machine is shared, so the 64 B figures are each kind's minimum over
+//! interleaved rounds, and the multi-threaded ones the median of 16 pairs
+//! of runs in alternating order (the profiler started and stopped between
+//! runs); a criterion group follows for the 64 B case.
 //!
 //! ```text
 //! cargo bench --bench alloc -- --warm-up-time 1 --measurement-time 3
@@ -55,7 +56,7 @@ fn time_pairs<A: GlobalAlloc>(a: &A, n: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-fn profiler(allocations: bool) -> ProfilerGuard {
+fn profiler(allocations: bool, heap: bool) -> ProfilerGuard {
     let dir = std::env::temp_dir().join(format!(
         "tracing-pyroscope-bench-alloc-{}",
         std::process::id()
@@ -63,7 +64,7 @@ fn profiler(allocations: bool) -> ProfilerGuard {
     let (_layer, guard) = tracing_pyroscope::Builder::new("bench-alloc")
         .profiles_dir(&dir)
         .allocations(allocations)
-        .heap(allocations)
+        .heap(allocations && heap)
         .upload_interval(Duration::from_secs(1))
         .build()
         .expect("profiler");
@@ -124,32 +125,67 @@ fn malloc_heavy(rounds: u64, bulk: bool) -> Duration {
     cpu_time() - start
 }
 
+/// The median, lowest and highest of `ratios` (sorted in place).
+fn spread(ratios: &mut [f64]) -> (f64, f64, f64) {
+    ratios.sort_by(f64::total_cmp);
+    (
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+    )
+}
+
+/// Multi-threaded workload `bulk` with CPU profiling only against
+/// allocation profiling (and the live heap if `heap`): `PAIRS`
+/// back-to-back pairs, one run of each, their order alternating (ABBA) so
+/// that drift cancels. Returns the per-pair ratio's median and range, and
+/// the total CPU of each side.
+fn heavy_pairs(bulk: bool, heap: bool) -> ((f64, f64, f64), Duration, Duration) {
+    const PAIRS: usize = 16;
+    const ROUNDS: u64 = 100_000;
+    let mut ratios = Vec::with_capacity(PAIRS);
+    let (mut off_total, mut on_total) = (Duration::ZERO, Duration::ZERO);
+    let run = |allocations: bool| {
+        let guard = profiler(allocations, heap);
+        let t = malloc_heavy(ROUNDS, bulk);
+        drop(guard);
+        t
+    };
+    for i in 0..PAIRS {
+        let (off, on) = if i % 2 == 0 {
+            let off = run(false);
+            (off, run(true))
+        } else {
+            let on = run(true);
+            (run(false), on)
+        };
+        if std::env::var_os("ALLOC_BENCH_VERBOSE").is_some() {
+            eprintln!("pair {i}: off {:?} on {:?}", off, on);
+        }
+        off_total += off;
+        on_total += on;
+        ratios.push(on.as_secs_f64() / off.as_secs_f64());
+    }
+    (spread(&mut ratios), off_total, on_total)
+}
+
 fn interleaved() {
     // Short alternating runs: the minimum of each is what interference
     // on a shared machine barely moves.
     const PAIRS: u64 = 500_000;
     const ALTERNATIONS: usize = 10;
     const ROUNDS: usize = 8;
-    const HEAVY: u64 = 200_000;
     let mut best = [f64::MAX; 4];
-    let mut heavy = [Duration::MAX; 2];
-    let mut bulk = [Duration::MAX; 2];
     for _ in 0..ROUNDS {
         for _ in 0..ALTERNATIONS {
             best[0] = best[0].min(time_pairs(&System, PAIRS));
             best[1] = best[1].min(time_pairs(&GLOBAL, PAIRS));
         }
-        let guard = profiler(false);
-        heavy[0] = heavy[0].min(malloc_heavy(HEAVY, false));
-        bulk[0] = bulk[0].min(malloc_heavy(HEAVY, true));
-        drop(guard);
-        let guard = profiler(true);
+        let guard = profiler(true, true);
         for _ in 0..ALTERNATIONS {
             best[2] = best[2].min(time_pairs(&System, PAIRS));
             best[3] = best[3].min(time_pairs(&GLOBAL, PAIRS));
         }
-        heavy[1] = heavy[1].min(malloc_heavy(HEAVY, false));
-        bulk[1] = bulk[1].min(malloc_heavy(HEAVY, true));
         drop(guard);
     }
     println!(
@@ -165,18 +201,27 @@ fn interleaved() {
         best[3] / best[2],
         best[3] - best[2]
     );
-    println!(
-        "malloc-heavy, 8 threads: CPU profiling only {:.3} s, with allocation+heap profiling {:.3} s ({:+.2}%)",
-        heavy[0].as_secs_f64(),
-        heavy[1].as_secs_f64(),
-        (heavy[1].as_secs_f64() / heavy[0].as_secs_f64() - 1.0) * 100.0
-    );
-    println!(
-        "bulk (up to 4 KiB filled at once), 8 threads: CPU profiling only {:.3} s, with allocation+heap profiling {:.3} s ({:+.2}%)",
-        bulk[0].as_secs_f64(),
-        bulk[1].as_secs_f64(),
-        (bulk[1].as_secs_f64() / bulk[0].as_secs_f64() - 1.0) * 100.0
-    );
+    for (name, bulk, heap) in [
+        ("malloc-heavy, allocation profiling", false, false),
+        ("malloc-heavy, allocation+heap profiling", false, true),
+        (
+            "bulk (up to 4 KiB filled at once), allocation+heap profiling",
+            true,
+            true,
+        ),
+    ] {
+        let ((median, low, high), off, on) = heavy_pairs(bulk, heap);
+        println!(
+            "{name} against CPU profiling only, 8 threads: median {:+.2}% process CPU \
+             over 16 ABBA pairs (range {:+.2}% to {:+.2}%; totals {:.3} s and {:.3} s, {:+.2}%)",
+            (median - 1.0) * 100.0,
+            (low - 1.0) * 100.0,
+            (high - 1.0) * 100.0,
+            off.as_secs_f64(),
+            on.as_secs_f64(),
+            (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0
+        );
+    }
 }
 
 fn main() {
@@ -188,7 +233,7 @@ fn main() {
     let mut group = c.benchmark_group("alloc+free 64 B");
     group.bench_function("system", |b| b.iter(|| pair(&System)));
     group.bench_function("wrapper inert", |b| b.iter(|| pair(&GLOBAL)));
-    let guard = profiler(true);
+    let guard = profiler(true, true);
     group.bench_function("system, profiling on", |b| b.iter(|| pair(&System)));
     group.bench_function("wrapper, allocation+heap profiling", |b| {
         b.iter(|| pair(&GLOBAL))

@@ -145,8 +145,17 @@ impl Breakdown {
         }
         let mut h = format!(
             "<div class=\"breakdown\" data-dur=\"{}\" data-cpu=\"{}\" data-blocked=\"{}\" \
-             data-awaiting=\"{}\" data-measured=\"{}\" data-wall=\"{}\" title=\"{}\">",
-            self.duration, self.cpu, self.blocked, self.awaiting, self.measured, self.wall, title
+             data-awaiting=\"{}\" data-measured=\"{}\" data-wall=\"{}\" \
+             data-cpu-samples=\"{}\" data-cpu-sampled=\"{}\" title=\"{}\">",
+            self.duration,
+            self.cpu,
+            self.blocked,
+            self.awaiting,
+            self.measured,
+            self.wall,
+            self.cpu_samples,
+            self.cpu_sampled,
+            title
         );
         for (class, part) in [
             ("cpu", self.cpu),
