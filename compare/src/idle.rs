@@ -50,6 +50,12 @@ pub fn child(args: &[String]) {
             ours = Some(
                 tracing_pyroscope::Builder::new("idle")
                     .server_address(url.as_str())
+                    // `PYROSCOPE_PROFILING_WALLTIME_ENABLED=true bash
+                    // scripts/compare.sh idle`: the same with wall time on.
+                    .wall_time(
+                        std::env::var("PYROSCOPE_PROFILING_WALLTIME_ENABLED").as_deref()
+                            == Ok("true"),
+                    )
                     .build()
                     .expect("start tracing-pyroscope"),
             );

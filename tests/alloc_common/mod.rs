@@ -4,9 +4,8 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,53 +26,10 @@ pub const SPANS: usize = 4;
 /// One process-wide profiler at a time.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A `-traces` entry whose value is the sample type asked for.
-pub struct Entry {
-    pub labels: BTreeMap<String, String>,
-    pub value: u64,
-    pub frames: Vec<String>,
-}
-
-/// `pprof -traces -sample_index=INDEX -unit=byte FILE`, values as numbers.
-pub fn traces(file: &Path, index: &str) -> Vec<Entry> {
-    let out = Command::new(pprof_tool::pprof())
-        .args(["-traces", &format!("-sample_index={index}"), "-unit=byte"])
-        .arg(file)
-        .output()
-        .expect("run pprof");
-    assert!(
-        out.status.success(),
-        "pprof rejected {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // pprof prints byte values with a unit ("1024B"): keep the number.
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut cleaned = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim_start();
-        let digits = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
-        if digits > 0 && trimmed[digits..].starts_with('B') {
-            cleaned.push_str(&format!(
-                "{} {}",
-                &trimmed[..digits],
-                &trimmed[digits + 1..]
-            ));
-        } else {
-            cleaned.push_str(line);
-        }
-        cleaned.push('\n');
-    }
-    pprof_tool::parse_traces(&cleaned)
-        .into_iter()
-        .map(|t| Entry {
-            labels: t.labels,
-            value: t.count,
-            frames: t.frames,
-        })
-        .collect()
+/// `pprof -traces -sample_index=INDEX -unit=byte FILE`: each entry's
+/// `count` is the sample type's value (bytes or objects).
+pub fn traces(file: &Path, index: &str) -> Vec<pprof_tool::Trace> {
+    pprof_tool::traces_of(file, index, Some("byte"))
 }
 
 /// The memory profiles in `dir`, oldest first.
@@ -136,14 +92,14 @@ pub fn read_allocs(dir: &Path) -> Readback {
     for file in files {
         for t in traces(&file, "alloc_space") {
             let span = t.labels.get("span_id").cloned().unwrap_or_default();
-            *by_span.entry(span.clone()).or_default() += t.value;
+            *by_span.entry(span.clone()).or_default() += t.count;
             for (name, _) in ALLOCATORS {
                 if t.frames.iter().any(|f| f.contains(name)) {
                     *by_function
                         .entry(name.to_string())
                         .or_default()
                         .entry(span.clone())
-                        .or_default() += t.value;
+                        .or_default() += t.count;
                 }
             }
         }
@@ -240,7 +196,7 @@ fn inuse_of(file: &Path, span_name: &str) -> u64 {
     traces(file, "inuse_space")
         .iter()
         .filter(|t| t.labels.get("span_name").is_some_and(|n| n == span_name))
-        .map(|t| t.value)
+        .map(|t| t.count)
         .sum()
 }
 

@@ -5,30 +5,16 @@
 //! await took (and of 300 ms on an idle machine).
 
 use crate::pprof_tool;
+use crate::wall_blocked::wall_profiler;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
-use tracing_subscriber::prelude::*;
 
 #[test]
 fn a_300ms_sleep_is_awaiting_time_under_the_await_site() {
     isolated!();
-    let dir = std::env::temp_dir().join(format!(
-        "tracing-pyroscope-wall-await-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (profiling, guard) = tracing_pyroscope::Builder::new("wall-await")
-        .profiles_dir(&dir)
-        .sample_rate(1000)
-        .wall_time(true)
-        .upload_interval(Duration::from_secs(10))
-        .build()
-        .expect("start profiler");
-    let subscriber = tracing_subscriber::registry().with(profiling);
-    let default = tracing::subscriber::set_default(subscriber);
+    let (dir, guard) = wall_profiler("wall-await");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -48,7 +34,6 @@ fn a_300ms_sleep_is_awaiting_time_under_the_await_site() {
         .instrument(root),
     );
     drop(runtime);
-    drop(default);
     drop(guard);
 
     let file = file!();
@@ -59,34 +44,16 @@ fn a_300ms_sleep_is_awaiting_time_under_the_await_site() {
     ];
     let mut awaiting = 0u64;
     let mut other_awaiting = Vec::new();
-    let files: Vec<_> = pprof_tool::profile_files(&dir)
-        .into_iter()
-        .filter(|f| f.to_string_lossy().ends_with(".wall.pb.gz"))
-        .collect();
-    assert!(!files.is_empty(), "no wall profile in {}", dir.display());
-    for f in files {
-        let out = Command::new(pprof_tool::pprof())
-            .args(["-traces", "-sample_index=wall", "-unit=ns"])
-            .arg(&f)
-            .output()
-            .expect("run pprof");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).replace("ns ", " ");
-        for tr in pprof_tool::parse_traces(&text) {
-            if tr.frames.first().map(String::as_str) != Some("[awaiting]")
-                || tr.labels.get("span_name").map(String::as_str) != Some("wall_await_root")
-            {
-                continue;
-            }
-            if tr.frames[..] == want[..] {
-                awaiting += tr.count;
-            } else {
-                other_awaiting.push((tr.frames.clone(), tr.count));
-            }
+    for tr in pprof_tool::dir_traces(&dir, ".wall.pb.gz", "wall", Some("ns")) {
+        if tr.frames.first().map(String::as_str) != Some("[awaiting]")
+            || tr.labels.get("span_name").map(String::as_str) != Some("wall_await_root")
+        {
+            continue;
+        }
+        if tr.frames[..] == want[..] {
+            awaiting += tr.count;
+        } else {
+            other_awaiting.push((tr.frames.clone(), tr.count));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

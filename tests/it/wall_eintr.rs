@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::layer::SubscriberExt;
-
-use crate::wall_blocked::wall_traces;
+use crate::wall_blocked::{wall_profiler, wall_traces};
 
 const KINDS: [&str; 8] = [
     "socket_read",
@@ -257,17 +255,7 @@ fn report(counts: &Counts) -> (u64, String) {
 #[test]
 fn wall_sampling_interrupts_no_blocked_call() {
     isolated!();
-    let dir = std::env::temp_dir().join(format!("tracing-pyroscope-eintr-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (layer, guard) = tracing_pyroscope::Builder::new("eintr-test")
-        .profiles_dir(&dir)
-        .sample_rate(1000)
-        .wall_time(true)
-        .upload_interval(Duration::from_secs(60))
-        .build()
-        .expect("start profiler");
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
-        .expect("global subscriber");
+    let (dir, guard) = wall_profiler("eintr");
     let counts = workload(Duration::from_secs(10), |_, _| {});
     drop(guard);
     let (total, text) = report(&counts);
@@ -282,7 +270,7 @@ fn wall_sampling_interrupts_no_blocked_call() {
         .iter()
         .filter(|t| t.labels.get("span_name").map(String::as_str) == Some("eintr"))
         .filter(|t| t.frames.first().is_some_and(|f| f.starts_with("[blocked")))
-        .map(|t| t.nanos)
+        .map(|t| t.count as f64)
         .sum();
     let mut leaves: Vec<&str> = traces
         .iter()

@@ -4,43 +4,19 @@
 //! tokio timer (awaiting) has wall time summing to its duration (±5%),
 //! each part in its place.
 
-use crate::cpu_clock::thread_cpu_nanos;
-use crate::wall_blocked::wall_traces;
+use crate::wall_blocked::{wall_profiler, wall_traces};
 
-use std::hint::black_box;
+use crate::cpu_clock::thread_cpu_nanos;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
-use tracing_subscriber::prelude::*;
 
-#[inline(never)]
-fn wall_sums_burn(nanos: u64) -> u64 {
-    let end = thread_cpu_nanos() + nanos;
-    let mut x = 5u64;
-    while thread_cpu_nanos() < end {
-        for _ in 0..2000 {
-            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(11));
-        }
-    }
-    x
-}
+burners!(wall_sums_burn = 0x5a11);
 
 #[test]
 fn cpu_blocked_and_awaiting_add_up_to_the_span() {
     isolated!();
-    let dir = std::env::temp_dir().join(format!(
-        "tracing-pyroscope-wall-sums-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (layer, guard) = tracing_pyroscope::Builder::new("wall-sums")
-        .profiles_dir(&dir)
-        .sample_rate(1000)
-        .wall_time(true)
-        .upload_interval(Duration::from_secs(60))
-        .build()
-        .expect("start profiler");
-    let default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let (dir, guard) = wall_profiler("wall-sums");
 
     // CPU-bound: its wall time is its CPU time.
     let cpu_start = thread_cpu_nanos();
@@ -63,7 +39,6 @@ fn cpu_blocked_and_awaiting_add_up_to_the_span() {
     );
     let mixed_duration = started.elapsed().as_nanos() as f64;
     drop(runtime);
-    drop(default);
     drop(guard);
 
     let traces = wall_traces(&dir);
@@ -72,7 +47,7 @@ fn cpu_blocked_and_awaiting_add_up_to_the_span() {
             .iter()
             .filter(|t| t.labels.get("span_name").map(String::as_str) == Some(span))
             .filter(|t| part(t.frames.first().map_or("", String::as_str)))
-            .map(|t| t.nanos)
+            .map(|t| t.count as f64)
             .sum()
     };
     let any = |_: &str| true;

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// One `-traces` entry: labels, sample count and stack (leaf first).
+/// One `-traces` entry: labels, value and stack (leaf first).
 #[derive(Debug, Clone)]
 pub struct Trace {
     pub labels: BTreeMap<String, String>,
+    /// The sample count ([`traces`]), or the value of the sample type asked
+    /// for in the unit asked for ([`traces_of`]).
     pub count: u64,
     pub frames: Vec<String>,
 }
@@ -41,11 +43,18 @@ pub fn pprof() -> PathBuf {
 
 /// Runs `pprof -traces -sample_index=samples FILE` and parses the output.
 pub fn traces(file: &Path) -> Vec<Trace> {
-    let out = Command::new(pprof())
-        .args(["-traces", "-sample_index=samples"])
-        .arg(file)
-        .output()
-        .expect("run pprof");
+    traces_of(file, "samples", None)
+}
+
+/// Runs `pprof -traces -sample_index=INDEX [-unit=UNIT] FILE` and parses the
+/// output; with a unit (`ns`, `byte`) values are whole numbers of it.
+pub fn traces_of(file: &Path, index: &str, unit: Option<&str>) -> Vec<Trace> {
+    let mut cmd = Command::new(pprof());
+    cmd.args(["-traces", &format!("-sample_index={index}")]);
+    if let Some(unit) = unit {
+        cmd.arg(format!("-unit={unit}"));
+    }
+    let out = cmd.arg(file).output().expect("run pprof");
     assert!(
         out.status.success(),
         "pprof rejected {}: {}",
@@ -53,6 +62,37 @@ pub fn traces(file: &Path) -> Vec<Trace> {
         String::from_utf8_lossy(&out.stderr)
     );
     parse_traces(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// [`traces_of`] every profile in `dir` whose name ends with `suffix`
+/// (`.wall.pb.gz`), at least one.
+pub fn dir_traces(dir: &Path, suffix: &str, index: &str, unit: Option<&str>) -> Vec<Trace> {
+    let files: Vec<PathBuf> = profile_files(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    assert!(
+        !files.is_empty(),
+        "no {suffix} profile in {}",
+        dir.display()
+    );
+    files
+        .iter()
+        .flat_map(|f| traces_of(f, index, unit))
+        .collect()
+}
+
+/// A `-traces` value: a whole number, with the unit asked for (`1500ns`,
+/// `1024B`) or none.
+fn value_of(text: &str) -> Option<u64> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let unit = &text[digits..];
+    if digits == 0 || !unit.chars().all(|c| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    text[..digits].parse().ok()
 }
 
 /// Parses pprof's `-traces` text.
@@ -80,10 +120,7 @@ pub fn parse_traces(text: &str) -> Vec<Trace> {
                 }
                 let mut parts = trimmed.splitn(2, char::is_whitespace);
                 let n = parts.next().unwrap_or("");
-                count = Some(
-                    n.parse::<u64>()
-                        .unwrap_or_else(|_| panic!("bad count line {line:?}")),
-                );
+                count = Some(value_of(n).unwrap_or_else(|| panic!("bad value line {line:?}")));
                 if let Some(f) = parts.next() {
                     frames.push(f.trim().to_string());
                 }
