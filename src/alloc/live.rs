@@ -138,11 +138,3 @@ pub(super) fn clear() {
     }
     fence(Ordering::SeqCst);
 }
-
-/// Blocks remembered now.
-#[cfg(test)]
-pub(super) fn len() -> usize {
-    let mut n = 0;
-    for_each(|_, _| n += 1);
-    n
-}
