@@ -14,10 +14,12 @@
 //!   byte allocated, so this is its worst case.
 //!
 //! The machine is shared, so the 64 B figures are each kind's minimum over
-//! interleaved rounds, and the multi-threaded ones come from 40 short pairs
-//! of runs in alternating order (the profiler started and stopped between
-//! runs): fastest against fastest, lower quartile against lower quartile,
-//! and the median pair; a criterion group follows for the 64 B case.
+//! interleaved rounds, and the multi-threaded ones come from 20 pairs of
+//! runs in alternating order (the profiler started and stopped between
+//! runs), each timed in its steady state (threads and profiler started,
+//! each thread's first sample taken) and whole: fastest against fastest,
+//! lower quartile against lower quartile, and the median pair; a criterion
+//! group follows for the 64 B case.
 //!
 //! ```text
 //! cargo bench --bench alloc -- --warm-up-time 1 --measurement-time 3
@@ -84,17 +86,27 @@ fn cpu_time() -> Duration {
 }
 
 /// 8 threads building and dropping vectors and strings; returns the
-/// process CPU time it took. `bulk`: each round instead fills one vector
-/// of up to 4 KiB at once (about 10 GB of allocation per CPU-second, the
-/// most a sampler pays for: its cost is per byte allocated).
-fn malloc_heavy(rounds: u64, bulk: bool) -> Duration {
+/// process CPU time it took, whole and in the steady state: after each
+/// thread's first eighth of the rounds (thread start, each thread's first
+/// sample, the profiler's own start-up work), all threads past it.
+/// `bulk`: each round instead fills one vector of up to 4 KiB at once
+/// (about 10 GB of allocation per CPU-second, the most a sampler pays for:
+/// its cost is per byte allocated).
+fn malloc_heavy(rounds: u64, bulk: bool) -> (Duration, Duration) {
+    const THREADS: usize = 8;
     let start = cpu_time();
+    let warm = std::sync::Barrier::new(THREADS + 1);
+    let mut steady_start = start;
     std::thread::scope(|s| {
-        for t in 0..8u64 {
+        for t in 0..THREADS as u64 {
+            let warm = &warm;
             s.spawn(move || {
                 let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                 let mut keep: Vec<Vec<u64>> = Vec::with_capacity(64);
                 for i in 0..rounds {
+                    if i == rounds / 8 {
+                        warm.wait();
+                    }
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
@@ -122,8 +134,11 @@ fn malloc_heavy(rounds: u64, bulk: bool) -> Duration {
                 black_box(keep.len());
             });
         }
+        warm.wait();
+        steady_start = cpu_time();
     });
-    cpu_time() - start
+    let end = cpu_time();
+    (end - start, end - steady_start)
 }
 
 /// The `q` quantile (0 to 1) of `v` (sorted in place).
@@ -133,7 +148,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// What [`heavy_pairs`] measured: allocation profiling's CPU against CPU
-/// profiling only, as ratios.
+/// profiling only, as ratios, in the steady state.
 struct Heavy {
     /// Fastest run against fastest run.
     min: f64,
@@ -141,24 +156,25 @@ struct Heavy {
     q25: f64,
     /// The median of the pairs' ratios.
     pairs: f64,
-    /// Total CPU, off and on.
-    totals: (f64, f64),
+    /// Total CPU, off and on, whole runs (start-up included).
+    whole: (f64, f64),
 }
 
 /// Multi-threaded workload `bulk` with CPU profiling only against
-/// allocation profiling (and the live heap if `heap`): `PAIRS` short
-/// back-to-back pairs of runs, their order alternating (ABBA) so that
-/// drift cancels. Interference on a shared machine only ever adds CPU, so
-/// the fastest runs and the lower quartiles are what it moves least.
+/// allocation profiling (and the live heap if `heap`): `PAIRS` pairs of
+/// runs, their order alternating (ABBA) so that drift cancels.
+/// Interference on a shared machine only ever adds CPU, so the fastest
+/// runs and the lower quartiles are what it moves least.
 fn heavy_pairs(bulk: bool, heap: bool) -> Heavy {
-    const PAIRS: usize = 40;
-    const ROUNDS: u64 = 25_000;
+    const PAIRS: usize = 20;
+    const ROUNDS: u64 = 100_000;
     let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut whole = (0.0, 0.0);
     let run = |allocations: bool| {
         let guard = profiler(allocations, heap);
-        let t = malloc_heavy(ROUNDS, bulk).as_secs_f64();
+        let (whole, steady) = malloc_heavy(ROUNDS, bulk);
         drop(guard);
-        t
+        (whole.as_secs_f64(), steady.as_secs_f64())
     };
     for i in 0..PAIRS {
         let (a, b) = if i % 2 == 0 {
@@ -169,18 +185,22 @@ fn heavy_pairs(bulk: bool, heap: bool) -> Heavy {
             (run(false), b)
         };
         if std::env::var_os("ALLOC_BENCH_VERBOSE").is_some() {
-            eprintln!("pair {i}: off {a:.4} s, on {b:.4} s");
+            eprintln!(
+                "pair {i}: off {:.4} s ({:.4} s whole), on {:.4} s ({:.4} s whole)",
+                a.1, a.0, b.1, b.0
+            );
         }
-        off.push(a);
-        on.push(b);
-        ratios.push(b / a);
+        whole.0 += a.0;
+        whole.1 += b.0;
+        off.push(a.1);
+        on.push(b.1);
+        ratios.push(b.1 / a.1);
     }
-    let totals = (off.iter().sum(), on.iter().sum());
     Heavy {
         min: quantile(&mut on, 0.0) / quantile(&mut off, 0.0),
         q25: quantile(&mut on, 0.25) / quantile(&mut off, 0.25),
         pairs: quantile(&mut ratios, 0.5),
-        totals,
+        whole,
     }
 }
 
@@ -228,14 +248,14 @@ fn interleaved() {
         let h = heavy_pairs(bulk, heap);
         let pct = |r: f64| (r - 1.0) * 100.0;
         println!(
-            "{name} against CPU profiling only, 8 threads, process CPU over 40 ABBA pairs: \
-             fastest {:+.2}%, lower quartile {:+.2}%, median pair {:+.2}% (totals {:.3} s and {:.3} s, {:+.2}%)",
+            "{name} against CPU profiling only, 8 threads, process CPU in the steady state over 20 ABBA pairs: \
+             fastest {:+.2}%, lower quartile {:+.2}%, median pair {:+.2}% (whole runs, start-up included: {:.3} s and {:.3} s, {:+.2}%)",
             pct(h.min),
             pct(h.q25),
             pct(h.pairs),
-            h.totals.0,
-            h.totals.1,
-            pct(h.totals.1 / h.totals.0)
+            h.whole.0,
+            h.whole.1,
+            pct(h.whole.1 / h.whole.0)
         );
     }
 }

@@ -127,28 +127,29 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let state = STATE.load(Ordering::Relaxed);
-        if state == INSTALLED {
-            // Inert: a tail call, nothing kept across it.
+        if state != INSTALLED && due(state, layout.size()) {
             // SAFETY: the caller's contract, passed on.
-            return unsafe { self.inner.alloc(layout) };
+            let p = unsafe { self.inner.alloc(layout) };
+            sampled(state, p, layout.size());
+            return p;
         }
+        // Inert, or not this thread's sample: a tail call, nothing kept
+        // across it (the countdown ran before it).
         // SAFETY: the caller's contract, passed on.
-        let p = unsafe { self.inner.alloc(layout) };
-        on_alloc(state, p, layout.size());
-        p
+        unsafe { self.inner.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let state = STATE.load(Ordering::Relaxed);
-        if state == INSTALLED {
+        if state != INSTALLED && due(state, layout.size()) {
             // SAFETY: the caller's contract, passed on.
-            return unsafe { self.inner.alloc_zeroed(layout) };
+            let p = unsafe { self.inner.alloc_zeroed(layout) };
+            sampled(state, p, layout.size());
+            return p;
         }
         // SAFETY: the caller's contract, passed on.
-        let p = unsafe { self.inner.alloc_zeroed(layout) };
-        on_alloc(state, p, layout.size());
-        p
+        unsafe { self.inner.alloc_zeroed(layout) }
     }
 
     #[inline]
@@ -164,28 +165,37 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         on_free(ptr);
         let state = STATE.load(Ordering::Relaxed);
+        let sample = state != INSTALLED && due(state, new_size);
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        if state != INSTALLED {
-            on_alloc(state, p, new_size);
+        if sample {
+            sampled(state, p, new_size);
         }
         p
     }
 }
 
-/// After an allocation while not inert (`state` is not [`INSTALLED`]):
-/// counts it if sampling is on, marks the wrapper installed at its first.
+/// Before an allocation of `size` bytes while not inert (`state` is not
+/// [`INSTALLED`]): counts it down if sampling is on, `true` if it is to be
+/// sampled; marks the wrapper installed at its first allocation.
 #[inline(always)]
-fn on_alloc(state: u8, p: *mut u8, size: usize) {
+fn due(state: u8, size: usize) -> bool {
     if state & SAMPLING != 0 {
         #[cfg(tp_sampler)]
-        if !p.is_null() {
-            sample::count(p, size, state & HEAP != 0);
-        }
+        return sample::due(size);
     } else if state == 0 {
         mark_installed();
     }
-    let _ = (p, size);
+    let _ = size;
+    false
+}
+
+/// After an allocation [`due`] picked: samples the block at `p`.
+#[inline(always)]
+fn sampled(state: u8, p: *mut u8, size: usize) {
+    #[cfg(tp_sampler)]
+    sample::sampled(p, size, state & HEAP != 0);
+    let _ = (state, p, size);
 }
 
 #[inline(always)]

@@ -48,25 +48,35 @@ thread_local! {
     };
 }
 
-/// Counts `size` bytes against the thread's countdown; samples the block
-/// at `p` when it runs out.
+/// Counts `size` bytes against the thread's countdown: `true` when it ran
+/// out, and the allocation, once made, goes to [`sampled`]. Counted before
+/// the allocation, so that nothing is kept across the wrapped allocator's
+/// call on the common path.
 #[inline(always)]
-pub(super) fn count(p: *mut u8, size: usize, heap: bool) {
-    let _ = COUNTDOWN.try_with(|c| {
-        let left = c.left.get() - size as i64;
-        c.left.set(left);
-        if left < 0 {
-            ran_out(c, p as usize, size, heap);
-        }
-    });
+pub(super) fn due(size: usize) -> bool {
+    COUNTDOWN
+        .try_with(|c| {
+            let left = c.left.get() - size as i64;
+            c.left.set(left);
+            left < 0
+        })
+        .unwrap_or(false)
+}
+
+/// The countdown ran out at the block at `p` (null: the allocation
+/// failed): samples it, unless this thread is already sampling; draws the
+/// next distance.
+#[inline(always)]
+pub(super) fn sampled(p: *mut u8, size: usize, heap: bool) {
+    let _ = COUNTDOWN.try_with(|c| ran_out(c, p as usize, size, heap));
 }
 
 #[cold]
 #[inline(never)]
 fn ran_out(c: &Countdown, p: usize, size: usize, heap: bool) {
-    if c.busy.get() {
+    if c.busy.get() || p == 0 {
         // An allocation made while this thread samples (or by a signal
-        // handler interrupting it): never sampled.
+        // handler interrupting it), or none: never sampled.
         c.left.set(next_distance(c));
         return;
     }
