@@ -70,6 +70,11 @@
 //!   registered its stack and lies outside the maps snapshot): the time
 //!   still counts, on the thread's last known stack (or none) with the same
 //!   leaf.
+//! - **Files kept open**: the task files read (`syscall`, `schedstat`,
+//!   `status`) stay open between checks, up to [`MAX_OPEN_TASK_FILES`],
+//!   and are read again from offset 0: the path lookup and open cost more
+//!   than the read. A thread that exited fails its next read, and its file
+//!   is opened again by path (its tid may be a new thread's).
 //! - **EINTR**: no signal is ever sent to a thread for wall time. Blocked
 //!   threads are only read from `/proc` and from our own memory, so no
 //!   system call of the application can fail with `EINTR` because of it
@@ -84,7 +89,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 #[cfg(test)]
@@ -107,6 +111,9 @@ pub(crate) const ENTRIES_PER_TICK: u32 = 256;
 const FLUSH_NANOS: u64 = 1_000_000_000;
 /// Distinct (labels, leaf, stack) keys held before an early hand-on.
 const MAX_PENDING: usize = 4096;
+/// Task files (`syscall`, `schedstat`, `status` of in-span threads) kept
+/// open between checks, at most; past it they are all closed.
+const MAX_OPEN_TASK_FILES: usize = 48;
 /// The most of a blocked thread's stack copied to unwind it.
 const MAX_STACK_COPY: usize = 512 * 1024;
 /// Blocked time of at most 1/this of an interval in which the thread also
@@ -661,6 +668,11 @@ pub(crate) struct Os {
     cache: NativeCache,
     /// `process_vm_readv` refused (seccomp, no such call): not tried again.
     no_vm_read: bool,
+    /// Task files kept open between checks, read again from offset 0
+    /// (`pread`): the path lookup and open cost more than the read.
+    /// At most [`MAX_OPEN_TASK_FILES`]; a thread that exited fails its
+    /// next read and its file is dropped.
+    files: HashMap<(u32, &'static str), std::fs::File>,
 }
 
 impl std::fmt::Debug for Os {
@@ -678,6 +690,7 @@ impl Default for Os {
             copy: Vec::new(),
             cache: NativeCache::new_in(),
             no_vm_read: false,
+            files: HashMap::new(),
         }
     }
 }
@@ -686,6 +699,21 @@ impl Default for Os {
 /// CPUCLOCK_SCHED)`).
 fn thread_cpu_clock(tid: u32) -> libc::clockid_t {
     (((!tid) << 3) | 6) as libc::clockid_t
+}
+
+/// Reads `f` from offset 0 into `buf` (as much as fits); the byte count.
+fn read_from_start(f: &std::fs::File, buf: &mut [u8]) -> Option<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(len)
 }
 
 fn clock_nanos(clock: libc::clockid_t) -> Option<u64> {
@@ -702,20 +730,33 @@ fn clock_nanos(clock: libc::clockid_t) -> Option<u64> {
 
 impl Os {
     /// Reads `/proc/self/task/TID/<file>` (a few hundred bytes at most)
-    /// into `buf`.
-    fn read_task_file<'b>(&mut self, tid: u32, file: &str, buf: &'b mut [u8]) -> Option<&'b str> {
-        self.path.clear();
-        let _ = write!(self.path, "/proc/self/task/{tid}/{file}");
-        let mut f = std::fs::File::open(&self.path).ok()?;
-        let mut len = 0;
-        while len < buf.len() {
-            match f.read(&mut buf[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
+    /// into `buf`, through a file kept open since an earlier check when
+    /// there is one.
+    fn read_task_file<'b>(
+        &mut self,
+        tid: u32,
+        file: &'static str,
+        buf: &'b mut [u8],
+    ) -> Option<&'b str> {
+        let key = (tid, file);
+        let len = match self.files.get(&key).map(|f| read_from_start(f, buf)) {
+            Some(Some(len)) if len > 0 => len,
+            cached => {
+                if cached.is_some() {
+                    // The thread exited (the tid may be a new thread's now).
+                    self.files.remove(&key);
+                }
+                self.path.clear();
+                let _ = write!(self.path, "/proc/self/task/{tid}/{file}");
+                let f = std::fs::File::open(&self.path).ok()?;
+                let len = read_from_start(&f, buf)?;
+                if self.files.len() >= MAX_OPEN_TASK_FILES {
+                    self.files.clear();
+                }
+                self.files.insert(key, f);
+                len
             }
-        }
+        };
         std::str::from_utf8(&buf[..len]).ok()
     }
 
