@@ -158,7 +158,12 @@ pub fn run(o: &Options) {
             .iter()
             .map(|a| format!("{:.3}%", m(a.letter())))
             .collect();
-        let ratio = m('b') / m('c');
-        println!("| {threads} | {} | {ratio:.2} |", cells.join(" | "));
+        let has = |c: char| cpu.contains_key(&(threads, c));
+        let ratio = if has('b') && has('c') {
+            format!("{:.2}", m('b') / m('c'))
+        } else {
+            "—".to_string()
+        };
+        println!("| {threads} | {} | {ratio} |", cells.join(" | "));
     }
 }
