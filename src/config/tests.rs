@@ -218,6 +218,8 @@ fn durations() {
 
 #[test]
 fn bad_values_name_the_variable_value_and_expectation() {
+    const BOOL: &str = "true or false";
+    const SAMPLE_BYTES: &str = "512 bytes to 1GiB";
     let cases: &[(&str, &str, &str)] = &[
         ("PYROSCOPE_SERVER_ADDRESS", "localhost:4040", "http://"),
         ("PYROSCOPE_SERVER_ADDRESS", "ftp://x", "http://"),
@@ -240,32 +242,16 @@ fn bad_values_name_the_variable_value_and_expectation() {
         ("PYROSCOPE_LABELS", "a=1,a=2", "repeated"),
         ("PYROSCOPE_APPLICATION_NAME", "a\nb", "service name"),
         ("PYROSCOPE_BASIC_AUTH_USER", "a:b", "without ':'"),
-        (
-            "PYROSCOPE_PROFILING_WALLTIME_ENABLED",
-            "on",
-            "true or false",
-        ),
-        (
-            "PYROSCOPE_PROFILING_ALLOCATION_ENABLED",
-            "enabled",
-            "true or false",
-        ),
-        ("PYROSCOPE_PROFILING_HEAP_ENABLED", "2", "true or false"),
-        ("PYROSCOPE_PROFILE_ID_ALWAYS", "always", "true or false"),
-        (
-            "PYROSCOPE_ALLOCATION_SAMPLE_BYTES",
-            "lots",
-            "512 bytes to 1GiB",
-        ),
-        (
-            "PYROSCOPE_ALLOCATION_SAMPLE_BYTES",
-            "100",
-            "512 bytes to 1GiB",
-        ),
+        ("PYROSCOPE_PROFILING_WALLTIME_ENABLED", "on", BOOL),
+        ("PYROSCOPE_PROFILING_ALLOCATION_ENABLED", "enabled", BOOL),
+        ("PYROSCOPE_PROFILING_HEAP_ENABLED", "2", BOOL),
+        ("PYROSCOPE_PROFILE_ID_ALWAYS", "always", BOOL),
+        ("PYROSCOPE_ALLOCATION_SAMPLE_BYTES", "lots", SAMPLE_BYTES),
+        ("PYROSCOPE_ALLOCATION_SAMPLE_BYTES", "100", SAMPLE_BYTES),
         (
             "PYROSCOPE_ALLOCATION_SAMPLE_BYTES",
             "1048576KiB1",
-            "512 bytes to 1GiB",
+            SAMPLE_BYTES,
         ),
     ];
     for (var, value, expected) in cases {
