@@ -32,6 +32,43 @@ fn process_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time of this process's profiler threads, by thread name
+/// (`pyroscope-*`), from `/proc/self/task/*/schedstat`.
+fn profiler_threads_cpu() -> Vec<(String, Duration)> {
+    let mut out: Vec<(String, Duration)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name.starts_with("pyroscope-") {
+            continue;
+        }
+        let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, d)) => *d += Duration::from_nanos(ns),
+            None => out.push((name.to_string(), Duration::from_nanos(ns))),
+        }
+    }
+    out.sort();
+    out
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[inline(never)]
 fn work_unit(seed: u64) -> u64 {
     let mut x = seed | 1;
@@ -43,28 +80,34 @@ fn work_unit(seed: u64) -> u64 {
 
 /// The fixed workload: `units` units, a new root span every 16 units as a
 /// traced service would, under `dispatch`.
-fn workload(units: u64, threads: u64, dispatch: &Dispatch) {
+/// Returns the CPU time its threads used (the work, plus what the layer
+/// and the signal handler cost on them).
+fn workload(units: u64, threads: u64, dispatch: &Dispatch) -> Duration {
     let per_thread = units / threads;
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(move || {
-                tracing::dispatcher::with_default(dispatch, || {
-                    let mut acc = 0u64;
-                    let mut span = None;
-                    for i in 0..per_thread {
-                        if i % 16 == 0 {
-                            // Exit the previous span first: each is a root.
-                            drop(span.take());
-                            span = Some(tracing::info_span!("overhead").entered());
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    tracing::dispatcher::with_default(dispatch, || {
+                        let mut acc = 0u64;
+                        let mut span = None;
+                        for i in 0..per_thread {
+                            if i % 16 == 0 {
+                                // Exit the previous span first: each is a root.
+                                drop(span.take());
+                                span = Some(tracing::info_span!("overhead").entered());
+                            }
+                            acc ^= work_unit(i);
                         }
-                        acc ^= work_unit(i);
-                    }
-                    drop(span);
-                    black_box(acc);
-                });
-            });
-        }
-    });
+                        drop(span);
+                        black_box(acc);
+                    });
+                    thread_cpu()
+                })
+            })
+            .collect();
+        workers.into_iter().filter_map(|w| w.join().ok()).sum()
+    })
 }
 
 /// The subscriber of a run: the Registry, with the profiling layer if any.
@@ -108,7 +151,10 @@ fn main() {
 
     let (mut wall_off, mut wall_on, mut cpu_off, mut cpu_on) = (vec![], vec![], vec![], vec![]);
     let mut cpu_on_all = vec![];
+    let (mut workers_off, mut workers_on) = (vec![], vec![]);
     let mut samples = 0;
+    // Per profiler thread: its CPU during each profiled run's window.
+    let mut threads_on: Vec<(String, Vec<f64>)> = Vec::new();
     for round in 0..rounds {
         for profiled in [round % 2 == 0, round % 2 != 0] {
             let c_start = process_cpu();
@@ -122,12 +168,25 @@ fn main() {
             });
             let (layer, guard) = guard.map_or((None, None), |(l, g)| (Some(l), Some(g)));
             let dispatch = dispatch(layer);
+            let before = profiler_threads_cpu();
             let (c0, t0) = (process_cpu(), Instant::now());
-            workload(units, threads, &dispatch);
+            let workers = workload(units, threads, &dispatch).as_secs_f64();
             let (wall, cpu) = (
                 t0.elapsed().as_secs_f64(),
                 (process_cpu() - c0).as_secs_f64(),
             );
+            if profiled {
+                for (name, after) in profiler_threads_cpu() {
+                    let start = before.iter().find(|(n, _)| *n == name).map(|(_, d)| *d);
+                    let used = after
+                        .saturating_sub(start.unwrap_or_default())
+                        .as_secs_f64();
+                    match threads_on.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, v)) => v.push(used),
+                        None => threads_on.push((name, vec![used])),
+                    }
+                }
+            }
             drop(dispatch);
             if let Some(guard) = guard {
                 samples += guard.stats().samples;
@@ -135,9 +194,11 @@ fn main() {
                 cpu_on_all.push((process_cpu() - c_start).as_secs_f64());
                 wall_on.push(wall);
                 cpu_on.push(cpu);
+                workers_on.push(workers);
             } else {
                 wall_off.push(wall);
                 cpu_off.push(cpu);
+                workers_off.push(workers);
             }
         }
     }
@@ -160,6 +221,19 @@ fn main() {
         cn / co,
         pct(cn, co)
     );
+    let (wko, wkn) = (median(workers_off), median(workers_on));
+    println!(
+        "  of which the workload's threads (layer and signal handler): off {wko:.3} s  on {wkn:.3} s  ({:+.2}%)",
+        pct(wkn, wko)
+    );
+    for (name, used) in threads_on {
+        let m = median(used);
+        println!(
+            "  of which thread {name}: {:.1} ms a run ({:.2}% of cpu off)",
+            m * 1e3,
+            m / co * 100.0
+        );
+    }
     println!(
         "cpu incl. profiler start and final flush: on {ca:.3} s  ratio {:.4} ({:+.2}%)",
         ca / co,

@@ -213,7 +213,8 @@ pub(super) fn manage(
         // A thread that registered with the label arena (its first span
         // enter) since the last listing: new, even if the count did not move.
         let claims = context::slot_claims();
-        if look.threads_changed || stale_moved || recycled_due || claims != listed_claims {
+        let scanned = look.threads_changed || stale_moved || claims != listed_claims;
+        if scanned || recycled_due {
             // Someone installed another SIGPROF handler over ours (another
             // profiler, a crash reporter): our timers would now feed it. Stop
             // them, say so once, and leave that handler alone. Checked when
@@ -269,7 +270,9 @@ pub(super) fn manage(
         // where the kernel refuses that, back off up to once a second.
         if look.busy || look.threads_changed || stale_moved {
             idle_looks = 0;
-            period = scan_period(timers.len());
+            // A scan this time: something changed, look again soon. Else
+            // back off towards `STEADY_SCAN_PERIOD`.
+            period = busy_scan_period(period, timers.len(), scanned);
         } else if cpu_sleep_refused {
             period = activity::back_off(period);
         } else {

@@ -35,7 +35,8 @@
 //!   timer's `sigev_value` carries the thread's arena entry
 //!   (`tests/sampler_cdylib.rs`).
 //! - **Limits**: threads living less than one scan period may go
-//!   unsampled.
+//!   unsampled: 20 ms after a change in the process's threads, up to
+//!   [`STEADY_SCAN_PERIOD`] (160 ms) while they stay the same.
 //!
 //! Sizing figures (buffer, drain throughput, handler stack use) are in
 //! BENCHMARKS.md, "Sampler sizing".
@@ -85,6 +86,27 @@ const RECYCLED_CHECK_PERIOD: Duration = Duration::from_millis(500);
 fn scan_period(threads: usize) -> Duration {
     let factor = (threads / 64).clamp(1, 50) as u32;
     SCAN_PERIOD * factor
+}
+
+/// The longest the manager waits between looks while the process is busy
+/// and nothing changed (no new or exited thread, no thread new to the
+/// label arena, no stack outside the maps snapshot): each such look
+/// doubles the period from [`scan_period`], up to this; any change brings
+/// it back. A busy process with a steady set of threads thus wakes the
+/// manager about 6 times a second, not 50; a thread started in such a
+/// process is armed within this much time.
+pub(crate) const STEADY_SCAN_PERIOD: Duration = Duration::from_millis(160);
+
+/// The next scan period after a busy look: `period` doubled up to
+/// [`STEADY_SCAN_PERIOD`] if nothing changed, else [`scan_period`]. Never
+/// below [`scan_period`] (processes with many threads).
+fn busy_scan_period(period: Duration, threads: usize, changed: bool) -> Duration {
+    let base = scan_period(threads);
+    if changed {
+        base
+    } else {
+        (period * 2).min(STEADY_SCAN_PERIOD).max(base)
+    }
 }
 
 /// Unwinder caches: the most handlers that can unwind at the same instant.

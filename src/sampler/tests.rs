@@ -295,6 +295,28 @@ fn stopping_a_manager_asleep_on_cpu_time_spins_no_core() {
 }
 
 #[test]
+fn a_steady_busy_process_is_scanned_less_often_until_something_changes() {
+    let mut period = scan_period(8);
+    let mut seen = vec![];
+    for _ in 0..5 {
+        period = busy_scan_period(period, 8, false);
+        seen.push(period.as_millis());
+    }
+    assert_eq!(seen, [40, 80, 160, 160, 160]);
+    assert_eq!(busy_scan_period(period, 8, true), SCAN_PERIOD);
+    // Many threads: never below their own period, whether or not it
+    // changed.
+    assert_eq!(
+        busy_scan_period(SCAN_PERIOD, 6400, false),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        busy_scan_period(STEADY_SCAN_PERIOD, 6400, true),
+        Duration::from_secs(1)
+    );
+}
+
+#[test]
 fn scan_period_grows_with_threads_and_is_capped() {
     assert_eq!(scan_period(0), SCAN_PERIOD);
     assert_eq!(scan_period(64), SCAN_PERIOD);
