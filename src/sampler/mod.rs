@@ -35,8 +35,8 @@
 //!   timer's `sigev_value` carries the thread's arena entry
 //!   (`tests/sampler_cdylib.rs`).
 //! - **Limits**: threads living less than one scan period may go
-//!   unsampled: 20 ms after a change in the process's threads, up to
-//!   [`STEADY_SCAN_PERIOD`] (160 ms) while they stay the same.
+//!   unsampled: at most [`STEADY_SCAN_PERIOD`] (160 ms), 20 ms while
+//!   threads come and go.
 //!
 //! Sizing figures (buffer, drain throughput, handler stack use) are in
 //! BENCHMARKS.md, "Sampler sizing".

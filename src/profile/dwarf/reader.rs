@@ -321,3 +321,55 @@ impl Reader for FileReader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Reads of any size, one byte at a time or many, see the overlay's
+    /// bytes exactly where its patches lie and the file's elsewhere,
+    /// including reads that start in a patch-free range and end in a
+    /// patch.
+    #[test]
+    fn reads_of_every_size_see_the_overlay_exactly_where_it_lies() {
+        let len = 3 * CHUNK as usize + 123;
+        let file_bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!(
+            "tracing-pyroscope-overlay-test-{}",
+            std::process::id()
+        ));
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(&file_bytes))
+            .expect("write the test file");
+        let file = File::open(&path).expect("open the test file");
+        let _ = std::fs::remove_file(&path);
+        let patches: Vec<u64> = vec![100, 124, CHUNK - 10, 2 * CHUNK + 500];
+        let overlay: Overlay = patches
+            .iter()
+            .enumerate()
+            .map(|(k, &p)| (p, [0xA0 + k as u8; TYPE_UNIT_HEADER]))
+            .collect();
+        let mut expected = file_bytes.clone();
+        for (p, bytes) in &overlay {
+            expected[*p as usize..*p as usize + TYPE_UNIT_HEADER].copy_from_slice(bytes);
+        }
+        let store = ChunkStore::new(file);
+        let reader = FileReader::new(store, 0, len as u64, RunTimeEndian::Little)
+            .with_overlay(Arc::new(overlay));
+        for step in [1usize, 2, 3, 5, 8, 24, 25, 100, len] {
+            let mut r = reader.clone();
+            let mut got = Vec::with_capacity(len);
+            while r.len() > 0 {
+                let mut buf = vec![0u8; step.min(r.len())];
+                r.read_slice(&mut buf).expect("read");
+                got.extend_from_slice(&buf);
+            }
+            assert!(
+                got == expected,
+                "reads of {step} bytes differ from the overlay"
+            );
+        }
+        assert_eq!(&*reader.to_slice().expect("slice"), &expected[..]);
+    }
+}
