@@ -79,6 +79,10 @@ pub(crate) struct FileReader {
     current: Option<(u64, Arc<[u8]>)>,
     /// Bytes shown instead of the file's (see [`Overlay`]).
     overlay: Option<Arc<Overlay>>,
+    /// File positions `[start, end)` known to hold no overlay byte, so
+    /// that reads inside them and inside `current` are a plain copy
+    /// (empty until the first read).
+    clean: (u64, u64),
 }
 
 /// Unit headers shown in place of the file's, sorted by file position:
@@ -104,6 +108,7 @@ impl FileReader {
     pub(super) fn with_overlay(self, overlay: Arc<Overlay>) -> Self {
         FileReader {
             overlay: Some(overlay),
+            clean: (0, 0),
             ..self
         }
     }
@@ -116,6 +121,7 @@ impl FileReader {
             endian,
             current: None,
             overlay: None,
+            clean: (0, 0),
         }
     }
 
@@ -125,6 +131,34 @@ impl FileReader {
 
     fn remaining(&self) -> u64 {
         self.end - self.pos
+    }
+
+    /// The next `len` bytes, if they lie in `current` and in `clean`:
+    /// the path nearly every read of a parse takes.
+    #[inline]
+    fn in_current(&self, len: usize) -> Option<&[u8]> {
+        let (index, chunk) = self.current.as_ref()?;
+        let end = self.pos.checked_add(len as u64)?;
+        if end > self.end || self.pos < self.clean.0 || end > self.clean.1 {
+            return None;
+        }
+        if self.pos / CHUNK != *index {
+            return None;
+        }
+        let within = (self.pos % CHUNK) as usize;
+        chunk.get(within..within + len)
+    }
+
+    /// Sets `clean` to the overlay-free range around `pos`, unless `pos`
+    /// is in it already.
+    fn refresh_clean(&mut self) {
+        if self.pos >= self.clean.0 && self.pos < self.clean.1 {
+            return;
+        }
+        self.clean = match self.overlay.as_deref() {
+            None => (0, u64::MAX),
+            Some(overlay) => clean_around(overlay, self.pos),
+        };
     }
 
     /// Copies the bytes at `at` into `out`: the file's, through `current`,
@@ -304,7 +338,24 @@ impl Reader for FileReader {
         Ok(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
+    #[inline]
+    fn read_u8(&mut self) -> gimli::Result<u8> {
+        if let Some(&[byte]) = self.in_current(1) {
+            self.pos += 1;
+            return Ok(byte);
+        }
+        let mut buf = [0u8; 1];
+        self.read_slice(&mut buf)?;
+        Ok(buf[0])
+    }
+
+    #[inline]
     fn read_slice(&mut self, buf: &mut [u8]) -> gimli::Result<()> {
+        if let Some(bytes) = self.in_current(buf.len()) {
+            buf.copy_from_slice(bytes);
+            self.pos += buf.len() as u64;
+            return Ok(());
+        }
         if buf.len() as u64 > self.remaining() {
             return Err(self.eof());
         }
@@ -318,8 +369,26 @@ impl Reader for FileReader {
             return Err(self.eof());
         }
         self.pos += buf.len() as u64;
+        self.refresh_clean();
         Ok(())
     }
+}
+
+/// The range `[start, end)` around `at` that holds no byte of `overlay`,
+/// or the empty `(at, at)` if a patch covers `at`. Patches have one
+/// length and are sorted by start, so the last one starting at or before
+/// `at` also ends last among those.
+fn clean_around(overlay: &Overlay, at: u64) -> (u64, u64) {
+    let after = overlay.partition_point(|(p, _)| *p <= at);
+    let start = match after.checked_sub(1).and_then(|i| overlay.get(i)) {
+        Some((p, _)) => p + TYPE_UNIT_HEADER as u64,
+        None => 0,
+    };
+    if start > at {
+        return (at, at);
+    }
+    let end = overlay.get(after).map_or(u64::MAX, |(p, _)| *p);
+    (start, end)
 }
 
 #[cfg(test)]
@@ -327,7 +396,9 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// Reads of any size, one byte at a time or many, see the overlay's
+    /// Reads of any size, one byte at a time or many (through the fast
+    /// path inside the current chunk and the slow one across chunks and
+    /// patches), see the overlay's
     /// bytes exactly where its patches lie and the file's elsewhere,
     /// including reads that start in a patch-free range and end in a
     /// patch.
@@ -357,6 +428,9 @@ mod tests {
         let store = ChunkStore::new(file);
         let reader = FileReader::new(store, 0, len as u64, RunTimeEndian::Little)
             .with_overlay(Arc::new(overlay));
+        let mut r = reader.clone();
+        let bytes: Vec<u8> = (0..len).map(|_| r.read_u8().expect("read_u8")).collect();
+        assert!(bytes == expected, "read_u8 differs from the overlay");
         for step in [1usize, 2, 3, 5, 8, 24, 25, 100, len] {
             let mut r = reader.clone();
             let mut got = Vec::with_capacity(len);
