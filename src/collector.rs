@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::export::span_index::ClosedSpan;
 use crate::export::{Sink, SpanCost, SpanIndexRecord};
 use crate::profile::ProfileKind;
 use crate::stats::{Counters, Stats};
@@ -258,7 +259,7 @@ mod linux {
         /// Static labels, for span index records.
         pub(crate) labels: Vec<(String, String)>,
         /// Closed profiled root spans from the layer.
-        pub(crate) records: Receiver<SpanIndexRecord>,
+        pub(crate) records: Receiver<ClosedSpan>,
         /// Distinct span ids one interval keeps.
         pub(crate) max_span_ids: usize,
         /// Collect the `wall` profile.
@@ -565,7 +566,12 @@ mod linux {
                 return;
             }
             let mut ready = std::mem::take(&mut self.pending);
-            let fresh: Vec<SpanIndexRecord> = self.settings.records.try_iter().collect();
+            let fresh: Vec<SpanIndexRecord> = self
+                .settings
+                .records
+                .try_iter()
+                .map(SpanIndexRecord::from)
+                .collect();
             if !fresh.is_empty() {
                 self.spanless.span_seen();
             }

@@ -3,8 +3,10 @@
 //! The layer emits a [`SpanIndexRecord`] when a profiled span closes: a
 //! local root under scope `root`, every span that has its own `span_id`
 //! under scope `all` (a child's record has `"root":false` and its local
-//! parent's id in `parent_span_id`). It hands it to a [`SpanIndexQueue`] (bounded, never blocks, drops
-//! counted). The collector adds what only it knows (the span's CPU samples,
+//! parent's id in `parent_span_id`). It hands a [`ClosedSpan`] (numbers
+//! and the name as the span has it: nothing is formatted on the
+//! application's thread) to a [`SpanIndexQueue`] (bounded, never blocks,
+//! drops counted). The collector makes the record, adds what only it knows (the span's CPU samples,
 //! the service and its static labels) and gives the batch to the sinks that
 //! keep an index; the directory sink appends it to [`SPANS_FILE`]. The local
 //! report reads the same type back. Ids are lowercase hex, as in the
@@ -17,6 +19,7 @@
 //!  "cpu_samples":12,"pid":4242}
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -131,27 +134,39 @@ impl Default for SpanIndexRecord {
     }
 }
 
-impl SpanIndexRecord {
-    /// A closed span as the layer knows it; the collector fills the rest.
-    pub(crate) fn closed_span(
-        span_id: u64,
-        trace_id: u128,
-        name: String,
-        start: SystemTime,
-        end: SystemTime,
-    ) -> Self {
+/// A closed span as the layer knows it, sent to the collector as it is:
+/// it becomes a [`SpanIndexRecord`] there.
+#[derive(Clone, Debug)]
+pub(crate) struct ClosedSpan {
+    pub(crate) span_id: u64,
+    /// 0 without OpenTelemetry.
+    pub(crate) trace_id: u128,
+    /// A local root.
+    pub(crate) root: bool,
+    /// The local parent's span id (scope `all`), 0 if none or unknown.
+    pub(crate) parent_span_id: u64,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) start: SystemTime,
+    pub(crate) end: SystemTime,
+}
+
+impl From<ClosedSpan> for SpanIndexRecord {
+    /// The record of a closed span; the collector fills the rest.
+    fn from(span: ClosedSpan) -> Self {
         SpanIndexRecord {
-            span_id: span_id_hex(span_id),
-            trace_id: (trace_id != 0).then(|| trace_id_hex(trace_id)),
-            parent_span_id: None,
-            root: true,
-            name,
-            start_unix_nanos: Some(unix_nanos(start)),
-            end_unix_nanos: Some(unix_nanos(end)),
+            span_id: span_id_hex(span.span_id),
+            trace_id: (span.trace_id != 0).then(|| trace_id_hex(span.trace_id)),
+            parent_span_id: (span.parent_span_id != 0).then(|| span_id_hex(span.parent_span_id)),
+            root: span.root,
+            name: span.name.into_owned(),
+            start_unix_nanos: Some(unix_nanos(span.start)),
+            end_unix_nanos: Some(unix_nanos(span.end)),
             ..SpanIndexRecord::default()
         }
     }
+}
 
+impl SpanIndexRecord {
     /// The span id as a number; `None` if the line holds no valid id.
     pub(crate) fn span_id(&self) -> Option<u64> {
         normalize_hex(&self.span_id, 16).and_then(|h| u64::from_str_radix(&h, 16).ok())
@@ -224,18 +239,18 @@ fn unix_nanos(t: SystemTime) -> u64 {
 /// Where the layer sends closed spans: a bounded queue to the collector.
 #[derive(Clone, Debug)]
 pub(crate) struct SpanIndexQueue {
-    tx: SyncSender<SpanIndexRecord>,
+    tx: SyncSender<ClosedSpan>,
     counters: Arc<Counters>,
 }
 
 impl SpanIndexQueue {
-    pub(crate) fn new(tx: SyncSender<SpanIndexRecord>, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(tx: SyncSender<ClosedSpan>, counters: Arc<Counters>) -> Self {
         SpanIndexQueue { tx, counters }
     }
 
     /// Never blocks: a full queue drops the record and counts it.
-    pub(crate) fn record(&self, record: SpanIndexRecord) {
-        if self.tx.try_send(record).is_err() {
+    pub(crate) fn record(&self, span: ClosedSpan) {
+        if self.tx.try_send(span).is_err() {
             Counters::bump(&self.counters.dropped_spans);
         }
     }
@@ -249,13 +264,16 @@ mod tests {
     #[test]
     fn records_round_trip_through_a_line() {
         let start = UNIX_EPOCH + Duration::from_nanos(5);
-        let mut r = SpanIndexRecord::closed_span(
-            0xab,
-            0xcd,
-            "GET /car".into(),
+        let mut r = SpanIndexRecord::from(ClosedSpan {
+            span_id: 0xab,
+            trace_id: 0xcd,
+            root: true,
+            parent_span_id: 0,
+            name: "GET /car".into(),
             start,
-            start + Duration::from_nanos(7),
-        );
+            end: start + Duration::from_nanos(7),
+        });
+        assert_eq!(r.parent_span_id, None);
         r.cpu_samples = 3;
         r.labels.insert("region".into(), "eu-north".into());
         let line = r.to_line();
@@ -312,8 +330,17 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let counters = Arc::new(Counters::default());
         let q = SpanIndexQueue::new(tx, counters.clone());
-        q.record(SpanIndexRecord::default());
-        q.record(SpanIndexRecord::default());
+        let span = ClosedSpan {
+            span_id: 1,
+            trace_id: 0,
+            root: true,
+            parent_span_id: 0,
+            name: "a".into(),
+            start: UNIX_EPOCH,
+            end: UNIX_EPOCH,
+        };
+        q.record(span.clone());
+        q.record(span);
         assert_eq!(rx.try_iter().count(), 1);
         assert_eq!(counters.snapshot().dropped_spans, 1);
     }

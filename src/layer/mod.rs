@@ -21,7 +21,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::config::SpanScope;
-use crate::export::span_index::{SpanIndexQueue, SpanIndexRecord};
+use crate::export::span_index::{ClosedSpan, SpanIndexQueue};
 use fields::{FieldState, FieldValues};
 use resolve::{OtelName, SpanData};
 
@@ -517,25 +517,25 @@ where
         }
         // The remote parent's id is inside tracing-opentelemetry's private
         // span data, not reachable through its public API: left unset.
-        let mut record = SpanIndexRecord::closed_span(
-            resolved.own_id,
-            resolved.otel_trace_id,
-            data.name.to_string(),
-            resolved.start,
-            SystemTime::now(),
-        );
-        if !resolved.local_root {
-            record.root = false;
-            record.parent_span_id = span
-                .parent()
+        let parent_span_id = if resolved.local_root {
+            0
+        } else {
+            span.parent()
                 .and_then(|p| {
                     p.extensions()
                         .get::<SpanData>()
                         .and_then(|d| d.resolved.get().map(|r| r.own_id))
                 })
-                .filter(|&id| id != 0)
-                .map(crate::context::span_id_hex);
-        }
-        records.record(record);
+                .unwrap_or(0)
+        };
+        records.record(ClosedSpan {
+            span_id: resolved.own_id,
+            trace_id: resolved.otel_trace_id,
+            root: resolved.local_root,
+            parent_span_id,
+            name: data.name.clone(),
+            start: resolved.start,
+            end: SystemTime::now(),
+        });
     }
 }

@@ -4,6 +4,7 @@ use super::resolve::mint_span_id;
 use super::stack::Track;
 use super::*;
 use crate::context::{self, SpanLabels};
+use crate::export::SpanIndexRecord;
 use crate::stats::Counters;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -166,7 +167,7 @@ fn records_profiled_local_roots_on_close() {
         root_id
     });
     assert_ne!(root_id, 0);
-    let records: Vec<SpanIndexRecord> = rx.try_iter().collect();
+    let records: Vec<SpanIndexRecord> = rx.try_iter().map(SpanIndexRecord::from).collect();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].span_id(), Some(root_id));
     assert_eq!(records[0].trace_id, None);
@@ -205,7 +206,7 @@ fn records_carry_otel_ids() {
         .iter()
         .find(|s| s.name == "otel-record-child")
         .unwrap();
-    let mut records: Vec<SpanIndexRecord> = rx.try_iter().collect();
+    let mut records: Vec<SpanIndexRecord> = rx.try_iter().map(SpanIndexRecord::from).collect();
     // Scope all: every span with its own id is recorded, the child (closed
     // first) with its local parent.
     assert_eq!(records.len(), 2, "{records:?}");
