@@ -503,7 +503,22 @@ fn references(dwarf: &gimli::Dwarf<FileReader>, unit: u32) -> Vec<u64> {
         let Some(abbrev) = abbrev else {
             continue;
         };
-        for spec in abbrev.attributes() {
+        let specs = abbrev.attributes();
+        // Most entries have no such reference: skipped by their forms'
+        // sizes, nothing decoded.
+        if !specs.iter().any(|s| may_refer_across(s.form())) {
+            if entries.skip_attributes(specs).is_err() {
+                return targets;
+            }
+            continue;
+        }
+        for spec in specs {
+            if !may_refer_across(spec.form()) {
+                if entries.skip_attributes(std::slice::from_ref(spec)).is_err() {
+                    return targets;
+                }
+                continue;
+            }
             let Ok(attr) = entries.read_attribute(*spec) else {
                 return targets;
             };
@@ -518,6 +533,12 @@ fn references(dwarf: &gimli::Dwarf<FileReader>, unit: u32) -> Vec<u64> {
     targets.sort_unstable();
     targets.dedup();
     targets
+}
+
+/// `true` for an attribute form that may be a `DW_FORM_ref_addr` (that
+/// form, or one given in the entry itself).
+fn may_refer_across(form: gimli::DwForm) -> bool {
+    form == gimli::DW_FORM_ref_addr || form == gimli::DW_FORM_indirect
 }
 
 /// One frame as the symbolizer takes it: demangled function name, file,
